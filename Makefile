@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .install.stamp
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install demo test test-all bench lint fmnist
+
+# torch first, from the pinned CPU wheel, so nothing else pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP) fmnist
+
+fmnist:
+	@if [ -f $(FMNIST) ]; then :; \
+	elif [ "$$(id -u)" = "0" ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (or pass --config.data.dir)"; fi
+
+demo: install
+	$(PYTHON) -m alpeft_jax.main --config=configs/demo.py --workdir=$${WORKDIR:-workdirs/demo}
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks
+
+test: install lint
+	$(PYTHON) -m pytest -q -m "not slow" -x
+
+test-all: install lint
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/encode_throughput.py
+	$(PYTHON) benchmarks/selection.py
+	$(PYTHON) benchmarks/input_pipeline.py
