@@ -1,0 +1,34 @@
+"""Linear classification heads over image features: PEAL's linear probe and CLIP's zero-shot head."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Head = dict[str, jax.Array]
+
+
+def init_linear(rng: jax.Array, dim: int, num_classes: int) -> Head:
+    """A linear head initialised as PyTorch's nn.Linear: U(±1/sqrt(dim)) for weight and bias."""
+    bound = 1.0 / math.sqrt(dim)
+    k1, k2 = jax.random.split(rng)
+    return {
+        "kernel": jax.random.uniform(k1, (dim, num_classes), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (num_classes,), jnp.float32, -bound, bound),
+    }
+
+
+def init_from_text(text_embeddings: jax.Array, logit_scale: float) -> Head:
+    """A zero-shot head: normalised class text embeddings times the CLIP logit scale (use with normalize=True)."""
+    t = text_embeddings / jnp.linalg.norm(text_embeddings, axis=-1, keepdims=True)
+    return {"kernel": (logit_scale * t.T).astype(jnp.float32), "bias": jnp.zeros((t.shape[0],), jnp.float32)}
+
+
+def apply(head: Head, features: jax.Array, normalize: bool = False) -> jax.Array:
+    """Logits `features @ kernel + bias`, optionally on L2-normalised features; computed in f32."""
+    f = features.astype(jnp.float32)
+    if normalize:
+        f = f / jnp.linalg.norm(f, axis=-1, keepdims=True)
+    return f @ head["kernel"] + head["bias"]
