@@ -1,7 +1,7 @@
 """LoRA as a separate parameter tree over any frozen Flax Linen model.
 
 The backbone code knows nothing of LoRA. A LoRA tree mirrors the module paths of the targets
-(``vision/encoder/block_3/attn/q`` -> ``{"a": [in, r], "b": [r, out]}``, nested like the params);
+(``img/encoder/block_3/attn/q`` -> ``{"a": [in, r], "b": [r, out]}``, nested like the params);
 `apply` runs the model under a Flax method interceptor that adds ``scale * dropout(x) @ a @ b`` to the
 output of every targeted ``nn.Dense`` (and 1×1 ``nn.Conv``). The
 frozen weights are never touched; `merge` folds the update into a copy of them for fast scoring.
@@ -33,8 +33,8 @@ LoraTree = dict[str, Any]  # nested like the params: {..., "attn": {"q": {"a": [
 QKV = r".*/attn/(q|k|v)"
 TOWER_TARGETS = {
     "both": (QKV,),
-    "vision": (r"vision/.*/attn/(q|k|v)",),
-    "text": (r"text/.*/attn/(q|k|v)",),
+    "vision": (r"img/.*/attn/(q|k|v)",),  # CLIP image tower (DINOv2 and CNNs have no "img" prefix: use "both")
+    "text": (r"txt/.*/attn/(q|k|v)",),
 }
 
 
