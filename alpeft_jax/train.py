@@ -1,0 +1,203 @@
+"""Training and evaluation of the trainable subtree, compiled once for every round.
+
+The labelled set grows every round, so batches have a fixed shape (``batch_size``) with a ``_mask`` for padding;
+the learning rate and the calibration weight are arguments of the step, not constants baked into it, so one
+compiled update step serves every epoch of every round. Only the trainable tree is differentiated; the
+optimiser state covers nothing else.
+
+A batch is ``{"inputs": x, "label": int32[B], "_mask": bool[B]}`` where ``x`` is of the model's input kind
+(images, cached hidden states or cached features; see `alpeft_jax.models.adapted`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from alpeft_jax import evaluate, losses, optim
+from alpeft_jax.models.adapted import AdaptedModel
+
+State = dict[str, Any]
+Batch = dict[str, Any]
+
+
+class NaNLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loss settings of one AL round (METHOD.md §3.2 defaults)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"  # "sgd" (coupled weight decay, as the authors) | "adamw"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    label_smoothing: float = 0.0
+    calibration: str = "cpeal"  # "cpeal" | "avuc" | "none"
+    calibration_weight: float = 1.0
+    calibration_anneal: bool = True
+    calibration_weighting: str = "balanced"
+    drop_last: bool = True  # Dassl drops the last partial batch once the set holds a full batch
+
+    def __post_init__(self) -> None:
+        if self.calibration not in ("cpeal", "avuc", "none"):
+            raise ValueError(f"calibration must be 'cpeal', 'avuc' or 'none', got {self.calibration!r}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be >= 1.")
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """Update steps in one epoch over n labelled examples (one padded step when n < batch_size)."""
+    if n <= 0:
+        return 0
+    if drop_last and n >= batch_size:
+        return n // batch_size
+    return math.ceil(n / batch_size)
+
+
+class Trainer:
+    """Compile-once update and evaluation steps for an `AdaptedModel` on inputs of one kind."""
+
+    def __init__(self, model: AdaptedModel, config: TrainConfig, kind: str = "images") -> None:
+        self.model = model
+        self.config = config
+        self.kind = kind
+        self.tx = optim.injectable(
+            config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        if config.calibration == "cpeal":
+            self._calibration = losses.get("cpeal", weighting=config.calibration_weighting)
+        elif config.calibration == "avuc":
+            self._calibration = losses.get("avuc")
+        else:
+            self._calibration = None
+        self.traces = {"train": 0, "eval": 0}  # Python-level traces: each is one compilation
+        self._train_step = jax.jit(self._train_step_impl, donate_argnums=(0,))
+        self._eval_step = jax.jit(self._eval_step_impl)
+
+    # ----------------------------------------------------------------------------------------------
+    def init(self, rng: jax.Array, trainable: Any = None) -> State:
+        """A fresh state: new trainable tree (unless given, e.g. warm start) and optimiser state."""
+        k_init, k_state = jax.random.split(rng)
+        trainable = self.model.init(k_init) if trainable is None else trainable
+        return {
+            "trainable": trainable,
+            "opt_state": self.tx.init(trainable),
+            "rng": k_state,
+            "step": jnp.zeros((), jnp.int32),
+        }
+
+    def lr(self, epoch: int) -> float:
+        """Learning rate of an epoch (constant warm-up, then cosine)."""
+        c = self.config
+        return optim.epoch_lr(epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
+
+    def calibration_weight(self, epoch: int) -> float:
+        """Weight of the calibration loss in an epoch (annealed as the authors)."""
+        c = self.config
+        if self._calibration is None:
+            return 0.0
+        return losses.calibration_weight(epoch, c.epochs, c.calibration_weight, anneal=c.calibration_anneal)
+
+    # ----------------------------------------------------------------------------------------------
+    def _loss(self, trainable: Any, batch: Batch, rng: jax.Array, lam: jax.Array) -> tuple[jax.Array, dict]:
+        logits, _ = self.model.logits(trainable, batch["inputs"], self.kind, rng=rng, train=True)
+        mask = batch["_mask"]
+        ce = losses.cross_entropy(logits, batch["label"], mask=mask, label_smoothing=self.config.label_smoothing)
+        total = ce
+        cal = jnp.zeros((), jnp.float32)
+        if self._calibration is not None:
+            cal = self._calibration(logits, batch["label"], mask=mask)
+            total = total + lam * cal
+        correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
+        return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": mask.sum()}
+
+    def _train_step_impl(self, state: State, batch: Batch, lr: jax.Array, lam: jax.Array) -> tuple[State, dict]:
+        self.traces["train"] += 1
+        rng, sub = jax.random.split(state["rng"])
+        grads, metrics = jax.grad(self._loss, has_aux=True)(state["trainable"], batch, sub, lam)
+        opt_state = optim.set_lr(state["opt_state"], lr)
+        updates, opt_state = self.tx.update(grads, opt_state, state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        new = {"trainable": trainable, "opt_state": opt_state, "rng": rng, "step": state["step"] + 1}
+        return new, metrics
+
+    def train_step(self, state: State, batch: Batch, epoch: int) -> tuple[State, dict]:
+        """One update on a padded batch; lr and calibration weight follow `epoch`."""
+        lr = jnp.asarray(self.lr(epoch), jnp.float32)
+        lam = jnp.asarray(self.calibration_weight(epoch), jnp.float32)
+        return self._train_step(state, batch, lr, lam)
+
+    def fit(
+        self,
+        state: State,
+        epoch_batches: Callable[[int], Iterable[Batch]],
+        *,
+        start_epoch: int = 0,
+        on_epoch_end: Callable[[int, State, dict], None] | None = None,
+    ) -> tuple[State, list[dict]]:
+        """Train for the configured epochs; `epoch_batches(e)` yields the batches of epoch e. NaN stops it."""
+        history = []
+        for epoch in range(start_epoch, self.config.epochs):
+            sums: dict[str, Any] = {}
+            steps = 0
+            for batch in epoch_batches(epoch):
+                state, m = self.train_step(state, batch, epoch)
+                sums = m if not sums else jax.tree.map(jnp.add, sums, m)
+                steps += 1
+            if steps == 0:
+                raise ValueError(f"epoch {epoch} got no training batches (is the labelled set empty?).")
+            summary = {k: float(v) for k, v in jax.device_get(sums).items()}
+            row = {
+                "epoch": epoch,
+                "loss": summary.get("loss", 0.0) / steps,
+                "ce": summary.get("ce", 0.0) / steps,
+                "calibration": summary.get("calibration", 0.0) / steps,
+                "train_accuracy": summary.get("correct", 0.0) / max(1.0, summary.get("n", 0.0)),
+                "lr": self.lr(epoch),
+                "calibration_weight": self.calibration_weight(epoch),
+                "steps": steps,
+            }
+            if not math.isfinite(row["loss"]):
+                raise NaNLossError(
+                    f"training loss is {row['loss']} in epoch {epoch}: lower train.lr or check the inputs; "
+                    "the round stops and the last checkpoint is kept."
+                )
+            history.append(row)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, state, row)
+        return state, history
+
+    # ----------------------------------------------------------------------------------------------
+    def _eval_step_impl(self, trainable: Any, batch: Batch) -> tuple[dict, jax.Array, jax.Array]:
+        self.traces["eval"] += 1
+        logits, aux = self.model.logits(trainable, batch["inputs"], self.kind, train=False)
+        return evaluate.batch_stats(logits, batch["label"], batch["_mask"]), logits, aux["features"]
+
+    def evaluate(self, trainable: Any, batches: Iterable[Batch]) -> dict[str, float]:
+        """Accuracy, NLL, ECE (15 bins), Brier over padded batches."""
+        stats = None
+        for batch in batches:
+            s, _, _ = self._eval_step(trainable, batch)
+            stats = s if stats is None else jax.tree.map(jnp.add, stats, s)
+        if stats is None:
+            raise ValueError("evaluation got no batches (empty test split?).")
+        return evaluate.finalize(jax.device_get(stats))
+
+    def predict(self, trainable: Any, batches: Iterable[Batch]) -> Iterator[tuple[np.ndarray, np.ndarray, Batch]]:
+        """Yield (logits, features, batch) per padded batch (padding rows included; use batch['_mask'])."""
+        for batch in batches:
+            _, logits, feats = self._eval_step(trainable, batch)
+            yield np.asarray(logits), np.asarray(feats), batch
