@@ -10,8 +10,9 @@ Two text-cleaning modes reproduce the two reference pipelines:
     when asked for (``use_ftfy=True``), so ids never depend on whether ftfy happens to be installed.
     Padding id 0.
   * ``"hf"`` (transformers ``CLIPTokenizer``): NFC, whitespace collapsed, per-character lowercase, no HTML
-    unescaping; only exact special-token strings in the raw text map to their ids. Padding with the
-    directory's pad token (``<|endoftext|>`` for the OpenAI checkpoints).
+    unescaping; only exact special/added-token strings in the raw text map to their ids (for LAION
+    checkpoints that includes their pad token "!"). Padding with the directory's pad token (``<|endoftext|>``
+    for the OpenAI checkpoints, "!" = id 0 for LAION's).
 """
 
 from __future__ import annotations
@@ -107,11 +108,12 @@ class Tokenizer:
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         clean: str = "openai",
         use_ftfy: bool = False,
+        added_tokens: Sequence[str] = (),
         cache_size: int = 65536,
     ) -> None:
         if clean not in _CLEAN_MODES:
             raise ValueError(f"Unknown clean mode {clean!r}; use one of {_CLEAN_MODES}.")
-        for name in (sot, eot):
+        for name in (sot, eot, *added_tokens):
             if name not in encoder:
                 raise ValueError(f"Special token {name!r} is not in the vocabulary; check the tokenizer files.")
         if context_length < 2:
@@ -133,7 +135,10 @@ class Tokenizer:
         specials = "|".join(regex.escape(s) for s in (sot, eot))
         flags = regex.IGNORECASE if clean == "openai" else 0
         self._pattern = regex.compile(f"{specials}|{_WORD_PATTERN}", flags)
-        self._special_split = regex.compile(f"({specials})")
+        # "hf" mode: exact special/added-token strings in the raw text become their ids, longest first.
+        added = sorted({sot, eot, *added_tokens}, key=len, reverse=True)
+        self._special_split = regex.compile("({})".format("|".join(regex.escape(s) for s in added)))
+        self._words_only = regex.compile(_WORD_PATTERN)
         self._bpe = functools.lru_cache(maxsize=cache_size)(self._bpe_word)
 
     # ----------------------------------------------------------------------------------------- construction
@@ -179,7 +184,11 @@ class Tokenizer:
         if not isinstance(length, int) or length > 100_000:
             text_config = _read_json(os.path.join(directory, "config.json")).get("text_config", {})
             length = text_config.get("max_position_embeddings", DEFAULT_CONTEXT_LENGTH)
-        options = {"sot": sot, "eot": eot, "pad_token_id": encoder[pad], "context_length": length, "clean": "hf"}
+        # transformers matches every special and added token verbatim in the raw text (LAION's pad "!" too).
+        added = {pad, *(a["content"] for a in fast.get("added_tokens", []))}
+        added |= {c for c in (_token_content(config.get("unk_token")),) if c in encoder}
+        options = {"sot": sot, "eot": eot, "pad_token_id": encoder[pad], "context_length": length, "clean": "hf",
+                   "added_tokens": tuple(sorted(added))}
         return cls(encoder, merges, **{**options, **kwargs})
 
     @classmethod
@@ -238,11 +247,17 @@ class Tokenizer:
     def _encode_words(self, text: str, specials_as_ids: bool) -> list[int]:
         ids: list[int] = []
         for word in self._pattern.findall(text):
-            if specials_as_ids and word in (self.sot, self.eot):
-                ids.append(self.encoder[word])
-                continue
-            encoded = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
-            ids.extend(self.encoder[s] for s in self._bpe(encoded))
+            if word in (self.sot, self.eot):
+                if specials_as_ids:
+                    ids.append(self.encoder[word])
+                    continue
+                # HF's byte-level pre-tokenizer splits special-token text made by lowercasing into words.
+                parts = self._words_only.findall(word)
+            else:
+                parts = [word]
+            for part in parts:
+                encoded = "".join(self.byte_encoder[b] for b in part.encode("utf-8"))
+                ids.extend(self.encoder[s] for s in self._bpe(encoded))
         return ids
 
     def encode(self, text: str) -> list[int]:
