@@ -58,13 +58,30 @@ class Sharder:
         return jax.device_put(tree, self.replicated)
 
 
-def padded_chunks(n: int, chunk: int, process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
-    """Index arrays of `chunk` rows over range(n), padded with -1; chunk c goes to process c % process_count."""
-    for c, start in enumerate(range(0, max(n, 1), chunk)):
-        if c % process_count != process_index:
-            continue
-        idx = np.arange(start, min(start + chunk, n))
-        yield np.concatenate([idx, -np.ones(chunk - len(idx), np.int64)])
+def process_share(n: int, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
+    """The contiguous block of pool positions this process scores."""
+    p = jax.process_index() if process_index is None else process_index
+    c = jax.process_count() if process_count is None else process_count
+    bounds = np.linspace(0, n, c + 1).astype(np.int64)
+    return np.arange(bounds[p], bounds[p + 1], dtype=np.int64)
+
+
+def _inputs(batch: Batch) -> np.ndarray:
+    return batch["inputs"] if "inputs" in batch else batch["image"]
+
+
+def _rows_of(batches: Iterable[Batch], positions: np.ndarray) -> Iterator[tuple[np.ndarray, Batch]]:
+    """Pair each padded batch with the pool positions of its rows (-1 for padding)."""
+    offset = 0
+    for batch in batches:
+        mask = np.asarray(batch["_mask"], bool)
+        pos = np.full(mask.shape[0], -1, np.int64)
+        k = int(mask.sum())
+        pos[mask] = positions[offset : offset + k]
+        offset += k
+        yield pos, batch
+    if offset != len(positions):
+        raise RuntimeError(f"scoring got {offset} rows for {len(positions)} positions; the batches do not match.")
 
 
 def gather_rows(n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -113,29 +130,33 @@ class FeatureCache:
     def build(
         cls,
         model: AdaptedModel,
-        images: Callable[[np.ndarray], np.ndarray],
+        batches: Iterable[Batch],
+        positions: np.ndarray,
         n: int,
         *,
-        chunk_size: int = 256,
         sharder: Sharder | None = None,
         memory_budget_bytes: int = 4 << 30,
         path: str | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> FeatureCache:
-        """Run `model.prefix` over rows 0..n-1; `images(idx)` returns preprocessed images for row ids `idx`."""
-        sharder = sharder or Sharder()
-        chunk = sharder.chunk_size(chunk_size)
-        params = sharder.replicate(model.backbone.params)
-        fn = jax.jit(lambda p, x: _prefix_with_params(model, p, x))
+        """Run `model.prefix` over the pool; `batches` hold the preprocessed images of `positions`, in order.
+
+        With `path`, a complete cache already on disk is reused, and one larger than the memory budget is
+        written there (as a .npy memmap) instead of held in memory.
+        """
         if path and os.path.exists(path):
             arr = np.load(path, mmap_mode="r")
             if arr.shape[0] == n:
                 return cls(arr, model.input_kind)
-        out: np.ndarray | None = None
-        done = 0
-        for idx in padded_chunks(n, chunk):
-            safe = np.where(idx >= 0, idx, idx[0])
-            y = np.asarray(fn(params, sharder.put(images(safe))))
+        sharder = sharder or Sharder()
+        params = sharder.replicate(model.backbone.params)
+        fn = jax.jit(lambda p, x: _prefix_with_params(model, p, x))
+        pieces, out, done = [], None, 0
+        for pos, batch in _rows_of(batches, positions):
+            y = np.asarray(fn(params, sharder.put(_inputs(batch))))
+            if jax.process_count() > 1:
+                pieces.append((pos, {"x": y}))
+                continue
             if out is None:
                 nbytes = n * int(np.prod(y.shape[1:])) * y.dtype.itemsize
                 if nbytes > memory_budget_bytes and path:
@@ -143,21 +164,39 @@ class FeatureCache:
                     out = np.lib.format.open_memmap(path + ".tmp", mode="w+", dtype=y.dtype, shape=(n, *y.shape[1:]))
                 else:
                     out = np.empty((n, *y.shape[1:]), y.dtype)
-            keep = idx >= 0
-            out[idx[keep]] = y[keep]
+            keep = pos >= 0
+            out[pos[keep]] = y[keep]
             done += int(keep.sum())
             if progress:
-                progress(done, n)
-        assert out is not None
+                progress(done, len(positions))
+        if pieces:
+            out = gather_rows(n, pieces)["x"]
+        if out is None:
+            raise ValueError("the pool is empty: nothing to cache.")
         if isinstance(out, np.memmap):
             out.flush()
+            del out
             os.replace(path + ".tmp", path)
             out = np.load(path, mmap_mode="r")
+        elif path:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            np.save(path + ".tmp.npy", out)
+            os.replace(path + ".tmp.npy", path)
         return cls(out, model.input_kind)
 
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        """The cached inputs for row ids `idx` (−1 rows filled with row 0)."""
-        return np.asarray(self.array[np.where(idx >= 0, idx, 0)])
+    def batches(self, positions: np.ndarray, batch_size: int, labels: np.ndarray | None = None) -> Iterator[Batch]:
+        """Fixed-size padded batches {inputs, label, _mask} of the cached rows at `positions`, in order."""
+        positions = np.asarray(positions, np.int64)
+        for start in range(0, len(positions), batch_size):
+            pos = positions[start : start + batch_size]
+            k = len(pos)
+            x = np.asarray(self.array[pos])
+            pad = batch_size - k
+            inputs = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+            lab = np.full(batch_size, -1, np.int32)
+            if labels is not None:
+                lab[:k] = labels[pos]
+            yield {"inputs": inputs, "label": lab, "_mask": np.arange(batch_size) < k}
 
 
 def _prefix_with_params(model: AdaptedModel, params: Any, images: jax.Array) -> jax.Array:
@@ -201,7 +240,8 @@ class PoolScorer:
     def score(
         self,
         trainable: Any,
-        rows: Callable[[np.ndarray], np.ndarray],
+        batches: Iterable[Batch],
+        positions: np.ndarray,
         n: int,
         *,
         labels: np.ndarray | None = None,
@@ -209,20 +249,22 @@ class PoolScorer:
         rng: jax.Array | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """The pool dict over rows 0..n-1; `rows(idx)` returns the model inputs (images or cached prefix)."""
+        """The pool dict over all n rows; `batches` hold this process's `positions` (images or cached inputs)."""
         trainable = self.sharder.replicate(trainable)
         rng = jax.random.key(0) if rng is None else rng
         pieces, done = [], 0
-        for c, idx in enumerate(padded_chunks(n, self.chunk, jax.process_index(), jax.process_count())):
-            safe = np.where(idx >= 0, idx, idx[idx >= 0][0] if (idx >= 0).any() else 0)
-            out = self._score(trainable, self.sharder.put(rows(safe)), jax.random.fold_in(rng, c), mc_samples)
-            out = jax.device_get(out)
+        for pos, batch in _rows_of(batches, np.asarray(positions, np.int64)):
+            x = _inputs(batch)
+            if x.shape[0] % self.sharder.size:
+                raise ValueError(f"batch of {x.shape[0]} rows does not split over {self.sharder.size} devices.")
+            key = jax.random.fold_in(rng, int(pos[0]))
+            out = jax.device_get(self._score(trainable, self.sharder.put(x), key, mc_samples))
             if "mc_logits" in out:
                 out["mc_logits"] = np.moveaxis(out["mc_logits"], 0, 1)  # rows first while gathering
-            pieces.append((idx, out))
-            done += int((idx >= 0).sum())
+            pieces.append((pos, out))
+            done += int((pos >= 0).sum())
             if progress:
-                progress(done, n)
+                progress(done, len(positions))
         pool = gather_rows(n, pieces)
         if "mc_logits" in pool:
             pool["mc_logits"] = np.moveaxis(pool["mc_logits"], 1, 0)
