@@ -264,12 +264,10 @@ def image_folder(root: str, class_names: Sequence[str] | None = None, name: str 
         folder = os.path.join(root, cls)
         if not os.path.isdir(folder):
             continue  # an empty class: it keeps its index and name
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
-            for f in sorted(filenames):
-                if _is_image(f):
-                    paths.append(os.path.join(dirpath, f))
-                    labels.append(label)
+        found = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder)
+                       for f in files if _is_image(f))
+        paths.extend(os.path.join(folder, f) for f in found)
+        labels.extend([label] * len(found))
     counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names)) if labels else np.zeros(
         len(class_names), np.int64)
     empty = [c for c, k in zip(class_names, counts, strict=True) if k == 0]

@@ -1,0 +1,270 @@
+"""Pool sources: TFDS (mocked), image folders, CSV manifests, CoOp split files, Fashion-MNIST, digits, arrays."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alpeft_jax.data import classnames, sources
+from alpeft_jax.data.sources import CorruptImageError, MissingDataError, get_source
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _write(path, arr, fmt=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def _rand_img(rng, h, w, grey=False):
+    return rng.integers(0, 256, size=(h, w) if grey else (h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TFDS through tfds.testing.mock_data (no download, no TensorFlow)
+
+
+@pytest.mark.parametrize("name,n_cls", [("dtd", 47), ("eurosat/rgb", 10)])
+def test_tfds_mock(name, n_cls):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=7):
+        src = get_source(name, "train")
+        raw = tfds.data_source(name, split="train")
+        assert len(src) == 7 and len(src.class_names) == n_cls
+        assert src.class_names == list(tfds.builder(name).info.features["label"].names)
+        labels = []
+        for i in range(len(src)):
+            ex = src[i]
+            ref = raw[i]
+            assert ex["image"].dtype == np.uint8 and ex["image"].ndim == 3 and ex["image"].shape[-1] == 3
+            np.testing.assert_array_equal(ex["image"], ref["image"])
+            assert ex["label"] == int(ref["label"]) and ex["id"] == i and isinstance(ex["path"], str)
+            labels.append(int(ref["label"]))
+        np.testing.assert_array_equal(src.labels, labels)
+        np.testing.assert_array_equal(src.ids, np.arange(7))
+
+
+def test_tfds_coop_names_eurosat():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=2):
+        src = get_source("tfds:eurosat/rgb", "test", coop_names=True)
+    names = src.class_names
+    assert names[4] == "industrial buildings or commercial buildings"  # TFDS label 4 = "Industrial"
+    assert names[0] == "annual crop land" and names[9] == "lake or sea"
+
+
+def test_tfds_missing_gives_instructions(tmp_path):
+    with pytest.raises(MissingDataError, match=r"tfds build dtd --data_dir .* --file_format array_record"):
+        get_source("dtd", "train", data_dir=str(tmp_path))
+    with pytest.raises(MissingDataError, match="no dataset named"):
+        get_source("no_such_dataset_xyz", "train", data_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image folders
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pool"
+    imgs = {
+        "cat/a.png": _rand_img(rng, 20, 30),
+        "cat/b.PNG": _rand_img(rng, 11, 9, grey=True),
+        "dog/x.jpg": _rand_img(rng, 40, 32),
+        "dog/sub/y.png": _rand_img(rng, 8, 8),
+    }
+    for rel, arr in imgs.items():
+        _write(str(root / rel), arr, "PNG" if rel.lower().endswith("png") else "JPEG")
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    (root / "emu").mkdir()  # empty class
+    return root, imgs
+
+
+def test_image_folder(folder):
+    root, imgs = folder
+    src = get_source("folder", "train", data_dir=str(root))
+    assert src.class_names == ["cat", "dog", "emu"]
+    rels = [os.path.relpath(p, root) for p in src.paths]
+    assert rels == ["cat/a.png", "cat/b.PNG", "dog/broken.jpg", "dog/sub/y.png", "dog/x.jpg"]
+    np.testing.assert_array_equal(src.labels, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(np.bincount(src.labels, minlength=3), [2, 3, 0])
+    np.testing.assert_array_equal(src.ids, np.arange(5))
+    ex = src[0]
+    np.testing.assert_array_equal(ex["image"], imgs["cat/a.png"])  # PNG is lossless
+    grey = src[1]["image"]
+    assert grey.shape == (11, 9, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(grey[..., c], imgs["cat/b.PNG"])
+    assert src[4]["image"].shape == (40, 32, 3)
+
+
+def test_image_folder_corrupt_file_is_a_clear_error(folder):
+    root, _ = folder
+    src = sources.image_folder(str(root))
+    with pytest.raises(CorruptImageError, match=r"broken\.jpg.*delete or move the file"):
+        src[2]
+
+
+def test_image_folder_class_list_and_split_dir(folder, tmp_path):
+    root, _ = folder
+    src = sources.image_folder(str(root), ["dog", "cat", "emu", "zebra"])
+    assert src.class_names == ["dog", "cat", "emu", "zebra"]
+    np.testing.assert_array_equal(np.bincount(src.labels, minlength=4), [3, 2, 0, 0])
+    with pytest.raises(ValueError, match="not in the class list"):
+        sources.image_folder(str(root), ["cat"])
+    split_root = tmp_path / "splits"
+    os.makedirs(split_root / "val" / "k")
+    _write(str(split_root / "val" / "k" / "1.png"), np.zeros((4, 4, 3), np.uint8))
+    assert len(get_source("folder", "val", data_dir=str(split_root))) == 1
+    with pytest.raises(MissingDataError):
+        get_source("folder", "train", data_dir=str(tmp_path / "nope"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CSV manifests
+
+
+def test_csv_manifest(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b, c = _rand_img(rng, 10, 12), _rand_img(rng, 6, 6), _rand_img(rng, 9, 7)
+    _write(str(tmp_path / "img" / "a.png"), a)
+    _write(str(tmp_path / "img" / "b.png"), b)
+    _write(str(tmp_path / "c.png"), c)
+    (tmp_path / "img" / "bad.png").write_bytes(b"garbage")
+    (tmp_path / "pool.csv").write_text("path,label\nimg/a.png,zebra\nimg/b.png,\nc.png,ant\nimg/bad.png,ant\n")
+    src = get_source("csv", "train", data_dir=str(tmp_path / "pool.csv"))
+    assert src.class_names == ["ant", "zebra"]
+    np.testing.assert_array_equal(src.labels, [1, -1, 0, 0])
+    np.testing.assert_array_equal(src[0]["image"], a)
+    np.testing.assert_array_equal(src[2]["image"], c)
+    assert src[1]["label"] == -1 and src[1]["path"].endswith(os.path.join("img", "b.png"))
+    with pytest.raises(CorruptImageError, match=r"bad\.png.*drop its row"):
+        src[3]
+    # explicit class list (with an empty class), and <split>.csv inside a directory
+    (tmp_path / "test.csv").write_text("path,label\nimg/a.png,zebra\n")
+    src2 = get_source("csv", "test", data_dir=str(tmp_path), classes="ant,yak,zebra")
+    assert src2.class_names == ["ant", "yak", "zebra"] and src2.labels.tolist() == [2]
+
+
+def test_csv_errors(tmp_path):
+    _write(str(tmp_path / "a.png"), np.zeros((3, 3, 3), np.uint8))
+    (tmp_path / "missing.csv").write_text("path,label\na.png,x\ngone.png,x\n")
+    with pytest.raises(MissingDataError, match=r"1 file\(s\).*line 3: gone\.png"):
+        sources.csv_manifest(str(tmp_path / "missing.csv"))
+    (tmp_path / "nohead.csv").write_text("a.png,x\n")
+    with pytest.raises(ValueError, match="header row with columns 'path' and 'label'"):
+        sources.csv_manifest(str(tmp_path / "nohead.csv"))
+    (tmp_path / "ok.csv").write_text("path,label\na.png,x\n")
+    with pytest.raises(ValueError, match="not in the class list"):
+        sources.csv_manifest(str(tmp_path / "ok.csv"), ["y"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CoOp split files
+
+
+def test_coop_split_eurosat_layout(tmp_path):
+    rng = np.random.default_rng(2)
+    img_dir = tmp_path / "eurosat" / "2750"
+    entries = {
+        "train": [["Industrial/Industrial_1.jpg", 4, "Industrial Buildings"], ["Forest/Forest_7.jpg", 1, "Forest"]],
+        "val": [["SeaLake/SeaLake_3.jpg", 9, "Sea or Lake"]],
+        "test": [["AnnualCrop/AnnualCrop_2.jpg", 0, "Annual Crop Land"]],
+    }
+    for part in entries.values():
+        for p, _, _ in part:
+            _write(str(img_dir / p), _rand_img(rng, 64, 64), "JPEG")
+    (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(entries))
+    src = get_source("coop:eurosat", "train", data_dir=str(tmp_path))
+    assert len(src) == 2 and src.labels.tolist() == [4, 1]
+    assert src.class_names[4] == "industrial buildings or commercial buildings"
+    assert src.class_names[9] == "lake or sea" and src.class_names[0] == "annual crop land"
+    assert src[0]["image"].shape == (64, 64, 3)
+    same = get_source("eurosat/rgb", "train", data_dir=str(tmp_path), coop=True)
+    assert same.paths == src.paths
+    os.remove(img_dir / "Forest" / "Forest_7.jpg")
+    with pytest.raises(MissingDataError, match="1 of 2 images"):
+        get_source("coop:eurosat", "train", data_dir=str(tmp_path))
+    with pytest.raises(MissingDataError, match="split_zhou_DescribableTextures.json"):
+        get_source("coop:dtd", "train", data_dir=str(tmp_path))
+
+
+def test_classname_assets():
+    assert len(classnames.class_names("dtd")) == 47
+    assert len(classnames.class_names("eurosat/rgb")) == 10
+    assert len(classnames.class_names("oxford_flowers102")) == 102
+    assert len(classnames.class_names("oxford_iiit_pet")) == 37
+    assert len(classnames.class_names("cars196")) == 196
+    assert classnames.class_names("cars196")[0] == "2000 AM General Hummer SUV"
+    assert classnames.class_names("OxfordPets")[0] == "abyssinian"
+    assert classnames.coop_names("caltech101", ["airplanes", "faces", "accordion"]) == ["airplane", "face", "accordion"]
+    assert classnames.templates("oxford_iiit_pet") == ["a photo of a {}, a type of pet."]
+    assert classnames.templates("dtd") == ["{} texture."]
+    assert classnames.templates("eurosat") == ["a centered satellite photo of {}."]
+    assert classnames.templates("some_new_dataset") == ["a photo of a {}."]
+    assert classnames.prompts(["sea_lake", "forest"]) == ["a photo of a sea lake.", "a photo of a forest."]
+    with pytest.raises(ValueError, match="exactly one"):
+        classnames.prompts(["a"], "no slot")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST (Debian package), digits, arrays
+
+
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_against_manual_parse():
+    src = get_source("fashion_mnist", "train")
+    assert len(src) == 60000
+    np.testing.assert_array_equal(np.bincount(src.labels, minlength=10), [6000] * 10)
+    with gzip.open(os.path.join(FMNIST, "train-labels-idx1-ubyte.gz"), "rb") as f:
+        raw_labels = f.read()
+    assert int.from_bytes(raw_labels[4:8], "big") == 60000
+    np.testing.assert_array_equal(src.labels[:100], list(raw_labels[8:108]))
+    with gzip.open(os.path.join(FMNIST, "train-images-idx3-ubyte.gz"), "rb") as f:
+        raw_images = f.read(16 + 2 * 784)
+    first = np.array(list(raw_images[16 : 16 + 784]), np.uint8).reshape(28, 28)
+    ex = src[0]
+    assert ex["image"].shape == (28, 28, 3) and ex["label"] == raw_labels[8]
+    np.testing.assert_array_equal(ex["image"][..., 1], first)
+    test = get_source("fashion_mnist", "test")
+    assert len(test) == 10000 and test.class_names[9] == "Ankle boot"
+
+
+def test_fashion_mnist_missing(tmp_path):
+    with pytest.raises(MissingDataError, match="apt-get install dataset-fashion-mnist"):
+        get_source("fashion_mnist", "train", data_dir=str(tmp_path))
+
+
+def test_digits_split():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    tr, te = get_source("digits", "train"), get_source("digits", "test")
+    assert len(tr) + len(te) == len(d.target) and not set(tr.ids) & set(te.ids)
+    np.testing.assert_array_equal(te.labels, d.target[te.ids])
+    ex = te[3]
+    np.testing.assert_array_equal(ex["image"][..., 0], np.round(d.images[ex["id"]] * 255 / 16).astype(np.uint8))
+
+
+def test_array_source():
+    imgs = np.arange(2 * 4 * 5, dtype=np.uint8).reshape(2, 4, 5)
+    src = sources.ArraySource(imgs, [1, -1], ["a", "b"], ids=[10, 20])
+    assert src[1]["image"].shape == (4, 5, 3) and src[1]["id"] == 20 and src[1]["label"] == -1
+    assert isinstance(src, sources.Source)
+    with pytest.raises(ValueError, match="labels must lie"):
+        sources.ArraySource(imgs, [2, 0], ["a", "b"])
+    with pytest.raises(ValueError, match="uint8"):
+        sources.ArraySource(imgs.astype(np.float32), [0, 0], ["a"])
+    with pytest.raises(IndexError):
+        src[2]
+    with pytest.raises(ValueError, match="unknown options"):
+        get_source("digits", "train", bogus=1)
