@@ -1,0 +1,98 @@
+"""The CSV round-trip oracle: the run writes what to label, stops, and reads the filled-in file on the next run.
+
+    DIR/round_<r>/to_label.csv   id,path,label      (label empty; path is the image file or a written thumbnail)
+    DIR/round_<r>/labels.csv     id,label           (what the annotator returns; `--labels=FILE` overrides it)
+
+A labels file must give exactly the requested ids, each once, each with a known class name or index; otherwise
+the run stops with one line naming the problem and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from alpeft_jax.checkpoint import atomic_write
+from alpeft_jax.oracles.base import LabelFileError, PendingLabels, PoolView
+
+
+class FileOracle:
+    """Labels from a CSV file written by a human."""
+
+    def __init__(self, pool: PoolView, workdir: str, labels_file: str | None = None) -> None:
+        self.pool = pool
+        self.workdir = workdir
+        self.labels_file = labels_file or None
+
+    def round_dir(self, round_index: int) -> str:
+        """Folder of one round's labelling files."""
+        return os.path.join(self.workdir, f"round_{round_index}")
+
+    def request(self, round_index: int, rows: np.ndarray) -> np.ndarray:
+        """Labels from the round's labels file, or write to_label.csv and raise PendingLabels."""
+        rows = np.asarray(rows, np.int64)
+        path = self.labels_file or os.path.join(self.round_dir(round_index), "labels.csv")
+        if os.path.exists(path):
+            return self.read(path, rows)
+        todo = self.write_request(round_index, rows)
+        raise PendingLabels(
+            f"round {round_index}: {len(rows)} examples to label in {todo}; fill the 'label' column with class "
+            f"names or indices, save it as {os.path.join(self.round_dir(round_index), 'labels.csv')} "
+            "(or pass --labels=FILE) and rerun the same command."
+        )
+
+    def write_request(self, round_index: int, rows: np.ndarray) -> str:
+        """Write to_label.csv (and thumbnails for images without a file); returns its path."""
+        out_dir = self.round_dir(round_index)
+        os.makedirs(out_dir, exist_ok=True)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["id", "path", "label"])
+        for row, ident in zip(rows, self.pool.ids(rows)):
+            ex = self.pool.example(int(row))
+            path = ex.get("path")
+            if not path:
+                path = os.path.join(out_dir, "images", f"{int(ident)}.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.fromarray(np.asarray(ex["image"], np.uint8)).save(path)
+            w.writerow([int(ident), path, ""])
+        target = os.path.join(out_dir, "to_label.csv")
+        atomic_write(target, buf.getvalue())
+        classes = os.path.join(out_dir, "classes.txt")
+        atomic_write(classes, "\n".join(f"{i}\t{n}" for i, n in enumerate(self.pool.class_names)) + "\n")
+        return target
+
+    def read(self, path: str, rows: np.ndarray) -> np.ndarray:
+        """Parse and validate a labels file for `rows`; raises LabelFileError naming the first problem."""
+        want = {int(i): k for k, i in enumerate(self.pool.ids(rows))}
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or not {"id", "label"} <= {c.strip() for c in reader.fieldnames}:
+                    raise LabelFileError(f"{path}: needs a header with 'id' and 'label' columns.")
+                records = [{k.strip(): (v or "") for k, v in r.items() if k} for r in reader]
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise LabelFileError(f"{path}: cannot read labels ({e}); save it as UTF-8 CSV.") from None
+        labels = np.full(len(rows), -1, np.int64)
+        seen: set[int] = set()
+        for line, rec in enumerate(records, start=2):
+            raw = rec["id"].strip()
+            if not raw.lstrip("-").isdigit():
+                raise LabelFileError(f"{path} line {line}: id {raw!r} is not an integer.")
+            ident = int(raw)
+            if ident not in want:
+                raise LabelFileError(f"{path} line {line}: id {ident} was not requested this round; remove the row.")
+            if ident in seen:
+                raise LabelFileError(f"{path} line {line}: id {ident} appears twice; keep one row per id.")
+            seen.add(ident)
+            labels[want[ident]] = self.pool.parse_label(rec["label"], f"{path} line {line} (id {ident})")
+        missing = sorted(set(want) - seen)
+        if missing:
+            raise LabelFileError(
+                f"{path}: {len(missing)} requested ids have no row (first: {missing[:5]}); add them with a label."
+            )
+        return labels
