@@ -522,6 +522,8 @@ def get_source(name: str, split: str = "train", data_dir: str | None = None, **o
         tfds_name = key.split(":", 1)[1] if low.startswith("tfds:") else key
         src = TfdsSource(tfds_name, split, data_dir, **options)
         options = {}
+    if classes is not None and low not in ("folder", "csv"):
+        raise ValueError(f"a class list applies to image folders and CSV manifests only; {name!r} brings its own")
     if options:
         raise ValueError(f"unknown options {sorted(options)} for source {name!r}")
     return src
