@@ -1,0 +1,42 @@
+"""Active-learning query strategies behind one signature, registered by name.
+
+`get(name)` returns `select(rng, pool, labeled, budget, **options) -> int[budget]` (distinct unlabelled
+indices in pick order); `requires(name)` lists the pool keys it reads; `names()` lists the registry.
+"""
+
+from __future__ import annotations
+
+from alpeft_jax.strategies import (  # noqa: F401  (imports register the strategies)
+    badge,
+    coreset,
+    featdist,
+    learning_loss,
+    probcover,
+    random_sampling,
+    typiclust,
+    uncertainty,
+)
+from alpeft_jax.strategies.base import REGISTRY, SelectFn
+from alpeft_jax.strategies.pcb import candidate_count, pcb_filter, select_with_pcb
+
+
+def names() -> list[str]:
+    """Registered strategy names, sorted."""
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> SelectFn:
+    """The select function registered as `name`."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown strategy {name!r}; choose one of {names()}")
+    return REGISTRY[name].select
+
+
+def requires(name: str) -> set[str]:
+    """Pool keys the strategy `name` reads."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown strategy {name!r}; choose one of {names()}")
+    return set(REGISTRY[name].requires)
+
+
+__all__ = ["names", "get", "requires", "select_with_pcb", "pcb_filter", "candidate_count"]

@@ -1,0 +1,96 @@
+"""Shared plumbing for query strategies: the registry, rng handling and input checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SelectFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its select function and the pool keys it reads."""
+
+    name: str
+    select: SelectFn
+    requires: frozenset[str]
+
+
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(name: str, requires: tuple[str, ...] = ()) -> Callable[[SelectFn], SelectFn]:
+    """Decorator adding a select function to the registry under `name`."""
+
+    def deco(fn: SelectFn) -> SelectFn:
+        if name in REGISTRY:
+            raise ValueError(f"strategy {name!r} registered twice; pick a unique name")
+        REGISTRY[name] = Strategy(name, fn, frozenset(requires))
+        return fn
+
+    return deco
+
+
+def as_key(rng: int | jax.Array) -> jax.Array:
+    """A JAX PRNG key from an int seed or an existing key."""
+    if isinstance(rng, int | np.integer):
+        return jax.random.key(int(rng))
+    if isinstance(rng, jax.Array | np.ndarray):
+        if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+            return rng
+        if rng.shape == (2,) and rng.dtype == np.uint32:
+            return jax.random.wrap_key_data(jnp.asarray(rng))
+    raise TypeError(f"rng must be an int seed or a JAX PRNG key, got {type(rng).__name__}")
+
+
+def numpy_rng(rng: int | jax.Array) -> np.random.Generator:
+    """A NumPy Generator seeded deterministically from an int seed or a JAX key."""
+    seed = jax.random.randint(as_key(rng), (4,), 0, np.iinfo(np.int32).max)
+    return np.random.default_rng(np.asarray(seed, dtype=np.uint64))
+
+
+def check_inputs(
+    pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int, requires: frozenset[str] | set[str]
+) -> tuple[np.ndarray, int]:
+    """Validate pool/labeled/budget; return the labeled mask as bool and the pool size."""
+    missing = sorted(set(requires) - set(pool))
+    if missing:
+        raise KeyError(f"pool lacks {missing}; compute them before selecting (see strategies.requires)")
+    labeled = np.asarray(labeled)
+    if labeled.dtype != bool or labeled.ndim != 1:
+        raise ValueError(f"labeled must be a 1-D bool mask, got dtype {labeled.dtype} shape {labeled.shape}")
+    n = labeled.shape[0]
+    for k in requires:
+        arr = pool[k]
+        axis = 1 if k == "mc_logits" else 0
+        if np.shape(arr)[axis] != n:
+            raise ValueError(f"pool[{k!r}] has {np.shape(arr)[axis]} examples but labeled has {n}")
+    if not isinstance(budget, int | np.integer) or budget < 0:
+        raise ValueError(f"budget must be a non-negative int, got {budget!r}")
+    n_unl = int(n - labeled.sum())
+    if budget > n_unl:
+        raise ValueError(f"budget {budget} exceeds the {n_unl} unlabelled examples; lower the budget")
+    return labeled, n
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Rows of x scaled to unit L2 norm."""
+    x = jnp.asarray(x, jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def top_unlabeled(scores: jax.Array, labeled: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the `budget` highest scores among unlabelled examples, best first."""
+    if budget == 0:
+        return np.zeros((0,), np.int64)
+    scores = jnp.asarray(scores, jnp.float32)
+    lo = jnp.finfo(jnp.float32).min
+    scores = jnp.clip(jnp.where(jnp.isnan(scores), lo, scores), lo, jnp.finfo(jnp.float32).max)
+    masked = jnp.where(jnp.asarray(labeled), -jnp.inf, scores)
+    _, idx = jax.lax.top_k(masked, int(budget))
+    return np.asarray(idx, np.int64)

@@ -1,0 +1,180 @@
+"""Blocked pairwise squared-Euclidean kernels that never build an N x N matrix.
+
+Rows are processed in fixed-size blocks (one compilation per block shape) and the other side is scanned in
+fixed-size column blocks inside `jit`, so peak memory is O(block^2 + N) on top of the inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_BLOCK = 4096
+
+
+def sq_dist(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Squared Euclidean distances between the rows of a [M,D] and b [C,D], clamped at 0."""
+    d = (
+        jnp.sum(a * a, axis=-1)[:, None]
+        + jnp.sum(b * b, axis=-1)[None, :]
+        - 2.0 * jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+    )
+    return jnp.maximum(d, 0.0)
+
+
+def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Index drawn with probability proportional to non-negative `weights`, given a uniform u in [0, 1)."""
+    cdf = jnp.cumsum(weights)
+    j = jnp.searchsorted(cdf, u * cdf[-1], side="right")
+    return jnp.minimum(j, weights.shape[0] - 1)
+
+
+def _pad_to(x: jax.Array, multiple: int, value: float | int = 0) -> jax.Array:
+    n = x.shape[0]
+    pad = (-n) % multiple
+    if pad == 0:
+        return x
+    widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def col_blocks(y: jax.Array, block: int, fill: float | int = 0) -> tuple[jax.Array, jax.Array]:
+    """y padded and reshaped to [n_blocks, block, ...] plus a validity mask [n_blocks, block]."""
+    y = jnp.asarray(y)
+    n = y.shape[0]
+    block = max(1, min(block, n))
+    yp = _pad_to(y, block, fill)
+    valid = jnp.arange(yp.shape[0]) < n
+    return yp.reshape(-1, block, *y.shape[1:]), valid.reshape(-1, block)
+
+
+def map_row_blocks(fn: Callable[..., object], arrays: tuple[jax.Array, ...], block: int = DEFAULT_BLOCK,
+                   n: int | None = None) -> object:
+    """Apply `fn` (jitted, per-row outputs) to fixed-size row blocks of `arrays` and concatenate."""
+    n = arrays[0].shape[0] if n is None else n
+    block = max(1, min(block, n))
+    padded = [_pad_to(jnp.asarray(a), block) for a in arrays]
+    outs = []
+    for s in range(0, n, block):
+        outs.append(fn(*[p[s:s + block] for p in padded]))
+    out = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0)[:n], *outs)
+    return out
+
+
+@jax.jit
+def _min_kernel(xb: jax.Array, yb: jax.Array, yvalid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    cb = yb.shape[1]
+
+    def body(carry: tuple, inp: tuple) -> tuple:
+        best, arg, off = carry
+        yc, vc = inp
+        d = jnp.where(vc[None, :], sq_dist(xb, yc), jnp.inf)
+        j = jnp.argmin(d, axis=1)
+        m = jnp.take_along_axis(d, j[:, None], axis=1)[:, 0]
+        upd = m < best
+        return (jnp.where(upd, m, best), jnp.where(upd, j + off, arg), off + cb), None
+
+    init = (jnp.full((xb.shape[0],), jnp.inf, jnp.float32), jnp.zeros((xb.shape[0],), jnp.int32), 0)
+    (best, arg, _), _ = jax.lax.scan(body, init, (yb, yvalid))
+    return best, arg
+
+
+def min_sq_dist(x: jax.Array, y: jax.Array, block: int = DEFAULT_BLOCK) -> tuple[jax.Array, jax.Array]:
+    """For each row of x, the squared distance to its nearest row of y and that row's index."""
+    x = jnp.asarray(x, jnp.float32)
+    if y.shape[0] == 0:
+        return jnp.full((x.shape[0],), jnp.inf, jnp.float32), jnp.zeros((x.shape[0],), jnp.int32)
+    yb, yv = col_blocks(jnp.asarray(y, jnp.float32), block)
+    return map_row_blocks(lambda xb: _min_kernel(xb, yb, yv), (x,), block)
+
+
+@jax.jit
+def _other_label_kernel(xb: jax.Array, lb: jax.Array, yb: jax.Array, ylab: jax.Array,
+                        yvalid: jax.Array) -> jax.Array:
+    def body(best: jax.Array, inp: tuple) -> tuple:
+        yc, lc, vc = inp
+        ok = vc[None, :] & (lc[None, :] != lb[:, None])
+        d = jnp.where(ok, sq_dist(xb, yc), jnp.inf)
+        return jnp.minimum(best, d.min(axis=1)), None
+
+    best, _ = jax.lax.scan(body, jnp.full((xb.shape[0],), jnp.inf, jnp.float32), (yb, ylab, yvalid))
+    return best
+
+
+def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array, block: int = DEFAULT_BLOCK) -> jax.Array:
+    """For each row, the squared distance to the nearest row carrying a different label (inf if none)."""
+    x = jnp.asarray(x, jnp.float32)
+    labels = jnp.asarray(labels, jnp.int32)
+    yb, yv = col_blocks(x, block)
+    lb, _ = col_blocks(labels, block, -1)
+    return map_row_blocks(lambda xb, l_: _other_label_kernel(xb, l_, yb, lb, yv), (x, labels), block)
+
+
+@partial(jax.jit, static_argnames=("k",))
+def _knn_kernel(xb: jax.Array, yb: jax.Array, yvalid: jax.Array, k: int) -> jax.Array:
+    def body(best: jax.Array, inp: tuple) -> tuple:
+        yc, vc = inp
+        d = jnp.where(vc[None, :], sq_dist(xb, yc), jnp.inf)
+        both = jnp.concatenate([best, d], axis=1)
+        neg, _ = jax.lax.top_k(-both, k)
+        return -neg, None
+
+    init = jnp.full((xb.shape[0], k), jnp.inf, jnp.float32)
+    best, _ = jax.lax.scan(body, init, (yb, yvalid))
+    return best
+
+
+def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK) -> jax.Array:
+    """Squared distances [N,k] from each row of x to its k nearest other rows, ascending (self dropped).
+
+    Rows are padded to a power-of-two bucket (masked out) so many differently sized inputs share a few
+    compilations.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[0]
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k={k} nearest neighbours need 1 <= k <= n-1 with n={n}")
+    n_pad = max(64, 1 << (n - 1).bit_length())
+    blk = min(block, n_pad)
+    n_pad = -(-n_pad // blk) * blk
+    xp = _pad_to(x, n_pad)
+    valid = (jnp.arange(n_pad) < n).reshape(-1, blk)
+    yb = xp.reshape(-1, blk, x.shape[1])
+    # k+1 smallest include the point itself (distance 0); drop the smallest one.
+    d = map_row_blocks(lambda xb: _knn_kernel(xb, yb, valid, k + 1), (xp,), blk)
+    return d[:n, 1:]
+
+
+@jax.jit
+def _ball_kernel(xb: jax.Array, yc: jax.Array, r2: jax.Array) -> jax.Array:
+    return sq_dist(xb, yc) < r2
+
+
+def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """CSR adjacency (indptr, indices) of pairs with Euclidean distance < radius, self included."""
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[0]
+    block = max(1, min(block, n))
+    xp = _pad_to(x, block)
+    r2 = jnp.float32(radius) ** 2
+    indptr = np.zeros(n + 1, np.int64)
+    parts = []
+    for s in range(0, n, block):
+        xb = xp[s:s + block]
+        rows, cols = [], []
+        for t in range(0, n, block):
+            i, j = np.nonzero(np.asarray(_ball_kernel(xb, xp[t:t + block], r2)))
+            keep = (i + s < n) & (j + t < n)
+            rows.append(i[keep])
+            cols.append((j[keep] + t).astype(np.int64))
+        r = np.concatenate(rows)
+        order = np.argsort(r, kind="stable")  # row-major within each column block, blocks in order
+        parts.append(np.concatenate(cols)[order])
+        counts = np.bincount(r, minlength=min(block, n - s))
+        indptr[s + 1:s + 1 + counts.shape[0]] = counts
+    np.cumsum(indptr, out=indptr)
+    return indptr, np.concatenate(parts)
