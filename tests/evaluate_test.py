@@ -73,16 +73,14 @@ def test_padding_and_batching_invariance():
     assert float(np.sum(stats["bin_count"])) == 250
 
 
-def test_bin_edges_are_left_open_right_closed():
-    # Two classes, confidences exactly on bin edges in float32: (lo, hi] puts conf=0.6 into bin 8 (0.5333, 0.6].
-    logit_gap = np.log(0.6 / 0.4)
-    logits = np.array([[logit_gap, 0.0], [0.0, 0.0]], np.float32)
+def test_saturated_confidence_goes_to_last_bin():
+    # conf == 1.0 (saturated, CLIP-scale logits) falls in the last bin (14/15, 1]; conf 0.5 in (7/15, 8/15].
+    logits = np.array([[100.0, 0.0], [0.0, 0.0]], np.float32)
     stats = evaluate.batch_stats(logits, np.array([0, 1], np.int32))
     counts = np.asarray(stats["bin_count"])
-    conf = softmax64(logits).max(1)
-    expect = [int(np.ceil(c * 15 - 1e-6)) - 1 for c in conf]  # (lo, hi] index with tolerance for rounding
-    assert counts[expect[0]] >= 1 and counts[expect[1]] >= 1
-    assert counts.sum() == 2
+    assert counts.shape == (15,) and counts[14] == 1 and counts[7] == 1 and counts.sum() == 2
+    np.testing.assert_allclose(np.asarray(stats["bin_acc"])[[7, 14]], [1.0, 1.0])
+    np.testing.assert_allclose(np.asarray(stats["bin_conf"])[[7, 14]], [0.5, 1.0])
 
 
 def test_errors():
