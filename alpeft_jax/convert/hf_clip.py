@@ -161,11 +161,15 @@ def _preprocessing(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _tokenizer(path: str) -> Any:
     """The project's CLIP BPE tokenizer for this directory, or None when unavailable."""
-    if not all(os.path.exists(os.path.join(path, f)) for f in ("vocab.json", "merges.txt")):
+    has_bpe = all(os.path.exists(os.path.join(path, f)) for f in ("vocab.json", "merges.txt"))
+    if not (has_bpe or os.path.exists(os.path.join(path, "tokenizer.json"))):
         return None
     if importlib.util.find_spec("alpeft_jax.tokenizer") is None:
         return None
-    return importlib.import_module("alpeft_jax.tokenizer").Tokenizer.from_directory(path)
+    try:
+        return importlib.import_module("alpeft_jax.tokenizer").Tokenizer.from_directory(path)
+    except ValueError as e:
+        raise CheckpointError(f"Cannot build the tokenizer of {path}: {e}") from None
 
 
 def expected_params(model: CLIP) -> Any:
