@@ -48,7 +48,7 @@ def torch_value_and_grad(logits_np, labels_np, weighting, **kw):
         g = g.numpy()
     else:
         g = np.zeros_like(logits_np)
-    return float(loss), g
+    return float(loss.detach()), g
 
 
 def jax_value_and_grad(logits, labels, weighting, mask=None, **kw):
@@ -308,7 +308,7 @@ def test_avuc_matches_torch_loop(seed):
     ref, (n_ac, n_au, n_ic, n_iu) = torch_avuc(x, torch.tensor(labels), th)
     (g_t,) = torch.autograd.grad(ref, x)
     v, g = jax.value_and_grad(lambda z: avuc_loss(z, jnp.asarray(labels), threshold=th))(jnp.asarray(logits))
-    np.testing.assert_allclose(float(v), float(ref), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(v), float(ref.detach()), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(g), g_t.numpy(), rtol=1e-4, atol=1e-6)
     # The paper's form: log(1 + (n_AU + n_IC) / (n_AC + n_IU)).
     paper = math.log(1 + float(n_au + n_ic) / float(n_ac + n_iu))
@@ -322,7 +322,7 @@ def test_avuc_optimal_threshold_and_padding():
     th = float(losses.avu_threshold(logits, labels))
     np.testing.assert_allclose(th, th_np, rtol=1e-4)
     ref, _ = torch_avuc(torch.tensor(logits), torch.tensor(labels), th)
-    np.testing.assert_allclose(float(avuc_loss(logits, labels)), float(ref), rtol=1e-5)
+    np.testing.assert_allclose(float(avuc_loss(logits, labels)), float(ref.detach()), rtol=1e-5)
     # Padding rows: same value and gradient for the real rows, zero gradient for the padding.
     junk = (rng.normal(size=(8, 6)) * 9).astype(np.float32)
     zz = np.concatenate([logits, junk])
