@@ -22,6 +22,7 @@ def pcb_filter(rng: int | jax.Array | np.random.Generator, candidates: np.ndarra
     Loop: c = argmin(stats); shuffle the candidates predicted c and take the first unchosen one, then
     stats[c] += 1. If no candidate is predicted c, or all of them are chosen, take a uniformly random
     unchosen candidate (drawn by rejection, as the reference) without touching stats.
+    Expected O(n log n) draws when budget is close to the number of candidates.
     Randomness (a NumPy Generator from rng): shuffle = gen.permutation(n_c); random = gen.integers(n_cand).
     """
     candidates = np.asarray(candidates, np.int64)
@@ -48,10 +49,12 @@ def pcb_filter(rng: int | jax.Array | np.random.Generator, candidates: np.ndarra
                     pick = int(i)
                     stats[c] += 1
                     break
-        while pick < 0:
+        if pick < 0:
+            # One uniform draw; a draw that hits a chosen candidate repeats the whole step, as the reference.
             j = int(gen.integers(candidates.size))
-            if not chosen[j]:
-                pick = j
+            if chosen[j]:
+                continue
+            pick = j
         chosen[pick] = True
         out.append(pick)
     return candidates[np.asarray(out, np.int64)]

@@ -1,0 +1,116 @@
+"""PCB against a Python transcription of the authors' loop driven by the same random draws, and properties."""
+
+import numpy as np
+import pytest
+
+from alpeft_jax import strategies
+from alpeft_jax.strategies.pcb import pcb_filter, select_with_pcb
+
+
+def reference_pcb(candidates, pred, statistics, n_query, shuffle, randint):
+    """The METHOD 3.4 loop, in the reference's Python style (list shuffle, randint with retry)."""
+    statistics = list(statistics)
+    q = []
+    while len(q) < n_query:
+        min_cls = statistics.index(min(statistics))
+        sub = [i for i in range(len(pred)) if pred[i] == min_cls]
+        if len(sub) == 0:
+            num = randint(0, len(pred) - 1)
+            if num not in q:
+                q.append(num)
+        else:
+            shuffle(sub)
+            for idx in sub:
+                if idx not in q:
+                    q.append(idx)
+                    statistics[min_cls] += 1
+                    break
+            else:
+                num = randint(0, len(pred) - 1)
+                if num not in q:
+                    q.append(num)
+    return [candidates[i] for i in q]
+
+
+def shims(gen):
+    def shuffle(lst):
+        lst[:] = [lst[i] for i in gen.permutation(len(lst))]
+
+    def randint(a, b):
+        return a + int(gen.integers(b - a + 1))
+
+    return shuffle, randint
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_same_picks_as_reference_with_same_draws(seed):
+    g = np.random.default_rng(seed)
+    k = 6
+    n_cand = int(g.integers(8, 40))
+    cand = g.choice(1000, n_cand, replace=False)
+    # some classes never predicted, skewed labelled counts, budget sometimes = all candidates
+    pred = g.choice(k - 2, n_cand, p=[0.5, 0.3, 0.15, 0.05])
+    counts = g.integers(0, 4, k)
+    if seed % 2:  # every class predicted, class 3 rare and least labelled: its members run out
+        pred[:4] = [0, 1, 2, 3]
+        pred[4:] = np.where(pred[4:] == 3, 0, pred[4:])
+        counts = np.array([3, 3, 3, 0, 9, 9])
+    budget = int(g.integers(1, n_cand + 1))
+    got = pcb_filter(np.random.default_rng(100 + seed), cand, pred, counts, budget)
+    ref = reference_pcb(list(cand), list(pred), list(counts), budget, *shims(np.random.default_rng(100 + seed)))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_balances_when_possible():
+    cand = np.arange(300)
+    pred = np.repeat(np.arange(3), 100)
+    out = pcb_filter(0, cand, pred, np.array([5, 0, 2]), 30)
+    assert len(set(out.tolist())) == 30
+    final = np.array([5, 0, 2]) + np.bincount(pred[out], minlength=3)
+    assert final.max() - final.min() <= 1
+
+
+def test_missing_class_falls_back_to_random_without_updating():
+    # class 0 has the fewest labels but no candidate is predicted 0: every pick is uniform over candidates.
+    cand = np.arange(100)
+    pred = np.where(np.arange(100) < 90, 1, 2)
+    hits = np.zeros(3)
+    for s in range(200):
+        out = pcb_filter(s, cand, pred, np.array([0, 5, 5]), 10)
+        hits += np.bincount(pred[out], minlength=3)
+    frac2 = hits[2] / hits.sum()
+    assert 0.06 < frac2 < 0.14  # 10% of candidates are predicted 2; a balanced pick would give ~50%
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="exceeds"):
+        pcb_filter(0, np.arange(3), np.zeros(3, int), np.zeros(2, int), 4)
+    with pytest.raises(ValueError, match="pseudo_labels"):
+        pcb_filter(0, np.arange(3), np.array([0, 1, 5]), np.zeros(2, int), 2)
+
+
+def test_select_with_pcb_quirks(make_pool):
+    pool, labeled, _ = make_pool(n=400, k=5, n_labeled=25)
+    k = 5
+    n_cand = 60
+    # PCB picks only among the strategy's top n_cand
+    cand = strategies.get("margin")(0, pool, labeled, n_cand)
+    out = select_with_pcb("margin", 1, pool, labeled, k, n_cand)
+    assert set(out.tolist()) <= set(cand.tolist()) and len(set(out.tolist())) == k
+    # featdist proposes K directly, PCB only permutes
+    fd = strategies.get("featdist")(0, pool, labeled, k)
+    assert sorted(select_with_pcb("featdist", 2, pool, labeled, k, n_cand).tolist()) == sorted(fd.tolist())
+    # no PCB: the most informative K; authors' quirk: idx[-K:] of their ordering
+    np.testing.assert_array_equal(select_with_pcb("margin", 0, pool, labeled, k, n_cand, use_pcb=False),
+                                  cand[:k])
+    np.testing.assert_array_equal(
+        select_with_pcb("margin", 0, pool, labeled, k, n_cand, use_pcb=False, authors_quirk=True), cand[-k:])
+    ent = strategies.get("entropy")(0, pool, labeled, n_cand)
+    np.testing.assert_array_equal(
+        select_with_pcb("entropy", 0, pool, labeled, k, n_cand, use_pcb=False, authors_quirk=True), ent[:k][::-1])
+    # random is pure random over the unlabelled pool
+    r = select_with_pcb("random", 3, pool, labeled, 50, n_cand)
+    assert len(set(r.tolist())) == 50 and not labeled[r].any()
+    # fewer remaining than n_cand: all of them are candidates
+    out = select_with_pcb("entropy", 0, pool, labeled, k, 10**6)
+    assert len(out) == k and not labeled[out].any()
