@@ -1,13 +1,59 @@
-"""Command-line entry point: `python -m alpeft_jax.main --config=configs/<name>.py --workdir=DIR`."""
+"""Command line: `python -m alpeft_jax.main --config=configs/<name>.py[:args] --workdir=DIR [--config.x=y ...]`.
+
+The config file is locked: a misspelt `--config.` key is an error. Rerunning the same command with the same
+workdir resumes the run; `--labels=FILE` hands in the labels a human filled in (oracle=file).
+"""
+
+from __future__ import annotations
 
 import sys
 
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-def main() -> None:
-    """Run the active-learning driver (available once the driver lands)."""
-    print("alpeft_jax: the active-learning driver is not yet available; see README.md.")
-    sys.exit(0)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, caches and results.")
+_LABELS = flags.DEFINE_string("labels", None, "A filled-in labels CSV for the pending round (oracle=file).")
+_ALLOW = flags.DEFINE_bool("allow_config_change", False, "Continue a workdir made with a different config.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def quiet_library_logs() -> None:
+    """Keep INFO lines from the project; libraries (Orbax, JAX) only warn."""
+    import logging as std_logging
+
+    class _Filter(std_logging.Filter):
+        def filter(self, record: std_logging.LogRecord) -> bool:
+            return record.levelno >= std_logging.WARNING or "alpeft_jax" in record.pathname
+
+    logging.get_absl_handler().addFilter(_Filter())
+
+
+def main(argv: list[str]) -> None:
+    """Run the active-learning loop of the given config in the workdir."""
+    del argv
+    if _DISTRIBUTED.value:
+        import jax
+
+        jax.distributed.initialize()
+    from alpeft_jax import loop
+    from alpeft_jax.convert.common import CheckpointError
+    from alpeft_jax.oracles import LabelFileError
+
+    logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+    try:
+        results = loop.run(_CONFIG.value, _WORKDIR.value, labels_file=_LABELS.value,
+                           allow_config_change=_ALLOW.value)
+    except (LabelFileError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if results:
+        last = results[-1]
+        print(f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
+              f"ECE {100 * last['ece']:.2f}% — results in {_WORKDIR.value}/results.jsonl")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

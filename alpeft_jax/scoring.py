@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alpeft_jax.models.adapted import AdaptedModel
+from alpeft_jax.strategies.learning_loss import LossPredictionHead
 
 Batch = dict[str, Any]
 
@@ -230,9 +231,7 @@ class PoolScorer:
                     lambda k: model.logits(trainable, inputs, kind, rng=k, train=True)[0], keys
                 )
             if "loss_pred" in trainable:
-                from alpeft_jax.strategies.learning_loss import predict_loss
-
-                out["loss_pred"] = predict_loss(trainable["loss_pred"], logits)
+                out["loss_pred"] = LossPredictionHead().apply({"params": trainable["loss_pred"]}, logits)
             return out
 
         self._score = jax.jit(score, static_argnums=(3,))

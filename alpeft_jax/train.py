@@ -23,6 +23,7 @@ import optax
 
 from alpeft_jax import evaluate, losses, optim
 from alpeft_jax.models.adapted import AdaptedModel
+from alpeft_jax.strategies.learning_loss import LossPredictionHead
 
 State = dict[str, Any]
 Batch = dict[str, Any]
@@ -50,6 +51,9 @@ class TrainConfig:
     calibration_anneal: bool = True
     calibration_weighting: str = "balanced"
     drop_last: bool = True  # Dassl drops the last partial batch once the set holds a full batch
+    loss_prediction: bool = False  # train a learning-loss head alongside (Yoo & Kweon; METHOD.md §3.5 "LL")
+    loss_prediction_weight: float = 0.01
+    loss_prediction_lr: float = 0.1
 
     def __post_init__(self) -> None:
         if self.calibration not in ("cpeal", "avuc", "none"):
@@ -74,9 +78,16 @@ class Trainer:
         self.model = model
         self.config = config
         self.kind = kind
-        self.tx = optim.injectable(
-            config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay
-        )
+        main = injectable_optimizer(config)
+        if config.loss_prediction:
+            # The loss-prediction module has its own SGD (lr 0.1, momentum 0.9, coupled decay 5e-4).
+            head_tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(config.loss_prediction_lr, momentum=0.9))
+            self.tx = optax.multi_transform(
+                {"main": main, "loss_pred": head_tx},
+                lambda tree: {k: ("loss_pred" if k == "loss_pred" else "main") for k in tree},
+            )
+        else:
+            self.tx = main
         if config.calibration == "cpeal":
             self._calibration = losses.get("cpeal", weighting=config.calibration_weighting)
         elif config.calibration == "avuc":
@@ -85,13 +96,16 @@ class Trainer:
             self._calibration = None
         self.traces = {"train": 0, "eval": 0}  # Python-level traces: each is one compilation
         self._train_step = jax.jit(self._train_step_impl, donate_argnums=(0,))
-        self._eval_step = jax.jit(self._eval_step_impl)
+        self._eval_step = jax.jit(self._eval_step_impl, static_argnums=(2,))
 
     # ----------------------------------------------------------------------------------------------
     def init(self, rng: jax.Array, trainable: Any = None) -> State:
         """A fresh state: new trainable tree (unless given, e.g. warm start) and optimiser state."""
         k_init, k_state = jax.random.split(rng)
-        trainable = self.model.init(k_init) if trainable is None else trainable
+        trainable = self.model.init(k_init) if trainable is None else dict(trainable)
+        if self.config.loss_prediction and "loss_pred" not in trainable:
+            dummy = jnp.zeros((1, self.model.num_classes), jnp.float32)
+            trainable["loss_pred"] = LossPredictionHead().init(jax.random.fold_in(k_init, 7), dummy)["params"]
         return {
             "trainable": trainable,
             "opt_state": self.tx.init(trainable),
@@ -102,7 +116,7 @@ class Trainer:
     def lr(self, epoch: int) -> float:
         """Learning rate of an epoch (constant warm-up, then cosine)."""
         c = self.config
-        return optim.epoch_lr(epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
+        return optim.lr_at_epoch(epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
 
     def calibration_weight(self, epoch: int) -> float:
         """Weight of the calibration loss in an epoch (annealed as the authors)."""
@@ -121,6 +135,10 @@ class Trainer:
         if self._calibration is not None:
             cal = self._calibration(logits, batch["label"], mask=mask)
             total = total + lam * cal
+        if self.config.loss_prediction:
+            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(batch["label"], 0))
+            pred = LossPredictionHead().apply({"params": trainable["loss_pred"]}, logits)
+            total = total + self.config.loss_prediction_weight * masked_ranking_loss(pred, per_example, mask)
         correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
         return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": mask.sum()}
 
@@ -128,7 +146,7 @@ class Trainer:
         self.traces["train"] += 1
         rng, sub = jax.random.split(state["rng"])
         grads, metrics = jax.grad(self._loss, has_aux=True)(state["trainable"], batch, sub, lam)
-        opt_state = optim.set_lr(state["opt_state"], lr)
+        opt_state = _set_lr(state["opt_state"], lr, self.config.loss_prediction)
         updates, opt_state = self.tx.update(grads, opt_state, state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         new = {"trainable": trainable, "opt_state": opt_state, "rng": rng, "step": state["step"] + 1}
@@ -181,23 +199,66 @@ class Trainer:
         return state, history
 
     # ----------------------------------------------------------------------------------------------
-    def _eval_step_impl(self, trainable: Any, batch: Batch) -> tuple[dict, jax.Array, jax.Array]:
+    def _eval_step_impl(self, trainable: Any, batch: Batch, kind: str) -> tuple[dict, jax.Array, jax.Array]:
         self.traces["eval"] += 1
-        logits, aux = self.model.logits(trainable, batch["inputs"], self.kind, train=False)
+        logits, aux = self.model.logits(trainable, batch["inputs"], kind, train=False)
         return evaluate.batch_stats(logits, batch["label"], batch["_mask"]), logits, aux["features"]
 
-    def evaluate(self, trainable: Any, batches: Iterable[Batch]) -> dict[str, float]:
-        """Accuracy, NLL, ECE (15 bins), Brier over padded batches."""
+    def evaluate(self, trainable: Any, batches: Iterable[Batch], kind: str | None = None) -> dict[str, float]:
+        """Accuracy, NLL, ECE (15 bins), Brier over padded batches (inputs of `kind`, default the trainer's)."""
         stats = None
         for batch in batches:
-            s, _, _ = self._eval_step(trainable, batch)
+            s, _, _ = self._eval_step(trainable, batch, kind or self.kind)
             stats = s if stats is None else jax.tree.map(jnp.add, stats, s)
         if stats is None:
             raise ValueError("evaluation got no batches (empty test split?).")
         return evaluate.finalize(jax.device_get(stats))
 
-    def predict(self, trainable: Any, batches: Iterable[Batch]) -> Iterator[tuple[np.ndarray, np.ndarray, Batch]]:
+    def predict(
+        self, trainable: Any, batches: Iterable[Batch], kind: str | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, Batch]]:
         """Yield (logits, features, batch) per padded batch (padding rows included; use batch['_mask'])."""
         for batch in batches:
-            _, logits, feats = self._eval_step(trainable, batch)
+            _, logits, feats = self._eval_step(trainable, batch, kind or self.kind)
             yield np.asarray(logits), np.asarray(feats), batch
+
+
+def masked_ranking_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, margin: float = 1.0) -> jax.Array:
+    """Yoo & Kweon's pairwise ranking loss over the valid (leading, unpadded) rows of a padded batch.
+
+    Valid row i is paired with valid row n-1-i for i < n//2 (n = number of valid rows), as the unpadded
+    loss pairs a batch with its reverse; the target is not differentiated.
+    """
+    b = pred.shape[0]
+    n = mask.astype(jnp.int32).sum()
+    i = jnp.arange(b)
+    j = jnp.clip(n - 1 - i, 0, b - 1)
+    valid = i < n // 2
+    target = jax.lax.stop_gradient(target)
+    sign = jnp.where(target - target[j] > 0, 1.0, -1.0)
+    terms = jnp.maximum(margin - sign * (pred - pred[j]), 0.0)
+    return jnp.sum(jnp.where(valid, terms, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+def injectable_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The round's optimiser (`optim.make_optimizer`) with its learning rate a state entry set every step."""
+
+    def factory(learning_rate: jax.Array) -> optax.GradientTransformation:
+        return optim.make_optimizer(
+            config.optimizer, 1, 1, lr=learning_rate, momentum=config.momentum, weight_decay=config.weight_decay,
+            warmup_epochs=0, schedule="constant",
+        )
+
+    return optax.inject_hyperparams(factory)(learning_rate=0.0)
+
+
+def _with_lr(state: Any, lr: jax.Array) -> Any:
+    return state._replace(hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(lr, jnp.float32)})
+
+
+def _set_lr(opt_state: Any, lr: jax.Array, multi: bool) -> Any:
+    if not multi:
+        return _with_lr(opt_state, lr)
+    inner = dict(opt_state.inner_states)
+    inner["main"] = inner["main"]._replace(inner_state=_with_lr(inner["main"].inner_state, lr))
+    return opt_state._replace(inner_states=inner)
