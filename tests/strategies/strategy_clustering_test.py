@@ -1,0 +1,135 @@
+"""TypiClust, ProbCover and their blocked kernels against NumPy references with full N x N matrices."""
+
+import jax
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from alpeft_jax import strategies
+from alpeft_jax.strategies.base import as_key
+from alpeft_jax.strategies.distances import knn_sq_dist, min_sq_dist, nearest_other_label_sq_dist, radius_graph
+from alpeft_jax.strategies.kmeans import kmeans
+from alpeft_jax.strategies.probcover import purity_delta
+
+
+def normalized(x):
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def full_sq(x):
+    return ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+
+
+def blobs(n, d, k, seed, spread=0.3):
+    g = np.random.default_rng(seed)
+    c = g.normal(size=(k, d))
+    y = g.integers(0, k, n)
+    return (c[y] + spread * g.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_blocked_kernels_match_full_matrices():
+    g = np.random.default_rng(0)
+    x = g.normal(size=(103, 6)).astype(np.float32)
+    y = g.normal(size=(29, 6)).astype(np.float32)
+    d = ((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1)
+    m, a = min_sq_dist(x, y, block=8)
+    np.testing.assert_allclose(m, d.min(1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(a, d.argmin(1))
+    full = full_sq(x.astype(np.float64))
+    np.testing.assert_allclose(knn_sq_dist(x, 5, block=16), np.sort(full, 1)[:, 1:6], rtol=1e-4, atol=1e-5)
+    lab = g.integers(0, 3, 103)
+    ref = np.where(lab[:, None] != lab[None], full, np.inf).min(1)
+    np.testing.assert_allclose(nearest_other_label_sq_dist(x, lab, block=16), ref, rtol=1e-4, atol=1e-5)
+    indptr, idx = radius_graph(x, 3.0, block=16)
+    for i in range(0, 103, 10):
+        np.testing.assert_array_equal(idx[indptr[i]:indptr[i + 1]], np.flatnonzero(full[i] < 9.0))
+
+
+def test_kmeans_recovers_separated_blobs_like_sklearn():
+    x, y = blobs(600, 8, 5, seed=1, spread=0.05)
+    _, ours = kmeans(jax.random.key(0), x, 5)
+    theirs = KMeans(5, n_init=10, random_state=0).fit_predict(x)
+    assert adjusted_rand_score(y, ours) == 1.0 and adjusted_rand_score(theirs, ours) == 1.0
+
+
+def numpy_typiclust(x, clusters, labeled, budget, k_nn=20, min_size=5):
+    n_cl = clusters.max() + 1
+    sizes = np.bincount(clusters, minlength=n_cl)
+    existing = np.bincount(clusters[labeled], minlength=n_cl)
+    order = sorted((c for c in range(n_cl) if sizes[c] > min_size), key=lambda c: (existing[c], -sizes[c], c))
+    members = clusters.copy()
+    members[labeled] = -1
+    out = []
+    for i in range(budget):
+        m = np.flatnonzero(members == order[i % len(order)])
+        kk = min(k_nn, len(m) // 2)
+        dist = np.sort(full_sq(x[m]), axis=1)[:, 1:kk + 1].mean(1)
+        idx = m[np.argmax(1 / (dist + 1e-5))]
+        out.append(idx)
+        members[idx] = -1
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_typiclust_matches_numpy_reference(seed):
+    x, _ = blobs(500, 10, 8, seed=seed, spread=0.8)
+    labeled = np.zeros(500, bool)
+    labeled[np.random.default_rng(seed).choice(500, 10, replace=False)] = True
+    budget = 30
+    got = strategies.get("typiclust")(seed, {"features": x}, labeled, budget, block=64)
+    # the same k-means as the strategy (same key), checked against sklearn above
+    _, clusters = kmeans(jax.random.split(as_key(seed))[0], normalized(x).astype(np.float32), 10 + budget)
+    ref = numpy_typiclust(normalized(x), clusters, labeled, budget)
+    np.testing.assert_array_equal(got, ref)
+
+
+def numpy_probcover(x, labeled, budget, delta):
+    dist = np.sqrt(full_sq(x))
+    edges = np.argwhere(dist < delta)
+    covered = np.isin(np.arange(len(x)), edges[np.isin(edges[:, 0], np.flatnonzero(labeled)), 1])
+    edges = edges[~covered[edges[:, 1]]]
+    out = []
+    for _ in range(budget):
+        deg = np.bincount(edges[:, 0], minlength=len(x))
+        cur = int(deg.argmax())
+        assert deg[cur] > 0
+        new = edges[edges[:, 0] == cur, 1]
+        edges = edges[~np.isin(edges[:, 1], new)]
+        out.append(cur)
+    return np.asarray(out)
+
+
+def gap_delta(x, q):
+    """A radius in the middle of a gap between pairwise distances, so float rounding cannot flip an edge."""
+    d = np.unique(np.round(np.sqrt(full_sq(x)), 9))
+    i = int(q * len(d))
+    i += int(np.argmax(np.diff(d[i:i + 50])))
+    assert d[i + 1] - d[i] > 1e-5
+    return float((d[i] + d[i + 1]) / 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probcover_matches_numpy_reference(seed):
+    x, _ = blobs(400, 6, 6, seed=seed, spread=0.6)
+    xn = normalized(x)
+    labeled = np.zeros(400, bool)
+    labeled[np.random.default_rng(seed).choice(400, 5, replace=False)] = True
+    delta = gap_delta(xn, 0.03)
+    got = strategies.get("probcover")(seed, {"features": x}, labeled, 20, delta=delta, block=64)
+    np.testing.assert_array_equal(got, numpy_probcover(xn, labeled, 20, delta))
+
+
+def test_purity_delta_is_the_largest_alpha_pure_radius():
+    x, _ = blobs(300, 5, 4, seed=3, spread=0.5)
+    xn = normalized(x).astype(np.float32)
+    key = jax.random.key(7)
+    delta = purity_delta(key, xn, 4, alpha=0.9)
+    _, lab = kmeans(key, xn, 4)
+    dist = np.sqrt(full_sq(xn.astype(np.float64)))
+    purity = lambda r: np.mean([(lab[dist[i] < r] == lab[i]).all() for i in range(len(xn))])
+    assert purity(delta * (1 - 1e-4)) >= 0.9
+    assert purity(delta * (1 + 1e-3)) < 0.9
+    out = strategies.get("probcover")(0, {"features": xn, "logits": np.zeros((300, 4))}, np.zeros(300, bool), 4)
+    assert len(set(out.tolist())) == 4
