@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -242,3 +243,39 @@ def test_variants_match_transformers_parameter_counts(name):
 def test_unknown_variant_is_rejected():
     with pytest.raises(ValueError, match="Unknown CLIP variant"):
         clip.variant("ViT-H/99")
+
+
+def _write_tiny_bpe(directory):
+    """A byte-level CLIP BPE vocabulary: every byte alone and word-final, a few merges, SOT/EOT last."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    merges = [("c", "a"), ("ca", "t</w>"), ("o", "g</w>"), ("d", "og</w>"), ("p", "h"), ("ph", "o")]
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    encoder = {tok: i for i, tok in enumerate(vocab)}
+    (directory / "vocab.json").write_text(json.dumps(encoder))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return encoder
+
+
+def test_directory_with_vocabulary_gets_a_working_tokenizer(tmp_path, tiny_clip_factory, tiny_clip_config):
+    if importlib.util.find_spec("alpeft_jax.tokenizer") is None:
+        pytest.skip("alpeft_jax.tokenizer is not available")
+    text_config = dict(tiny_clip_config["text_config"], vocab_size=520, bos_token_id=518, eos_token_id=519,
+                       pad_token_id=519)
+    config = dict(tiny_clip_config, text_config=text_config)
+    ref, path = tiny_clip_factory(config, seed=5)
+    encoder = _write_tiny_bpe(path)
+    assert len(encoder) == 520
+    bb = backbones.load(str(path))
+    assert bb.tokenizer is not None
+    texts = ["a photo of a cat", "dog"]
+    ids = np.asarray(bb.tokenize(texts))
+    assert ids.shape == (2, text_config["max_position_embeddings"]) and ids.dtype == np.int32
+    hf_tok = transformers.CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    hf_ids = hf_tok(texts, padding="max_length", max_length=ids.shape[1], return_tensors="np")["input_ids"]
+    np.testing.assert_array_equal(ids, hf_ids)
+    assert encoder["cat</w>"] in ids[0] and encoder["dog</w>"] in ids[1]  # the merges were applied
+    with torch.no_grad():
+        ref_txt = _features(ref.get_text_features(input_ids=torch.from_numpy(hf_ids.astype(np.int64))))
+    np.testing.assert_allclose(np.asarray(bb.encode_text(ids)), ref_txt, atol=1e-4, rtol=0)
