@@ -165,6 +165,9 @@ class CLIPVisionTower(nn.Module):
 
     def blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
         """Run transformer blocks `start..stop-1` (Python ints) on the hidden states."""
+        stop = self.config.depth if stop is None else stop
+        if not 0 <= start <= stop <= self.config.depth:
+            raise ValueError(f"block range [{start}, {stop}) is outside 0..{self.config.depth}.")
         return self.encoder(hidden, start, stop)
 
     def head(self, hidden: jax.Array) -> tuple[jax.Array, Aux]:
@@ -260,6 +263,11 @@ class CLIP(nn.Module):
     @property
     def num_image_blocks(self) -> int:
         """Number of transformer blocks of the image tower (the `stop` of a full `image_blocks`)."""
+        return self.vision.depth
+
+    @property
+    def num_blocks(self) -> int:
+        """Same as `num_image_blocks`, the name the other image backbones use."""
         return self.vision.depth
 
     @property

@@ -157,7 +157,9 @@ def test_stem_blocks_head_compose_to_encode_image(case):
     images = jnp.asarray(_nhwc(_inputs(config)[0]))
     run = lambda method, *args: bb.model.apply({"params": bb.params}, *args, method=method)
     n = bb.model.num_image_blocks
-    assert n == config["vision_config"]["num_hidden_layers"]
+    assert n == bb.model.num_blocks == config["vision_config"]["num_hidden_layers"]
+    with pytest.raises(ValueError, match="outside"):
+        run("image_blocks", run("image_stem", images), 1, n + 1)
     full, full_aux = run("encode_image", images)
     for split in sorted({min(1, n), n // 2}):
         hidden = run("image_stem", images)
