@@ -60,7 +60,7 @@ def test_padding_and_batching_invariance():
     stats = None
     for s in range(0, 250, bs):
         z = np.full((bs, 10), 1e3, np.float32)
-        y = np.zeros(bs, np.int32)
+        y = np.full(bs, -1, np.int32)  # padding label out of range on purpose
         real = min(bs, 250 - s)
         z[:real], y[:real] = logits[s:s + real], labels[s:s + real]
         mask = np.arange(bs) < real

@@ -27,8 +27,9 @@ def cross_entropy(
         raise ValueError(f"mask must be [batch]={logits.shape[:1]}, got shape {m.shape}")
     z = jnp.where(m[:, None] > 0, logits.astype(jnp.float32), 0.0)
     logp = jax.nn.log_softmax(z, axis=-1)
-    nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    # one_hot of an out-of-range padding label (e.g. -1) is all zeros, so padding rows stay finite.
+    nll = -jnp.sum(jax.nn.one_hot(labels, z.shape[-1], dtype=jnp.float32) * logp, axis=-1)
     per_row = nll
     if label_smoothing > 0.0:
         per_row = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
-    return jnp.sum(m * per_row) / jnp.maximum(jnp.sum(m), 1.0)
+    return jnp.sum(jnp.where(m > 0, m * per_row, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)

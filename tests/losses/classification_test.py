@@ -31,8 +31,9 @@ def test_padding_rows_are_ignored():
     ref = F.cross_entropy(torch.tensor(logits[mask]), torch.tensor(labels[mask], dtype=torch.long),
                           label_smoothing=0.2)
     junk = logits.copy()
-    junk[~mask] = 1e4  # anything in the padding rows
-    fn = lambda z: cross_entropy(z, labels, mask=mask, label_smoothing=0.2)
+    junk[~mask] = 1e4  # anything in the padding rows, including an out-of-range label
+    pad_labels = np.where(mask, labels, -1).astype(np.int32)
+    fn = lambda z: cross_entropy(z, pad_labels, mask=mask, label_smoothing=0.2)
     v, g = jax.value_and_grad(fn)(jnp.asarray(junk))
     np.testing.assert_allclose(float(v), float(ref.detach()), rtol=1e-6)
     assert not np.any(np.asarray(g)[~mask])
