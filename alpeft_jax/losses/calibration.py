@@ -141,7 +141,8 @@ def avu_threshold(
     big = jnp.finfo(jnp.float32).max
     u_min = jnp.min(jnp.where(m > 0, u, big))
     u_max = jnp.max(jnp.where(m > 0, u, -big))
-    u_min, u_max = jnp.minimum(u_min, u_max), jnp.maximum(u_min, u_max)  # an all-padding batch gives 0 width
+    has_rows = jnp.sum(m) > 0
+    u_min, u_max = jnp.where(has_rows, u_min, 0.0), jnp.where(has_rows, u_max, 0.0)
     grid = u_min + jnp.linspace(0.0, 1.0, num_thresholds, dtype=jnp.float32) * (u_max - u_min)
     certain = (u[None, :] <= grid[:, None]).astype(jnp.float32)
     # AvU = (n_AC + n_IU) / N: accurate-and-certain plus inaccurate-and-uncertain.
@@ -175,7 +176,8 @@ def avuc_loss(
     n_ic = jnp.sum(inacc_m * certain * (1.0 - conf) * (1.0 - t))
     n_iu = jnp.sum(inacc_m * (1.0 - certain) * (1.0 - conf) * t)
     avu = (n_ac + n_iu) / (n_ac + n_au + n_ic + n_iu + eps)
-    return (-jnp.log(avu + eps)).astype(jnp.float32)
+    loss = jnp.where(jnp.sum(m) > 0, -jnp.log(avu + eps), 0.0)  # an all-padding batch contributes 0
+    return loss.astype(jnp.float32)
 
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {"cpeal": calibration_loss, "avuc": avuc_loss}

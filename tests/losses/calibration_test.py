@@ -338,6 +338,27 @@ def test_avuc_optimal_threshold_and_padding():
     assert not np.any(np.asarray(g1)[24:])
 
 
+def test_avuc_all_padding_is_zero():
+    z = jnp.ones((4, 3))
+    v, g = jax.value_and_grad(lambda x: avuc_loss(x, jnp.zeros(4, jnp.int32), mask=jnp.zeros(4)))(z)
+    assert float(v) == 0.0 and not np.any(np.asarray(g))
+
+
+def test_jit_compiles_once_for_any_mask():
+    traces = []
+
+    @jax.jit
+    def f(z, y, m):
+        traces.append(1)
+        return calibration_loss(z, y, mask=m) + avuc_loss(z, y, mask=m)
+
+    rng = np.random.default_rng(50)
+    for _ in range(3):
+        logits, labels = mixed_batch(rng, b=16)
+        f(logits, labels, rng.random(16) < 0.7)
+    assert len(traces) == 1
+
+
 def test_registry():
     logits, labels = mixed_batch(np.random.default_rng(40))
     f = losses.get("cpeal", weighting="none")
