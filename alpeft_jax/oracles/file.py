@@ -35,9 +35,18 @@ class FileOracle:
     def request(self, round_index: int, rows: np.ndarray) -> np.ndarray:
         """Labels from the round's labels file, or write to_label.csv and raise PendingLabels."""
         rows = np.asarray(rows, np.int64)
-        path = self.labels_file or os.path.join(self.round_dir(round_index), "labels.csv")
-        if os.path.exists(path):
-            return self.read(path, rows)
+        own = os.path.join(self.round_dir(round_index), "labels.csv")
+        if self.labels_file:  # --labels=FILE answers the pending round only, and is kept as the round's record
+            given, self.labels_file = self.labels_file, None
+            if not os.path.exists(given):
+                raise LabelFileError(f"labels file {given} does not exist; check the --labels path.")
+            labels = self.read(given, rows)
+            os.makedirs(self.round_dir(round_index), exist_ok=True)
+            with open(given) as f:
+                atomic_write(own, f.read())
+            return labels
+        if os.path.exists(own):
+            return self.read(own, rows)
         todo = self.write_request(round_index, rows)
         raise PendingLabels(
             f"round {round_index}: {len(rows)} examples to label in {todo}; fill the 'label' column with class "

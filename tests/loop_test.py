@@ -1,0 +1,186 @@
+"""The driver end to end: resume after SIGKILL, the CSV labelling round-trip, config checks, reports, the CLI."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sklearn.datasets import load_digits
+
+from alpeft_jax import loop, report
+from alpeft_jax.oracles import LabelFileError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
+
+
+def _tiny(arg=""):
+    sys.path.insert(0, os.path.dirname(TINY))
+    try:
+        import tiny
+    finally:
+        sys.path.pop(0)
+    return tiny.get_config(arg)
+
+
+def _cli(workdir, arg="", *extra, **popen):
+    cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config={TINY}" + (f":{arg}" if arg else ""),
+           f"--workdir={workdir}", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _results(workdir):
+    with open(os.path.join(workdir, "results.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _comparable(rows):
+    keys = ("round", "n_labeled", "accuracy", "nll", "ece", "brier", "selected_ids")
+    return [{k: r[k] for k in keys} for r in rows]
+
+
+def _state(workdir):
+    path = os.path.join(workdir, "al_state.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:  # never torn (atomic writes), but be safe while polling
+        return None
+
+
+def test_sigkill_mid_round_then_resume_equals_uninterrupted(tmp_path):
+    cache = str(tmp_path / "cache")
+    arg = f"rounds=3,epochs=6,ckpt=1,cache={cache}"
+    ref = _cli(tmp_path / "ref", arg)
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out
+    expected = _results(tmp_path / "ref")
+    assert len(expected) == 3
+
+    run = tmp_path / "killed"
+    proc = _cli(run, arg)
+    deadline = time.time() + 600
+    killed_state = None
+    while time.time() < deadline and proc.poll() is None:
+        st = _state(run)
+        progress = run / "progress"
+        if (st and st["round"] >= 1 and st["phase"] == "train" and progress.exists()
+                and any(p.name.isdigit() for p in progress.iterdir())):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_state = _state(run)
+            break
+        time.sleep(0.05)
+    assert killed_state is not None, "the run finished before it could be killed mid-round"
+    assert proc.returncode == -signal.SIGKILL
+    # No label is lost: the labels recorded before the kill are a prefix of the final ones.
+    resumed = _cli(run, arg)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming training" in out
+    final = _state(run)
+    n = len(killed_state["labels"])
+    assert final["labels"][:n] == killed_state["labels"]
+    assert final["labeled_rows"][:n] == killed_state["labeled_rows"]
+    assert _comparable(_results(run)) == _comparable(expected)
+
+
+def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
+    wd = str(tmp_path / "run")
+    cfg = _tiny("oracle=file,rounds=2,epochs=2")
+    assert loop.run(cfg, wd) == []  # stops cleanly, waiting for labels
+    todo = os.path.join(wd, "round_0", "to_label.csv")
+    with open(todo) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and all(r["label"] == "" and os.path.exists(r["path"]) for r in rows)
+    target = load_digits().target  # the annotator knows the truth; ids are the dataset's own indices
+    truth = {int(r["id"]): int(target[int(r["id"])]) for r in rows}
+    state_before = open(os.path.join(wd, "al_state.json")).read()
+    labels_path = os.path.join(wd, "round_0", "labels.csv")
+
+    def write(lines):
+        with open(labels_path, "w") as f:
+            f.write("id,label\n" + "".join(f"{i},{lab}\n" for i, lab in lines))
+
+    items = list(truth.items())
+    bad_cases = {
+        "unknown class": [(items[0][0], "eleven")] + items[1:],
+        "requested ids have no row": items[1:],
+        "appears twice": items + [items[0]],
+        "was not requested": items + [(999999, 1)],
+        "empty label": [(items[0][0], "")] + items[1:],
+    }
+    for message, lines in bad_cases.items():
+        write(lines)
+        with pytest.raises(LabelFileError, match=message):
+            loop.run(cfg, wd)
+        assert open(os.path.join(wd, "al_state.json")).read() == state_before  # nothing changed
+    # Class names work as well as indices.
+    write([(i, str(lab)) for i, lab in items[:5]] + [(i, f"{lab}") for i, lab in items[5:]])
+    assert len(loop.run(cfg, wd)) == 1  # round 0 trained; round 1 waits for its labels
+    st = _state(wd)
+    assert st["round"] == 1 and st["phase"] == "label" and sorted(st["labels"]) == sorted(truth.values())
+    assert len(_results(wd)) == 1
+    todo1 = os.path.join(wd, "round_1", "to_label.csv")
+    with open(todo1) as f:
+        ids1 = [int(r["id"]) for r in csv.DictReader(f)]
+    assert len(ids1) == 5 and not set(ids1) & set(truth)
+    other = tmp_path / "filled.csv"
+    other.write_text("id,label\n" + "".join(f"{i},{target[i]}\n" for i in ids1))
+    results = loop.run(cfg, wd, labels_file=str(other))
+    assert [r["n_labeled"] for r in results] == [10, 15]
+
+
+def test_changed_config_is_refused_naming_the_fields(tmp_path):
+    wd = str(tmp_path / "run")
+    loop.run(_tiny("rounds=1,epochs=1"), wd)
+    changed = _tiny("rounds=1,epochs=2")
+    with pytest.raises(loop.ConfigMismatchError, match=r"train\.epochs: 1 -> 2"):
+        loop.run(changed, wd)
+    more = _tiny("rounds=2,epochs=1")
+    assert len(loop.run(more, wd, allow_config_change=True)) == 2
+
+
+def test_report_aggregates_runs(tmp_path):
+    for name, seed_rows in {"a": [(0.5, 0.6), (0.7, 0.8)], "b": [(0.4, 0.5)]}.items():
+        for s, accs in enumerate(seed_rows):
+            d = tmp_path / f"{name}{s}"
+            d.mkdir()
+            (d / "config.json").write_text(json.dumps({"name": name, "al": {"strategy": "x"},
+                                                       "train": {"calibration": "none"}}))
+            (d / "results.jsonl").write_text("".join(
+                json.dumps({"round": i, "n_labeled": 10 * (i + 1), "accuracy": a, "ece": 0.1, "nll": 1.0,
+                            "brier": 0.5}) + "\n" for i, a in enumerate(accs)))
+    groups = report.group_runs([str(tmp_path / d) for d in ("a0", "a1", "b0")])
+    table = report.markdown_table(groups)
+    # a: mean of 0.5/0.7 = 60.00 ± 10.00 at 10 labels; 70.00 ± 10.00 at 20
+    assert "| a | 2 | 60.00 ± 10.00 | 70.00 ± 10.00 |" in table
+    assert "| b | 1 | 40.00 ± 0.00 | 50.00 ± 0.00 |" in table
+    out = report.plot_curves(groups, str(tmp_path / "curves.png"))
+    assert os.path.getsize(out) > 1000
+    assert report.main([str(tmp_path / "a0"), str(tmp_path / "nope")]) == 2
+
+
+def test_cli_rejects_misspelt_key_and_bad_labels_file(tmp_path):
+    proc = _cli(tmp_path / "x", "", "--config.train.epochz=3")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "epochz" in out
+    proc = _cli(tmp_path / "y", "oracle=file,rounds=1", "--labels=/nonexistent/labels.csv")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "does not exist" in out
+
+
+@pytest.mark.slow
+def test_demo_runlocal_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "alpeft_jax.main", "--config=configs/demo.py:runlocal",
+                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = _results(tmp_path)
+    assert [r["n_labeled"] for r in rows] == [10, 20]
+    assert os.path.exists(tmp_path / "curves.png")
