@@ -164,6 +164,11 @@ class DinoV2(nn.Module):
         """Number of transformer blocks (the `stop` of a full `image_blocks` pass)."""
         return self.depth
 
+    @property
+    def num_image_blocks(self) -> int:
+        """Same as `num_blocks`, the name CLIP's image tower uses."""
+        return self.depth
+
     def setup(self) -> None:
         """Declare parameters and submodules."""
         if self.width % self.num_heads:
@@ -172,8 +177,7 @@ class DinoV2(nn.Module):
             raise ValueError(f"Unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}.")
         p, w = self.patch_size, self.width
         self.patch_embed = nn.Conv(
-            w, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-            name="patch_embed",
+            w, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32
         )
         self.cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, w), jnp.float32)
         self.pos_embed = self.param(
@@ -187,9 +191,9 @@ class DinoV2(nn.Module):
             )
         self.encoder = Encoder(
             self.depth, self.num_heads, self.mlp_dim, self.activation, self.ln_eps, self.layer_scale,
-            self.swiglu, False, self.dtype, name="encoder",
+            self.swiglu, False, self.dtype
         )
-        self.norm = nn.LayerNorm(self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32, name="norm")
+        self.norm = nn.LayerNorm(self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32)
 
     def image_stem(self, images: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Token sequence [B, 1+R+N, W] before the blocks: patches (masked), class, registers, positions."""

@@ -29,8 +29,9 @@ from alpeft_jax.convert.common import CheckpointError  # noqa: E402
 from alpeft_jax.models import dinov2  # noqa: E402
 
 F32_TOL = 1e-4
-# bf16 compute (params f32) vs the f32 reference: bf16 keeps 8 mantissa bits (rel. step 2**-8 ~ 4e-3);
-# through two blocks and a final LayerNorm of O(1) outputs the error stays below 0.1.
+# bf16 compute (params f32) vs the f32 reference: bf16 keeps 8 mantissa bits (rel. step 2**-8 ~ 4e-3).
+# On these two-block models the outputs reach |x| ~ 4 and the measured max error is 0.02-0.06; 0.1 is
+# about 2.5% of the output range.
 BF16_TOL = 0.1
 
 # name -> (model class, config kwargs, how to save)
@@ -143,20 +144,19 @@ def test_bf16_close_to_reference(cases, name, hw):
     assert _diff(aux["patch_tokens"], ref.last_hidden_state[:, 1 + bb.model.num_registers :]) <= BF16_TOL
 
 
-@pytest.mark.parametrize("name", ["plain", "registers"])
-def test_mask_token_matches_bool_masked_pos(cases, name):
+@pytest.mark.parametrize("name,hw", [("plain", (28, 28)), ("registers", (35, 49))])
+def test_mask_token_matches_bool_masked_pos(cases, name, hw):
     """A patch mask replaces patch embeddings by the mask token as transformers' bool_masked_pos does."""
     model, bb = cases[name]
-    for hw in [_config_res(bb), (35, 49)]:
-        x = _images(*hw, seed=2)
-        n = (hw[0] // 7) * (hw[1] // 7)
-        mask = np.random.default_rng(3).random((2, n)) < 0.4
-        ref = _torch(model, x, mask)
-        emb, aux = bb.apply("encode_image", x, mask=jnp.asarray(mask))
-        assert _diff(emb, ref.pooler_output) <= F32_TOL
-        assert _diff(aux["patch_tokens"], ref.last_hidden_state[:, 1 + bb.model.num_registers :]) <= F32_TOL
-        # and the mask changes the output (the test would catch an ignored mask)
-        assert _diff(emb, bb.encode_image(x)) > 10 * F32_TOL
+    x = _images(*hw, seed=2)
+    n = (hw[0] // 7) * (hw[1] // 7)
+    mask = np.random.default_rng(3).random((2, n)) < 0.4
+    ref = _torch(model, x, mask)
+    emb, aux = bb.apply("encode_image", x, mask=jnp.asarray(mask))
+    assert _diff(emb, ref.pooler_output) <= F32_TOL
+    assert _diff(aux["patch_tokens"], ref.last_hidden_state[:, 1 + bb.model.num_registers :]) <= F32_TOL
+    # and the mask changes the output (the test would catch an ignored mask)
+    assert _diff(emb, bb.encode_image(x)) > 10 * F32_TOL
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -179,7 +179,10 @@ def test_composition_equals_encode_image(cases):
     emb, aux = bb.apply("encode_image", x)
     h = bb.apply("image_stem", x)
     assert h.shape == (2, 1 + 3 + 5 * 7, bb.embed_dim)
-    blocks = lambda h, start, stop: bb.model.apply({"params": bb.params}, h, start, stop, method="image_blocks")
+    blocks = jax.jit(
+        lambda h, start, stop: bb.model.apply({"params": bb.params}, h, start, stop, method="image_blocks"),
+        static_argnums=(1, 2),
+    )
     h = blocks(blocks(h, 0, 1), 1, n)
     emb2, aux2 = bb.apply("image_head", h)
     np.testing.assert_allclose(emb2, emb, atol=1e-5, rtol=0)  # jit boundaries only change f32 rounding
