@@ -309,3 +309,17 @@ def test_bad_inputs_and_checkpoints(cases, tmp_path):
         json.dump(cfg, f)
     with pytest.raises(CheckpointError, match="hidden_act"):
         hf_dinov2.load(path)
+
+
+def test_image_classification_checkpoint_loads_its_backbone(cases, tmp_path):
+    """A Dinov2ForImageClassification directory loads its `dinov2.` weights; the classifier is dropped."""
+    model, _ = cases["plain"]
+    clf = transformers.Dinov2ForImageClassification(
+        transformers.Dinov2Config(**{**model.config.to_dict(), "num_labels": 5})
+    ).eval()
+    clf.dinov2.load_state_dict(model.state_dict())
+    path = str(tmp_path / "clf")
+    clf.save_pretrained(path)
+    bb = backbones.load(path)
+    x = _images(35, 49, seed=7)
+    assert _diff(bb.encode_image(x), _torch(model, x).pooler_output) <= F32_TOL
