@@ -25,7 +25,7 @@ from flax import linen as nn
 
 from alpeft_jax.models.transformer import ACTIVATIONS, Encoder
 
-__all__ = ["VARIANTS", "DinoV2", "bicubic_resize_matrix", "decode_variant", "dinov2", "swiglu_hidden"]
+__all__ = ["VARIANTS", "DinoV2", "bicubic_resize_matrix", "decode_variant", "dinov2", "resample_grid", "swiglu_hidden"]
 
 Dtype = Any
 
