@@ -198,8 +198,7 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
         mean=mean,
         std=std,
         embed_dim=model.embed_dim,
-        config={"vision": model.vision, "text": model.text, "embed_dim": model.embed_dim,
-                "model_type": "clip"},
+        config=config,
         tokenizer=_tokenizer(path),
         source=path,
     )

@@ -116,7 +116,8 @@ def test_features_and_logits_match_transformers(case):
         ref_txt = _features(ref.get_text_features(input_ids=torch.from_numpy(ids)))
         ref_out = ref(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(images))
         ref_vis = ref.vision_model(pixel_values=torch.from_numpy(images))
-    img = np.asarray(bb.encode_image(_nhwc(images)))
+    img, img_aux = bb.apply("encode_image", jnp.asarray(_nhwc(images)))
+    img = np.asarray(img)
     txt = np.asarray(bb.encode_text(ids))
     np.testing.assert_allclose(img, ref_img, atol=1e-4, rtol=0)
     np.testing.assert_allclose(txt, ref_txt, atol=1e-4, rtol=0)
@@ -124,7 +125,6 @@ def test_features_and_logits_match_transformers(case):
     np.testing.assert_allclose(np.asarray(logits), ref_out.logits_per_image.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(aux["image_embeds"]), ref_out.image_embeds.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(aux["text_embeds"]), ref_out.text_embeds.numpy(), atol=1e-5)
-    _, img_aux = bb.apply("encode_image", jnp.asarray(_nhwc(images)))
     np.testing.assert_allclose(np.asarray(img_aux["pooled"]), ref_vis.pooler_output.numpy(), atol=1e-4)
     np.testing.assert_allclose(
         np.asarray(img_aux["patch_tokens"]), ref_vis.last_hidden_state[:, 1:].numpy(), atol=1e-4
@@ -143,16 +143,18 @@ def test_bf16_compute_stays_close(case):
     logits, _ = bb.apply("__call__", jnp.asarray(_nhwc(images), jnp.bfloat16), jnp.asarray(ids, jnp.int32))
     scale = math.exp(float(ref.logit_scale.detach()))
     cos, ref_cos = np.asarray(logits, np.float32) / scale, out.logits_per_image.numpy() / scale
-    # bf16 has an 8-bit mantissa: cosine similarities agree to a few hundredths.
-    np.testing.assert_allclose(cos, ref_cos, atol=3e-2, rtol=0)
+    # bf16 has an 8-bit mantissa; measured 2e-3 on this model, so 1e-2 leaves headroom across platforms.
+    np.testing.assert_allclose(cos, ref_cos, atol=1e-2, rtol=0)
     img = np.asarray(bb.encode_image(_nhwc(images)), np.float32)
     ref_img = out.image_embeds.numpy()
     agreement = (img / np.linalg.norm(img, axis=-1, keepdims=True) * ref_img).sum(-1)
-    assert agreement.min() > 0.995, agreement
+    assert agreement.min() > 0.999, agreement  # measured 0.99996
 
 
 def test_stem_blocks_head_compose_to_encode_image(case):
-    _, config, _, path = case
+    name, config, _, path = case
+    if name != "legacy_eos_sharded":
+        pytest.skip("checked on the deepest image tower only, to keep the file fast")
     bb = backbones.load(str(path))
     images = jnp.asarray(_nhwc(_inputs(config)[0]))
     run = lambda method, *args: bb.model.apply({"params": bb.params}, *args, method=method)
@@ -161,7 +163,7 @@ def test_stem_blocks_head_compose_to_encode_image(case):
     with pytest.raises(ValueError, match="outside"):
         run("image_blocks", run("image_stem", images), 1, n + 1)
     full, full_aux = run("encode_image", images)
-    for split in sorted({min(1, n), n // 2}):
+    for split in (1, 2):
         hidden = run("image_stem", images)
         hidden = run("image_blocks", hidden, 0, split)
         hidden = run("image_blocks", hidden, split, n)
