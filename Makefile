@@ -19,8 +19,11 @@ fmnist:
 	elif [ "$$(id -u)" = "0" ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (or pass --config.data.dir)"; fi
 
+DEMO := workdirs/demo
 demo: install
-	$(PYTHON) -m alpeft_jax.main --config=configs/demo.py --workdir=$${WORKDIR:-workdirs/demo}
+	$(PYTHON) -m alpeft_jax.main --config=configs/demo.py --workdir=$(DEMO)/entropy_calib_pcb
+	$(PYTHON) -m alpeft_jax.main --config=configs/demo.py:random --workdir=$(DEMO)/random
+	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb $(DEMO)/random --out $(DEMO)/curves.png
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks
