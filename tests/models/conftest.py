@@ -79,3 +79,9 @@ def vocab_clip() -> backbones.Backbone:
 def tiny_dinov2() -> backbones.Backbone:
     """Tiny DINOv2 with 2 blocks of width 16."""
     return make_dinov2_backbone()
+
+
+@pytest.fixture(scope="module")
+def clip_text_512() -> backbones.Backbone:
+    """A CLIP whose text tower has ViT-B's width 512 (one block; zero weights: for shapes and counts)."""
+    return make_clip_backbone(text_width=512, text_depth=1, heads=8, embed_dim=16, zeros=True)
