@@ -116,6 +116,11 @@ class DepthwiseConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+def _pointwise(dense: nn.Module, x: jax.Array) -> jax.Array:
+    """1x1 convolution as a Dense over channels on the flattened [B*H*W, C] view (a plain matmul for XLA)."""
+    return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 class MBConv(nn.Module):
     """Mobile inverted bottleneck (no squeeze-excite): expand 1x1, depthwise k x k, project 1x1, residual."""
 
@@ -133,21 +138,26 @@ class MBConv(nn.Module):
         c = x.shape[-1]
         h = x
         if self.expand_ratio != 1:
-            h = relu6(conv(c * self.expand_ratio, "expand_conv")(h))
+            h = relu6(_pointwise(conv(c * self.expand_ratio, "expand_conv"), h))
         h = DepthwiseConv(self.kernel_size, self.stride, self.depthwise, self.dtype, name="depthwise_conv")(h)
-        h = conv(self.out_channels, "project_conv")(relu6(h))
+        h = _pointwise(conv(self.out_channels, "project_conv"), relu6(h))
         if self.stride == 1 and c == self.out_channels:
             h = h + x
         return h
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite backbone with its ImageNet classifier; BatchNorm folded into conv biases."""
+    """EfficientNet-Lite backbone with its ImageNet classifier; BatchNorm folded into conv biases.
+
+    On CPU the public methods run the batch in chunks of about `cpu_chunk_bytes` of the largest activation
+    (a `lax.map` over sub-batches), so each layer's activations stay in the cache; `None` disables this.
+    """
 
     width: float = 1.0
     depth: float = 1.0
     num_classes: int = 1000
     depthwise: str = "auto"  # "auto" (by backend) | "shift" | "grouped"
+    cpu_chunk_bytes: int | None = 8 << 20
     dtype: Dtype = jnp.float32
 
     @property
@@ -170,38 +180,78 @@ class EfficientNetLite(nn.Module):
         self.conv_head = nn.Dense(HEAD_CHANNELS, dtype=self.dtype, param_dtype=jnp.float32)
         self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)
 
+    # Public methods: chunked over the batch on CPU, each a thin wrapper of the `_`-method below it.
+
     def image_stem(self, images: jax.Array) -> jax.Array:
         """Preprocessed images float[B,H,W,3] -> stem activations [B,H/2,W/2,32]."""
-        return relu6(self.conv_stem(images.astype(self.dtype)))
+        return self._chunked(EfficientNetLite._image_stem, images)
 
     def image_blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
         """Run MBConv blocks `start..stop-1` on `hidden`."""
         stop = self.num_blocks if stop is None else stop
         if not 0 <= start <= stop <= self.num_blocks:
             raise ValueError(f"block range [{start}, {stop}) is outside 0..{self.num_blocks}.")
-        for block in self.blocks[start:stop]:
-            hidden = block(hidden)
-        return hidden
+        return self._chunked(EfficientNetLite._image_blocks, hidden, start, stop)
 
     def image_head(self, hidden: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Last block's output -> (pooled 1280-d feature, aux with `pooled` and `feature_map`)."""
-        fmap = relu6(self.conv_head(hidden))
-        pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
-        return pooled, {"pooled": pooled, "feature_map": fmap}
+        return self._chunked(EfficientNetLite._image_head, hidden)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Images -> (pooled feature [B,1280], aux). BatchNorm is frozen, so `train` changes nothing here."""
         del train
-        return self.image_head(self.image_blocks(self.image_stem(images)))
+        return self._chunked(EfficientNetLite._encode_image, images)
 
     def classify(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Images -> (ImageNet logits [B, num_classes], aux with `pooled`)."""
-        pooled, aux = self.encode_image(images)
-        return self.fc(pooled), aux
+        return self._chunked(EfficientNetLite._classify, images)
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Same as `classify` (used by `init`)."""
         return self.classify(images)
+
+    def _image_stem(self, images: jax.Array) -> jax.Array:
+        return relu6(self.conv_stem(images.astype(self.dtype)))
+
+    def _image_blocks(self, hidden: jax.Array, start: int, stop: int) -> jax.Array:
+        for block in self.blocks[start:stop]:
+            hidden = block(hidden)
+        return hidden
+
+    def _image_head(self, hidden: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        fmap = relu6(_pointwise(self.conv_head, hidden))
+        pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+        return pooled, {"pooled": pooled, "feature_map": fmap}
+
+    def _encode_image(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self._image_head(self._image_blocks(self._image_stem(images), 0, self.num_blocks))
+
+    def _classify(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        pooled, aux = self._encode_image(images)
+        return self.fc(pooled), aux
+
+    def _chunk_size(self, x: jax.Array) -> int | None:
+        """Sub-batch size for CPU cache blocking, or None to run the whole batch at once."""
+        if self.cpu_chunk_bytes is None or jax.default_backend() != "cpu" or self.is_initializing():
+            return None
+        # Largest activation per example: 96 channels at half resolution after the stem, else ~6x the input.
+        h, w, c = x.shape[1:]
+        per_example = h * w * (24 if c == 3 else 6 * c) * jnp.dtype(self.dtype).itemsize
+        chunk = max(1, self.cpu_chunk_bytes // per_example)
+        return None if chunk >= x.shape[0] else chunk
+
+    def _chunked(self, method: Any, x: jax.Array, *args: Any) -> Any:
+        """`method(self, x, *args)`, run as a `lax.map` over sub-batches when `_chunk_size` asks for it."""
+        chunk = self._chunk_size(x)
+        if chunk is None:
+            return method(self, x, *args)
+        b = x.shape[0]
+        n = -(-b // chunk)
+        chunk = -(-b // n)
+        xs = jnp.pad(x, [(0, n * chunk - b)] + [(0, 0)] * (x.ndim - 1)).reshape(n, chunk, *x.shape[1:])
+        module, variables = self.clone(parent=None), self.variables
+        out = lax.map(lambda xc: module.apply(variables, xc, *args, method=method), xs)
+        return jax.tree.map(lambda y: y.reshape(n * chunk, *y.shape[2:])[:b], out)
 
 
 def efficientnet_lite(variant: str = "lite0", **kwargs: Any) -> EfficientNetLite:

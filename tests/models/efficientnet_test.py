@@ -196,16 +196,36 @@ def test_stem_blocks_head_compose_to_encode_image():
     bb = _backbone()
     model, params = bb.model, {"params": bb.params}
     assert model.num_blocks == 16
+
+    def run(method, *static):
+        return jax.jit(lambda p, h: model.apply(p, h, *static, method=method))
+
     x = jnp.asarray(np.random.RandomState(2).randn(2, 48, 48, 3).astype(np.float32))
-    h = model.apply(params, x, method="image_stem")
-    h = model.apply(params, h, 0, 5, method="image_blocks")
-    h = model.apply(params, h, 5, 11, method="image_blocks")
-    h = model.apply(params, h, 11, model.num_blocks, method="image_blocks")
-    pooled, _ = model.apply(params, h, method="image_head")
-    emb, _ = model.apply(params, x, method="encode_image")
+    h = run("image_stem")(params, x)
+    for start, stop in ((0, 5), (5, 11), (11, model.num_blocks)):
+        h = run("image_blocks", start, stop)(params, h)
+    pooled, aux = run("image_head")(params, h)
+    emb, _ = run("encode_image")(params, x)
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(emb), atol=1e-6)
+    assert aux["feature_map"].shape == (2, 2, 2, 1280)
     with pytest.raises(ValueError, match="outside 0..16"):
         model.apply(params, h, 3, 17, method="image_blocks")
+
+
+def test_cpu_batch_chunking_matches_reference():
+    # 5 examples in chunks of 2 (padded to 6) through lax.map, against the torch reference.
+    bb = _backbone()
+    x = np.random.RandomState(3).randn(5, 40, 40, 3).astype(np.float32)
+    with torch.no_grad():
+        ref = _reference()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    per_example = 20 * 20 * 96 * 4
+    for chunk_bytes in (2 * per_example, None):
+        model = effnet.efficientnet_lite("lite0", cpu_chunk_bytes=chunk_bytes)
+        if chunk_bytes is not None:
+            assert model.bind({"params": bb.params})._chunk_size(jnp.asarray(x)) == 2
+        got = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x, method="classify")[0])(bb.params, x)
+        assert got.shape == (5, 1000)
+        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-3)
 
 
 def test_pointwise_convs_are_dense_modules_named_for_lora():
