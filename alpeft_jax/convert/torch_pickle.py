@@ -252,7 +252,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for name, value in obj.items():
         if not isinstance(value, _Tensor):
             raise CheckpointError(
-                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; save model.state_dict()."
+                f"{path}: entry {name!r} holds a {type(value).__name__}, not a tensor; save model.state_dict()."
             )
         out[str(name)] = value.materialize()
     return out
