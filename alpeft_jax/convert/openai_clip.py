@@ -186,6 +186,10 @@ def _heads(width: int, sub: Mapping[str, Any], where: str) -> int:
 
 
 def _agree(where: str, name: str, config_value: Any, found: Any) -> None:
+    if name in ("image_size", "patch_size") and isinstance(config_value, (list, tuple)):
+        if len(set(config_value)) != 1:
+            raise CheckpointError(f"{where}.{name} = {config_value!r} is not square; only square inputs are supported.")
+        config_value = config_value[0]
     if config_value is not None and tuple(np.atleast_1d(config_value)) != tuple(np.atleast_1d(found)):
         raise CheckpointError(
             f"{where}.{name} = {config_value!r} but the weights have {found!r}; the config does not belong to "

@@ -37,8 +37,9 @@ from alpeft_jax.models.clip_resnet import CLIPResNet  # noqa: E402
 # OpenAI layout, heads = width // 64 inferred from the shapes.
 VIT = dict(embed_dim=24, vision_cfg=dict(layers=2, width=64, image_size=32, patch_size=8),
            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1), quick_gelu=True)
-# open_clip configs that the shapes alone cannot describe: 3 and 4 heads, exact GELU, a 100-token vocabulary.
-VIT_CFG = dict(embed_dim=20, vision_cfg=dict(layers=2, width=48, head_width=16, image_size=48, patch_size=16),
+# open_clip configs that the shapes alone cannot describe: 3 and 4 heads, exact GELU, a 100-token vocabulary
+# (and an [H, W] image size).
+VIT_CFG = dict(embed_dim=20, vision_cfg=dict(layers=2, width=48, head_width=16, image_size=[48, 48], patch_size=16),
                text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=4, layers=2))
 RN_CFG = dict(embed_dim=16, quick_gelu=True,
               vision_cfg=dict(layers=[1, 1, 1, 1], width=8, head_width=32, image_size=96, patch_size=None),
@@ -105,7 +106,7 @@ def _ids(cfg: dict, seed: int = 0) -> np.ndarray:
 
 
 def _reference(model, cfg: dict, ids: np.ndarray, seed: int = 0) -> dict:
-    size = cfg["vision_cfg"]["image_size"]
+    size = int(np.atleast_1d(cfg["vision_cfg"]["image_size"])[0])
     images = np.random.default_rng(seed).normal(size=(2, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         img = model.encode_image(torch.from_numpy(images)).numpy()

@@ -101,9 +101,15 @@ def inputs(reference):
         h = v.stem(x)
         after_layer1 = v.layer1(h)
         fmap = v.layer4(v.layer3(v.layer2(after_layer1)))
-    logits = float(model.logit_scale.exp()) * _unit(img) @ _unit(txt).T
+    logits = float(model.logit_scale.detach().exp()) * _unit(img) @ _unit(txt).T
     return dict(images=images, nhwc=images.transpose(0, 2, 3, 1), ids=ids, img=img, txt=txt, logits=logits,
                 stem=h.numpy(), after_layer1=after_layer1.numpy(), fmap=fmap.numpy())
+
+
+@pytest.fixture(scope="module")
+def bb(reference):
+    """The float32 backbone loaded from the .safetensors file."""
+    return backbones.load(reference[1]["safetensors"])
 
 
 def _unit(x):
@@ -114,6 +120,7 @@ def _nchw_to_nhwc(x):
     return np.asarray(x).transpose(0, 2, 3, 1)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("fmt", ["safetensors", "pt", "torchscript"])
 def test_embeddings_and_logits_match_open_clip(reference, inputs, fmt):
     bb = backbones.load(reference[1][fmt])
@@ -127,11 +134,10 @@ def test_embeddings_and_logits_match_open_clip(reference, inputs, fmt):
     np.testing.assert_allclose(txt, inputs["txt"], atol=1e-4, rtol=0)
     logits, aux = bb.apply("__call__", jnp.asarray(inputs["nhwc"]), jnp.asarray(inputs["ids"]))
     np.testing.assert_allclose(np.asarray(logits), inputs["logits"], atol=1e-3, rtol=1e-5)
-    np.testing.assert_allclose(float(aux["logit_scale"]), float(reference[0].logit_scale.exp()), rtol=1e-6)
+    np.testing.assert_allclose(float(aux["logit_scale"]), float(reference[0].logit_scale.detach().exp()), rtol=1e-6)
 
 
-def test_aux_pooled_is_embedding_and_patch_tokens_are_feature_map(reference, inputs):
-    bb = backbones.load(reference[1]["safetensors"])
+def test_aux_pooled_is_embedding_and_patch_tokens_are_feature_map(bb, inputs):
     emb, aux = bb.apply("encode_image", jnp.asarray(inputs["nhwc"]))
     np.testing.assert_array_equal(np.asarray(aux["pooled"]), np.asarray(emb))
     want = _nchw_to_nhwc(inputs["fmap"]).reshape(2, -1, 16 * 32)
@@ -139,17 +145,16 @@ def test_aux_pooled_is_embedding_and_patch_tokens_are_feature_map(reference, inp
     np.testing.assert_allclose(np.asarray(aux["patch_tokens"]), want, atol=1e-4, rtol=0)
 
 
-def test_frozen_prefix_matches_reference_stages_and_composes(reference, inputs):
-    bb = backbones.load(reference[1]["safetensors"])
+def test_frozen_prefix_matches_reference_stages_and_composes(bb, inputs):
     model, x = bb.model, jnp.asarray(inputs["nhwc"])
     assert model.num_image_blocks == 5
-    run = lambda fn, *a: model.apply({"params": bb.params}, *a, method=fn)  # noqa: E731
+    run = lambda fn, *a: jax.jit(lambda p, *b: model.apply({"params": p}, *b, method=fn))(bb.params, *a)  # noqa: E731
     stem = run(lambda m, im: m.image_stem(im), x)
     np.testing.assert_allclose(np.asarray(stem), _nchw_to_nhwc(inputs["stem"]), atol=1e-5, rtol=0)
     # blocks 0..1 are layer1 (global numbering), blocks 2..4 the strided stages.
     h2 = run(lambda m, h: m.image_blocks(h, 0, 2), stem)
     np.testing.assert_allclose(np.asarray(h2), _nchw_to_nhwc(inputs["after_layer1"]), atol=1e-4, rtol=0)
-    for cut in (0, 1, 3, 5):
+    for cut in (0, 1, 4):
         h = run(lambda m, im: m.image_blocks(m.image_stem(im), 0, cut), x)  # noqa: B023
         emb, _ = run(lambda m, hh: m.image_head(m.image_blocks(hh, cut, None)), h)  # noqa: B023
         np.testing.assert_allclose(np.asarray(emb), inputs["img"], atol=1e-4, rtol=0)
@@ -166,8 +171,7 @@ def test_bfloat16_compute_close_to_float32_reference(reference, inputs):
         assert (np.sum(_unit(got) * _unit(want), axis=-1) > 0.999).all()
 
 
-def test_lora_targets_1x1_convs_and_attention_pool(reference, inputs):
-    bb = backbones.load(reference[1]["safetensors"])
+def test_lora_targets_1x1_convs_and_attention_pool(bb, inputs):
     cfg = lora.LoraConfig(rank=2, alpha=2.0, targets=(r"img/blocks_[3-4]/conv(1|3)", r"img/attnpool/attn/(q|v)"))
     found = lora.target_modules(bb.params, cfg.targets)
     assert set(found) == {"img/blocks_3/conv1", "img/blocks_3/conv3", "img/blocks_4/conv1", "img/blocks_4/conv3",
@@ -176,14 +180,13 @@ def test_lora_targets_1x1_convs_and_attention_pool(reference, inputs):
     tree = lora.init(jax.random.key(0), bb.params, cfg)
     tree = jax.tree_util.tree_map(lambda t: t + 0.05 * jax.random.normal(jax.random.key(1), t.shape), tree)
     x = jnp.asarray(inputs["nhwc"])
-    adapted = lora.apply(bb.model, bb.params, tree, cfg, x, method="encode_image")[0]
-    merged = bb.model.apply({"params": lora.merge(bb.params, tree, cfg)}, x, method="encode_image")[0]
+    adapted = jax.jit(lambda t: lora.apply(bb.model, bb.params, t, cfg, x, method="encode_image")[0])(tree)
+    merged = bb.encode_image(x, params=lora.merge(bb.params, tree, cfg))
     assert np.abs(np.asarray(adapted) - inputs["img"]).max() > 1e-3  # the update reaches the output
     np.testing.assert_allclose(np.asarray(adapted), np.asarray(merged), atol=1e-4, rtol=0)
 
 
-def test_wrong_image_size_is_refused(reference):
-    bb = backbones.load(reference[1]["safetensors"])
+def test_wrong_image_size_is_refused(bb):
     with pytest.raises(ValueError, match="expects NHWC images"):
         bb.encode_image(np.zeros((1, 3, 64, 64), np.float32))
 
