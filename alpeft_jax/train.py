@@ -226,11 +226,11 @@ class Trainer:
 def masked_ranking_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, margin: float = 1.0) -> jax.Array:
     """Yoo & Kweon's pairwise ranking loss over the valid (leading, unpadded) rows of a padded batch.
 
-    Valid row i is paired with valid row n-1-i for i < n//2 (n = number of valid rows), as the unpadded
-    loss pairs a batch with its reverse; the target is not differentiated.
+    With m = n rounded down to even (n = number of valid rows; an odd batch drops its last valid row, as the
+    unpadded loss does), row i is paired with row m-1-i for i < m//2; the target is not differentiated.
     """
     b = pred.shape[0]
-    n = mask.astype(jnp.int32).sum()
+    n = (mask.astype(jnp.int32).sum() // 2) * 2
     i = jnp.arange(b)
     j = jnp.clip(n - 1 - i, 0, b - 1)
     valid = i < n // 2
