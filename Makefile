@@ -10,6 +10,9 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 $(STAMP): pyproject.toml
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[test]"
+	# The independent OpenAI-CLIP reference for the parity tests, without torchvision (which would pull a CUDA torch).
+	$(PIP) install --quiet --no-deps "open_clip_torch==3.3.0"
+	$(PIP) install --quiet ftfy
 	touch $(STAMP)
 
 install: $(STAMP) fmnist
