@@ -33,7 +33,7 @@ from alpeft_jax.models import lora as lora_lib
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.models.prompts import PromptConfig
 from alpeft_jax.scoring import FeatureCache, PoolScorer, Sharder, process_share
-from alpeft_jax.train import NaNLossError, TrainConfig, Trainer
+from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
 
 STATE_FILE = "al_state.json"
 CONFIG_FILE = "config.json"
@@ -356,6 +356,8 @@ class Run:
         every = self.c.train.checkpoint_every_steps
         t0 = time.time()
         n_steps = 0
+        per_epoch = steps_per_epoch(len(rows), self.c.train.batch_size, self.c.train.drop_last)
+        progress = Progress(f"round {r} training", per_epoch * (self.c.train.epochs - start_epoch) - start_batch)
         for epoch in range(start_epoch, self.c.train.epochs):
             sums, steps = None, 0
             first = start_batch if epoch == start_epoch else 0
@@ -364,6 +366,7 @@ class Run:
                 sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
                 steps += 1
                 n_steps += 1
+                progress(n_steps)
                 if every and n_steps % every == 0:
                     self.progress_store.save(int(state["step"]) + 1000000 * r, state,
                                              {"round": r, "epoch": epoch, "batch": i + 1, "history": history})

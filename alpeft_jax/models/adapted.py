@@ -29,7 +29,7 @@ from alpeft_jax.models import heads, lora, prompts
 Trainable = dict[str, Any]
 _BLOCK = re.compile(r"(?:^|/)(?:block|blocks)_(\d+)(?:/|$)")
 # Image-tower parameter prefix per backbone family ("" = the whole model is the image tower).
-IMAGE_PREFIX = {"clip": "img/", "dinov2": "", "efficientnet": "", "clip_resnet": "img/"}
+IMAGE_PREFIX = {"clip": "img/", "dinov2": "", "efficientnet": ""}
 
 
 @dataclasses.dataclass(frozen=True)
