@@ -180,7 +180,17 @@ class EfficientNetLite(nn.Module):
         self.conv_head = nn.Dense(HEAD_CHANNELS, dtype=self.dtype, param_dtype=jnp.float32)
         self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)
 
-    # Public methods: chunked over the batch on CPU, each a thin wrapper of the `_`-method below it.
+    @property
+    def segment_bounds(self) -> tuple[int, ...]:
+        """Block indices where a CPU chunking segment starts: each stride-2 block after the first, plus the end.
+
+        Segment 0 is the stem with blocks [0, bounds[1]); later segments run at lower resolution and take
+        larger sub-batches. Only block outputs (not the 6x expanded activations) cross segment boundaries.
+        """
+        strided = [i for i, spec in enumerate(self.specs) if spec[1] == 2]
+        return (0, *strided[1:], self.num_blocks)
+
+    # Public methods: on CPU each segment is run over sub-batches (`_chunked`); elsewhere in one piece.
 
     def image_stem(self, images: jax.Array) -> jax.Array:
         """Preprocessed images float[B,H,W,3] -> stem activations [B,H/2,W/2,32]."""
@@ -191,7 +201,10 @@ class EfficientNetLite(nn.Module):
         stop = self.num_blocks if stop is None else stop
         if not 0 <= start <= stop <= self.num_blocks:
             raise ValueError(f"block range [{start}, {stop}) is outside 0..{self.num_blocks}.")
-        return self._chunked(EfficientNetLite._image_blocks, hidden, start, stop)
+        cuts = sorted({start, stop, *(b for b in self.segment_bounds if start < b < stop)})
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            hidden = self._chunked(EfficientNetLite._image_blocks, hidden, a, b)
+        return hidden
 
     def image_head(self, hidden: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Last block's output -> (pooled 1280-d feature, aux with `pooled` and `feature_map`)."""
@@ -200,11 +213,16 @@ class EfficientNetLite(nn.Module):
     def encode_image(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Images -> (pooled feature [B,1280], aux). BatchNorm is frozen, so `train` changes nothing here."""
         del train
-        return self._chunked(EfficientNetLite._encode_image, images)
+        bounds = self.segment_bounds
+        hidden = self._chunked(EfficientNetLite._stem_and_blocks, images, bounds[1])
+        for a, b in zip(bounds[1:-2], bounds[2:-1], strict=True):
+            hidden = self._chunked(EfficientNetLite._image_blocks, hidden, a, b)
+        return self._chunked(EfficientNetLite._blocks_and_head, hidden, bounds[-2])
 
     def classify(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Images -> (ImageNet logits [B, num_classes], aux with `pooled`)."""
-        return self._chunked(EfficientNetLite._classify, images)
+        pooled, aux = self.encode_image(images)
+        return self.fc(pooled), aux
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Same as `classify` (used by `init`)."""
@@ -223,22 +241,24 @@ class EfficientNetLite(nn.Module):
         pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         return pooled, {"pooled": pooled, "feature_map": fmap}
 
-    def _encode_image(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return self._image_head(self._image_blocks(self._image_stem(images), 0, self.num_blocks))
+    def _stem_and_blocks(self, images: jax.Array, stop: int) -> jax.Array:
+        return self._image_blocks(self._image_stem(images), 0, stop)
 
-    def _classify(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        pooled, aux = self._encode_image(images)
-        return self.fc(pooled), aux
+    def _blocks_and_head(self, hidden: jax.Array, start: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self._image_head(self._image_blocks(hidden, start, self.num_blocks))
 
     def _chunk_size(self, x: jax.Array) -> int | None:
         """Sub-batch size for CPU cache blocking, or None to run the whole batch at once."""
         if self.cpu_chunk_bytes is None or jax.default_backend() != "cpu" or self.is_initializing():
             return None
         # Largest activation per example: 96 channels at half resolution after the stem, else ~6x the input.
-        h, w, c = x.shape[1:]
+        b, h, w, c = x.shape
         per_example = h * w * (24 if c == 3 else 6 * c) * jnp.dtype(self.dtype).itemsize
-        chunk = max(1, self.cpu_chunk_bytes // per_example)
-        return None if chunk >= x.shape[0] else chunk
+        limit = max(1, self.cpu_chunk_bytes // per_example)
+        if limit >= b:
+            return None
+        divisor = max(d for d in range(1, limit + 1) if b % d == 0)
+        return divisor if 2 * divisor >= limit else -(-b // -(-b // limit))  # else balanced, padded chunks
 
     def _chunked(self, method: Any, x: jax.Array, *args: Any) -> Any:
         """`method(self, x, *args)`, run as a `lax.map` over sub-batches when `_chunk_size` asks for it."""
@@ -247,7 +267,6 @@ class EfficientNetLite(nn.Module):
             return method(self, x, *args)
         b = x.shape[0]
         n = -(-b // chunk)
-        chunk = -(-b // n)
         xs = jnp.pad(x, [(0, n * chunk - b)] + [(0, 0)] * (x.ndim - 1)).reshape(n, chunk, *x.shape[1:])
         module, variables = self.clone(parent=None), self.variables
         out = lax.map(lambda xc: module.apply(variables, xc, *args, method=method), xs)
