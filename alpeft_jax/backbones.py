@@ -124,10 +124,13 @@ def resolve(source: str) -> str:
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         snapshot_download = None
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import time
     if snapshot_download is not None:
         for local_only in (True, False):
             try:
-                return snapshot_download(source, allow_patterns=patterns, local_files_only=local_only)
+                return snapshot_download(
+                    source, allow_patterns=patterns, local_files_only=local_only, cache_dir=cache_dir
+                )
             except Exception:  # noqa: BLE001 - any hub/cache failure means "try the next way"
                 continue
     raise CheckpointError(
