@@ -99,7 +99,8 @@ def selections(pool: dict[str, np.ndarray], seed: int = 3) -> dict[str, np.ndarr
 def run_all(ckpt: str, devices: list[Any], state: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Cache and score the pool for every input kind on a mesh over `devices`; arrays and selections by name.
 
-    `state`, when given, receives the backbone, images and per kind the (model, trainable, scorer, cache).
+    `state`, when given, receives the backbone, the pool images ("pool"), the sharder and per kind the
+    (model, trainable, scorer, cache).
     """
     bb = backbones.load(ckpt)
     sharder = Sharder(make_mesh(devices))
@@ -107,7 +108,7 @@ def run_all(ckpt: str, devices: list[Any], state: dict[str, Any] | None = None) 
     share = np.arange(N_POOL)
     out: dict[str, np.ndarray] = {}
     if state is not None:
-        state.update(bb=bb, images=images, sharder=sharder)
+        state.update(bb=bb, pool=images, sharder=sharder)
     for kind in ("images", "hidden", "features"):
         model = model_for(bb, kind, dropout=0.25 if kind == "images" else 0.0)
         trainable = trainable_for(model, loss_head=kind == "images")
