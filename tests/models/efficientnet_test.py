@@ -160,7 +160,7 @@ def test_logits_match_torch_reference(size):
         model = effnet.efficientnet_lite("lite0", depthwise=impl)
         got = np.asarray(jax.jit(lambda p, x, m=model: m.apply({"params": p}, x, method="classify")[0])(bb.params, x))
         err = np.abs(got - ref).max()
-        assert err <= 1e-3, f"{impl}: max |logit diff| {err:.2e}"
+        assert err <= 1e-4, f"{impl}: max |logit diff| {err:.2e}"  # measured ~1e-5
     assert np.abs(ref).max() > 1.0  # the comparison is not between near-zero outputs
 
 
@@ -225,7 +225,7 @@ def test_cpu_batch_chunking_matches_reference():
             assert model.bind({"params": bb.params})._chunk_size(jnp.asarray(x)) == 3
         got = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x, method="classify")[0])(bb.params, x)
         assert got.shape == (5, 1000)
-        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4)
 
 
 def test_pointwise_convs_are_dense_modules_named_for_lora():
