@@ -1,0 +1,333 @@
+"""Trainer (alpeft_jax.train): compile-once steps, toy tasks per mode, frozen backbone, SGD vs torch, masks, NaN."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alpeft_jax import backbones, evaluate, optim, train
+from alpeft_jax.convert.common import flatten
+from alpeft_jax.models import clip, lora, prompts
+from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
+from alpeft_jax.models.dinov2 import DinoV2
+from alpeft_jax.strategies.learning_loss import LossPredictionHead, loss_prediction_loss
+from alpeft_jax.tokenizer import Tokenizer
+
+# ----------------------------------------------------------------------------------------------- helpers
+COLOURS = np.array([[1.5, -1.5, -1.5], [-1.5, 1.5, -1.5], [-1.5, -1.5, 1.5], [1.5, 1.5, -1.5]], np.float32)
+NAMES = ["red", "green", "blue", "yellow"]
+
+
+def _random_params(shapes: Any, seed: int) -> Any:
+    """NumPy-random parameters (no compilation): LayerNorm scales near 1, biases near 0, fan-in scaled kernels."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path: tuple, s: Any) -> jax.Array:
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            value = 1.0 + 0.1 * rng.standard_normal(s.shape)
+        elif "bias" in name:
+            value = 0.05 * rng.standard_normal(s.shape)
+        elif "kernel" in name:
+            value = rng.standard_normal(s.shape) / np.sqrt(int(np.prod(s.shape[:-1])))
+        else:
+            value = 0.1 * rng.standard_normal(s.shape)
+        return jnp.asarray(value, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def _dinov2(seed: int = 0) -> backbones.Backbone:
+    model = DinoV2(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8, pos_grid=2)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    return backbones.Backbone("dinov2", model, _random_params(shapes, seed), 16, (0.5,) * 3, (0.25,) * 3, 16)
+
+
+def _clip(seed: int = 0) -> backbones.Backbone:
+    model = clip.CLIP(clip.VisionConfig(16, 1, 2, 8, 16), clip.TextConfig(width=16, depth=1, heads=2), 12)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 77), int))
+    params = _random_params(shapes["params"], seed)
+    params["logit_scale"] = jnp.asarray(math.log(100.0), jnp.float32)  # a trained CLIP's scale
+    return backbones.Backbone("clip", model, params, 16, (0.5,) * 3, (0.25,) * 3, 12, tokenizer=Tokenizer.default())
+
+
+@pytest.fixture(scope="module")
+def dino() -> backbones.Backbone:
+    return _dinov2()
+
+
+@pytest.fixture(scope="module")
+def clip_bb() -> backbones.Backbone:
+    return _clip()
+
+
+def colour_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n noisy 16x16 images of 4 classes that differ by colour; labels cycle 0..3."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    images = COLOURS[labels][:, None, None, :] + 0.2 * rng.standard_normal((n, 16, 16, 3)).astype(np.float32)
+    return images.astype(np.float32), labels.astype(np.int32)
+
+
+def padded_batches(
+    inputs: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None, drop_last: bool = True,
+    garbage: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-shape batches {"inputs", "label", "_mask"}; padding rows are zeros (or random garbage)."""
+    n = len(labels)
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(123)
+    for s in range(train.steps_per_epoch(n, batch_size, drop_last)):
+        idx = order[s * batch_size : (s + 1) * batch_size]
+        pad = batch_size - len(idx)
+        filler = (5 * rng.standard_normal((pad, *inputs.shape[1:])) if garbage
+                  else np.zeros((pad, *inputs.shape[1:])))
+        yield {
+            "inputs": np.concatenate([inputs[idx], filler.astype(inputs.dtype)]),
+            "label": np.concatenate([labels[idx], rng.integers(0, 4, pad) if garbage else np.zeros(pad)]).astype(
+                np.int32),
+            "_mask": np.arange(batch_size) < len(idx),
+        }
+
+
+def _numpy_tree(tree: Any) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in flatten(tree).items()}
+
+
+def _shapes(tree: Any) -> list[tuple[int, ...]]:
+    return sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------------------------ compile once
+def test_steps_compile_once_across_growing_rounds(dino):
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="lora", lora=lora.LoraConfig(rank=2, dropout=0.1)))
+    assert model.input_kind == "images"
+    trainer = train.Trainer(model, train.TrainConfig(epochs=2, batch_size=32, calibration="cpeal"))
+    pool_x, pool_y = colour_images(70, seed=1)
+    test_x, test_y = colour_images(37, seed=2)
+    for round_, n in enumerate((5, 17, 40, 70)):
+        state = trainer.init(jax.random.key(round_))
+        state, history = trainer.fit(
+            state, lambda e, n=n: padded_batches(pool_x[:n], pool_y[:n], 32, seed=e)  # noqa: B023
+        )
+        assert [h["steps"] for h in history] == [train.steps_per_epoch(n, 32)] * 2
+        metrics = trainer.evaluate(state["trainable"], padded_batches(test_x, test_y, 32, drop_last=False))
+        assert metrics["n"] == 37
+    assert trainer.traces == {"train": 1, "eval": 1}
+
+
+# --------------------------------------------------------------------------------------------- toy tasks
+def _run_toy(backbone, config, kind_of_inputs, train_config, n=32):
+    model = AdaptedModel(backbone, NAMES, config)
+    images, labels = colour_images(n, seed=3)
+    inputs = np.asarray(jax.jit(model.prefix)(images)) if kind_of_inputs != "images" else images
+    trainer = train.Trainer(model, train_config, kind=kind_of_inputs)
+    frozen_before = _numpy_tree(backbone.params)
+    state = trainer.init(jax.random.key(0))
+    initial = _numpy_tree(state["trainable"])
+    # The optimiser state covers only the trainable tree: its array leaves are one momentum per trainable leaf.
+    assert _shapes([x for x in jax.tree.leaves(state["opt_state"]) if x.ndim]) == _shapes(state["trainable"])
+    state, history = trainer.fit(state, lambda e: padded_batches(inputs, labels, 16, seed=e))
+    frozen_after = _numpy_tree(backbone.params)
+    assert frozen_before.keys() == frozen_after.keys()
+    for k, v in frozen_before.items():
+        np.testing.assert_array_equal(frozen_after[k], v, err_msg=k)
+    final = _numpy_tree(state["trainable"])
+    assert final.keys() == initial.keys()
+    metrics = trainer.evaluate(state["trainable"], padded_batches(inputs, labels, 16, drop_last=False))
+    return model, trainer, state, history, metrics, initial, final
+
+
+@pytest.mark.parametrize("mode", ["lora", "prompt"])
+def test_clip_toy_task(clip_bb, mode):
+    if mode == "lora":  # LoRA on the image tower; the text tower (frozen "X"*16 prompts) is encoded once
+        config = AdaptConfig(mode="lora", lora=lora.LoraConfig(rank=4, alpha=4.0, targets=lora.TOWER_TARGETS["vision"]))
+        tc = train.TrainConfig(epochs=12, batch_size=16, lr=0.1, calibration="none")
+    else:
+        config = AdaptConfig(mode="prompt", prompt=prompts.PromptConfig(n_ctx=4))
+        tc = train.TrainConfig(epochs=20, batch_size=16, lr=0.005, calibration="none")
+    model = AdaptedModel(clip_bb, NAMES, config)
+    kind = model.input_kind
+    assert kind == ("images" if mode == "lora" else "features")
+    _, _, state, history, metrics, initial, final = _run_toy(clip_bb, config, kind, tc)
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"], [h["loss"] for h in history]
+    assert metrics["accuracy"] == 1.0 and history[-1]["train_accuracy"] == 1.0
+    assert set(state["trainable"]) == ({"lora"} if mode == "lora" else {"prompt"})
+    assert any(not np.array_equal(initial[k], final[k]) for k in initial)
+
+
+def test_linear_head_toy_task_and_gradients_only_for_trainable(dino):
+    config = AdaptConfig(mode="linear")
+    tc = train.TrainConfig(epochs=10, batch_size=16, lr=1.0, calibration="avuc")
+    model, trainer, state, history, metrics, initial, final = _run_toy(dino, config, "features", tc)
+    assert model.input_kind == "features" and set(state["trainable"]) == {"head"}
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"], [h["loss"] for h in history]
+    assert metrics["accuracy"] == 1.0
+
+    # Gradients: exactly the trainable tree, non-zero; the backbone is a constant of the loss.
+    lora_model = AdaptedModel(dino, NAMES, AdaptConfig(mode="lora", head="linear"))
+    lora_trainer = train.Trainer(lora_model, train.TrainConfig(calibration="none"))
+    trainable = lora_model.init(jax.random.key(1))
+    trainable["lora"] = jax.tree.map(lambda x: x + 0.1, trainable["lora"])  # B != 0: A gets gradients too
+    batch = next(padded_batches(*colour_images(8), 8))
+    grads, _ = jax.jit(jax.grad(lora_trainer._loss, has_aux=True))(trainable, batch, jax.random.key(0), 0.0)
+    assert jax.tree.structure(grads) == jax.tree.structure(trainable)
+    assert set(grads) == {"lora", "head"}
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+# ------------------------------------------------------------------------------------- lr and torch SGD
+def test_lr_sequence_and_sgd_matches_torch(dino):
+    torch = pytest.importorskip("torch")
+    epochs, base_lr, wd = 5, 0.5, 5e-4
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    images, labels = colour_images(20, seed=4)
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    tc = train.TrainConfig(epochs=epochs, batch_size=8, lr=base_lr, calibration="none", weight_decay=wd)
+    trainer = train.Trainer(model, tc, kind="features")
+    seen: list[float] = []
+    step = trainer._train_step
+
+    def recording(state, batch, lr, lam):
+        seen.append(float(lr))
+        assert float(lam) == 0.0
+        return step(state, batch, lr, lam)
+
+    trainer._train_step = recording
+
+    def batches(e):  # 8 + 8 + 4 padded rows per epoch, a new order each epoch
+        return padded_batches(feats, labels, 8, seed=e, drop_last=False)
+
+    state = trainer.init(jax.random.key(0))
+    head0 = jax.tree.map(np.array, state["trainable"]["head"])
+    state, _ = trainer.fit(state, batches)
+
+    expected = [1e-5] + [base_lr * 0.5 * (1 + math.cos(math.pi * (e - 1) / epochs)) for e in range(1, epochs)]
+    assert expected == pytest.approx([optim.lr_at_epoch(e, epochs, base_lr) for e in range(epochs)], rel=1e-12)
+    np.testing.assert_allclose(seen, np.repeat(expected, 3), rtol=1e-6)
+
+    lin = torch.nn.Linear(16, 4).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(head0["kernel"].T))
+        lin.bias.copy_(torch.tensor(head0["bias"]))
+    opt = torch.optim.SGD(lin.parameters(), lr=expected[0], momentum=0.9, weight_decay=wd)
+    for e in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = expected[e]
+        for batch in batches(e):
+            m = batch["_mask"]
+            x = torch.tensor(batch["inputs"][m], dtype=torch.float64)
+            y = torch.tensor(batch["label"][m], dtype=torch.long)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(x), y).backward()
+            opt.step()
+    head = state["trainable"]["head"]
+    assert np.abs(lin.weight.detach().numpy().T - head0["kernel"]).max() > 0.1  # it really trained
+    np.testing.assert_allclose(np.asarray(head["kernel"]), lin.weight.detach().numpy().T, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(head["bias"]), lin.bias.detach().numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_nan_loss_raises(dino):
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    trainer = train.Trainer(model, train.TrainConfig(epochs=2, batch_size=8, calibration="none"), kind="features")
+    feats = np.full((8, 16), np.nan, np.float32)
+    state = trainer.init(jax.random.key(0))
+    with pytest.raises(train.NaNLossError, match=r"training loss is nan in epoch 0.*lower train.lr"):
+        trainer.fit(state, lambda e: padded_batches(feats, np.zeros(8, np.int32), 8))
+
+
+# ----------------------------------------------------------------------------------------------- masks
+def test_padding_rows_do_not_change_the_update(dino):
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    tc = train.TrainConfig(epochs=3, calibration="cpeal", calibration_anneal=False, loss_prediction=True, lr=0.3)
+    trainer = train.Trainer(model, tc, kind="features")
+    images, labels = colour_images(6, seed=5)
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    state = trainer.init(jax.random.key(0))
+    exact = next(padded_batches(feats, labels, 6))
+    padded = next(padded_batches(feats, labels, 32, drop_last=False, garbage=True))
+    assert padded["_mask"].sum() == 6 and np.abs(padded["inputs"][6:]).max() > 1
+    results = []
+    for batch in (exact, padded, exact):
+        new, metrics = trainer.train_step(jax.tree.map(jnp.array, state), batch, epoch=1)
+        new, metrics = trainer.train_step(new, batch, epoch=2)  # momentum in play
+        results.append((_numpy_tree(new["trainable"]), float(metrics["loss"]), float(metrics["n"])))
+    (a, loss_a, n_a), (b, loss_b, n_b), _ = results
+    assert n_a == n_b == 6 and loss_a == pytest.approx(loss_b, rel=1e-5)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert any(not np.allclose(a[k], _numpy_tree(state["trainable"])[k]) for k in a if k.startswith("loss_pred"))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 13, 31, 32])
+def test_masked_ranking_loss_equals_reference_on_prefix(n):
+    rng = np.random.default_rng(n)
+    pred, target = rng.standard_normal(32).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    mask = np.arange(32) < n
+    got = train.masked_ranking_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+    ref = loss_prediction_loss(jnp.asarray(pred[:n]), jnp.asarray(target[:n]))
+    assert float(got) == pytest.approx(float(ref), rel=1e-6)
+    g_got = jax.grad(lambda p: train.masked_ranking_loss(p, jnp.asarray(target), jnp.asarray(mask)))(jnp.asarray(pred))
+    g_ref = jax.grad(lambda p: loss_prediction_loss(p, jnp.asarray(target[:n])))(jnp.asarray(pred[:n]))
+    np.testing.assert_allclose(np.asarray(g_got[:n]), np.asarray(g_ref), atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(g_got[n:]), 0.0)
+
+
+def test_loss_prediction_head_trains(dino):
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    tc = train.TrainConfig(epochs=8, batch_size=16, lr=0.5, calibration="none", loss_prediction=True)
+    trainer = train.Trainer(model, tc, kind="features")
+    images, labels = colour_images(32, seed=6)
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    state = trainer.init(jax.random.key(0))
+    assert set(state["trainable"]) == {"head", "loss_pred"}
+    before = _numpy_tree(state["trainable"]["loss_pred"])
+    state, history = trainer.fit(state, lambda e: padded_batches(feats, labels, 16, seed=e))
+    after = _numpy_tree(state["trainable"]["loss_pred"])
+    # Every weight moves; fc2's bias gets no gradient (the ranking loss sees only differences of predictions).
+    assert all(not np.allclose(before[k], after[k]) for k in before if k != "fc2/bias")
+    np.testing.assert_array_equal(after["fc2/bias"], before["fc2/bias"])
+    assert history[-1]["train_accuracy"] == 1.0
+
+    def ranking(loss_pred_params):
+        logits, _ = model.logits(state["trainable"], jnp.asarray(feats), "features")
+        ce = -jax.nn.log_softmax(logits)[jnp.arange(32), labels]
+        pred = LossPredictionHead().apply({"params": loss_pred_params}, logits)
+        return float(loss_prediction_loss(pred, ce))
+
+    assert ranking(state["trainable"]["loss_pred"]) < ranking(jax.tree.map(jnp.asarray, before_tree(before)))
+
+
+def before_tree(flat: dict[str, np.ndarray]) -> Any:
+    from alpeft_jax.convert.common import unflatten
+
+    return unflatten(flat)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def test_evaluation_on_padded_batches_equals_unpadded_metrics(dino):
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    trainer = train.Trainer(model, train.TrainConfig(calibration="none"), kind="features")
+    trainable = model.init(jax.random.key(0))
+    images, labels = colour_images(37, seed=7)
+    labels[::5] = (labels[::5] + 1) % 4  # some wrong predictions
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    head = jax.tree.map(np.asarray, trainable["head"])
+    logits = feats.astype(np.float64) @ head["kernel"] + head["bias"]  # NumPy logits of the real rows
+    ref = evaluate.metrics(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
+    got = trainer.evaluate(trainable, padded_batches(feats, labels, 16, drop_last=False, garbage=True))
+    assert got["n"] == ref["n"] == 37
+    for k in ("accuracy", "nll", "ece", "brier"):
+        assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
+    rows = [(lg[b["_mask"]], f[b["_mask"]]) for lg, f, b in trainer.predict(
+        trainable, padded_batches(feats, labels, 16, drop_last=False, garbage=True))]
+    np.testing.assert_allclose(np.concatenate([r[0] for r in rows]), logits, atol=1e-4)
+    np.testing.assert_array_equal(np.concatenate([r[1] for r in rows]), feats)
+    assert trainer.traces["eval"] == 1
