@@ -107,8 +107,10 @@ def _rows_of(batches: Iterable[Batch], positions: np.ndarray) -> Iterator[tuple[
                          "positions the batches were made from, in the same order.")
 
 
-def _chunks(rows: Iterable[tuple[np.ndarray, Batch]], chunk: int, multiple: int) -> Iterator[tuple[np.ndarray, Any]]:
-    """Split each batch into pieces of at most `chunk` rows, padded to a multiple of the device count.
+def _chunks(
+    rows: Iterable[tuple[np.ndarray, Batch]], chunk: int | None, multiple: int
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """Split each batch into pieces of at most `chunk` rows (None: whole batches), padded to a multiple of `multiple`.
 
     Pieces that hold only padding are dropped.
     """
@@ -116,8 +118,9 @@ def _chunks(rows: Iterable[tuple[np.ndarray, Batch]], chunk: int, multiple: int)
         x = _inputs(batch)
         if x.shape[0] != pos.shape[0]:
             raise ValueError(f"a batch has {x.shape[0]} input rows but a mask of {pos.shape[0]}.")
-        for start in range(0, pos.shape[0], chunk):
-            p, xs = pos[start : start + chunk], x[start : start + chunk]
+        step = chunk or max(1, pos.shape[0])
+        for start in range(0, pos.shape[0], step):
+            p, xs = pos[start : start + step], x[start : start + step]
             if not (p >= 0).any():
                 continue
             pad = _round_up(p.shape[0], multiple) - p.shape[0]
@@ -202,13 +205,13 @@ class FeatureCache:
         memory_budget_bytes: int = 4 << 30,
         path: str | None = None,
         progress: Callable[[int, int], None] | None = None,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
     ) -> FeatureCache:
         """Run `model.prefix` over the pool; `batches` hold the preprocessed images of `positions`, in order.
 
         With `path`, a complete cache already on disk is reused, and one larger than the memory budget is
         written there (as a .npy memmap) instead of held in memory. The model sees at most `chunk_size` rows
-        (rounded up to the device count) per call.
+        (rounded up to the device count) per call; None: the size of the incoming batches.
         """
         if path and os.path.exists(path):
             arr = _from_disk(np.load(path, mmap_mode="r"))
@@ -244,13 +247,19 @@ class FeatureCache:
                 progress(done, len(positions))
 
         pending = None
-        for pos, x in _chunks(_rows_of(batches, positions), sharder.chunk_size(chunk_size), sharder.size):
-            y = fn(params, sharder.put(x))  # dispatched asynchronously; the previous chunk is copied meanwhile
+        chunk = sharder.chunk_size(chunk_size) if chunk_size else None
+        try:
+            for pos, x in _chunks(_rows_of(batches, positions), chunk, sharder.size):
+                y = fn(params, sharder.put(x))  # dispatched asynchronously; the previous chunk is copied meanwhile
+                if pending is not None:
+                    collect(*pending)
+                pending = (pos, y)
             if pending is not None:
                 collect(*pending)
-            pending = (pos, y)
-        if pending is not None:
-            collect(*pending)
+        except BaseException:
+            if tmp is not None and os.path.exists(tmp):
+                os.remove(tmp)  # never leave a partial cache behind
+            raise
         if multi:
             out = gather_rows(n, pieces).get("x")
         if out is None:

@@ -173,6 +173,23 @@ def test_cache_on_disk_is_atomic_reused_and_chunked(ckpt, runs, tmp_path, monkey
     np.testing.assert_array_equal(np.asarray(again.array), np.asarray(cache.array))
 
 
+def test_cache_interrupted_leaves_no_file(runs, tmp_path):
+    _, _, state = runs
+    model = state["features"][0]
+    share = np.arange(N)
+
+    def failing():
+        for i, b in enumerate(w.image_batches(state["pool"], share, w.CHUNK)):
+            if i == 2:
+                raise OSError("image source went away")
+            yield b
+
+    with pytest.raises(OSError, match="went away"):
+        FeatureCache.build(model, failing(), share, N, path=str(tmp_path / "c.npy"), memory_budget_bytes=1,
+                           sharder=state["sharder"])
+    assert os.listdir(tmp_path) == []
+
+
 def test_bfloat16_cache_survives_the_disk(ckpt, tmp_path):
     bb16 = backbones.load(ckpt, dtype=jnp.bfloat16)
     model = w.model_for(bb16, "features")
