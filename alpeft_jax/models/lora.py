@@ -159,6 +159,11 @@ def interceptor(
             mask = jax.random.bernoulli(jax.random.fold_in(rng, _path_seed(path)), keep, x.shape)
             x = jnp.where(mask, x / keep, 0).astype(x.dtype)
         a, b = factors["a"].astype(x.dtype), factors["b"].astype(x.dtype)
+        if x.shape[-1] != a.shape[0] or (*x.shape[:-1], b.shape[-1]) != y.shape:
+            raise ValueError(
+                f"LoRA target {path} maps {x.shape} to {y.shape}: only Dense and 1x1 Conv layers with stride 1, "
+                "no padding and no feature groups can be adapted; remove it from lora.targets."
+            )
         delta = (x @ a) @ b
         return y + (config.scale * delta).astype(y.dtype)
 

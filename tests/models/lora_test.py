@@ -29,6 +29,14 @@ class Body(nn.Module):
         return nn.Dense(5, name="fc2")(jnp.tanh(nn.Dense(7, name="fc1")(x)))
 
 
+class StridedPointwise(nn.Module):
+    """A 1x1 nn.Conv with stride 2 ("down"): its output grid is not its input grid."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Conv(4, (1, 1), strides=(2, 2), name="down")(x)
+
+
 class PointwiseConv(nn.Module):
     """A 1x1 nn.Conv ("pw") followed by a 3x3 nn.Conv ("spatial")."""
 
@@ -127,6 +135,16 @@ def test_pointwise_conv_matches_numpy_and_spatial_conv_is_rejected():
     np.testing.assert_allclose(np.asarray(model.apply({"params": merged}, x)), np.asarray(ref), atol=1e-5)
     with pytest.raises(ValueError, match=r"spatial.*\(3, 3\) conv; only 1x1"):
         lora.init(jax.random.key(0), params, lora.LoraConfig(targets=("spatial",)))
+
+
+def test_strided_pointwise_conv_is_rejected_clearly():
+    model = StridedPointwise()
+    x = jnp.ones((1, 4, 4, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    cfg = lora.LoraConfig(rank=2, targets=("down",))
+    tree = lora.init(jax.random.key(1), params, cfg)
+    with pytest.raises(ValueError, match=r"LoRA target down maps .* stride 1.*remove it from lora.targets"):
+        lora.apply(model, params, tree, cfg, x)
 
 
 # ------------------------------------------------------------------------------------------ CLIP towers
