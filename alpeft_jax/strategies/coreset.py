@@ -20,11 +20,14 @@ def k_center_greedy(x: jax.Array, min_d: jax.Array, budget: int) -> jax.Array:
     `min_d` holds each point's squared distance to the current centres; -inf excludes a point.
     """
 
+    sqn = jnp.sum(x * x, axis=-1)
+
     def body(i: int, state: tuple) -> tuple:
         md, picks = state
         j = jnp.argmax(md)
         picks = picks.at[i].set(j)
-        md = jnp.minimum(md, sq_dist(x, x[j][None, :])[:, 0]).at[j].set(-jnp.inf)
+        d = jnp.maximum(sqn + sqn[j] - 2.0 * jnp.matmul(x, x[j], precision=jax.lax.Precision.HIGHEST), 0.0)
+        md = jnp.minimum(md, d).at[j].set(-jnp.inf)
         return md, picks
 
     _, picks = jax.lax.fori_loop(0, budget, body, (min_d, jnp.zeros((budget,), jnp.int32)))

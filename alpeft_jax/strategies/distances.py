@@ -150,12 +150,26 @@ def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK) -> jax.Array:
 
 
 @jax.jit
-def _ball_kernel(xb: jax.Array, yc: jax.Array, r2: jax.Array) -> jax.Array:
-    return sq_dist(xb, yc) < r2
+def _ball_count(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, n_cols: jax.Array) -> jax.Array:
+    m = sq_dist(xb, yc) < r2
+    m &= (jnp.arange(xb.shape[0]) < n_rows)[:, None] & (jnp.arange(yc.shape[0]) < n_cols)[None, :]
+    return m.sum()
+
+
+@partial(jax.jit, static_argnames=("size",))
+def _ball_edges(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, n_cols: jax.Array,
+                size: int) -> tuple[jax.Array, jax.Array]:
+    m = sq_dist(xb, yc) < r2
+    m &= (jnp.arange(xb.shape[0]) < n_rows)[:, None] & (jnp.arange(yc.shape[0]) < n_cols)[None, :]
+    return jnp.nonzero(m, size=size, fill_value=0)
 
 
 def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """CSR adjacency (indptr, indices) of pairs with Euclidean distance < radius, self included."""
+    """CSR adjacency (indptr, indices) of pairs with Euclidean distance < radius, self included.
+
+    Each block pair is counted on device, then compacted on device to a power-of-two bucket, so only the
+    edges travel to the host.
+    """
     x = jnp.asarray(x, jnp.float32)
     n = x.shape[0]
     block = max(1, min(block, n))
@@ -167,10 +181,17 @@ def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK) -> tup
         xb = xp[s:s + block]
         rows, cols = [], []
         for t in range(0, n, block):
-            i, j = np.nonzero(np.asarray(_ball_kernel(xb, xp[t:t + block], r2)))
-            keep = (i + s < n) & (j + t < n)
-            rows.append(i[keep])
-            cols.append((j[keep] + t).astype(np.int64))
+            yc = xp[t:t + block]
+            nr, nc = jnp.int32(min(block, n - s)), jnp.int32(min(block, n - t))
+            cnt = int(_ball_count(xb, yc, r2, nr, nc))
+            if cnt == 0:
+                continue
+            i, j = _ball_edges(xb, yc, r2, nr, nc, 1 << (cnt - 1).bit_length())
+            rows.append(np.asarray(i)[:cnt])
+            cols.append(np.asarray(j)[:cnt].astype(np.int64) + t)
+        if not rows:
+            parts.append(np.zeros(0, np.int64))
+            continue
         r = np.concatenate(rows)
         order = np.argsort(r, kind="stable")  # row-major within each column block, blocks in order
         parts.append(np.concatenate(cols)[order])

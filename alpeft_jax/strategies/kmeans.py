@@ -8,20 +8,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax.strategies.distances import DEFAULT_BLOCK, inverse_cdf, min_sq_dist, sq_dist
+from alpeft_jax.strategies.distances import DEFAULT_BLOCK, inverse_cdf, min_sq_dist
 
 
 @partial(jax.jit, static_argnames=("k",))
 def kmeans_pp_init(x: jax.Array, first: jax.Array, u: jax.Array, k: int) -> jax.Array:
     """Indices of k seeds: `first`, then each drawn prop. to squared distance to the nearest seed (u[i])."""
-    d2 = sq_dist(x, x[first][None, :])[:, 0]
+    sqn = jnp.sum(x * x, axis=-1)
+
+    def dist_to(j: jax.Array) -> jax.Array:
+        return jnp.maximum(sqn + sqn[j] - 2.0 * jnp.matmul(x, x[j], precision=jax.lax.Precision.HIGHEST), 0.0)
+
+    d2 = dist_to(first)
     picks = jnp.zeros((k,), jnp.int32).at[0].set(first)
 
     def body(i: int, state: tuple) -> tuple:
         d2, picks = state
         w = jnp.where(d2.sum() > 0, d2, jnp.ones_like(d2))
         j = inverse_cdf(w, u[i])
-        return jnp.minimum(d2, sq_dist(x, x[j][None, :])[:, 0]), picks.at[i].set(j)
+        return jnp.minimum(d2, dist_to(j)), picks.at[i].set(j)
 
     _, picks = jax.lax.fori_loop(1, k, body, (d2, picks))
     return picks

@@ -65,8 +65,9 @@ def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.n
                     **options: object) -> np.ndarray:
     """One AL round's query (METHOD 3.3): `strategy` proposes candidates, PCB (or a cut) keeps `budget`.
 
-    gamma_count is n_cand = int(gamma * initial pool size) (`candidate_count`); fewer remaining examples
-    means all of them. `random` is pure random and `featdist` proposes `budget` directly (PCB only permutes).
+    gamma_count is n_cand = int(gamma * initial pool size) (`candidate_count`), raised to `budget` if smaller;
+    fewer remaining examples means all of them. `random` is pure random and `featdist` proposes `budget`
+    directly (PCB only permutes).
     Without PCB the first `budget` candidates (the most informative) are kept. The reference code keeps
     idx[-budget:], right for its ascending entropy list but the least informative of the candidates for
     margin/least-confidence/learning-loss and the last-chosen centres for BADGE/Coreset;
@@ -93,5 +94,7 @@ def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.n
         pseudo = logits[cand].argmax(-1)
         return pcb_filter(k_pcb, cand, pseudo, np.bincount(y, minlength=k), budget)
     if authors_quirk:
+        # Reference bug (METHOD 3.6): `--disable_pcb` keeps idx[-K:] for every strategy, which is only right
+        # for entropy, whose list is ascending; for the others it keeps the weakest of the candidates.
         return cand[:budget][::-1].copy() if strategy == "entropy" else cand[-budget:]
     return cand[:budget]

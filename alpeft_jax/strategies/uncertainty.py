@@ -29,8 +29,10 @@ def _entropy(logits: jax.Array, eps: float) -> jax.Array:
 @jax.jit
 def _neg_margin(logits: jax.Array) -> jax.Array:
     p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    top2, _ = jax.lax.top_k(p, 2)
-    return -(top2[:, 0] - top2[:, 1])
+    first = jnp.argmax(p, axis=-1)
+    p1 = jnp.take_along_axis(p, first[:, None], axis=-1)[:, 0]
+    p2 = jnp.max(jnp.where(jnp.arange(p.shape[-1])[None, :] == first[:, None], -jnp.inf, p), axis=-1)
+    return -(p1 - p2)
 
 
 @jax.jit
