@@ -148,7 +148,7 @@ class CLIPVisionTower(nn.Module):
         """Number of transformer blocks."""
         return self.config.depth
 
-    def stem(self, images: jax.Array) -> jax.Array:
+    def image_stem(self, images: jax.Array) -> jax.Array:
         """Patch embedding + class token + positions + ln_pre: float[B,H,W,3] -> hidden [B,1+N,W]."""
         c = self.config
         if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, 3):
@@ -163,14 +163,14 @@ class CLIPVisionTower(nn.Module):
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed.astype(x.dtype)[None]
         return self.ln_pre(x)
 
-    def blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
+    def image_blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
         """Run transformer blocks `start..stop-1` (Python ints) on the hidden states."""
         stop = self.config.depth if stop is None else stop
         if not 0 <= start <= stop <= self.config.depth:
             raise ValueError(f"block range [{start}, {stop}) is outside 0..{self.config.depth}.")
         return self.encoder(hidden, start, stop)
 
-    def head(self, hidden: jax.Array) -> tuple[jax.Array, Aux]:
+    def image_head(self, hidden: jax.Array) -> tuple[jax.Array, Aux]:
         """ln_post on the class token and projection: hidden [B,1+N,W] -> (embedding float32[B,D], aux)."""
         pooled = self.ln_post(hidden[:, 0])
         emb = self.proj(pooled).astype(jnp.float32)
@@ -179,7 +179,7 @@ class CLIPVisionTower(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, Aux]:
         """Projected image embedding (not normalised) and aux {pooled, patch_tokens}."""
         del train  # CLIP has no dropout or batch statistics
-        return self.head(self.blocks(self.stem(images)))
+        return self.image_head(self.image_blocks(self.image_stem(images)))
 
 
 class CLIPTextTower(nn.Module):
@@ -239,17 +239,25 @@ class CLIPTextTower(nn.Module):
 
 
 class CLIP(nn.Module):
-    """CLIP two-tower model; every method returns `(output, aux)`."""
+    """CLIP two-tower model (ViT image tower); every method returns `(output, aux)`.
 
-    vision: VisionConfig
+    Subclasses swap the image tower (`image_tower`): any tower with `image_stem`, `image_blocks`, `image_head`
+    and `depth` serves (see `clip_resnet.CLIPResNet`).
+    """
+
+    vision: Any  # VisionConfig here; the subclass's own tower config otherwise
     text: TextConfig
     embed_dim: int
     dtype: Dtype = jnp.float32
     logit_scale_init: float = math.log(1 / 0.07)
 
+    def image_tower(self) -> nn.Module:
+        """The image tower module for `self.vision`."""
+        return CLIPVisionTower(self.vision, self.embed_dim, self.dtype)
+
     def setup(self) -> None:
         """Declare both towers and the log-temperature."""
-        self.img = CLIPVisionTower(self.vision, self.embed_dim, self.dtype)
+        self.img = self.image_tower()
         self.txt = CLIPTextTower(self.text, self.embed_dim, self.dtype)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (),
                                       jnp.float32)
@@ -276,16 +284,16 @@ class CLIP(nn.Module):
         return self.vision.image_size
 
     def image_stem(self, images: jax.Array) -> jax.Array:
-        """Frozen-prefix start: patch embedding + class token + positions + ln_pre -> hidden [B,1+N,W]."""
-        return self.img.stem(images)
+        """Frozen-prefix start: the image tower's stem (ViT: patches + class token + positions + ln_pre)."""
+        return self.img.image_stem(images)
 
     def image_blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
         """Run image blocks `start..stop-1` (Python ints) on hidden states."""
-        return self.img.blocks(hidden, start, stop)
+        return self.img.image_blocks(hidden, start, stop)
 
     def image_head(self, hidden: jax.Array) -> tuple[jax.Array, Aux]:
         """Final hidden states -> (projected image embedding, aux {pooled, patch_tokens})."""
-        return self.img.head(hidden)
+        return self.img.image_head(hidden)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, Aux]:
         """Projected (not normalised) image embedding of NHWC images, aux {pooled, patch_tokens}."""

@@ -24,7 +24,6 @@ Projected embeddings are returned in float32 (not L2-normalised); for CLIP-ResNe
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any
 
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from alpeft_jax.models.clip import CLIPTextTower, TextConfig
+from alpeft_jax.models.clip import CLIP, TextConfig
 
 Dtype = Any
 Aux = dict[str, jax.Array]
@@ -285,79 +284,17 @@ class ResNetImageTower(nn.Module):
         return self.image_head(self.image_blocks(self.image_stem(images)))
 
 
-class CLIPResNet(nn.Module):
+class CLIPResNet(CLIP):
     """CLIP with a ModifiedResNet image tower (`img`) and the transformer text tower (`txt`)."""
 
     vision: ResNetConfig
-    text: TextConfig
-    embed_dim: int
-    dtype: Dtype = jnp.float32
-    logit_scale_init: float = math.log(1 / 0.07)
 
-    def setup(self) -> None:
-        """Declare both towers and the log-temperature."""
-        self.img = ResNetImageTower(self.vision, self.embed_dim, self.dtype)
-        self.txt = CLIPTextTower(self.text, self.embed_dim, self.dtype)
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (),
-                                      jnp.float32)
+    def image_tower(self) -> nn.Module:
+        """The ModifiedResNet image tower."""
+        return ResNetImageTower(self.vision, self.embed_dim, self.dtype)
 
     @classmethod
     def from_variant(cls, name: str, dtype: Dtype = jnp.float32) -> CLIPResNet:
         """The CLIP ResNet model of a named OpenAI variant ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")."""
         vision, text, embed_dim = variant(name)
         return cls(vision, text, embed_dim, dtype)
-
-    @property
-    def num_image_blocks(self) -> int:
-        """Number of residual blocks of the image tower (the `stop` of a full `image_blocks`)."""
-        return self.vision.depth
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square input images."""
-        return self.vision.image_size
-
-    def image_stem(self, images: jax.Array) -> jax.Array:
-        """Frozen-prefix start: stem convolutions and pool -> feature map [B,H/4,W/4,width]."""
-        return self.img.image_stem(images)
-
-    def image_blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
-        """Run residual blocks `start..stop-1` (Python ints) on a feature map."""
-        return self.img.image_blocks(hidden, start, stop)
-
-    def image_head(self, hidden: jax.Array) -> tuple[jax.Array, Aux]:
-        """Final feature map -> (image embedding, aux {pooled, patch_tokens})."""
-        return self.img.image_head(hidden)
-
-    def encode_image(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, Aux]:
-        """Image embedding (not normalised) of NHWC images, aux {pooled, patch_tokens}."""
-        del train
-        return self.image_head(self.image_blocks(self.image_stem(images), 0, self.num_image_blocks))
-
-    def embed_tokens(self, ids: jax.Array) -> jax.Array:
-        """Token embeddings [B,L,W] of ids, the input that learnable prompts edit."""
-        return self.txt.embed_tokens(ids)
-
-    def encode_text(
-        self,
-        ids: jax.Array | None = None,
-        *,
-        embeddings: jax.Array | None = None,
-        eot_index: jax.Array | None = None,
-        train: bool = False,
-    ) -> tuple[jax.Array, Aux]:
-        """Projected (not normalised) text embedding of ids or token embeddings + eot_index; aux {pooled}."""
-        return self.txt(ids, embeddings=embeddings, eot_index=eot_index, train=train)
-
-    def __call__(self, images: jax.Array, ids: jax.Array, train: bool = False) -> tuple[jax.Array, Aux]:
-        """logits_per_image [B_img, B_txt] = exp(logit_scale) * cosine; aux has the normalised embeddings."""
-        img, img_aux = self.encode_image(images, train=train)
-        txt, txt_aux = self.encode_text(ids, train=train)
-        img_n = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
-        txt_n = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
-        scale = jnp.exp(self.logit_scale)
-        logits = scale * img_n @ txt_n.T
-        return logits, {
-            "image_embeds": img_n, "text_embeds": txt_n, "logit_scale": scale,
-            "image_pooled": img_aux["pooled"], "text_pooled": txt_aux["pooled"],
-        }
