@@ -150,6 +150,12 @@ def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK) -> jax.Array:
 
 
 @jax.jit
+def _ball_mask(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, n_cols: jax.Array) -> jax.Array:
+    m = sq_dist(xb, yc) < r2
+    return m & (jnp.arange(xb.shape[0]) < n_rows)[:, None] & (jnp.arange(yc.shape[0]) < n_cols)[None, :]
+
+
+@jax.jit
 def _ball_count(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, n_cols: jax.Array) -> jax.Array:
     m = sq_dist(xb, yc) < r2
     m &= (jnp.arange(xb.shape[0]) < n_rows)[:, None] & (jnp.arange(yc.shape[0]) < n_cols)[None, :]
@@ -164,17 +170,19 @@ def _ball_edges(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, 
     return jnp.nonzero(m, size=size, fill_value=0)
 
 
-def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK,
+                 device_compaction: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSR adjacency (indptr, indices) of pairs with Euclidean distance < radius, self included.
 
-    Each block pair is counted on device, then compacted on device to a power-of-two bucket, so only the
-    edges travel to the host.
+    On an accelerator each block pair is counted, then compacted on device to a power-of-two bucket, so only
+    the edges travel to the host; on CPU the block mask is compacted with NumPy.
     """
     x = jnp.asarray(x, jnp.float32)
     n = x.shape[0]
     block = max(1, min(block, n))
     xp = _pad_to(x, block)
     r2 = jnp.float32(radius) ** 2
+    on_cpu = jax.default_backend() == "cpu" if device_compaction is None else not device_compaction
     indptr = np.zeros(n + 1, np.int64)
     parts = []
     for s in range(0, n, block):
@@ -183,12 +191,15 @@ def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK) -> tup
         for t in range(0, n, block):
             yc = xp[t:t + block]
             nr, nc = jnp.int32(min(block, n - s)), jnp.int32(min(block, n - t))
-            cnt = int(_ball_count(xb, yc, r2, nr, nc))
-            if cnt == 0:
-                continue
-            i, j = _ball_edges(xb, yc, r2, nr, nc, 1 << (cnt - 1).bit_length())
-            rows.append(np.asarray(i)[:cnt])
-            cols.append(np.asarray(j)[:cnt].astype(np.int64) + t)
+            if on_cpu:  # host memory is device memory: np.nonzero on the mask is the cheapest compaction
+                i, j = np.nonzero(np.asarray(_ball_mask(xb, yc, r2, nr, nc)))
+            else:
+                cnt = int(_ball_count(xb, yc, r2, nr, nc))
+                if cnt == 0:
+                    continue
+                i, j = (np.asarray(a)[:cnt] for a in _ball_edges(xb, yc, r2, nr, nc, 1 << (cnt - 1).bit_length()))
+            rows.append(i)
+            cols.append(j.astype(np.int64) + t)
         if not rows:
             parts.append(np.zeros(0, np.int64))
             continue

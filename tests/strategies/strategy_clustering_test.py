@@ -42,9 +42,10 @@ def test_blocked_kernels_match_full_matrices():
     lab = g.integers(0, 3, 103)
     ref = np.where(lab[:, None] != lab[None], full, np.inf).min(1)
     np.testing.assert_allclose(nearest_other_label_sq_dist(x, lab, block=16), ref, rtol=1e-4, atol=1e-5)
-    indptr, idx = radius_graph(x, 3.0, block=16)
-    for i in range(0, 103, 10):
-        np.testing.assert_array_equal(idx[indptr[i]:indptr[i + 1]], np.flatnonzero(full[i] < 9.0))
+    for device_compaction in (False, True):
+        indptr, idx = radius_graph(x, 3.0, block=16, device_compaction=device_compaction)
+        for i in range(103):
+            np.testing.assert_array_equal(idx[indptr[i]:indptr[i + 1]], np.flatnonzero(full[i] < 9.0))
 
 
 def test_kmeans_recovers_separated_blobs_like_sklearn():
