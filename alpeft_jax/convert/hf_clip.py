@@ -27,13 +27,11 @@ from alpeft_jax.convert.common import (
     read_hf_directory,
     transpose_linear,
 )
-from alpeft_jax.models.clip import CLIP, TextConfig, VisionConfig
+from alpeft_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, TextConfig, VisionConfig
 from alpeft_jax.models.transformer import ACTIVATIONS
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "expected_params", "hooks", "load", "model_from_config", "rules"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # transformers' CLIPVisionConfig / CLIPTextConfig / CLIPConfig defaults: save_pretrained writes only the
 # values that differ from these, so a missing key means the default.
@@ -174,10 +172,7 @@ def _tokenizer(path: str) -> Any:
 
 def expected_params(model: CLIP) -> Any:
     """Shapes/dtypes of the model's parameter tree, without allocating it."""
-    v, t = model.vision, model.text
-    images = jax.ShapeDtypeStruct((1, v.image_size, v.image_size, 3), jnp.float32)
-    ids = jax.ShapeDtypeStruct((1, t.context_length), jnp.int32)
-    return jax.eval_shape(model.init, jax.random.key(0), images, ids)["params"]
+    return model.param_shapes()
 
 
 def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:

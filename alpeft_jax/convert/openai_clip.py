@@ -46,16 +46,14 @@ from alpeft_jax.convert.common import (
     read_safetensors,
     transpose_linear,
 )
-from alpeft_jax.models.clip import CLIP, TextConfig, VisionConfig
+from alpeft_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, TextConfig, VisionConfig
 from alpeft_jax.models.clip_resnet import CLIPResNet, ResNetConfig
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "expected_params", "hooks_for", "infer_model", "load", "read_config_beside",
+    "CLIP_MEAN", "CLIP_STD", "hooks_for", "infer_model", "load", "read_config_beside",
     "read_state_dict", "rules_for",
 ]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_WIDTH = 64  # OpenAI: heads = width // 64 (ResNet attention pool: width * 32 // 64)
 _VOCAB_SIZE = 49408  # the standard CLIP BPE vocabulary
 
@@ -394,14 +392,6 @@ def hooks_for(model: Model) -> list[tuple[str, Callable[[Array], Array | dict[st
     return out
 
 
-def expected_params(model: Model) -> Any:
-    """Shapes/dtypes of the model's parameter tree, without allocating it."""
-    size = model.vision.image_size
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    ids = jax.ShapeDtypeStruct((1, model.text.context_length), jnp.int32)
-    return jax.eval_shape(model.init, jax.random.key(0), images, ids)["params"]
-
-
 def _preprocessing(config: Mapping[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     pre = (config or {}).get("preprocess_cfg") or {}
     mean = tuple(float(x) for x in pre.get("mean", CLIP_MEAN))
@@ -429,7 +419,7 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
     state = read_state_dict(path)
     config = read_config_beside(path)
     model = infer_model(state, config, dtype, source=path)
-    params = convert(state, expected_params(model), rules_for(model), hooks_for(model), source=path)
+    params = convert(state, model.param_shapes(), rules_for(model), hooks_for(model), source=path)
     mean, std = _preprocessing(config)
     architecture = "resnet" if isinstance(model, CLIPResNet) else "vit"
     return backbones.Backbone(

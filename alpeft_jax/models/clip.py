@@ -238,6 +238,11 @@ class CLIPTextTower(nn.Module):
         return emb, {"pooled": pooled, "tokens": x}
 
 
+# OpenAI CLIP's image normalisation (every released CLIP checkpoint uses it).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 class CLIP(nn.Module):
     """CLIP two-tower model (ViT image tower); every method returns `(output, aux)`.
 
@@ -261,6 +266,13 @@ class CLIP(nn.Module):
         self.txt = CLIPTextTower(self.text, self.embed_dim, self.dtype)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (),
                                       jnp.float32)
+
+    def param_shapes(self) -> Any:
+        """Shapes/dtypes of the parameter tree (`jax.eval_shape` of init), without allocating it."""
+        size = self.vision.image_size
+        images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+        ids = jax.ShapeDtypeStruct((1, self.text.context_length), jnp.int32)
+        return jax.eval_shape(self.init, jax.random.key(0), images, ids)["params"]
 
     @classmethod
     def from_variant(cls, name: str, dtype: Dtype = jnp.float32) -> CLIP:
