@@ -260,18 +260,18 @@ def test_padding_rows_do_not_change_the_update(dino):
     padded = next(padded_batches(feats, labels, 32, drop_last=False, garbage=True))
     assert padded["_mask"].sum() == 6 and np.abs(padded["inputs"][6:]).max() > 1
     results = []
-    for batch in (exact, padded, exact):
+    for batch in (exact, padded):
         new, metrics = trainer.train_step(jax.tree.map(jnp.array, state), batch, epoch=1)
         new, metrics = trainer.train_step(new, batch, epoch=2)  # momentum in play
         results.append((_numpy_tree(new["trainable"]), float(metrics["loss"]), float(metrics["n"])))
-    (a, loss_a, n_a), (b, loss_b, n_b), _ = results
+    (a, loss_a, n_a), (b, loss_b, n_b) = results
     assert n_a == n_b == 6 and loss_a == pytest.approx(loss_b, rel=1e-5)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert any(not np.allclose(a[k], _numpy_tree(state["trainable"])[k]) for k in a if k.startswith("loss_pred"))
 
 
-@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 13, 31, 32])
+@pytest.mark.parametrize("n", [2, 5, 8, 31, 32])
 def test_masked_ranking_loss_equals_reference_on_prefix(n):
     rng = np.random.default_rng(n)
     pred, target = rng.standard_normal(32).astype(np.float32), rng.standard_normal(32).astype(np.float32)
