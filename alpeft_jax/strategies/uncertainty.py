@@ -7,7 +7,7 @@ top n_cand coincide with ours, only entropy's order is reversed (see `pcb.select
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import jax
@@ -15,46 +15,89 @@ import jax.numpy as jnp
 import numpy as np
 
 from alpeft_jax.strategies.base import check_inputs, register, top_unlabeled
-from alpeft_jax.strategies.distances import map_row_blocks
+
+# Rows per block: about 2M logits (8 MB f32), so a block and its temporaries stay in cache and host pools
+# are copied to the device piecewise instead of as one large fresh buffer.
+_BLOCK_ELEMS = 1 << 21
+
+
+def block_rows(width: int, lo: int = 1024, hi: int = 65536) -> int:
+    """Power-of-two row count giving blocks of about 2M elements for rows of `width` values."""
+    rows = 1 << max(0, (_BLOCK_ELEMS // max(1, width)).bit_length() - 1)
+    return int(min(hi, max(lo, rows)))
+
+
+def map_rows(fn: Callable[[jax.Array], jax.Array], x: np.ndarray | jax.Array, rows: int, axis: int = 0) -> jax.Array:
+    """Per-row scores fn(block) over fixed-size blocks of x along `axis` (the last block zero-padded)."""
+    n = x.shape[axis]
+    rows = max(1, min(rows, n))
+    outs = []
+    for s in range(0, n, rows):
+        blk = x[(slice(None),) * axis + (slice(s, s + rows),)]
+        if blk.shape[axis] < rows:
+            pad = [(0, 0)] * blk.ndim
+            pad[axis] = (0, rows - blk.shape[axis])
+            blk = np.pad(np.asarray(blk), pad) if isinstance(blk, np.ndarray) else jnp.pad(blk, pad)
+        outs.append(fn(jnp.asarray(blk)))
+    return outs[0][:n] if len(outs) == 1 else jnp.concatenate(outs)[:n]
 
 
 @partial(jax.jit, static_argnames=("eps",))
 def _entropy(logits: jax.Array, eps: float) -> jax.Array:
-    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    # p = e / s with e = exp(l - max); log(p + eps) = log(e + eps * s) - log(s): one exp and one log per logit.
+    z = logits.astype(jnp.float32)
+    z = z - jnp.max(z, axis=-1, keepdims=True)
+    e = jnp.exp(z)
+    s = jnp.sum(e, axis=-1)
     if eps > 0:
-        return -jnp.sum(p * jnp.log(p + eps), axis=-1)
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        return jnp.log(s) - jnp.sum(e * jnp.log(e + eps * s[:, None]), axis=-1) / s
+    # eps = 0: log p = z - log s exactly, with 0 log 0 = 0 (e underflows to 0 exactly where p does).
+    return jnp.log(s) - jnp.sum(jnp.where(e > 0, e * z, 0.0), axis=-1) / s
 
 
 @jax.jit
 def _neg_margin(logits: jax.Array) -> jax.Array:
-    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    first = jnp.argmax(p, axis=-1)
-    p1 = jnp.take_along_axis(p, first[:, None], axis=-1)[:, 0]
-    p2 = jnp.max(jnp.where(jnp.arange(p.shape[-1])[None, :] == first[:, None], -jnp.inf, p), axis=-1)
-    return -(p1 - p2)
+    # p1 - p2 = (1 - exp(l2 - l1)) / s with l1 >= l2 the two largest logits (a tied maximum gives 0).
+    z = logits.astype(jnp.float32)
+    first = jnp.argmax(z, axis=-1)
+    m1 = jnp.max(z, axis=-1)
+    m2 = jnp.max(jnp.where(jnp.arange(z.shape[-1])[None, :] == first[:, None], -jnp.inf, z), axis=-1)
+    s = jnp.sum(jnp.exp(z - m1[:, None]), axis=-1)
+    return -(1.0 - jnp.exp(m2 - m1)) / s
 
 
 @jax.jit
 def _neg_max_prob(logits: jax.Array) -> jax.Array:
-    return -jnp.max(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+    z = logits.astype(jnp.float32)
+    return -1.0 / jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)), axis=-1)
 
 
-def entropy_scores(logits: jax.Array, eps: float = 1e-6, block: int = 65536) -> jax.Array:
+def _check_logits(logits: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    if not isinstance(logits, jax.Array):
+        logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"pool['logits'] must be [N,K], got shape {logits.shape}")
+    return logits
+
+
+def entropy_scores(logits: np.ndarray | jax.Array, eps: float = 1e-6, block: int | None = None) -> jax.Array:
     """Predictive entropy -sum p log(p + eps) of softmax(logits), per example."""
-    return map_row_blocks(lambda lb: _entropy(lb, eps), (jnp.asarray(logits),), block)
+    logits = _check_logits(logits)
+    return map_rows(lambda lb: _entropy(lb, eps), logits, block or block_rows(logits.shape[-1]))
 
 
-def margin_scores(logits: jax.Array, block: int = 65536) -> jax.Array:
+def margin_scores(logits: np.ndarray | jax.Array, block: int | None = None) -> jax.Array:
     """Negative gap between the two largest softmax probabilities (higher = more uncertain)."""
-    if np.shape(logits)[-1] < 2:
+    logits = _check_logits(logits)
+    if logits.shape[-1] < 2:
         raise ValueError("margin needs at least 2 classes in pool['logits']")
-    return map_row_blocks(_neg_margin, (jnp.asarray(logits),), block)
+    return map_rows(_neg_margin, logits, block or block_rows(logits.shape[-1]))
 
 
-def least_confidence_scores(logits: jax.Array, block: int = 65536) -> jax.Array:
+def least_confidence_scores(logits: np.ndarray | jax.Array, block: int | None = None) -> jax.Array:
     """Negative maximum softmax probability (higher = more uncertain)."""
-    return map_row_blocks(_neg_max_prob, (jnp.asarray(logits),), block)
+    logits = _check_logits(logits)
+    return map_rows(_neg_max_prob, logits, block or block_rows(logits.shape[-1]))
 
 
 @register("entropy", requires=("logits",))
@@ -83,21 +126,21 @@ def select_least_confidence(rng: object, pool: Mapping[str, np.ndarray], labeled
 
 @jax.jit
 def _bald(mc_logits: jax.Array) -> jax.Array:
-    # mc_logits: [N_block, T, K]
+    # mc_logits: [T, N_block, K]
     logp = jax.nn.log_softmax(mc_logits.astype(jnp.float32), axis=-1)
     p = jnp.exp(logp)
-    mean_p = p.mean(axis=1)
+    mean_p = p.mean(axis=0)
     h_mean = -jnp.sum(jnp.where(mean_p > 0, mean_p * jnp.log(jnp.where(mean_p > 0, mean_p, 1.0)), 0.0), -1)
-    mean_h = -jnp.sum(p * logp, axis=-1).mean(axis=1)
+    mean_h = -jnp.sum(p * logp, axis=-1).mean(axis=0)
     return h_mean - mean_h
 
 
-def bald_scores(mc_logits: jax.Array, block: int = 16384) -> jax.Array:
+def bald_scores(mc_logits: np.ndarray | jax.Array, block: int | None = None) -> jax.Array:
     """Mutual information H[mean_t p_t] - mean_t H[p_t] from MC-dropout logits [T,N,K]."""
-    mc = jnp.asarray(mc_logits)
+    mc = mc_logits if isinstance(mc_logits, jax.Array) else np.asarray(mc_logits)
     if mc.ndim != 3:
         raise ValueError(f"pool['mc_logits'] must be [T,N,K], got shape {mc.shape}")
-    return map_row_blocks(_bald, (jnp.swapaxes(mc, 0, 1),), block)
+    return map_rows(_bald, mc, block or block_rows(mc.shape[0] * mc.shape[2]), axis=1)
 
 
 @register("bald", requires=("mc_logits",))
