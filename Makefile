@@ -23,10 +23,13 @@ fmnist:
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (or pass --config.data.dir)"; fi
 
 DEMO := workdirs/demo
+SEEDS := 1 2 3
 demo: install
-	$(PYTHON) -m alpeft_jax.main --config=configs/demo.py --workdir=$(DEMO)/entropy_calib_pcb
-	$(PYTHON) -m alpeft_jax.main --config=configs/demo.py:random --workdir=$(DEMO)/random
-	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb $(DEMO)/random --out $(DEMO)/curves.png
+	for s in $(SEEDS); do \
+	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:seed=$$s --workdir=$(DEMO)/entropy_calib_pcb_s$$s && \
+	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:random,seed=$$s --workdir=$(DEMO)/random_s$$s || exit 1; \
+	done
+	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb_s* $(DEMO)/random_s* --out $(DEMO)/curves.png
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks

@@ -102,7 +102,8 @@ class Trainer:
     def init(self, rng: jax.Array, trainable: Any = None) -> State:
         """A fresh state: new trainable tree (unless given, e.g. warm start) and optimiser state."""
         k_init, k_state = jax.random.split(rng)
-        trainable = self.model.init(k_init) if trainable is None else dict(trainable)
+        # A given tree (warm start) is copied: the update step donates its state.
+        trainable = self.model.init(k_init) if trainable is None else jax.tree.map(jnp.copy, dict(trainable))
         if self.config.loss_prediction and "loss_pred" not in trainable:
             dummy = jnp.zeros((1, self.model.num_classes), jnp.float32)
             trainable["loss_pred"] = LossPredictionHead().init(jax.random.fold_in(k_init, 7), dummy)["params"]

@@ -67,6 +67,8 @@ class AdaptedModel:
             head = "none" if (is_clip and mode in ("lora", "prompt")) else ("zeroshot" if is_clip else "linear")
         if head == "zeroshot" and not is_clip:
             raise ValueError("A zero-shot head needs a CLIP backbone; use adapt.head='linear'.")
+        if mode == "prompt" and head in ("linear", "zeroshot"):
+            raise ValueError("Prompt learning classifies through the text tower; use adapt.head='auto' or 'none'.")
         if head == "none" and not is_clip:
             raise ValueError(f"A {backbone.family} backbone needs a head to classify; use adapt.head='linear'.")
         self.head_kind = head
