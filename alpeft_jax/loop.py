@@ -204,7 +204,8 @@ class Run:
                     "or pass --allow_config_change to continue it with the new config."
                 )
             logging.warning("continuing %s with a changed config: %s", self.workdir, "; ".join(diffs))
-        checkpoint.write_json(path, new)
+        if jax.process_index() == 0:  # hosts share the workdir: one writer
+            checkpoint.write_json(path, new)
 
     def _summary(self) -> None:
         trainable = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -225,7 +226,8 @@ class Run:
                      ", ".join(str(d) for d in jax.devices()))
 
     def _save_state(self) -> None:
-        checkpoint.write_json(os.path.join(self.workdir, STATE_FILE), self.state)
+        if jax.process_index() == 0:
+            checkpoint.write_json(os.path.join(self.workdir, STATE_FILE), self.state)
 
     # -- inputs ------------------------------------------------------------------------------------
     def _cache(self, split: Split, which: str) -> FeatureCache:
@@ -447,6 +449,8 @@ class Run:
         from alpeft_jax import report
 
         rows = self.state["results"]
+        if jax.process_index() != 0:
+            return
         checkpoint.atomic_write(os.path.join(self.workdir, "results.jsonl"),
                                 "".join(json.dumps(r) + "\n" for r in rows))
         report.plot_curves({self.c.name: [rows]}, os.path.join(self.workdir, "curves.png"))
