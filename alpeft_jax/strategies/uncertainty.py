@@ -59,9 +59,9 @@ def _entropy(logits: jax.Array, eps: float) -> jax.Array:
 def _neg_margin(logits: jax.Array) -> jax.Array:
     # p1 - p2 = (1 - exp(l2 - l1)) / s with l1 >= l2 the two largest logits (a tied maximum gives 0).
     z = logits.astype(jnp.float32)
-    first = jnp.argmax(z, axis=-1)
     m1 = jnp.max(z, axis=-1)
-    m2 = jnp.max(jnp.where(jnp.arange(z.shape[-1])[None, :] == first[:, None], -jnp.inf, z), axis=-1)
+    top = z == m1[:, None]
+    m2 = jnp.where(jnp.sum(top, axis=-1) > 1, m1, jnp.max(jnp.where(top, -jnp.inf, z), axis=-1))
     s = jnp.sum(jnp.exp(z - m1[:, None]), axis=-1)
     return -(1.0 - jnp.exp(m2 - m1)) / s
 
