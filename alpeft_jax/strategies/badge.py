@@ -1,8 +1,8 @@
 """BADGE (Ash et al. 2020): k-means++ seeding on gradient embeddings, without materialising them.
 
 The embedding of example i is g_i = a_i (x) f_i with a_i = onehot(argmax p_i) - p_i and f_i the L2-normalised
-image feature (METHOD 3.5), so ||g_i - g_j||^2 = |f_i|^2|a_i|^2 + |f_j|^2|a_j|^2 - 2 (f_i.f_j)(a_i.a_j):
-each step costs O(N (D + K)) and memory stays O(N (D + K)).
+image feature (METHOD 3.5), so ||g_i - g_j||^2 = |g_i|^2 + |g_j|^2 - 2 (f_i.f_j)(a_i.a_j): each step reads the
+raw features once (f = x * r with per-row inverse norms r) and the N x K factor a once; memory stays O(N (D + K)).
 """
 
 from __future__ import annotations
@@ -15,30 +15,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from alpeft_jax.strategies.base import as_key, check_inputs, l2_normalize, register
-from alpeft_jax.strategies.distances import inverse_cdf
+from alpeft_jax.strategies.coreset import device_features, unit_norm_factors
+from alpeft_jax.strategies.distances import first_argmax, inverse_cdf_blocked
+
+_HI = jax.lax.Precision.HIGHEST
 
 
 def gradient_factors(features: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The two factors (f, a) of the BADGE gradient embedding g = a (x) f."""
     f = l2_normalize(features)
-    p = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-    a = jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=jnp.float32) - p
-    return f, a
+    return f, _prob_factor(jnp.asarray(logits, jnp.float32))
+
+
+@jax.jit
+def _prob_factor(logits: jax.Array) -> jax.Array:
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=jnp.float32) - p
 
 
 @partial(jax.jit, static_argnames=("budget",))
-def kmeans_pp_gradient(f: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array,
+def kmeans_pp_gradient(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array,
                        budget: int) -> jax.Array:
-    """k-means++ seeding on g = a (x) f: first centre the max-norm point, then sample prop. to D^2.
+    """k-means++ seeding on g = a (x) (x * r): first centre the max-norm point, then sample prop. to D^2.
 
-    `available` masks the candidates; `u` [budget] are the uniforms consumed by inverse-CDF sampling
-    (u[0] is unused). If every available point has D^2 = 0 the pick is uniform over available points.
+    `r` are per-row inverse norms making x * r unit rows; `available` masks the candidates; `u` [budget]
+    are the uniforms consumed by inverse-CDF sampling (u[0] is unused). If every available point has
+    D^2 = 0 the pick is uniform over available points.
     """
-    sq = jnp.sum(f * f, -1) * jnp.sum(a * a, -1)
-    first = jnp.argmax(jnp.where(available, sq, -jnp.inf))
+    fsq = jnp.sum(jnp.square(x * r[:, None]), -1)
+    sq = fsq * jnp.sum(a * a, -1)
+    first = first_argmax(jnp.where(available, sq, -jnp.inf))
 
     def dist_to(j: jax.Array) -> jax.Array:
-        d = sq + sq[j] - 2.0 * (f @ f[j]) * (a @ a[j])
+        ff = jnp.matmul(x, x[j], precision=_HI) * (r * r[j])
+        d = sq + sq[j] - 2.0 * ff * jnp.matmul(a, a[j], precision=_HI)
         return jnp.maximum(d, 0.0)
 
     avail = available.at[first].set(False)
@@ -48,7 +58,7 @@ def kmeans_pp_gradient(f: jax.Array, a: jax.Array, available: jax.Array, u: jax.
     def body(i: int, state: tuple) -> tuple:
         d2, avail, picks = state
         w = jnp.where(d2.sum() > 0, d2, avail.astype(jnp.float32))
-        j = inverse_cdf(w, u[i])
+        j = inverse_cdf_blocked(w, u[i])
         avail = avail.at[j].set(False)
         d2 = jnp.where(avail, jnp.minimum(d2, dist_to(j)), 0.0)
         return d2, avail, picks.at[i].set(j)
@@ -67,6 +77,10 @@ def select_badge(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarra
     labeled, _n = check_inputs(pool, labeled, budget, {"features", "logits"})
     if budget == 0:
         return np.zeros((0,), np.int64)
-    f, a = gradient_factors(pool["features"], pool["logits"])
+    x = device_features(pool["features"])
+    r, _ = unit_norm_factors(x)
+    logits = pool["logits"]
+    logits = logits if isinstance(logits, jax.Array) else np.asarray(logits, np.float32)
+    a = _prob_factor(jnp.asarray(logits))
     u = jax.random.uniform(as_key(rng), (budget,))
-    return np.asarray(kmeans_pp_gradient(f, a, jnp.asarray(~labeled), u, int(budget)), np.int64)
+    return np.asarray(kmeans_pp_gradient(x, r, a, jnp.asarray(~labeled), u, int(budget)), np.int64)

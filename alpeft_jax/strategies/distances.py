@@ -33,6 +33,32 @@ def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.minimum(j, weights.shape[0] - 1)
 
 
+def first_argmax(v: jax.Array) -> jax.Array:
+    """Index of the first maximum of a 1-D array (as jnp.argmax, via two plain reductions; no NaN handling)."""
+    return jnp.min(jnp.where(v == jnp.max(v), jnp.arange(v.shape[0], dtype=jnp.int32), v.shape[0]))
+
+
+def inverse_cdf_blocked(weights: jax.Array, u: jax.Array, block: int = 2048) -> jax.Array:
+    """As `inverse_cdf`, but one cumulative sum over block totals and one inside the chosen block.
+
+    Never returns an index of zero weight unless all weights are zero.
+    """
+    n = weights.shape[0]
+    if n <= block:
+        return inverse_cdf(weights, u)
+    wp = _pad_to(weights, block)
+    wb = wp.reshape(-1, block)
+    ends = jnp.cumsum(wb.sum(axis=1))
+    t = u * ends[-1]
+    b = jnp.minimum(jnp.searchsorted(ends, t, side="right"), wb.shape[0] - 1)
+    row = jax.lax.dynamic_index_in_dim(wb, b, keepdims=False)
+    start = jnp.where(b > 0, ends[jnp.maximum(b - 1, 0)], 0.0)
+    j = jnp.searchsorted(start + jnp.cumsum(row), t, side="right")
+    last_pos = jnp.max(jnp.where(row > 0, jnp.arange(block), 0))
+    j = jnp.where(j >= block, last_pos, j)  # rounding put t past this block's end: take its last positive entry
+    return jnp.minimum(b * block + j, n - 1)
+
+
 def _pad_to(x: jax.Array, multiple: int, value: float | int = 0) -> jax.Array:
     n = x.shape[0]
     pad = (-n) % multiple

@@ -51,3 +51,31 @@ def test_sampling_follows_d2():
         out = strategies.get("badge")(s, {"features": feats.astype(np.float32), "logits": logits},
                                       np.zeros(100, bool), 2)
         assert (out[0] < 50) != (out[1] < 50)
+
+
+def test_same_picks_as_numpy_beyond_one_sampling_block():
+    # n above the 2048-entry block of the two-level inverse CDF
+    g = np.random.default_rng(7)
+    n, d, k, budget = 5000, 8, 4, 15
+    feats = g.normal(size=(n, d)).astype(np.float32)
+    logits = (g.normal(size=(n, k)) * 2).astype(np.float32)
+    labeled = np.zeros(n, bool)
+    labeled[g.choice(n, 30, replace=False)] = True
+    key = jax.random.key(3)
+    u = np.asarray(jax.random.uniform(key, (budget,)), np.float64)
+    ref = numpy_badge(feats, logits.astype(np.float64), labeled, budget, u)
+    got = strategies.get("badge")(key, {"features": feats, "logits": logits}, labeled, budget)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_blocked_inverse_cdf_matches_numpy_searchsorted():
+    from alpeft_jax.strategies.distances import inverse_cdf_blocked
+
+    g = np.random.default_rng(8)
+    w = g.random(10_000).astype(np.float32) * (g.random(10_000) < 0.3)
+    w[:3000] = 0.0  # leading zero blocks
+    cdf = np.cumsum(w.astype(np.float64))
+    for uu in g.random(50):
+        ref = int(np.searchsorted(cdf, uu * cdf[-1], side="right"))
+        got = int(inverse_cdf_blocked(jax.numpy.asarray(w), jax.numpy.float32(uu), block=512))
+        assert got == ref and w[got] > 0
