@@ -1,19 +1,30 @@
 """ProbCover (Yehuda et al. 2022): greedy maximum coverage of delta-balls over the pool.
 
-The delta-ball graph is built block by block (sparse CSR, no N x N matrix); the greedy keeps, for each point,
-the number of still-uncovered points in its ball and lowers it as points get covered.
+No delta-ball graph is stored: one blocked device pass counts each point's uncovered ball members, and the
+greedy (on device) keeps those counts as upper bounds, recomputing a candidate's count (one N x D
+matrix-vector product) only when it is the current maximum (lazy greedy; same picks as the eager greedy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from alpeft_jax.strategies.base import as_key, check_inputs, l2_normalize, register
-from alpeft_jax.strategies.distances import DEFAULT_BLOCK, nearest_other_label_sq_dist, radius_graph
+from alpeft_jax.strategies.distances import (
+    DEFAULT_BLOCK,
+    _pad_to,
+    first_argmax,
+    min_sq_dist,
+    nearest_other_label_sq_dist,
+)
 from alpeft_jax.strategies.kmeans import kmeans
+
+_HI = jax.lax.Precision.HIGHEST
 
 
 def purity_delta(rng: jax.Array, x: jax.Array, n_classes: int, alpha: float = 0.95, kmeans_iters: int = 20,
@@ -35,49 +46,81 @@ def purity_delta(rng: jax.Array, x: jax.Array, n_classes: int, alpha: float = 0.
     return delta
 
 
-def transpose_csr(indptr: np.ndarray, indices: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR of the transposed adjacency."""
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    order = np.argsort(indices, kind="stable")
-    t_indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(indices, minlength=n), out=t_indptr[1:])
-    return t_indptr, rows[order]
+@partial(jax.jit, static_argnames=("block",))
+def ball_counts(x: jax.Array, weight: jax.Array, r2: jax.Array, block: int) -> jax.Array:
+    """For each row i, sum of weight[j] over rows j with squared distance < r2 (self included).
+
+    x is zero-padded to whole blocks; only block pairs (I, J) with I <= J are computed and each mask
+    serves both sides, in one device loop, so no edge list is built and memory stays O(N + block^2).
+    """
+    n = x.shape[0]
+    nb = -(-n // block)
+    xp = _pad_to(x, block)
+    wp = _pad_to(weight.astype(jnp.float32), block)
+    sqn = jnp.sum(xp * xp, axis=-1)
+    bi, bj = np.triu_indices(nb)
+    pairs = jnp.asarray(np.stack([bi, bj], 1), jnp.int32)
+
+    def body(p: int, counts: jax.Array) -> jax.Array:
+        i, j = pairs[p, 0] * block, pairs[p, 1] * block
+        xi, xj = (jax.lax.dynamic_slice_in_dim(xp, s, block) for s in (i, j))
+        si, sj = (jax.lax.dynamic_slice_in_dim(sqn, s, block) for s in (i, j))
+        wi, wj = (jax.lax.dynamic_slice_in_dim(wp, s, block) for s in (i, j))
+        d = si[:, None] + sj[None, :] - 2.0 * jnp.matmul(xi, xj.T, precision=_HI)
+        m = (d < r2).astype(jnp.float32)
+        ci = jax.lax.dynamic_slice_in_dim(counts, i, block) + jnp.matmul(m, wj, precision=_HI)
+        counts = jax.lax.dynamic_update_slice_in_dim(counts, ci, i, 0)
+        cj = jax.lax.dynamic_slice_in_dim(counts, j, block) + jnp.where(i == j, 0.0, jnp.matmul(wi, m, precision=_HI))
+        return jax.lax.dynamic_update_slice_in_dim(counts, cj, j, 0)
+
+    counts = jax.lax.fori_loop(0, pairs.shape[0], body, jnp.zeros((nb * block,), jnp.float32))
+    return jnp.round(counts[:n]).astype(jnp.int32)
 
 
-def _gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lens = ends - starts
-    if lens.sum() == 0:
-        return np.zeros(0, np.int64)
-    offs = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-    return indices[offs]
+@partial(jax.jit, static_argnames=("budget",))
+def greedy_coverage(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Array, chosen: jax.Array,
+                    u: jax.Array, budget: int) -> jax.Array:
+    """Greedy picks maximising newly covered points; a random unchosen pick once nothing is left to cover.
 
+    `gains` [N] are upper bounds on each point's count of uncovered points in its ball (exact at the start).
+    Lazy evaluation: the first maximal bound is recomputed (one N x D matrix-vector product) until the first
+    maximum is fresh, which is then the exact first argmax of the true gains. `u` [budget] are the uniforms
+    of the random picks (the floor(u * n_free)-th unchosen point).
+    """
+    n = x.shape[0]
+    sqn = jnp.sum(x * x, axis=-1)
+    neg = jnp.int32(-1)
 
-def max_coverage(indptr: np.ndarray, indices: np.ndarray, labeled: np.ndarray, budget: int,
-                 gen: np.random.Generator) -> np.ndarray:
-    """Greedy picks maximising newly covered points; random unlabelled picks once nothing is left to cover."""
-    n = labeled.shape[0]
-    t_indptr, t_indices = transpose_csr(indptr, indices, n)
-    covered = np.zeros(n, bool)
-    covered[_gather(indptr, indices, np.flatnonzero(labeled))] = True
-    deg = np.add.reduceat((~covered)[indices].astype(np.int64), indptr[:-1]) if indices.size else np.zeros(n)
-    deg = np.where(np.diff(indptr) > 0, deg, 0)
-    chosen = labeled.copy()
-    picks = []
-    for _ in range(budget):
-        cand = np.where(chosen, -1, deg)
-        j = int(np.argmax(cand))
-        if cand[j] <= 0:
-            free = np.flatnonzero(~chosen)
-            j = int(free[gen.integers(free.size)])
-        new = indices[indptr[j]:indptr[j + 1]]
-        new = new[~covered[new]]
-        covered[new] = True
-        if new.size:
-            deg -= np.bincount(_gather(t_indptr, t_indices, new), minlength=n)
-        chosen[j] = True
-        picks.append(j)
-    return np.asarray(picks, np.int64)
+    def ball(c: jax.Array) -> jax.Array:
+        return sqn[c] + sqn - 2.0 * jnp.matmul(x, x[c], precision=_HI) < r2
+
+    def pick(i: int, state: tuple) -> tuple:
+        covered, bound, picks = state
+
+        def refresh(st: tuple) -> tuple:
+            bound, fresh, _, _ = st
+            c = first_argmax(bound)
+            m = ball(c)
+            g = jnp.sum(m & ~covered, dtype=jnp.int32)
+            return bound.at[c].set(g), fresh.at[c].set(True), c, m
+
+        def stale(st: tuple) -> jax.Array:
+            bound, fresh, _, _ = st
+            return ~fresh[first_argmax(bound)]
+
+        init = (bound, jnp.zeros((n,), bool), jnp.int32(-1), jnp.zeros((n,), bool))
+        bound, _, last, m = jax.lax.while_loop(stale, refresh, init)
+        c = first_argmax(bound)
+        free = bound >= 0
+        k = jnp.minimum(jnp.floor(u[i] * jnp.sum(free)).astype(jnp.int32), jnp.sum(free) - 1)
+        rand = jnp.argmax(jnp.cumsum(free.astype(jnp.int32)) > k)
+        c = jnp.where(bound[c] > 0, c, rand)
+        m = jnp.where(c == last, m, ball(c))
+        return covered | m, bound.at[c].set(neg), picks.at[i].set(c)
+
+    bound = jnp.where(chosen, neg, gains)
+    _, _, picks = jax.lax.fori_loop(0, budget, pick, (covered, bound, jnp.zeros((budget,), jnp.int32)))
+    return picks
 
 
 @register("probcover", requires=("features", "logits"))
@@ -87,6 +130,8 @@ def select_probcover(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nd
     """ProbCover picks on L2-normalised features, in greedy order.
 
     delta defaults to `purity_delta` with n_classes from pool["logits"] (or the `n_classes` option).
+    Randomness: k-means from the first half of split(key); once nothing is left to cover, pick i is the
+    floor(u[i] * n_free)-th unchosen point with u = jax.random.uniform(second half, (budget,)).
     """
     needs = {"features"} if (delta is not None or n_classes is not None) else {"features", "logits"}
     labeled, _n = check_inputs(pool, labeled, budget, needs)
@@ -100,9 +145,14 @@ def select_probcover(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nd
         delta = purity_delta(key_km, x, n_classes, alpha, kmeans_iters, block)
     if delta <= 0:
         raise ValueError(f"delta must be positive, got {delta}")
-    indptr, indices = radius_graph(x, delta, block)
-    gen = np.random.default_rng(np.asarray(jax.random.randint(key_rand, (2,), 0, 2**31 - 1), np.uint64))
-    return max_coverage(indptr, indices, labeled, budget, gen)
+    r2 = jnp.float32(delta) ** 2
+    lab = np.flatnonzero(labeled)
+    covered = jnp.zeros((x.shape[0],), bool)
+    if lab.size:
+        covered = min_sq_dist(x, x[lab], block)[0] < r2
+    gains = ball_counts(x, ~covered, r2, min(block, 2048))
+    u = jax.random.uniform(key_rand, (budget,))
+    return np.asarray(greedy_coverage(x, r2, covered, gains, jnp.asarray(labeled), u, int(budget)), np.int64)
 
 
-__all__ = ["purity_delta", "max_coverage", "select_probcover"]
+__all__ = ["purity_delta", "ball_counts", "greedy_coverage", "select_probcover"]

@@ -134,3 +134,27 @@ def test_purity_delta_is_the_largest_alpha_pure_radius():
     assert purity(delta * (1 + 1e-3)) < 0.9
     out = strategies.get("probcover")(0, {"features": xn, "logits": np.zeros((300, 4))}, np.zeros(300, bool), 4)
     assert len(set(out.tolist())) == 4
+
+
+def test_ball_counts_match_full_matrix():
+    from alpeft_jax.strategies.probcover import ball_counts
+
+    x, _ = blobs(203, 5, 4, seed=4, spread=0.7)
+    xn = normalized(x)
+    delta = gap_delta(xn, 0.1)
+    w = np.random.default_rng(4).random(203) < 0.6
+    ref = ((np.sqrt(full_sq(xn)) < delta) & w[None, :]).sum(1)
+    for block in (16, 64, 256):
+        got = ball_counts(jax.numpy.asarray(xn, jax.numpy.float32), jax.numpy.asarray(w), delta**2, block)
+        np.testing.assert_array_equal(np.asarray(got), ref)
+
+
+def test_probcover_random_picks_once_all_covered():
+    # delta beyond the diameter of the unit sphere: the first pick covers everything, the rest are random
+    x, _ = blobs(120, 4, 3, seed=5)
+    labeled = np.zeros(120, bool)
+    labeled[:10] = True
+    out = strategies.get("probcover")(3, {"features": x}, labeled, 30, delta=2.5)
+    assert len(set(out.tolist())) == 30 and not labeled[out].any()
+    out2 = strategies.get("probcover")(3, {"features": x}, np.zeros(120, bool), 30, delta=2.5)
+    assert out2[0] == 0 and len(set(out2.tolist())) == 30  # every ball holds all points: first index wins
