@@ -1,28 +1,27 @@
 """Images/s of our Flax image encoders against the same network in PyTorch, measured side by side.
 
-    python benchmarks/encode_throughput.py [--cases efficientnet-lite0@224,clip-vit-b16@224,...]
+    python benchmarks/encode_throughput.py [--cases efficientnet-lite0@224,clip-vit-b16@224,...|transformers]
                                            [--batch N] [--iters 5] [--device-report] [--torch-compile]
 
 Each case builds both networks with the same architecture and random f32 inputs [batch, size, size, 3], runs
 one warm-up call each (compilation excluded), then alternates the implementations for `--iters` timed calls
 and reports the median per-call time as images/s, with the ratio ours / reference. Alternating keeps them
 exposed to the same background load on a shared machine. A case is a name and a function returning one `Row`
-(or a list of them); add more by appending to `CASES`.
+(or a list of them); add more by appending to `CASES`. `--cases transformers` selects the three transformer cases.
 
 EfficientNet cases use the ImageNet weights on both sides. Transformer cases (CLIP ViT-B/32 and ViT-B/16 image
 towers, DINOv2-B/14, all at 224 px) use random weights: ours from `model.init`, the reference a transformers
 `CLIPVisionModelWithProjection` / `Dinov2Model` built from a config of the same size (SDPA attention). They
 also report our achieved GFLOP/s (model FLOPs counted analytically: 2 per multiply-add of every matmul,
 including the patch embedding and the projection, plus 2*2*N^2*W per block for attention) and its share of
-the matmul peak, measured in the same run as the best of jitted square f32 (and, with `--device-report`,
-bf16) matmuls of side 1024/2048/4096. `--batch` defaults to 64 for EfficientNet and to 16 (CPU) / 128
+the matmul peak: the better of jitted square matmuls of side 2048 and 4096 (4096/8192 on an accelerator) in
+the same dtype, timed interleaved with the models. `--batch` defaults to 64 for EfficientNet and to 16 (CPU) / 128
 (accelerator) for the transformers.
 
 On a GPU, one command gives the full report (ours f32 + bf16, the attention kernel our towers compiled to,
 PyTorch eager f32/bf16 with SDPA and `torch.compile` in the same dtype):
 
-    python benchmarks/encode_throughput.py --cases clip-vit-b32@224,clip-vit-b16@224,dinov2-b14@224 \
-        --device-report --iters 10
+    python benchmarks/encode_throughput.py --cases transformers --device-report --iters 10
 
 On CPU `--device-report` adds the bf16 rows and skips `torch.compile` unless `--torch-compile` is given.
 Note that XLA runs f32 matmuls on GPU with TF32 by default while PyTorch does not.
@@ -177,18 +176,17 @@ class ViTShape:
 
 
 @functools.cache
-def matmul_timer(dtype: str) -> tuple[int, Callable[[], None], float]:
-    """(side, timed callable, FLOPs per call) of the jitted square matmul with the best GFLOP/s among 1024..4096."""
+def matmul_timers(dtype: str) -> dict[int, tuple[Callable[[], None], float]]:
+    """Timed callables of jitted square matmuls (side -> (call, FLOPs per call)): 2048/4096 on CPU, 4096/8192 else."""
     mm = jax.jit(jnp.matmul)
-    best = None
-    for n in (1024, 2048, 4096):
+    timers = {}
+    for n in (4096, 8192) if on_accelerator() else (2048, 4096):
         a = jax.random.normal(jax.random.key(0), (n, n), JAX_DTYPES[dtype])
         b = jax.random.normal(jax.random.key(1), (n, n), JAX_DTYPES[dtype])
         mm(a, b).block_until_ready()
         t0 = time.perf_counter()
         mm(a, b).block_until_ready()
-        one = time.perf_counter() - t0
-        reps = max(1, int(0.05 / max(one, 1e-6)))  # enough queued calls that dispatch does not dominate
+        reps = max(1, int(0.05 / max(time.perf_counter() - t0, 1e-6)))  # enough queued calls to hide dispatch
 
         def call(a=a, b=b, reps=reps) -> None:
             out = None
@@ -196,11 +194,8 @@ def matmul_timer(dtype: str) -> tuple[int, Callable[[], None], float]:
                 out = mm(a, b)
             out.block_until_ready()
 
-        t = time_interleaved({"mm": call}, 3)["mm"]
-        gflops = 2 * n**3 * reps / t / 1e9
-        if best is None or gflops > best[0]:
-            best = (gflops, n, call, 2 * n**3 * reps)
-    return best[1], best[2], best[3]
+        timers[n] = (call, 2.0 * n**3 * reps)
+    return timers
 
 
 def _attention_kind(compiled_text: str) -> str:
@@ -271,7 +266,9 @@ def _shape(family: str, variant: str) -> ViTShape:
     return ViTShape(d["width"], d["depth"], d["num_heads"], d["mlp_dim"], d["patch_size"], 1, 0)
 
 
-def _compare(family: str, variant: str, dtype: str, batch: int, size: int, args: argparse.Namespace) -> list[Row]:
+def _compare(
+    name: str, family: str, variant: str, dtype: str, batch: int, size: int, args: argparse.Namespace
+) -> list[Row]:
     """Rows of one dtype: our tower, transformers eager (and compiled) and the matmul peak timed interleaved."""
     import torch
 
@@ -294,11 +291,10 @@ def _compare(family: str, variant: str, dtype: str, batch: int, size: int, args:
     fns = {"ours": ours, "torch eager (sdpa)": call(model)}
     if args.torch_compile or (args.device_report and _torch_device() == "cuda"):
         fns["torch.compile (sdpa)"] = call(torch.compile(model))
-    side, matmul, matmul_flop = matmul_timer(dtype)
-    fns["matmul"] = matmul
+    matmuls = matmul_timers(dtype)
+    fns.update({f"matmul {n}": call for n, (call, _) in matmuls.items()})
     t = time_interleaved(fns, args.iters)
-    peak = matmul_flop / t["matmul"] / 1e9
-    name = f"{family}-vit-{variant.lower().replace('/', '')}@{size}"
+    side, peak = max(((n, flop / t[f"matmul {n}"] / 1e9) for n, (_, flop) in matmuls.items()), key=lambda e: e[1])
     gflop = _shape(family, variant).gflop_per_image(size)
     return [
         Row(name, batch / t["ours"], batch / t[ref], f"{ref}; peak: {side}^2 matmul", dtype, gflop, peak, attention)
@@ -306,13 +302,13 @@ def _compare(family: str, variant: str, dtype: str, batch: int, size: int, args:
     ]
 
 
-def vit(family: str, variant: str, size: int = 224) -> Callable[[argparse.Namespace], list[Row]]:
+def vit(name: str, family: str, variant: str, size: int = 224) -> Callable[[argparse.Namespace], list[Row]]:
     """Case runner: our tower vs transformers eager (and torch.compile) per dtype, with GFLOP/s and share of peak."""
 
     def run(args: argparse.Namespace) -> list[Row]:
         batch = args.batch or (128 if on_accelerator() else 16)
         dtypes = ("f32", "bf16") if args.device_report else ("f32",)
-        return [row for dtype in dtypes for row in _compare(family, variant, dtype, batch, size, args)]
+        return [row for dtype in dtypes for row in _compare(name, family, variant, dtype, batch, size, args)]
 
     return run
 
@@ -320,15 +316,17 @@ def vit(family: str, variant: str, size: int = 224) -> Callable[[argparse.Namesp
 CASES: list[Case] = [
     Case("efficientnet-lite0@224", efficientnet_lite0(224)),
     Case("efficientnet-lite0@112", efficientnet_lite0(112)),
-    Case("clip-vit-b32@224", vit("clip", "B/32")),
-    Case("clip-vit-b16@224", vit("clip", "B/16")),
-    Case("dinov2-vit-b14@224", vit("dinov2", "B/14")),
+    Case("clip-vit-b32@224", vit("clip-vit-b32@224", "clip", "B/32")),
+    Case("clip-vit-b16@224", vit("clip-vit-b16@224", "clip", "B/16")),
+    Case("dinov2-b14@224", vit("dinov2-b14@224", "dinov2", "B/14")),
 ]
+GROUPS = {"transformers": ["clip-vit-b32@224", "clip-vit-b16@224", "dinov2-b14@224"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
+    ap.add_argument("--cases", default=",".join(c.name for c in CASES),
+                    help=f"comma-separated case names or groups ({', '.join(GROUPS)})")
     ap.add_argument("--batch", type=int, default=None,
                     help="images per call (default: 64 EfficientNet; 16 CPU / 128 accelerator for transformers)")
     ap.add_argument("--iters", type=int, default=5)
@@ -337,10 +335,10 @@ def main() -> None:
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile, even on CPU")
     args = ap.parse_args()
     known = {c.name: c for c in CASES}
-    names = [n.strip() for n in args.cases.split(",") if n.strip()]
+    names = [m for n in args.cases.split(",") if n.strip() for m in GROUPS.get(n.strip(), [n.strip()])]
     unknown = [n for n in names if n not in known]
     if unknown:
-        ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join([*known, *GROUPS])}")
     if args.batch is not None and args.batch < 1 or args.iters < 1:
         ap.error("--batch and --iters must be positive")
 
