@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks
 
 test: install lint
-	$(PYTHON) -m pytest -q -m "not slow" -x
+	$(PYTHON) -m pytest -q -m "not slow" -x --durations=10
 
 test-all: install lint
 	$(PYTHON) -m pytest -q

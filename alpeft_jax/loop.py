@@ -145,6 +145,10 @@ class Run:
             "round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": [],
         }
         c = config
+        if c.al.strategy not in strategies.names():
+            raise ValueError(f"unknown al.strategy {c.al.strategy!r}; choose one of {', '.join(strategies.names())}.")
+        if c.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {c.dtype!r}.")
         # -- data --------------------------------------------------------------------------------
         data_dir = c.data.dir or None
         pool_src = data.get_source(c.data.name, c.data.train_split, data_dir)
@@ -160,7 +164,7 @@ class Run:
         self.class_names = names
         self.num_classes = len(names)
         # -- model -------------------------------------------------------------------------------
-        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[c.dtype]
+        dtype = jnp.float32 if c.dtype == "float32" else jnp.bfloat16
         self.backbone = backbones.load(c.backbone, dtype=dtype)
         self.model = AdaptedModel(self.backbone, names, adapt_config(c, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
@@ -195,7 +199,8 @@ class Run:
     def _check_config(self, allow_change: bool) -> None:
         path = os.path.join(self.workdir, CONFIG_FILE)
         new = self.c.to_dict()
-        old = checkpoint.read_json(path)
+        started = os.path.exists(os.path.join(self.workdir, STATE_FILE))
+        old = checkpoint.read_json(path) if started else None  # nothing recorded yet: any config may start it
         if old is not None and old != json.loads(json.dumps(new)):
             diffs = checkpoint.diff_configs(old, json.loads(json.dumps(new)))
             if not allow_change:
