@@ -139,7 +139,9 @@ def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
 
 def test_changed_config_is_refused_naming_the_fields(tmp_path):
     wd = str(tmp_path / "run")
-    loop.run(_tiny("rounds=1,epochs=1"), wd)
+    with pytest.raises(ValueError, match="unknown al.strategy 'entropyy'"):
+        loop.run(_tiny("rounds=1,epochs=1,strategy=entropyy"), wd)
+    loop.run(_tiny("rounds=1,epochs=1"), wd)  # nothing was recorded yet, so the corrected config starts it
     changed = _tiny("rounds=1,epochs=2")
     with pytest.raises(loop.ConfigMismatchError, match=r"train\.epochs: 1 -> 2"):
         loop.run(changed, wd)
