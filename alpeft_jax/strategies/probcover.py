@@ -1,8 +1,7 @@
 """ProbCover (Yehuda et al. 2022): greedy maximum coverage of delta-balls over the pool.
 
 No delta-ball graph is stored: one blocked device pass counts each point's uncovered ball members, and the
-greedy (on device) keeps those counts as upper bounds, recomputing a candidate's count (one N x D
-matrix-vector product) only when it is the current maximum (lazy greedy; same picks as the eager greedy).
+greedy (on device) lowers those counts by the newly covered points after each pick.
 """
 
 from __future__ import annotations
@@ -77,49 +76,57 @@ def ball_counts(x: jax.Array, weight: jax.Array, r2: jax.Array, block: int) -> j
     return jnp.round(counts[:n]).astype(jnp.int32)
 
 
+_CHUNKS = (1, 4, 16, 64, 256)
+
+
 @partial(jax.jit, static_argnames=("budget",))
 def greedy_coverage(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Array, chosen: jax.Array,
                     u: jax.Array, budget: int) -> jax.Array:
     """Greedy picks maximising newly covered points; a random unchosen pick once nothing is left to cover.
 
-    `gains` [N] are upper bounds on each point's count of uncovered points in its ball (exact at the start).
-    Lazy evaluation: the first maximal bound is recomputed (one N x D matrix-vector product) until the first
-    maximum is fresh, which is then the exact first argmax of the true gains. `u` [budget] are the uniforms
-    of the random picks (the floor(u * n_free)-th unchosen point).
+    `gains` [N] count each point's uncovered ball members (see `ball_counts`). After a pick, the points it
+    newly covers are taken in chunks (sizes from `_CHUNKS`, the largest not above what is left) and every
+    point's gain drops by the chunk members in its ball: one N x D x chunk product per chunk, so the whole
+    run costs one pass over all pairs plus a few matrix-vector products per pick, in O(N) memory.
+    `u` [budget] are the uniforms of the random picks (the floor(u * n_free)-th unchosen point).
     """
-    n = x.shape[0]
     sqn = jnp.sum(x * x, axis=-1)
     neg = jnp.int32(-1)
 
     def ball(c: jax.Array) -> jax.Array:
         return sqn[c] + sqn - 2.0 * jnp.matmul(x, x[c], precision=_HI) < r2
 
+    def chunk_update(size: int) -> object:
+        def run(st: tuple) -> tuple:
+            pending, gains = st
+            (idx,) = jnp.nonzero(pending, size=size, fill_value=0)
+            valid = jnp.arange(size) < jnp.sum(pending)
+            d = sqn[:, None] + sqn[idx][None, :] - 2.0 * jnp.matmul(x, x[idx].T, precision=_HI)
+            drop = jnp.sum((d < r2) & valid[None, :], axis=1, dtype=jnp.int32)
+            return pending.at[idx].set(False), gains - drop
+
+        return run
+
+    def drain(st: tuple) -> tuple:
+        for size in reversed(_CHUNKS):  # largest chunks first; each loop leaves fewer than `size` pending
+            st = jax.lax.while_loop(lambda t, size=size: jnp.sum(t[0], dtype=jnp.int32) >= size,
+                                    chunk_update(size), st)
+        return st
+
     def pick(i: int, state: tuple) -> tuple:
-        covered, bound, picks = state
-
-        def refresh(st: tuple) -> tuple:
-            bound, fresh, _, _ = st
-            c = first_argmax(bound)
-            m = ball(c)
-            g = jnp.sum(m & ~covered, dtype=jnp.int32)
-            return bound.at[c].set(g), fresh.at[c].set(True), c, m
-
-        def stale(st: tuple) -> jax.Array:
-            bound, fresh, _, _ = st
-            return ~fresh[first_argmax(bound)]
-
-        init = (bound, jnp.zeros((n,), bool), jnp.int32(-1), jnp.zeros((n,), bool))
-        bound, _, last, m = jax.lax.while_loop(stale, refresh, init)
-        c = first_argmax(bound)
-        free = bound >= 0
+        covered, gains, chosen, picks = state
+        c = first_argmax(jnp.where(chosen, neg, gains))
+        free = ~chosen
         k = jnp.minimum(jnp.floor(u[i] * jnp.sum(free)).astype(jnp.int32), jnp.sum(free) - 1)
         rand = jnp.argmax(jnp.cumsum(free.astype(jnp.int32)) > k)
-        c = jnp.where(bound[c] > 0, c, rand)
-        m = jnp.where(c == last, m, ball(c))
-        return covered | m, bound.at[c].set(neg), picks.at[i].set(c)
+        c = jnp.where(gains[c] > 0, c, rand)
+        # the barrier keeps XLA from fusing the ball test into every consumer inside the loops below
+        new, gains = jax.lax.optimization_barrier((ball(c) & ~covered, gains))
+        _, gains = drain((new, gains))
+        return covered | new, gains, chosen.at[c].set(True), picks.at[i].set(c)
 
-    bound = jnp.where(chosen, neg, gains)
-    _, _, picks = jax.lax.fori_loop(0, budget, pick, (covered, bound, jnp.zeros((budget,), jnp.int32)))
+    init = (covered, gains, chosen, jnp.zeros((budget,), jnp.int32))
+    _, _, _, picks = jax.lax.fori_loop(0, budget, pick, init)
     return picks
 
 
