@@ -118,26 +118,43 @@ def min_sq_dist(x: jax.Array, y: jax.Array, block: int = DEFAULT_BLOCK) -> tuple
     return map_row_blocks(lambda xb: _min_kernel(xb, yb, yv), (x,), block)
 
 
-@jax.jit
-def _other_label_kernel(xb: jax.Array, lb: jax.Array, yb: jax.Array, ylab: jax.Array,
-                        yvalid: jax.Array) -> jax.Array:
-    def body(best: jax.Array, inp: tuple) -> tuple:
-        yc, lc, vc = inp
-        ok = vc[None, :] & (lc[None, :] != lb[:, None])
-        d = jnp.where(ok, sq_dist(xb, yc), jnp.inf)
-        return jnp.minimum(best, d.min(axis=1)), None
+@partial(jax.jit, static_argnames=("block",))
+def _other_label_sym(x: jax.Array, labels: jax.Array, block: int) -> jax.Array:
+    n = x.shape[0]
+    nb = -(-n // block)
+    xp = _pad_to(x, block)
+    lp = _pad_to(labels, block, -1)
+    valid = jnp.arange(nb * block) < n
+    sqn = jnp.sum(xp * xp, axis=-1)
+    bi, bj = np.triu_indices(nb)
+    pairs = jnp.asarray(np.stack([bi, bj], 1), jnp.int32)
 
-    best, _ = jax.lax.scan(body, jnp.full((xb.shape[0],), jnp.inf, jnp.float32), (yb, ylab, yvalid))
-    return best
+    def body(p: int, best: jax.Array) -> jax.Array:
+        i, j = pairs[p, 0] * block, pairs[p, 1] * block
+        xi, xj = (jax.lax.dynamic_slice_in_dim(xp, s, block) for s in (i, j))
+        si, sj = (jax.lax.dynamic_slice_in_dim(sqn, s, block) for s in (i, j))
+        li, lj = (jax.lax.dynamic_slice_in_dim(lp, s, block) for s in (i, j))
+        vi, vj = (jax.lax.dynamic_slice_in_dim(valid, s, block) for s in (i, j))
+        d = jnp.maximum(si[:, None] + sj[None, :] - 2.0 * jnp.matmul(xi, xj.T, precision=jax.lax.Precision.HIGHEST),
+                        0.0)
+        d = jnp.where((li[:, None] != lj[None, :]) & vi[:, None] & vj[None, :], d, jnp.inf)
+        bi_ = jnp.minimum(jax.lax.dynamic_slice_in_dim(best, i, block), d.min(axis=1))
+        best = jax.lax.dynamic_update_slice_in_dim(best, bi_, i, 0)
+        bj_ = jnp.minimum(jax.lax.dynamic_slice_in_dim(best, j, block), d.min(axis=0))
+        return jax.lax.dynamic_update_slice_in_dim(best, bj_, j, 0)
+
+    best = jax.lax.fori_loop(0, pairs.shape[0], body, jnp.full((nb * block,), jnp.inf, jnp.float32))
+    return best[:n]
 
 
 def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array, block: int = DEFAULT_BLOCK) -> jax.Array:
-    """For each row, the squared distance to the nearest row carrying a different label (inf if none)."""
+    """For each row, the squared distance to the nearest row carrying a different label (inf if none).
+
+    One device loop over block pairs (I, J) with I <= J; each distance block serves both sides.
+    """
     x = jnp.asarray(x, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
-    yb, yv = col_blocks(x, block)
-    lb, _ = col_blocks(labels, block, -1)
-    return map_row_blocks(lambda xb, l_: _other_label_kernel(xb, l_, yb, lb, yv), (x, labels), block)
+    return _other_label_sym(x, labels, max(1, min(block, 2048, x.shape[0])))
 
 
 @partial(jax.jit, static_argnames=("k",))
