@@ -248,9 +248,12 @@ def _theirs(family: str, variant: str, dtype: str, size: int):
         cls = CLIPVisionModelWithProjection
     else:
         d = dinov2.decode_variant(variant)
+        if d["swiglu"]:
+            raise ValueError(f"DINOv2 {variant} uses the SwiGLU MLP; this benchmark covers the GELU variants S/B/L.")
         config = Dinov2Config(
             hidden_size=d["width"], num_hidden_layers=d["depth"], num_attention_heads=d["num_heads"],
-            mlp_ratio=d["mlp_dim"] / d["width"], patch_size=d["patch_size"], image_size=d["pos_grid"] * d["patch_size"],
+            mlp_ratio=d["mlp_dim"] // d["width"], patch_size=d["patch_size"],
+            image_size=d["pos_grid"] * d["patch_size"],
         )
         cls = Dinov2Model
     torch.manual_seed(0)
