@@ -171,7 +171,9 @@ def main() -> None:
     if args.child:
         child(json.loads(args.child))
         return
-    print(f"cpu count {os.cpu_count()}; times in s ('first' includes JAX compilation), peak RSS in GB")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"cpu count {os.cpu_count()}; load average {load}; times in s ('first' includes JAX compilation), "
+          "peak RSS in GB")
     head = (f"{'strategy':10} {'N':>8} {'K':>4} {'b':>5} | {'ours':>8} {'first':>8} {'peakGB':>7} | "
             f"{'skal':>8} {'first':>8} {'peakGB':>7} | {'speedup':>7}  note")
     print(head)
@@ -197,6 +199,7 @@ def main() -> None:
                              else f"{'-':>8}")
                     print(f"{strategy:10} {n:8d} {k:4d} {budget:5d} | {fmt(ours)} | {fmt(peer)} | {speed}  {note}",
                           flush=True)
+    print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":
