@@ -46,7 +46,8 @@ def attention_implementation() -> str | None:
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, impl: str) -> jax.Array:
     """`jax.nn.dot_product_attention` over [B, N, heads, head_dim]; on the host CPU one image at a time."""
     if impl == "xla" and jax.default_backend() == "cpu" and q.shape[0] > 1:
-        # Per image the [heads, N, N] scores stay cache-resident: ViT-B/16 blocks run ~15% faster on XLA:CPU.
+        # Per image the [heads, N, N] scores stay cache-resident on XLA:CPU: a lone ViT-B/16 block runs ~15%
+        # faster, a whole DINOv2-B/14 tower at 224 px ~10%, a CLIP ViT-B/16 tower 1-3% (batch 16).
         return jax.lax.map(
             lambda t: jax.nn.dot_product_attention(*(a[None] for a in t), is_causal=causal, implementation=impl)[0],
             (q, k, v),
