@@ -47,8 +47,9 @@ def kmeans_pp_gradient(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.
     first = first_argmax(jnp.where(available, sq, -jnp.inf))
 
     def dist_to(j: jax.Array) -> jax.Array:
-        ff = jnp.matmul(x, x[j], precision=_HI) * (r * r[j])
-        d = sq + sq[j] - 2.0 * ff * jnp.matmul(a, a[j], precision=_HI)
+        # the barrier keeps XLA from fusing the two products into (and recomputing them in) each consumer
+        ff, aa = jax.lax.optimization_barrier((jnp.matmul(x, x[j], precision=_HI), jnp.matmul(a, a[j], precision=_HI)))
+        d = sq + sq[j] - 2.0 * (ff * (r * r[j])) * aa
         return jnp.maximum(d, 0.0)
 
     avail = available.at[first].set(False)
