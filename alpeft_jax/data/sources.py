@@ -129,7 +129,30 @@ def _check_index(i: Any, n: int) -> int:
 # In-memory arrays
 
 
-class ArraySource:
+class _ListedSource:
+    """Shared accessors of sources whose labels, ids and class names are held in memory."""
+
+    class_names_: list[str]
+    labels_: np.ndarray
+    ids_: np.ndarray
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, indexed by label."""
+        return self.class_names_
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64[N] labels (-1 = unknown or unlabelled)."""
+        return self.labels_
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64[N] stable example ids."""
+        return self.ids_
+
+
+class ArraySource(_ListedSource):
     """In-memory images (uint8[N, H, W] or [N, H, W, C]) with labels and class names."""
 
     def __init__(
@@ -158,21 +181,6 @@ class ArraySource:
             k = len(self.class_names_)
             raise ValueError(f"labels must lie in [-1, {k - 1}] for {k} classes")
 
-    @property
-    def class_names(self) -> list[str]:
-        """Class names, indexed by label."""
-        return self.class_names_
-
-    @property
-    def labels(self) -> np.ndarray:
-        """int64[N] labels (-1 = unknown)."""
-        return self.labels_
-
-    @property
-    def ids(self) -> np.ndarray:
-        """int64[N] example ids."""
-        return self.ids_
-
     def __len__(self) -> int:
         return len(self.images)
 
@@ -185,7 +193,7 @@ class ArraySource:
 # Image files: folders, CSV manifests, CoOp split files
 
 
-class FileListSource:
+class FileListSource(_ListedSource):
     """Images stored as files, listed with labels; decoded lazily with PIL."""
 
     def __init__(
@@ -202,21 +210,6 @@ class FileListSource:
         self.name = name
         self.exclude_hint = exclude_hint
         self.ids_ = np.arange(len(self.paths), dtype=np.int64)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names, indexed by label."""
-        return self.class_names_
-
-    @property
-    def labels(self) -> np.ndarray:
-        """int64[N] labels (-1 = unlabelled)."""
-        return self.labels_
-
-    @property
-    def ids(self) -> np.ndarray:
-        """int64[N] example ids (positions in the sorted/listed order)."""
-        return self.ids_
 
     def __len__(self) -> int:
         return len(self.paths)
