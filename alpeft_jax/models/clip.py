@@ -151,11 +151,7 @@ class CLIPVisionTower(nn.Module):
     def image_stem(self, images: jax.Array) -> jax.Array:
         """Patch embedding + class token + positions + ln_pre: float[B,H,W,3] -> hidden [B,1+N,W]."""
         c = self.config
-        if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, 3):
-            raise ValueError(
-                f"CLIP image tower expects NHWC images [B,{c.image_size},{c.image_size},3], "
-                f"got {images.shape}; resize to the backbone's image_size and put channels last."
-            )
+        check_images(images, c.image_size, "CLIP image tower")
         x = self.patch_embed(images.astype(self.dtype))
         b = x.shape[0]
         x = x.reshape(b, -1, c.width)
@@ -236,6 +232,15 @@ class CLIPTextTower(nn.Module):
         pooled = x[jnp.arange(b), jnp.asarray(eot_index).astype(jnp.int32)]
         emb = self.proj(pooled).astype(jnp.float32)
         return emb, {"pooled": pooled, "tokens": x}
+
+
+def check_images(images: jax.Array, size: int, what: str) -> None:
+    """Raise a clear error unless `images` is NHWC [B, size, size, 3]."""
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(
+            f"{what} expects NHWC images [B,{size},{size},3], got {images.shape}; "
+            "resize to the backbone's image_size and put channels last."
+        )
 
 
 # OpenAI CLIP's image normalisation (every released CLIP checkpoint uses it).

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from alpeft_jax.models.clip import CLIP, TextConfig
+from alpeft_jax.models.clip import CLIP, TextConfig, check_images
 
 Dtype = Any
 Aux = dict[str, jax.Array]
@@ -257,12 +257,7 @@ class ResNetImageTower(nn.Module):
 
     def image_stem(self, images: jax.Array) -> jax.Array:
         """Stem convolutions and pool: float[B,H,W,3] -> feature map [B,H/4,W/4,width]."""
-        c = self.config
-        if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, 3):
-            raise ValueError(
-                f"CLIP ResNet image tower expects NHWC images [B,{c.image_size},{c.image_size},3], "
-                f"got {images.shape}; resize to the backbone's image_size and put channels last."
-            )
+        check_images(images, self.config.image_size, "CLIP ResNet image tower")
         return self.stem(images.astype(self.dtype))
 
     def image_blocks(self, hidden: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
