@@ -185,6 +185,13 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
     state = read_hf_directory(path)
     params = convert(state, expected_params(model), rules, hooks, source=path)
     mean, std = _preprocessing(path)
+    return clip_backbone(model, params, mean, std, config, _tokenizer(path), path)
+
+
+def clip_backbone(
+    model: CLIP, params: Any, mean: Any, std: Any, config: dict[str, Any], tokenizer: Any, source: str
+) -> backbones.Backbone:
+    """A CLIP-family Backbone (ViT or ResNet image tower) over converted NumPy params."""
     return backbones.Backbone(
         family="clip",
         model=model,
@@ -194,6 +201,6 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
         std=std,
         embed_dim=model.embed_dim,
         config=config,
-        tokenizer=_tokenizer(path),
-        source=path,
+        tokenizer=tokenizer,
+        source=source,
     )

@@ -33,7 +33,6 @@ import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,6 +45,7 @@ from alpeft_jax.convert.common import (
     read_safetensors,
     transpose_linear,
 )
+from alpeft_jax.convert.hf_clip import clip_backbone
 from alpeft_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, TextConfig, VisionConfig
 from alpeft_jax.models.clip_resnet import CLIPResNet, ResNetConfig
 
@@ -422,16 +422,6 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
     params = convert(state, model.param_shapes(), rules_for(model), hooks_for(model), source=path)
     mean, std = _preprocessing(config)
     architecture = "resnet" if isinstance(model, CLIPResNet) else "vit"
-    return backbones.Backbone(
-        family="clip",
-        model=model,
-        params=jax.tree_util.tree_map(jnp.asarray, params),
-        image_size=model.vision.image_size,
-        mean=mean,
-        std=std,
-        embed_dim=model.embed_dim,
-        config={"vision": model.vision, "text": model.text, "embed_dim": model.embed_dim,
-                "model_type": "openai_clip", "architecture": architecture},
-        tokenizer=_tokenizer(model.text),
-        source=path,
-    )
+    info = {"vision": model.vision, "text": model.text, "embed_dim": model.embed_dim,
+            "model_type": "openai_clip", "architecture": architecture}
+    return clip_backbone(model, params, mean, std, info, _tokenizer(model.text), path)
