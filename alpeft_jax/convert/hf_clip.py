@@ -44,6 +44,7 @@ _TEXT_DEFAULTS: dict[str, Any] = dict(
     max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407,
 )
 _PROJECTION_DIM = 512
+STANDARD_VOCAB_SIZE = 49408  # the released CLIP BPE vocabulary
 _LOGIT_SCALE_INIT = 2.6592
 
 
@@ -157,11 +158,18 @@ def _preprocessing(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean, std
 
 
-def _tokenizer(path: str) -> Any:
-    """The project's CLIP BPE tokenizer for this directory, or None when unavailable."""
+def _tokenizer(path: str, text: TextConfig) -> Any:
+    """The directory's CLIP BPE tokenizer; without tokenizer files, the standard one if the vocabulary is; else None."""
     has_bpe = all(os.path.exists(os.path.join(path, f)) for f in ("vocab.json", "merges.txt"))
     if not (has_bpe or os.path.exists(os.path.join(path, "tokenizer.json"))):
-        return None
+        if text.vocab_size != STANDARD_VOCAB_SIZE:
+            return None
+        from alpeft_jax.tokenizer import Tokenizer
+
+        try:  # pads with EOT as the released HF CLIP checkpoints do
+            return Tokenizer.default(context_length=text.context_length, pad_token_id=STANDARD_VOCAB_SIZE - 1)
+        except FileNotFoundError:
+            return None
     if importlib.util.find_spec("alpeft_jax.tokenizer") is None:
         return None
     try:
@@ -185,7 +193,7 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
     state = read_hf_directory(path)
     params = convert(state, expected_params(model), rules, hooks, source=path)
     mean, std = _preprocessing(path)
-    return clip_backbone(model, params, mean, std, config, _tokenizer(path), path)
+    return clip_backbone(model, params, mean, std, config, _tokenizer(path, model.text), path)
 
 
 def clip_backbone(

@@ -120,7 +120,7 @@ class AdaptedModel:
             out["head"] = heads.init_linear(k_head, self.feature_dim, self.num_classes)
         elif self.head_kind == "zeroshot":
             text = self.text_features(out)
-            out["head"] = heads.init_from_text(text, float(jnp.exp(self.backbone.params["logit_scale"])))
+            out["head"] = heads.init_from_text(text, jnp.exp(self.backbone.params["logit_scale"]))
         return out
 
     def describe(self, trainable: Trainable) -> list[tuple[str, tuple[int, ...]]]:

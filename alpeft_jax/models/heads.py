@@ -20,7 +20,7 @@ def init_linear(rng: jax.Array, dim: int, num_classes: int) -> Head:
     }
 
 
-def init_from_text(text_embeddings: jax.Array, logit_scale: float) -> Head:
+def init_from_text(text_embeddings: jax.Array, logit_scale: float | jax.Array) -> Head:
     """A zero-shot head: normalised class text embeddings times the CLIP logit scale (use with normalize=True)."""
     t = text_embeddings / jnp.linalg.norm(text_embeddings, axis=-1, keepdims=True)
     return {"kernel": (logit_scale * t.T).astype(jnp.float32), "bias": jnp.zeros((t.shape[0],), jnp.float32)}
