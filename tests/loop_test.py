@@ -186,3 +186,14 @@ def test_demo_runlocal_end_to_end(tmp_path):
     rows = _results(tmp_path)
     assert [r["n_labeled"] for r in rows] == [10, 20]
     assert os.path.exists(tmp_path / "curves.png")
+
+
+@pytest.mark.parametrize("strategy", ["badge", "coreset", "bald", "learning_loss", "featdist", "typiclust",
+                                      "probcover", "margin"])
+def test_every_strategy_runs_in_the_driver(tmp_path_factory, strategy):
+    cache = str(tmp_path_factory.getbasetemp() / "shared_cache")  # the frozen prefix is computed once for all
+    wd = str(tmp_path_factory.mktemp(strategy))
+    results = loop.run(_tiny(f"rounds=2,epochs=1,strategy={strategy},cache={cache}"), wd)
+    assert [r["n_labeled"] for r in results] == [10, 15]
+    assert results[1]["strategy"] == strategy and len(set(results[1]["selected_ids"])) == 5
+    assert not set(results[0]["selected_ids"]) & set(results[1]["selected_ids"])
