@@ -171,11 +171,11 @@ def _knn_kernel(xb: jax.Array, yb: jax.Array, yvalid: jax.Array, k: int) -> jax.
     return best
 
 
-def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK) -> jax.Array:
+def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK, k_max: int | None = None) -> jax.Array:
     """Squared distances [N,k] from each row of x to its k nearest other rows, ascending (self dropped).
 
-    Rows are padded to a power-of-two bucket (masked out) so many differently sized inputs share a few
-    compilations.
+    Rows are padded to a power-of-two bucket (masked out) and the kernel keeps `k_max` (>= k) neighbours,
+    so many differently sized inputs and k share a few compilations.
     """
     x = jnp.asarray(x, jnp.float32)
     n = x.shape[0]
@@ -187,9 +187,10 @@ def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK) -> jax.Array:
     xp = _pad_to(x, n_pad)
     valid = (jnp.arange(n_pad) < n).reshape(-1, blk)
     yb = xp.reshape(-1, blk, x.shape[1])
+    kk = max(k, k_max or k)
     # k+1 smallest include the point itself (distance 0); drop the smallest one.
-    d = map_row_blocks(lambda xb: _knn_kernel(xb, yb, valid, k + 1), (xp,), blk)
-    return d[:n, 1:]
+    d = map_row_blocks(lambda xb: _knn_kernel(xb, yb, valid, kk + 1), (xp,), blk)
+    return d[:n, 1 : k + 1]
 
 
 @jax.jit

@@ -12,9 +12,9 @@ from alpeft_jax.strategies.distances import DEFAULT_BLOCK, knn_sq_dist
 from alpeft_jax.strategies.kmeans import kmeans
 
 
-def typicality(x: jax.Array, k: int, block: int = DEFAULT_BLOCK) -> np.ndarray:
+def typicality(x: jax.Array, k: int, block: int = DEFAULT_BLOCK, k_max: int | None = None) -> np.ndarray:
     """1 / (mean squared distance to the k nearest other points + 1e-5), as the reference code (faiss L2)."""
-    return 1.0 / (np.asarray(knn_sq_dist(x, k, block), np.float64).mean(axis=1) + 1e-5)
+    return 1.0 / (np.asarray(knn_sq_dist(x, k, block, k_max), np.float64).mean(axis=1) + 1e-5)
 
 
 def cluster_order(labels: np.ndarray, labeled: np.ndarray, n_clusters: int,
@@ -64,7 +64,7 @@ def select_typiclust(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nd
         if m.size == 1:
             idx = int(m[0])
         elif m.size > 1:
-            idx = int(m[np.argmax(typicality(x[m], min(k_nn, m.size // 2), block))])
+            idx = int(m[np.argmax(typicality(x[m], min(k_nn, m.size // 2), block, k_max=k_nn))])
         else:
             free = np.flatnonzero(~labeled & (members != -2))
             idx = int(free[gen.integers(free.size)])
