@@ -220,10 +220,11 @@ class Run:
                      self.c.dtype, f"{n_frozen:,}")
         logging.info("adaptation %s: %s trainable parameters (%.3f%% of the backbone)", self.c.adapt.mode,
                      f"{n_train:,}", 100.0 * n_train / max(1, n_frozen))
-        for name, shape in self.model.describe(trainable)[:12]:
+        names = self.model.describe(trainable)
+        for name, shape in names[:12]:
             logging.info("  trainable %s %s", name, shape)
-        if len(self.model.describe(trainable)) > 12:
-            logging.info("  ... %d trainable arrays in all", len(self.model.describe(trainable)))
+        if len(names) > 12:
+            logging.info("  ... %d trainable arrays in all", len(names))
         logging.info("data %s: pool %d, test %d, %d classes; image size %d; budget %d per round, %d rounds",
                      self.c.data.name, len(self.pool), len(self.test), self.num_classes, self.image_size,
                      self.budget, self.c.al.rounds)
@@ -379,13 +380,10 @@ class Run:
                                              {"round": r, "epoch": epoch, "batch": i + 1, "history": history})
             if sums is None:
                 continue
-            s = {k: float(v) for k, v in jax.device_get(sums).items()}
-            row = {"epoch": epoch, "loss": s["loss"] / steps, "ce": s["ce"] / steps,
-                   "calibration": s["calibration"] / steps, "train_accuracy": s["correct"] / max(1.0, s["n"]),
-                   "lr": self.trainer.lr(epoch), "calibration_weight": self.trainer.calibration_weight(epoch)}
-            if not np.isfinite(row["loss"]):
-                raise NaNLossError(f"round {r} epoch {epoch}: training loss is {row['loss']}; the round stops and "
-                                   "the last checkpoint is kept; lower --config.train.lr.")
+            try:
+                row = self.trainer.epoch_summary(epoch, sums, steps)
+            except NaNLossError as e:
+                raise NaNLossError(f"round {r}: {e}") from None
             history.append(row)
             logging.info("round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
                          r, epoch, row["loss"], row["ce"], row["calibration"], row["calibration_weight"],

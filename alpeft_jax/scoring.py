@@ -300,15 +300,8 @@ class FeatureCache:
 
 
 def _prefix_with_params(model: AdaptedModel, params: Any, images: jax.Array) -> jax.Array:
-    # `AdaptedModel.prefix` with the frozen params as an argument rather than a closed-over constant.
-    bb = model.backbone
-    images = jnp.asarray(images, bb.dtype)
-    if model.input_kind == "features":
-        return bb.model.apply({"params": params}, images, method="encode_image")[0]
-    if model.input_kind == "hidden":
-        stop = model.cache_block
-        return bb.model.apply({"params": params}, images, method=lambda m, x: m.image_blocks(m.image_stem(x), 0, stop))
-    return images
+    # The frozen params travel as a jit argument rather than a closed-over constant.
+    return model.prefix(images, params=params)
 
 
 class PoolScorer:

@@ -178,26 +178,31 @@ class Trainer:
                 steps += 1
             if steps == 0:
                 raise ValueError(f"epoch {epoch} got no training batches (is the labelled set empty?).")
-            summary = {k: float(v) for k, v in jax.device_get(sums).items()}
-            row = {
-                "epoch": epoch,
-                "loss": summary.get("loss", 0.0) / steps,
-                "ce": summary.get("ce", 0.0) / steps,
-                "calibration": summary.get("calibration", 0.0) / steps,
-                "train_accuracy": summary.get("correct", 0.0) / max(1.0, summary.get("n", 0.0)),
-                "lr": self.lr(epoch),
-                "calibration_weight": self.calibration_weight(epoch),
-                "steps": steps,
-            }
-            if not math.isfinite(row["loss"]):
-                raise NaNLossError(
-                    f"training loss is {row['loss']} in epoch {epoch}: lower train.lr or check the inputs; "
-                    "the round stops and the last checkpoint is kept."
-                )
+            row = self.epoch_summary(epoch, sums, steps)
             history.append(row)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, state, row)
         return state, history
+
+    def epoch_summary(self, epoch: int, sums: dict[str, Any], steps: int) -> dict[str, Any]:
+        """Mean loss terms, train accuracy, lr and weight of an epoch from its summed step metrics; NaN raises."""
+        s = {k: float(v) for k, v in jax.device_get(sums).items()}
+        row = {
+            "epoch": epoch,
+            "loss": s["loss"] / steps,
+            "ce": s["ce"] / steps,
+            "calibration": s["calibration"] / steps,
+            "train_accuracy": s["correct"] / max(1.0, s["n"]),
+            "lr": self.lr(epoch),
+            "calibration_weight": self.calibration_weight(epoch),
+            "steps": steps,
+        }
+        if not math.isfinite(row["loss"]):
+            raise NaNLossError(
+                f"training loss is {row['loss']} in epoch {epoch}: lower train.lr or check the inputs; "
+                "the round stops and the last checkpoint is kept."
+            )
+        return row
 
     # ----------------------------------------------------------------------------------------------
     def _eval_step_impl(self, trainable: Any, batch: Batch, kind: str) -> tuple[dict, jax.Array, jax.Array]:

@@ -136,18 +136,22 @@ class AdaptedModel:
             method=fn, rng=rng, train=train,
         )
 
-    def prefix(self, images: jax.Array) -> jax.Array:
-        """The cacheable frozen part for `input_kind`: image features, the hidden state, or the images."""
+    def prefix(self, images: jax.Array, params: Any = None) -> jax.Array:
+        """The cacheable frozen part for `input_kind`: image features, the hidden state, or the images.
+
+        `params` (default: the backbone's) lets a jitted caller pass the frozen weights as an argument.
+        """
         images = jnp.asarray(images, self.backbone.dtype)
+        variables = {"params": self.backbone.params if params is None else params}
         if self.input_kind == "features":
-            return self.backbone.model.apply({"params": self.backbone.params}, images, method="encode_image")[0]
+            return self.backbone.model.apply(variables, images, method="encode_image")[0]
         if self.input_kind == "hidden":
             stop = self.cache_block
 
             def fn(m: Any, x: jax.Array) -> jax.Array:
                 return m.image_blocks(m.image_stem(x), 0, stop)
 
-            return self.backbone.model.apply({"params": self.backbone.params}, images, method=fn)
+            return self.backbone.model.apply(variables, images, method=fn)
         return images
 
     def image_features(
