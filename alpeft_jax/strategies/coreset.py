@@ -1,7 +1,8 @@
 """Core-set (Sener & Savarese 2018): k-centre greedy on L2-normalised image features (METHOD 3.5).
 
-The features stay raw on the device; the normalised geometry enters through per-row inverse norms, so each
-greedy pick reads the N x D matrix once (one matrix-vector product) and no normalised copy is stored.
+The features stay raw on the device; the normalised geometry enters through per-row inverse norms, so no
+normalised copy is stored. The greedy is lazy (see `k_center_greedy`): most picks touch only a few rows
+instead of streaming the whole N x D matrix, with the same sequence as the eager greedy.
 """
 
 from __future__ import annotations
@@ -36,23 +37,14 @@ def unit_norm_factors(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return r, jnp.sum(jnp.square(x * r[:, None]), axis=-1)
 
 
-def _dist_to_row(x: jax.Array, r: jax.Array, sqn: jax.Array, j: jax.Array) -> jax.Array:
-    """Squared distances of every normalised row to normalised row j (one N x D matrix-vector product)."""
-    dot = jnp.matmul(x, x[j], precision=_HI) * (r * r[j])
-    return jnp.maximum(sqn + sqn[j] - 2.0 * dot, 0.0)
-
-
-@partial(jax.jit, static_argnames=("block",))
-def min_sq_dist_to_rows(x: jax.Array, r: jax.Array, sqn: jax.Array, centres: jax.Array, block: int) -> jax.Array:
-    """For each normalised row of x, the squared distance to its nearest row x[centres] (normalised).
+def _min_sq_dist(x: jax.Array, r: jax.Array, sqn: jax.Array, c: jax.Array, csq: jax.Array, block: int) -> jax.Array:
+    """Per row of x (normalised by r), the squared distance to the nearest normalised centre row of c [C,D].
 
     Row blocks of `block` are visited in a device loop; the last block is shifted back to end at N, so
-    its overlap is recomputed identically and nothing is padded.
+    its overlap is recomputed identically and nothing is padded. A centre with csq = +inf is ignored.
     """
     n = x.shape[0]
     block = min(block, n)
-    c = x[centres] * r[centres][:, None]
-    csq = sqn[centres]
 
     def body(b: int, md: jax.Array) -> jax.Array:
         s = jnp.minimum(b * block, n - block)
@@ -65,22 +57,77 @@ def min_sq_dist_to_rows(x: jax.Array, r: jax.Array, sqn: jax.Array, centres: jax
     return jax.lax.fori_loop(0, -(-n // block), body, jnp.zeros((n,), jnp.float32))
 
 
-@partial(jax.jit, static_argnames=("budget",))
-def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, budget: int) -> jax.Array:
-    """Greedy farthest-first picks: repeatedly take argmax of min_d and lower min_d by the new centre.
+@partial(jax.jit, static_argnames=("block",))
+def min_sq_dist_to_rows(x: jax.Array, r: jax.Array, sqn: jax.Array, centres: jax.Array, block: int) -> jax.Array:
+    """For each normalised row of x, the squared distance to its nearest row x[centres] (normalised)."""
+    return _min_sq_dist(x, r, sqn, x[centres] * r[centres][:, None], sqn[centres], block)
+
+
+@partial(jax.jit, static_argnames=("budget", "top", "chunk", "block", "tries"))
+def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, budget: int, top: int = 64,
+                    chunk: int = 16, block: int = DEFAULT_BLOCK, tries: int = 4) -> jax.Array:
+    """Greedy farthest-first picks: repeatedly take the argmax of min_d and lower min_d by the new centre.
 
     Distances are between normalised rows x * r (see `unit_norm_factors`); `min_d` holds each point's
     squared distance to the current centres; -inf excludes a point.
+
+    Lazily, as in accelerated k-centre: min_d is kept as an upper bound that is exact for every centre
+    up to `applied`. Each pick refreshes only the `top` largest bounds against the newer centres; when the
+    best refreshed value beats every bound left outside, it is the exact argmax and the N x D matrix is
+    not read at all. After `tries` refreshes without that certificate, one blocked pass applies the
+    pending centres to every row, `chunk` centres at a time. The sequence is that of the eager greedy.
     """
+    n, dim = x.shape
+    top = min(top, n)
+    cap = -(-budget // chunk) * chunk  # centre buffer, a whole number of chunks
+    cols = jnp.arange(cap)
 
-    def body(i: int, state: tuple) -> tuple:
-        md, picks = state
-        j = first_argmax(md)
-        md = jnp.minimum(md, _dist_to_row(x, r, sqn, j)).at[j].set(-jnp.inf)
-        return md, picks.at[i].set(j)
+    def refresh(md: jax.Array, idx: jax.Array, cen: jax.Array, csq: jax.Array, lo: jax.Array,
+                hi: jax.Array) -> jax.Array:
+        """Exact min_d of rows idx: their bound lowered by centres lo..hi-1."""
+        live = (cols >= lo) & (cols < hi)
+        d = sqn[idx][:, None] + jnp.where(live, csq, jnp.inf)[None, :] - 2.0 * jnp.matmul(
+            x[idx], cen.T, precision=_HI) * r[idx][:, None]
+        return jnp.minimum(md[idx], jnp.maximum(d, 0.0).min(axis=1))
 
-    _, picks = jax.lax.fori_loop(0, budget, body, (min_d, jnp.zeros((budget,), jnp.int32)))
-    return picks
+    def full_pass(md: jax.Array, cen: jax.Array, csq: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+        """min_d lowered for every row by centres lo..hi-1, chunk by chunk."""
+
+        def body(state: tuple) -> tuple:
+            md, s = state
+            start = jnp.minimum(s, cap - chunk)
+            c = jax.lax.dynamic_slice_in_dim(cen, start, chunk)
+            ids = start + jnp.arange(chunk)
+            q = jnp.where((ids >= s) & (ids < hi), jax.lax.dynamic_slice_in_dim(csq, start, chunk), jnp.inf)
+            return jnp.minimum(md, _min_sq_dist(x, r, sqn, c, q, block)), s + chunk
+
+        return jax.lax.while_loop(lambda st: st[1] < hi, body, (md, lo))[0]
+
+    def pick(i: int, state: tuple) -> tuple:
+        md, picks, cen, csq, applied = state
+
+        def lazy(st: tuple) -> tuple:
+            md, tries_left, _, _ = st
+            bound, idx = jax.lax.top_k(md, top)
+            new = refresh(md, idx, cen, csq, applied, i)
+            md = md.at[idx].set(new)
+            best = jnp.max(new)
+            j = jnp.min(jnp.where(new == best, idx, n))
+            # jnp.min, not bound[-1]: slicing the values makes XLA keep a full sort instead of its top-k call.
+            return md, tries_left - 1, (best > jnp.min(bound)) | (top == n), j
+
+        md, _, certified, j = jax.lax.while_loop(
+            lambda st: (~st[2]) & (st[1] > 0), lazy, (md, tries, jnp.bool_(False), jnp.int32(0)))
+        # No lax.cond around the full pass: a conditional would take the N x D matrix as an operand (a copy).
+        md = full_pass(md, cen, csq, jnp.where(certified, i, applied), i)  # zero trips when certified
+        j = jax.lax.cond(certified, lambda m: j, first_argmax, md)
+        applied = jnp.where(certified, applied, i)
+        return (md.at[j].set(-jnp.inf), picks.at[i].set(j), cen.at[i].set(x[j] * r[j]), csq.at[i].set(sqn[j]),
+                applied)
+
+    init = (min_d, jnp.zeros((budget,), jnp.int32), jnp.zeros((cap, dim), jnp.float32),
+            jnp.full((cap,), jnp.inf, jnp.float32), jnp.int32(0))
+    return jax.lax.fori_loop(0, budget, pick, init)[1]
 
 
 @register("coreset", requires=("features",))
@@ -112,5 +159,6 @@ def select_coreset(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndar
         mc = min_sq_dist_to_rows(x, r, sqn, chunk, block)
         md = mc if s == 0 else jnp.minimum(md, mc)
     md = jnp.where(jnp.asarray(labeled), -jnp.inf, md)
-    picks = np.asarray(k_center_greedy(x, r, sqn, md, int(budget)), np.int64) if budget else np.zeros(0, np.int64)
+    picks = (np.asarray(k_center_greedy(x, r, sqn, md, int(budget), block=block), np.int64) if budget
+             else np.zeros(0, np.int64))
     return np.concatenate([np.asarray(first, np.int64), picks])

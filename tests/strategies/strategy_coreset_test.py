@@ -5,6 +5,7 @@ import pytest
 from skactiveml.pool import CoreSet
 
 from alpeft_jax import strategies
+from alpeft_jax.strategies import coreset
 
 
 @pytest.mark.parametrize("seed, n_lab", [(0, 1), (1, 25)])
@@ -38,3 +39,34 @@ def test_no_labelled_starts_from_a_random_point_then_goes_farthest():
     xn = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     d = np.linalg.norm(xn - xn[out[0]], axis=1)
     assert out[1] == int(np.argmax(d))
+
+
+def _eager_k_center(xn: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
+    """Textbook farthest-first greedy in float64: one full distance pass per pick."""
+    md = np.min(((xn[:, None, :] - xn[labeled][None]) ** 2).sum(-1), axis=1)
+    md[labeled] = -np.inf
+    out = []
+    for _ in range(budget):
+        j = int(np.argmax(md))
+        out.append(j)
+        md = np.minimum(md, ((xn - xn[j]) ** 2).sum(-1))
+        md[j] = -np.inf
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("d", [2, 64])  # 2-D: refreshed rows are often beaten, so the full pass runs too
+@pytest.mark.parametrize("top, chunk, tries", [(64, 16, 4), (3, 5, 1), (1, 1, 2), (5000, 16, 4)])
+def test_lazy_greedy_equals_eager_greedy(d, top, chunk, tries):
+    g = np.random.default_rng(d)
+    n, budget = 1500, 60
+    feats = (g.normal(size=(n, d)) + 3.0 * g.normal(size=(8, d))[g.integers(0, 8, n)]).astype(np.float32)
+    labeled = np.zeros(n, bool)
+    labeled[g.choice(n, 10, replace=False)] = True
+    xn = feats.astype(np.float64) / np.linalg.norm(feats.astype(np.float64), axis=1, keepdims=True)
+    ref = _eager_k_center(xn, labeled, budget)
+    x = coreset.device_features(feats)
+    r, sqn = coreset.unit_norm_factors(x)
+    md = coreset.min_sq_dist_to_rows(x, r, sqn, np.flatnonzero(labeled).astype(np.int32), 512)
+    md = np.where(labeled, -np.inf, np.asarray(md)).astype(np.float32)
+    got = coreset.k_center_greedy(x, r, sqn, md, budget, top=top, chunk=chunk, block=256, tries=tries)
+    np.testing.assert_array_equal(np.asarray(got), ref)
