@@ -7,7 +7,7 @@ instead of streaming the whole N x D matrix, with the same sequence as the eager
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import jax
@@ -64,7 +64,7 @@ def min_sq_dist_to_rows(x: jax.Array, r: jax.Array, sqn: jax.Array, centres: jax
 
 
 @partial(jax.jit, static_argnames=("budget", "top", "chunk", "block", "tries"))
-def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, budget: int, top: int = 64,
+def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, budget: int, top: int = 16,
                     chunk: int = 16, block: int = DEFAULT_BLOCK, tries: int = 4) -> jax.Array:
     """Greedy farthest-first picks: repeatedly take the argmax of min_d and lower min_d by the new centre.
 
@@ -72,61 +72,66 @@ def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array
     squared distance to the current centres; -inf excludes a point.
 
     Lazily, as in accelerated k-centre: min_d is kept as an upper bound that is exact for every centre
-    up to `applied`. Each pick refreshes only the `top` largest bounds against the newer centres; when the
+    below `applied` (and, per row, below `seen`). Each pick refreshes only the `top` largest bounds against
+    the centres those rows have not seen; when the
     best refreshed value beats every bound left outside, it is the exact argmax and the N x D matrix is
     not read at all. After `tries` refreshes without that certificate, one blocked pass applies the
     pending centres to every row, `chunk` centres at a time. The sequence is that of the eager greedy.
     """
     n, dim = x.shape
     top = min(top, n)
-    cap = -(-budget // chunk) * chunk  # centre buffer, a whole number of chunks
-    cols = jnp.arange(cap)
+    wide = 8 * chunk  # centres per step of a refresh (few rows: wide steps, little loop overhead)
+    cap = -(-budget // wide) * wide  # centre buffer, a whole number of steps of either width
 
-    def refresh(md: jax.Array, idx: jax.Array, cen: jax.Array, csq: jax.Array, lo: jax.Array,
-                hi: jax.Array) -> jax.Array:
-        """Exact min_d of rows idx: their bound lowered by centres lo..hi-1."""
-        live = (cols >= lo) & (cols < hi)
-        d = sqn[idx][:, None] + jnp.where(live, csq, jnp.inf)[None, :] - 2.0 * jnp.matmul(
-            x[idx], cen.T, precision=_HI) * r[idx][:, None]
-        return jnp.minimum(md[idx], jnp.maximum(d, 0.0).min(axis=1))
+    def window(cen: jax.Array, csq: jax.Array, s: jax.Array, hi: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+        """Centres s..s+size-1 (those at or past hi masked by csq = inf), as a fixed-size slice of the buffer."""
+        start = jnp.minimum(s, cap - size)  # the last window is shifted back; its overlap was already applied
+        ids = start + jnp.arange(size)
+        q = jnp.where((ids >= s) & (ids < hi), jax.lax.dynamic_slice_in_dim(csq, start, size), jnp.inf)
+        return jax.lax.dynamic_slice_in_dim(cen, start, size), q
 
-    def full_pass(md: jax.Array, cen: jax.Array, csq: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-        """min_d lowered for every row by centres lo..hi-1, chunk by chunk."""
+    def apply(md: jax.Array, lo: jax.Array, hi: jax.Array, cen: jax.Array, csq: jax.Array,
+              dist: Callable[[jax.Array, jax.Array], jax.Array], size: int) -> jax.Array:
+        """md lowered by centres lo..hi-1, `size` at a time; dist(c, q) gives the rows' distances to a window."""
 
-        def body(state: tuple) -> tuple:
-            md, s = state
-            start = jnp.minimum(s, cap - chunk)
-            c = jax.lax.dynamic_slice_in_dim(cen, start, chunk)
-            ids = start + jnp.arange(chunk)
-            q = jnp.where((ids >= s) & (ids < hi), jax.lax.dynamic_slice_in_dim(csq, start, chunk), jnp.inf)
-            return jnp.minimum(md, _min_sq_dist(x, r, sqn, c, q, block)), s + chunk
+        def body(st: tuple) -> tuple:
+            m, s = st
+            return jnp.minimum(m, dist(*window(cen, csq, s, hi, size))), s + size
 
         return jax.lax.while_loop(lambda st: st[1] < hi, body, (md, lo))[0]
 
     def pick(i: int, state: tuple) -> tuple:
-        md, picks, cen, csq, applied = state
+        md, picks, cen, csq, seen, applied = state
 
         def lazy(st: tuple) -> tuple:
-            md, tries_left, _, _ = st
+            md, seen, tries_left, _, _ = st
             bound, idx = jax.lax.top_k(md, top)
-            new = refresh(md, idx, cen, csq, applied, i)
-            md = md.at[idx].set(new)
+            xs, rs, ss = x[idx], r[idx], sqn[idx]
+
+            def dist(c: jax.Array, q: jax.Array) -> jax.Array:
+                d = ss[:, None] + q[None, :] - 2.0 * jnp.matmul(xs, c.T, precision=_HI) * rs[:, None]
+                return jnp.maximum(d, 0.0).min(axis=1)
+
+            # rows of idx already hold every centre below max(seen, applied); start from the stalest of them
+            new = apply(md[idx], jnp.min(jnp.maximum(seen[idx], applied)), i, cen, csq, dist, wide)
+            md, seen = md.at[idx].set(new), seen.at[idx].set(i)
             best = jnp.max(new)
             j = jnp.min(jnp.where(new == best, idx, n))
             # jnp.min, not bound[-1]: slicing the values makes XLA keep a full sort instead of its top-k call.
-            return md, tries_left - 1, (best > jnp.min(bound)) | (top == n), j
+            return md, seen, tries_left - 1, (best > jnp.min(bound)) | (top == n), j
 
-        md, _, certified, j = jax.lax.while_loop(
-            lambda st: (~st[2]) & (st[1] > 0), lazy, (md, tries, jnp.bool_(False), jnp.int32(0)))
+        md, seen, _, certified, j = jax.lax.while_loop(
+            lambda st: (~st[3]) & (st[2] > 0), lazy, (md, seen, tries, jnp.bool_(False), jnp.int32(0)))
         # No lax.cond around the full pass: a conditional would take the N x D matrix as an operand (a copy).
-        md = full_pass(md, cen, csq, jnp.where(certified, i, applied), i)  # zero trips when certified
+        md = apply(md, jnp.where(certified, i, applied), i, cen, csq,  # zero trips when certified
+                   lambda c, q: _min_sq_dist(x, r, sqn, c, q, block), chunk)
         j = jax.lax.cond(certified, lambda m: j, first_argmax, md)
         applied = jnp.where(certified, applied, i)
         return (md.at[j].set(-jnp.inf), picks.at[i].set(j), cen.at[i].set(x[j] * r[j]), csq.at[i].set(sqn[j]),
-                applied)
+                seen, applied)
 
     init = (min_d, jnp.zeros((budget,), jnp.int32), jnp.zeros((cap, dim), jnp.float32),
-            jnp.full((cap,), jnp.inf, jnp.float32), jnp.int32(0))
+            jnp.full((cap,), jnp.inf, jnp.float32), jnp.zeros((n,), jnp.int32), jnp.int32(0))
     return jax.lax.fori_loop(0, budget, pick, init)[1]
 
 
