@@ -16,6 +16,7 @@ in memory or, past a memory budget, in a `.npy` file on disk.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -159,9 +160,34 @@ def gather_rows(n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]
     return {k: v[order] for k, v in cat.items()}
 
 
+_SCHEMA_BYTES = 4096
+
+
+def _schema(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The keys, dtypes and trailing shapes of `arrays` as a fixed-size byte vector (for an allgather)."""
+    text = json.dumps({k: [np.dtype(v.dtype).name, list(v.shape[1:])] for k, v in sorted(arrays.items())})
+    raw = text.encode()
+    if len(raw) > _SCHEMA_BYTES:
+        raise ValueError(f"gather_rows: {len(arrays)} output arrays describe in {len(raw)} bytes, over "
+                         f"{_SCHEMA_BYTES}; return fewer outputs per row.")
+    return np.frombuffer(raw.ljust(_SCHEMA_BYTES, b" "), np.uint8)
+
+
 def _allgather(mhu: Any, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    # Processes may own different row counts: pad to the maximum, gather, then drop the padding.
+    """All processes' rows, each process's block in process order.
+
+    Processes may own different row counts, none at all included: counts and the array layout are gathered
+    first (a process without rows takes the layout of one with rows), then every array is padded to the
+    largest count, gathered, and unpadded.
+    """
     counts = np.asarray(mhu.process_allgather(np.asarray([len(ids)]))).reshape(-1)
+    schemas = np.asarray(mhu.process_allgather(_schema(arrays))).reshape(len(counts), _SCHEMA_BYTES)
+    layout = json.loads(schemas[int(np.argmax(counts))].tobytes().decode())
+    if len(ids) == 0:
+        arrays = {k: np.zeros((0, *shape), np.dtype(dt)) for k, (dt, shape) in layout.items()}
+    elif json.loads(_schema(arrays).tobytes().decode()) != layout:
+        raise RuntimeError("gather_rows: processes produced different output arrays "
+                           f"({sorted(arrays)} here, {sorted(layout)} on another); run the same code on every host.")
     m = int(counts.max())
     pad = lambda a: np.concatenate([a, np.zeros((m - a.shape[0], *a.shape[1:]), a.dtype)])
     g_ids = np.asarray(mhu.process_allgather(pad(ids)))

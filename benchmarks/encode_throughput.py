@@ -15,8 +15,9 @@ towers, DINOv2-B/14, all at 224 px) use random weights: ours from `model.init`, 
 also report our achieved GFLOP/s (model FLOPs counted analytically: 2 per multiply-add of every matmul,
 including the patch embedding and the projection, plus 2*2*N^2*W per block for attention) and its share of
 the matmul peak: the better of jitted square matmuls of side 2048 and 4096 (4096/8192 on an accelerator) in
-the same dtype, timed interleaved with the models. `--batch` defaults to 64 for EfficientNet and to 16 (CPU) / 128
-(accelerator) for the transformers.
+the same dtype, timed interleaved with the models, and the "ceiling": the ratio ours / reference at 100% of
+that peak, an upper bound no implementation of the same FLOPs can pass on the machine. `--batch` defaults
+to 64 for EfficientNet and to 16 (CPU) / 128 (accelerator) for the transformers.
 
 On a GPU, one command gives the full report (ours f32 + bf16, the attention kernel our towers compiled to,
 PyTorch eager f32/bf16 with SDPA and `torch.compile` in the same dtype):
@@ -66,6 +67,13 @@ class Row:
     @property
     def gflops(self) -> float | None:
         return None if self.gflop_per_image is None else self.ours * self.gflop_per_image
+
+    @property
+    def ceiling(self) -> float | None:
+        """The ratio ours / reference would reach at 100% of the measured matmul peak."""
+        if self.gflop_per_image is None or not self.peak:
+            return None
+        return self.peak / self.gflop_per_image / self.reference
 
 
 @dataclasses.dataclass
@@ -356,13 +364,13 @@ def main() -> None:
           f"({_torch_device()}, {torch.get_num_threads()} threads), median of {args.iters} interleaved calls, "
           f"load average {load}")
     print(f"{'case':<24}{'dtype':>6}{'ours img/s':>12}{'ref img/s':>11}{'ratio':>7}{'GFLOP/s':>9}{'peak':>8}"
-          f"{'%peak':>7}  {'attention':<20} reference")
+          f"{'%peak':>7}{'ceiling':>8}  {'attention':<20} reference")
     for name in names:
         result = known[name].run(args)
         for row in result if isinstance(result, list) else [result]:
-            flops = " " * 24
+            flops = " " * 32
             if row.gflops is not None and row.peak:
-                flops = f"{row.gflops:>9.1f}{row.peak:>8.1f}{100 * row.gflops / row.peak:>6.1f}%"
+                flops = f"{row.gflops:>9.1f}{row.peak:>8.1f}{100 * row.gflops / row.peak:>6.1f}%{row.ceiling:>8.2f}"
             print(f"{row.case:<24}{row.dtype:>6}{row.ours:>12.1f}{row.reference:>11.1f}{row.ratio:>7.2f}{flops}  "
                   f"{row.attention or '-':<20} {row.reference_name}", flush=True)
     if hasattr(os, "getloadavg"):

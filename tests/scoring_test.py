@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -325,3 +327,63 @@ def test_mc_dropout_samples_differ_and_vanish_without_dropout(runs):
     assert pool["mc_logits"].shape == (2, N, len(w.CLASSES))
     for s in range(2):
         np.testing.assert_allclose(pool["mc_logits"][s], one["hidden/logits"], atol=1e-5)
+
+
+class _ThreadedProcesses:
+    """multihost_utils.process_allgather for processes simulated by threads (one per process index)."""
+
+    def __init__(self, count):
+        self.count, self.slots, self.local = count, [None] * count, threading.local()
+        self.barrier = threading.Barrier(count, timeout=20)
+
+    def process_allgather(self, x):
+        self.slots[self.local.index] = np.asarray(x)
+        self.barrier.wait()
+        out = np.stack(self.slots)
+        self.barrier.wait()
+        return out
+
+    def run(self, fn, per_process):
+        results, errors = [None] * self.count, []
+
+        def target(p):
+            self.local.index = p
+            try:
+                results[p] = fn(*per_process[p])
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(p,)) for p in range(self.count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def test_allgather_with_a_process_that_owns_no_rows():
+    # 2 rows over 3 processes: process 1 scores nothing, yet joins every collective with the right layout
+    g = np.random.default_rng(0)
+    rows = {0: np.array([0]), 1: np.zeros(0, np.int64), 2: np.array([1])}
+    feats = g.normal(size=(2, 4)).astype(np.float32)
+    mc = g.normal(size=(2, 3, 5)).astype(ml_dtypes.bfloat16)
+    per = [(rows[p], {"features": feats[rows[p]], "mc_logits": mc[rows[p]]} if len(rows[p]) else {})
+           for p in range(3)]
+    fake = _ThreadedProcesses(3)
+    out = fake.run(lambda ids, arrays: scoring._allgather(fake, ids, arrays), per)
+    for ids, arrays in out:  # every process ends with the same rows in process order
+        np.testing.assert_array_equal(ids, [0, 1])
+        np.testing.assert_array_equal(arrays["features"], feats)
+        assert arrays["mc_logits"].dtype == mc.dtype and arrays["mc_logits"].shape == (2, 3, 5)
+        np.testing.assert_array_equal(arrays["mc_logits"].astype(np.float32), mc.astype(np.float32))
+
+
+def test_allgather_refuses_processes_that_disagree_on_outputs():
+    fake = _ThreadedProcesses(2)
+    per = [(np.array([0]), {"logits": np.zeros((1, 3), np.float32)}),
+           (np.array([1]), {"logits": np.zeros((1, 4), np.float32)})]
+    with pytest.raises(RuntimeError, match="different output arrays"):
+        fake.run(lambda ids, arrays: scoring._allgather(fake, ids, arrays), per)
