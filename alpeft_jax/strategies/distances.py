@@ -147,14 +147,33 @@ def _other_label_sym(x: jax.Array, labels: jax.Array, block: int) -> jax.Array:
     return best[:n]
 
 
-def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array, block: int = DEFAULT_BLOCK) -> jax.Array:
-    """For each row, the squared distance to the nearest row carrying a different label (inf if none).
+@jax.jit
+def _other_label_kernel(xb: jax.Array, lb: jax.Array, yb: jax.Array, lyb: jax.Array, yvalid: jax.Array) -> jax.Array:
+    def body(best: jax.Array, inp: tuple) -> tuple:
+        yc, lc, vc = inp
+        d = jnp.where(vc[None, :] & (lc[None, :] != lb[:, None]), sq_dist(xb, yc), jnp.inf)
+        return jnp.minimum(best, d.min(axis=1)), None
 
-    One device loop over block pairs (I, J) with I <= J; each distance block serves both sides.
+    best, _ = jax.lax.scan(body, jnp.full((xb.shape[0],), jnp.inf, jnp.float32), (yb, lyb, yvalid))
+    return best
+
+
+def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array, block: int = DEFAULT_BLOCK,
+                                rows: np.ndarray | None = None) -> jax.Array:
+    """For each row (or each of `rows`), the squared distance to the nearest row with another label (inf if none).
+
+    All rows: one device loop over block pairs (I, J) with I <= J; each distance block serves both sides.
+    A subset of rows: each row block scans every column block, so the cost is len(rows) x N pairs.
     """
     x = jnp.asarray(x, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
-    return _other_label_sym(x, labels, max(1, min(block, 2048, x.shape[0])))
+    blk = max(1, min(block, 2048, x.shape[0]))
+    if rows is None:
+        return _other_label_sym(x, labels, blk)
+    rows = jnp.asarray(rows, jnp.int32)
+    yb, yv = col_blocks(x, blk)
+    lyb, _ = col_blocks(labels, blk, -1)
+    return map_row_blocks(lambda xb, lb: _other_label_kernel(xb, lb, yb, lyb, yv), (x[rows], labels[rows]), blk)
 
 
 @partial(jax.jit, static_argnames=("k",))
@@ -191,6 +210,26 @@ def knn_sq_dist(x: jax.Array, k: int, block: int = DEFAULT_BLOCK, k_max: int | N
     # k+1 smallest include the point itself (distance 0); drop the smallest one.
     d = map_row_blocks(lambda xb: _knn_kernel(xb, yb, valid, kk + 1), (xp,), blk)
     return d[:n, 1 : k + 1]
+
+
+@jax.jit
+def _ball_count_kernel(xb: jax.Array, yb: jax.Array, yvalid: jax.Array, r2: jax.Array) -> jax.Array:
+    def body(count: jax.Array, inp: tuple) -> tuple:
+        yc, vc = inp
+        return count + jnp.sum((sq_dist(xb, yc) < r2) & vc[None, :], axis=1, dtype=jnp.int32), None
+
+    count, _ = jax.lax.scan(body, jnp.zeros((xb.shape[0],), jnp.int32), (yb, yvalid))
+    return count
+
+
+def count_within(x: jax.Array, y: jax.Array, radius_sq: float | jax.Array, block: int = DEFAULT_BLOCK) -> jax.Array:
+    """For each row of x, how many rows of y lie at squared distance < radius_sq (len(x) x len(y) pairs)."""
+    x = jnp.asarray(x, jnp.float32)
+    if y.shape[0] == 0:
+        return jnp.zeros((x.shape[0],), jnp.int32)
+    yb, yv = col_blocks(jnp.asarray(y, jnp.float32), block)
+    r2 = jnp.asarray(radius_sq, jnp.float32)
+    return map_row_blocks(lambda xb: _ball_count_kernel(xb, yb, yv, r2), (x,), block)
 
 
 @jax.jit

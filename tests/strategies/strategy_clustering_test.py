@@ -158,3 +158,48 @@ def test_probcover_random_picks_once_all_covered():
     assert len(set(out.tolist())) == 30 and not labeled[out].any()
     out2 = strategies.get("probcover")(3, {"features": x}, np.zeros(120, bool), 30, delta=2.5)
     assert out2[0] == 0 and len(set(out2.tolist())) == 30  # every ball holds all points: first index wins
+
+
+def test_row_subset_kernels_match_full_matrices():
+    from alpeft_jax.strategies.distances import count_within
+
+    g = np.random.default_rng(8)
+    x = g.normal(size=(150, 7)).astype(np.float32)
+    lab = g.integers(0, 3, 150)
+    full = full_sq(x.astype(np.float64))
+    rows = np.sort(g.choice(150, 37, replace=False))
+    other = np.where(lab[None, :] != lab[:, None], full, np.inf).min(1)
+    got = nearest_other_label_sq_dist(x, lab, block=16, rows=rows)
+    np.testing.assert_allclose(got, other[rows], rtol=1e-4, atol=1e-5)
+    r2 = float(np.quantile(full, 0.2))
+    cols = g.choice(150, 60, replace=False)
+    np.testing.assert_array_equal(count_within(x, x[cols], r2, block=16), (full[:, cols] < r2).sum(1))
+    assert np.asarray(count_within(x, x[:0], r2)).tolist() == [0] * 150
+
+
+def test_probcover_with_a_mostly_covered_pool_matches_numpy_reference():
+    # the labelled set covers over half the pool: gains come from N x (uncovered) pairs only
+    x, _ = blobs(400, 6, 6, seed=9, spread=0.6)
+    xn = normalized(x)
+    labeled = np.zeros(400, bool)
+    labeled[np.random.default_rng(9).choice(400, 120, replace=False)] = True
+    delta = gap_delta(xn, 0.1)
+    covered = (np.sqrt(full_sq(xn))[:, labeled] < delta).any(1)
+    assert 0.5 <= covered.mean() < 1.0
+    got = strategies.get("probcover")(9, {"features": x}, labeled, 6, delta=delta, block=64)
+    np.testing.assert_array_equal(got, numpy_probcover(xn, labeled, 6, delta))
+
+
+def test_sampled_purity_delta_is_alpha_pure_on_the_whole_pool():
+    x, _ = blobs(3000, 8, 5, seed=10, spread=0.9)
+    xn = normalized(x).astype(np.float32)
+    key = jax.random.key(2)
+    exact = purity_delta(key, xn, 5, alpha=0.9, sample=None)
+    assert purity_delta(key, xn, 5, alpha=0.9, sample=1500) == exact  # sampling pays only below N / 2 rows
+    sampled = purity_delta(key, xn, 5, alpha=0.9, sample=600)
+    _, lab = kmeans(key, xn, 5)
+    full = np.sqrt(full_sq(xn.astype(np.float64)))
+    nn_other = np.where(lab[None, :] != lab[:, None], full, np.inf).min(1)
+    assert abs(np.mean(nn_other >= sampled) - 0.9) < 0.03  # share of pure balls on the whole pool at that delta
+    with pytest.raises(ValueError, match="sample"):
+        purity_delta(key, xn, 5, sample=0)
