@@ -7,7 +7,8 @@ Each case builds both networks with the same architecture and random f32 inputs 
 one warm-up call each (compilation excluded), then alternates the implementations for `--iters` timed calls
 and reports the median per-call time as images/s, with the ratio ours / reference. Alternating keeps them
 exposed to the same background load on a shared machine. A case is a name and a function returning one `Row`
-(or a list of them); add more by appending to `CASES`. `--cases transformers` selects the three transformer cases.
+(or a list of them); add more by appending to `CASES`. `--cases transformers` selects the three transformer cases,
+`--cases device` adds CLIP ViT-L/14 (too slow for the default CPU run).
 
 EfficientNet cases use the ImageNet weights on both sides. Transformer cases (CLIP ViT-B/32 and ViT-B/16 image
 towers, DINOv2-B/14, all at 224 px) use random weights: ours from `model.init`, the reference a transformers
@@ -22,7 +23,7 @@ to 64 for EfficientNet and to 16 (CPU) / 128 (accelerator) for the transformers.
 On a GPU, one command gives the full report (ours f32 + bf16, the attention kernel our towers compiled to,
 PyTorch eager f32/bf16 with SDPA and `torch.compile` in the same dtype):
 
-    python benchmarks/encode_throughput.py --cases transformers --device-report --iters 10
+    python benchmarks/encode_throughput.py --cases device --device-report --iters 10
 
 On CPU `--device-report` adds the bf16 rows and skips `torch.compile` unless `--torch-compile` is given.
 Note that XLA runs f32 matmuls on GPU with TF32 by default while PyTorch does not.
@@ -303,7 +304,7 @@ def _compare(
         return fn
 
     fns = {"ours": ours, "torch eager (sdpa)": call(model)}
-    if args.torch_compile or (args.device_report and _torch_device() == "cuda"):
+    if not args.no_torch_compile and (args.torch_compile or (args.device_report and _torch_device() == "cuda")):
         fns["torch.compile (sdpa)"] = call(torch.compile(model))
     matmuls = matmul_timers(dtype)
     fns.update({f"matmul {n}": fn for n, (fn, _) in matmuls.items()})
@@ -333,13 +334,16 @@ CASES: list[Case] = [
     Case("clip-vit-b32@224", vit("clip-vit-b32@224", "clip", "B/32")),
     Case("clip-vit-b16@224", vit("clip-vit-b16@224", "clip", "B/16")),
     Case("dinov2-b14@224", vit("dinov2-b14@224", "dinov2", "B/14")),
+    Case("clip-vit-l14@224", vit("clip-vit-l14@224", "clip", "L/14")),
 ]
-GROUPS = {"transformers": ["clip-vit-b32@224", "clip-vit-b16@224", "dinov2-b14@224"]}
+TRANSFORMERS = ["clip-vit-b32@224", "clip-vit-b16@224", "dinov2-b14@224"]
+GROUPS = {"transformers": TRANSFORMERS, "device": [*TRANSFORMERS, "clip-vit-l14@224"]}
+DEFAULT = ["efficientnet-lite0@224", "efficientnet-lite0@112", *TRANSFORMERS]  # ViT-L/14: accelerators only
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=",".join(c.name for c in CASES),
+    ap.add_argument("--cases", default=",".join(DEFAULT),
                     help=f"comma-separated case names or groups ({', '.join(GROUPS)})")
     ap.add_argument("--batch", type=int, default=None,
                     help="images per call (default: 64 EfficientNet; 16 CPU / 128 accelerator for transformers)")
@@ -347,6 +351,7 @@ def main() -> None:
     ap.add_argument("--device-report", action="store_true",
                     help="transformers also in bf16; torch.compile on GPU; for a GPU/TPU run")
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile, even on CPU")
+    ap.add_argument("--no-torch-compile", action="store_true", help="never time torch.compile (saves its compile time)")
     args = ap.parse_args()
     known = {c.name: c for c in CASES}
     names = [m for n in args.cases.split(",") if n.strip() for m in GROUPS.get(n.strip(), [n.strip()])]
