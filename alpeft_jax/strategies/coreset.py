@@ -73,10 +73,10 @@ def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array
 
     Lazily, as in accelerated k-centre: min_d is kept as an upper bound that is exact for every centre
     below `applied` (and, per row, below `seen`). Each pick refreshes only the `top` largest bounds against
-    the centres those rows have not seen; when the
-    best refreshed value beats every bound left outside, it is the exact argmax and the N x D matrix is
-    not read at all. After `tries` refreshes without that certificate, one blocked pass applies the
-    pending centres to every row, `chunk` centres at a time. The sequence is that of the eager greedy.
+    the centres those rows have not seen; when the best refreshed value beats every bound left outside, it
+    is the exact argmax and the N x D matrix is not read at all. After `tries` refreshes without that
+    certificate, one blocked pass applies the pending centres to every row, `chunk` centres at a time.
+    The sequence is that of the eager greedy.
     """
     n, dim = x.shape
     top = min(top, n)
@@ -122,8 +122,7 @@ def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array
 
         md, seen, _, certified, j = jax.lax.while_loop(
             lambda st: (~st[3]) & (st[2] > 0), lazy, (md, seen, tries, jnp.bool_(False), jnp.int32(0)))
-        # No lax.cond around the full pass: a conditional would take the N x D matrix as an operand (a copy).
-        md = apply(md, jnp.where(certified, i, applied), i, cen, csq,  # zero trips when certified
+        md = apply(md, jnp.where(certified, i, applied), i, cen, csq,  # the full pass: zero trips when certified
                    lambda c, q: _min_sq_dist(x, r, sqn, c, q, block), chunk)
         j = jax.lax.cond(certified, lambda m: j, first_argmax, md)
         applied = jnp.where(certified, applied, i)
