@@ -120,8 +120,10 @@ def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array
             # jnp.min, not bound[-1]: slicing the values makes XLA keep a full sort instead of its top-k call.
             return md, seen, tries_left - 1, (best > jnp.min(bound)) | (top == n), j
 
+        # after a pick that needed the full pass, try once only: the data may be one where refreshes rarely certify
+        budget_tries = jnp.where(applied == i - 1, 1, tries)
         md, seen, _, certified, j = jax.lax.while_loop(
-            lambda st: (~st[3]) & (st[2] > 0), lazy, (md, seen, tries, jnp.bool_(False), jnp.int32(0)))
+            lambda st: (~st[3]) & (st[2] > 0), lazy, (md, seen, budget_tries, jnp.bool_(False), jnp.int32(0)))
         md = apply(md, jnp.where(certified, i, applied), i, cen, csq,  # the full pass: zero trips when certified
                    lambda c, q: _min_sq_dist(x, r, sqn, c, q, block), chunk)
         j = jax.lax.cond(certified, lambda m: j, first_argmax, md)
