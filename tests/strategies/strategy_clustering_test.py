@@ -203,3 +203,58 @@ def test_sampled_purity_delta_is_alpha_pure_on_the_whole_pool():
     assert abs(np.mean(nn_other >= sampled) - 0.9) < 0.03  # share of pure balls on the whole pool at that delta
     with pytest.raises(ValueError, match="sample"):
         purity_delta(key, xn, 5, sample=0)
+
+
+@pytest.mark.parametrize("top", [1, 3, 16, 5000])  # 1 and 3: many recount rounds and integer ties per pick
+def test_lazy_coverage_greedy_equals_eager_reference(top):
+    from alpeft_jax.strategies.probcover import ball_counts, greedy_coverage
+
+    x, _ = blobs(700, 5, 7, seed=11, spread=0.8)
+    xn = normalized(x)
+    delta = gap_delta(xn, 0.02)
+    jx = jax.numpy.asarray(xn, jax.numpy.float32)
+    none = jax.numpy.zeros((700,), bool)
+    gains = ball_counts(jx, ~none, delta**2, 128)
+    u = jax.random.uniform(jax.random.key(0), (25,))
+    got = greedy_coverage(jx, jax.numpy.float32(delta) ** 2, none, gains, none, u, 25, top=top)
+    np.testing.assert_array_equal(np.asarray(got), numpy_probcover(xn, np.zeros(700, bool), 25, delta))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lazy_coverage_greedy_takes_any_upper_bounds(seed):
+    # stale counts above the truth (as after earlier picks) must not change the sequence, ties included
+    from alpeft_jax.strategies.probcover import greedy_coverage
+
+    x, _ = blobs(300, 4, 5, seed=seed, spread=0.8)
+    xn = normalized(x)
+    delta = gap_delta(xn, 0.01)
+    true = (np.sqrt(full_sq(xn)) < delta).sum(1)
+    g = np.random.default_rng(seed)
+    stale = true + (g.random(300) < 0.4) * g.integers(1, 4, 300)
+    jx = jax.numpy.asarray(xn, jax.numpy.float32)
+    none = jax.numpy.zeros((300,), bool)
+    u = jax.random.uniform(jax.random.key(0), (12,))
+    ref = numpy_probcover(xn, np.zeros(300, bool), 12, delta)
+    for top in (1, 2, 3):
+        got = greedy_coverage(jx, jax.numpy.float32(delta) ** 2, none, jax.numpy.asarray(stale, jax.numpy.int32),
+                              none, u, 12, top=top)
+        np.testing.assert_array_equal(np.asarray(got), ref, err_msg=f"top={top}")
+
+
+def test_lazy_coverage_greedy_breaks_ties_by_lowest_index_beyond_the_recounted_rows():
+    # balls are the clusters {1,2,3}, {0,4}, {5,6,9}, {7,8}. Stale bounds 10 at row 9 and 3 at row 0 put
+    # rows 9 and 0 in the top 2; they recount to 3 and 2, so 3 is the best recount, but row 1 (outside,
+    # bound 3, truly 3) comes first: the eager greedy picks 1, then 5 ({5,6,9}), then 0, then 7.
+    from alpeft_jax.strategies.probcover import greedy_coverage
+
+    cluster = np.array([1, 0, 0, 0, 1, 2, 2, 3, 3, 2])
+    g = np.random.default_rng(0)
+    x = np.eye(8)[cluster] + 0.01 * g.normal(size=(10, 8))
+    xn = jax.numpy.asarray(normalized(x), jax.numpy.float32)
+    true = np.bincount(cluster)[cluster]
+    stale = true.copy()
+    stale[9], stale[0] = 10, 3
+    none = jax.numpy.zeros((10,), bool)
+    got = greedy_coverage(xn, jax.numpy.float32(0.25), none, jax.numpy.asarray(stale, jax.numpy.int32), none,
+                          jax.numpy.zeros((4,)), 4, top=2)
+    np.testing.assert_array_equal(np.asarray(got), [1, 5, 0, 7])
