@@ -1,7 +1,7 @@
 """ProbCover (Yehuda et al. 2022): greedy maximum coverage of delta-balls over the pool.
 
 No delta-ball graph is stored: one blocked device pass counts each point's uncovered ball members, and the
-greedy (on device, lazy) recounts only the few largest of those counts after each pick.
+greedy (on device) lowers those counts by the newly covered points after each pick.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from alpeft_jax.strategies.distances import (
     DEFAULT_BLOCK,
     _pad_to,
     count_within,
+    first_argmax,
     min_sq_dist,
     nearest_other_label_sq_dist,
 )
@@ -86,51 +87,54 @@ def ball_counts(x: jax.Array, weight: jax.Array, r2: jax.Array, block: int) -> j
     return jnp.round(counts[:n]).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("budget", "top"))
+_CHUNKS = (1, 4, 16, 64, 256)
+
+
+@partial(jax.jit, static_argnames=("budget",))
 def greedy_coverage(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Array, chosen: jax.Array,
-                    u: jax.Array, budget: int, top: int = 16) -> jax.Array:
+                    u: jax.Array, budget: int) -> jax.Array:
     """Greedy picks maximising newly covered points; a random unchosen pick once nothing is left to cover.
 
-    `gains` [N] count each point's uncovered ball members (see `ball_counts`). Coverage only grows, so old
-    counts are upper bounds (lazy greedy, as for any submodular objective): each pick recounts only the
-    `top` largest bounds against the current coverage, one N x D x top product, and repeats until the best
-    recount beats every bound left outside (ties: the lowest index, as the eager greedy). A pick then costs
-    a few passes over x instead of one per newly covered point, and the sequence is the eager greedy's.
+    `gains` [N] count each point's uncovered ball members (see `ball_counts`). After a pick, the points it
+    newly covers are taken in chunks (sizes from `_CHUNKS`, the largest not above what is left) and every
+    point's gain drops by the chunk members in its ball: one N x D x chunk product per chunk, so the whole
+    run costs one pass over all pairs plus a few matrix-vector products per pick, in O(N) memory.
     `u` [budget] are the uniforms of the random picks (the floor(u * n_free)-th unchosen point).
     """
-    n = x.shape[0]
-    top = min(top, n)
     sqn = jnp.sum(x * x, axis=-1)
-    ids = jnp.arange(n, dtype=jnp.int32)
+    neg = jnp.int32(-1)
 
-    def recount(idx: jax.Array, covered: jax.Array) -> jax.Array:
-        """Exact uncovered ball members of rows idx."""
-        d = sqn[:, None] + sqn[idx][None, :] - 2.0 * jnp.matmul(x, x[idx].T, precision=_HI)
-        return jnp.sum((d < r2) & ~covered[:, None], axis=0, dtype=jnp.int32)
+    def ball(c: jax.Array) -> jax.Array:
+        return sqn[c] + sqn - 2.0 * jnp.matmul(x, x[c], precision=_HI) < r2
+
+    def chunk_update(size: int) -> object:
+        def run(st: tuple) -> tuple:
+            pending, gains = st
+            (idx,) = jnp.nonzero(pending, size=size, fill_value=0)
+            valid = jnp.arange(size) < jnp.sum(pending)
+            d = sqn[:, None] + sqn[idx][None, :] - 2.0 * jnp.matmul(x, x[idx].T, precision=_HI)
+            drop = jnp.sum((d < r2) & valid[None, :], axis=1, dtype=jnp.int32)
+            return pending.at[idx].set(False), gains - drop
+
+        return run
+
+    def drain(st: tuple) -> tuple:
+        for size in reversed(_CHUNKS):  # largest chunks first; each loop leaves fewer than `size` pending
+            st = jax.lax.while_loop(lambda t, size=size: jnp.sum(t[0], dtype=jnp.int32) >= size,
+                                    chunk_update(size), st)
+        return st
 
     def pick(i: int, state: tuple) -> tuple:
         covered, gains, chosen, picks = state
-
-        def lazy(st: tuple) -> tuple:
-            gains, _, _ = st
-            bound, idx = jax.lax.top_k(jnp.where(chosen, -1, gains), top)
-            new = jnp.where(chosen[idx], -1, recount(idx, covered))
-            gains = gains.at[idx].set(new)
-            best = jnp.max(new)
-            j = jnp.min(jnp.where(new == best, idx, n))
-            # every row outside idx has a bound <= s; the certificate also needs j ahead of the ties at s
-            s = jnp.min(bound)
-            outside = jnp.ones((n,), bool).at[idx].set(False)
-            first_tie = jnp.min(jnp.where(outside & ~chosen & (gains == s), ids, n))
-            return gains, (best > s) | ((best == s) & (j < first_tie)) | (top == n), j
-
-        gains, _, c = jax.lax.while_loop(lambda st: ~st[1], lazy, (gains, jnp.bool_(False), jnp.int32(0)))
+        c = first_argmax(jnp.where(chosen, neg, gains))
         free = ~chosen
         k = jnp.minimum(jnp.floor(u[i] * jnp.sum(free)).astype(jnp.int32), jnp.sum(free) - 1)
         rand = jnp.argmax(jnp.cumsum(free.astype(jnp.int32)) > k)
         c = jnp.where(gains[c] > 0, c, rand)
-        ball = sqn[c] + sqn - 2.0 * jnp.matmul(x, x[c], precision=_HI) < r2
-        return covered | ball, gains, chosen.at[c].set(True), picks.at[i].set(c)
+        # the barrier keeps XLA from fusing the ball test into every consumer inside the loops below
+        new, gains = jax.lax.optimization_barrier((ball(c) & ~covered, gains))
+        _, gains = drain((new, gains))
+        return covered | new, gains, chosen.at[c].set(True), picks.at[i].set(c)
 
     init = (covered, gains, chosen, jnp.zeros((budget,), jnp.int32))
     _, _, _, picks = jax.lax.fori_loop(0, budget, pick, init)
