@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import linen as nn
 
 Dtype = Any
@@ -38,6 +39,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+_CUDNN_REFUSALS: set[str] = set()  # reasons already logged
+
+
 def attention_implementation() -> str | None:
     """Attention kernel for the default backend: cuDNN flash attention on GPU, XLA elsewhere."""
     return "cudnn" if jax.default_backend() == "gpu" else "xla"
@@ -45,6 +49,14 @@ def attention_implementation() -> str | None:
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, impl: str) -> jax.Array:
     """`jax.nn.dot_product_attention` over [B, N, heads, head_dim]; on the host CPU one image at a time."""
+    if impl == "cudnn":
+        try:  # the kernel's checks run while tracing: no cuDNN, an old one, or an unsupported shape
+            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+        except (NotImplementedError, RuntimeError, ValueError) as e:
+            if str(e) not in _CUDNN_REFUSALS:
+                _CUDNN_REFUSALS.add(str(e))
+                logging.warning("cuDNN fused attention unavailable (%s); using XLA's attention instead.", e)
+            impl = "xla"
     if impl == "xla" and jax.default_backend() == "cpu" and q.shape[0] > 1:
         # Per image the [heads, N, N] scores stay cache-resident on XLA:CPU: a lone ViT-B/16 block runs ~15%
         # faster, a whole DINOv2-B/14 tower at 224 px ~10%, a CLIP ViT-B/16 tower 1-3% (batch 16).
