@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -27,6 +26,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 if importlib.util.find_spec("open_clip") is None:
     pytest.skip("open_clip (open-clip-torch) is not installed", allow_module_level=True)
+
+from _open_clip_ref import open_clip_model_module  # noqa: E402
 
 from alpeft_jax import backbones  # noqa: E402
 from alpeft_jax.convert import openai_clip  # noqa: E402
@@ -47,28 +48,9 @@ RN_CFG = dict(embed_dim=16, quick_gelu=True,
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 
-def _open_clip_model_module() -> types.ModuleType:
-    """open_clip/model.py imported by path as `_openclip_ref.model`, without torchvision."""
-    if "_openclip_ref.model" in sys.modules:
-        return sys.modules["_openclip_ref.model"]
-    pkg = types.ModuleType("_openclip_ref")
-    pkg.__path__ = list(importlib.util.find_spec("open_clip").submodule_search_locations)
-    sys.modules["_openclip_ref"] = pkg
-    stubs = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.misc")}
-    stubs["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
-    missing = {n: m for n, m in stubs.items() if n not in sys.modules}
-    sys.modules.update(missing)
-    try:
-        importlib.import_module("_openclip_ref.utils")
-    finally:
-        for n in missing:
-            sys.modules.pop(n, None)
-    return importlib.import_module("_openclip_ref.model")
-
-
 def _build(cfg: dict, seed: int):
     """A tiny random open_clip CLIP in eval mode with every tensor perturbed."""
-    ocm = _open_clip_model_module()
+    ocm = open_clip_model_module()
     torch.manual_seed(seed)
     model = ocm.CLIP(cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
                      quick_gelu=cfg.get("quick_gelu", False)).eval()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,8 @@ pytest.importorskip("safetensors")
 if importlib.util.find_spec("open_clip") is None:
     pytest.skip("open_clip (open-clip-torch) is not installed", allow_module_level=True)
 
+from _open_clip_ref import open_clip_model_module  # noqa: E402
+
 from alpeft_jax import backbones  # noqa: E402
 from alpeft_jax.models import clip_resnet, lora  # noqa: E402
 from alpeft_jax.models.adapted import _BLOCK  # noqa: E402
@@ -35,25 +35,6 @@ VISION = dict(layers=(2, 1, 1, 1), width=16, image_size=64, patch_size=None)
 TEXT = dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)
 EMBED = 32
 TEXTS = ["a photo of a cat", "a close-up photo of a striped texture", "x"]
-
-
-def _open_clip_model_module() -> types.ModuleType:
-    """open_clip/model.py imported by path as `_openclip_ref.model`, without torchvision."""
-    if "_openclip_ref.model" in sys.modules:
-        return sys.modules["_openclip_ref.model"]
-    pkg = types.ModuleType("_openclip_ref")
-    pkg.__path__ = list(importlib.util.find_spec("open_clip").submodule_search_locations)
-    sys.modules["_openclip_ref"] = pkg
-    stubs = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.misc")}
-    stubs["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
-    missing = {n: m for n, m in stubs.items() if n not in sys.modules}
-    sys.modules.update(missing)
-    try:
-        importlib.import_module("_openclip_ref.utils")
-    finally:
-        for n in missing:
-            sys.modules.pop(n, None)
-    return importlib.import_module("_openclip_ref.model")
 
 
 def _perturb(model, seed: int):
@@ -76,7 +57,7 @@ def reference(tmp_path_factory):
     """(open_clip model, {format: saved path}) of a tiny random CLIP RN."""
     from safetensors.torch import save_file
 
-    ocm = _open_clip_model_module()
+    ocm = open_clip_model_module()
     torch.manual_seed(0)
     model = _perturb(ocm.CLIP(EMBED, vision_cfg=VISION, text_cfg=TEXT, quick_gelu=True).eval(), seed=1)
     d = tmp_path_factory.mktemp("clip_rn")
