@@ -118,33 +118,47 @@ def min_sq_dist(x: jax.Array, y: jax.Array, block: int = DEFAULT_BLOCK) -> tuple
     return map_row_blocks(lambda xb: _min_kernel(xb, yb, yv), (x,), block)
 
 
+def fold_block_pairs(x: jax.Array, side: object, block: int, init: jax.Array,
+                     fold: Callable[[jax.Array, object, object], tuple[jax.Array, jax.Array]],
+                     combine: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+    """Fold every block pair (I, J), I <= J, of x's rows into a per-row accumulator, in one device loop.
+
+    x [nb * block, D] and the per-row pytree `side` are already padded to whole blocks. For each pair,
+    fold(d, side_I, side_J) maps the squared distances d [block, block] to contributions for the rows of I
+    and of J, merged into `init` with `combine`; on the diagonal (I == J) only the first is used. So each
+    distance block serves both sides and peak memory is O(N + block^2): no N x N matrix, no edge list.
+    """
+    nb = x.shape[0] // block
+    sqn = jnp.sum(x * x, axis=-1)
+    bi, bj = np.triu_indices(nb)
+    pairs = jnp.asarray(np.stack([bi, bj], 1), jnp.int32)
+    rows_of = lambda a, s: jax.tree.map(lambda t: jax.lax.dynamic_slice_in_dim(t, s, block), a)
+
+    def body(p: int, acc: jax.Array) -> jax.Array:
+        i, j = pairs[p, 0] * block, pairs[p, 1] * block
+        xi, xj, si, sj = rows_of(x, i), rows_of(x, j), rows_of(sqn, i), rows_of(sqn, j)
+        d = si[:, None] + sj[None, :] - 2.0 * jnp.matmul(xi, xj.T, precision=jax.lax.Precision.HIGHEST)
+        to_i, to_j = fold(d, rows_of(side, i), rows_of(side, j))
+        acc = jax.lax.dynamic_update_slice_in_dim(acc, combine(rows_of(acc, i), to_i), i, 0)
+        aj = rows_of(acc, j)
+        return jax.lax.dynamic_update_slice_in_dim(acc, jnp.where(i == j, aj, combine(aj, to_j)), j, 0)
+
+    return jax.lax.fori_loop(0, pairs.shape[0], body, init)
+
+
 @partial(jax.jit, static_argnames=("block",))
 def _other_label_sym(x: jax.Array, labels: jax.Array, block: int) -> jax.Array:
     n = x.shape[0]
-    nb = -(-n // block)
     xp = _pad_to(x, block)
-    lp = _pad_to(labels, block, -1)
-    valid = jnp.arange(nb * block) < n
-    sqn = jnp.sum(xp * xp, axis=-1)
-    bi, bj = np.triu_indices(nb)
-    pairs = jnp.asarray(np.stack([bi, bj], 1), jnp.int32)
+    side = (_pad_to(labels, block, -1), jnp.arange(xp.shape[0]) < n)
 
-    def body(p: int, best: jax.Array) -> jax.Array:
-        i, j = pairs[p, 0] * block, pairs[p, 1] * block
-        xi, xj = (jax.lax.dynamic_slice_in_dim(xp, s, block) for s in (i, j))
-        si, sj = (jax.lax.dynamic_slice_in_dim(sqn, s, block) for s in (i, j))
-        li, lj = (jax.lax.dynamic_slice_in_dim(lp, s, block) for s in (i, j))
-        vi, vj = (jax.lax.dynamic_slice_in_dim(valid, s, block) for s in (i, j))
-        d = jnp.maximum(si[:, None] + sj[None, :] - 2.0 * jnp.matmul(xi, xj.T, precision=jax.lax.Precision.HIGHEST),
-                        0.0)
-        d = jnp.where((li[:, None] != lj[None, :]) & vi[:, None] & vj[None, :], d, jnp.inf)
-        bi_ = jnp.minimum(jax.lax.dynamic_slice_in_dim(best, i, block), d.min(axis=1))
-        best = jax.lax.dynamic_update_slice_in_dim(best, bi_, i, 0)
-        bj_ = jnp.minimum(jax.lax.dynamic_slice_in_dim(best, j, block), d.min(axis=0))
-        return jax.lax.dynamic_update_slice_in_dim(best, bj_, j, 0)
+    def fold(d: jax.Array, side_i: tuple, side_j: tuple) -> tuple[jax.Array, jax.Array]:
+        (li, vi), (lj, vj) = side_i, side_j
+        d = jnp.where((li[:, None] != lj[None, :]) & vi[:, None] & vj[None, :], jnp.maximum(d, 0.0), jnp.inf)
+        return d.min(axis=1), d.min(axis=0)
 
-    best = jax.lax.fori_loop(0, pairs.shape[0], body, jnp.full((nb * block,), jnp.inf, jnp.float32))
-    return best[:n]
+    init = jnp.full((xp.shape[0],), jnp.inf, jnp.float32)
+    return fold_block_pairs(xp, side, block, init, fold, jnp.minimum)[:n]
 
 
 @jax.jit

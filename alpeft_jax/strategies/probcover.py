@@ -19,6 +19,7 @@ from alpeft_jax.strategies.distances import (
     _pad_to,
     count_within,
     first_argmax,
+    fold_block_pairs,
     min_sq_dist,
     nearest_other_label_sq_dist,
 )
@@ -64,26 +65,14 @@ def ball_counts(x: jax.Array, weight: jax.Array, r2: jax.Array, block: int) -> j
     serves both sides, in one device loop, so no edge list is built and memory stays O(N + block^2).
     """
     n = x.shape[0]
-    nb = -(-n // block)
     xp = _pad_to(x, block)
-    wp = _pad_to(weight.astype(jnp.float32), block)
-    sqn = jnp.sum(xp * xp, axis=-1)
-    bi, bj = np.triu_indices(nb)
-    pairs = jnp.asarray(np.stack([bi, bj], 1), jnp.int32)
 
-    def body(p: int, counts: jax.Array) -> jax.Array:
-        i, j = pairs[p, 0] * block, pairs[p, 1] * block
-        xi, xj = (jax.lax.dynamic_slice_in_dim(xp, s, block) for s in (i, j))
-        si, sj = (jax.lax.dynamic_slice_in_dim(sqn, s, block) for s in (i, j))
-        wi, wj = (jax.lax.dynamic_slice_in_dim(wp, s, block) for s in (i, j))
-        d = si[:, None] + sj[None, :] - 2.0 * jnp.matmul(xi, xj.T, precision=_HI)
+    def fold(d: jax.Array, wi: jax.Array, wj: jax.Array) -> tuple[jax.Array, jax.Array]:
         m = (d < r2).astype(jnp.float32)
-        ci = jax.lax.dynamic_slice_in_dim(counts, i, block) + jnp.matmul(m, wj, precision=_HI)
-        counts = jax.lax.dynamic_update_slice_in_dim(counts, ci, i, 0)
-        cj = jax.lax.dynamic_slice_in_dim(counts, j, block) + jnp.where(i == j, 0.0, jnp.matmul(wi, m, precision=_HI))
-        return jax.lax.dynamic_update_slice_in_dim(counts, cj, j, 0)
+        return jnp.matmul(m, wj, precision=_HI), jnp.matmul(wi, m, precision=_HI)
 
-    counts = jax.lax.fori_loop(0, pairs.shape[0], body, jnp.zeros((nb * block,), jnp.float32))
+    wp = _pad_to(weight.astype(jnp.float32), block)
+    counts = fold_block_pairs(xp, wp, block, jnp.zeros((xp.shape[0],), jnp.float32), fold, jnp.add)
     return jnp.round(counts[:n]).astype(jnp.int32)
 
 
