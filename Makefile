@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install demo test test-all bench lint fmnist
+.PHONY: install demo test test-all bench bench-gpu lint fmnist
 
 # torch first, from the pinned CPU wheel, so nothing else pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -44,3 +44,7 @@ bench: install
 	$(PYTHON) benchmarks/encode_throughput.py
 	$(PYTHON) benchmarks/selection.py
 	$(PYTHON) benchmarks/input_pipeline.py
+
+# On a machine with a GPU: the accelerator half of both benchmarks in one timed run (outputs in $(OUT)).
+bench-gpu:  # no install: keep the machine's own CUDA builds of jax and torch
+	PYTHONPATH=. OUT=$(or $(OUT),workdirs/gpu_check) bash benchmarks/gpu_check.sh

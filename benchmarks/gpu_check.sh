@@ -25,11 +25,11 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__)" \
     2>&1 | tee -a "$out/gpu.txt"
-step encode_b16 180 python benchmarks/encode_throughput.py --cases clip-vit-b16@224 --device-report \
+step encode_b16 240 python benchmarks/encode_throughput.py --cases clip-vit-b16@224 --device-report \
     --batch 256 --iters 10
-step encode_rest 120 python benchmarks/encode_throughput.py --cases clip-vit-b32@224,dinov2-b14@224,clip-vit-l14@224 \
+step encode_rest 90 python benchmarks/encode_throughput.py --cases clip-vit-b32@224,dinov2-b14@224,clip-vit-l14@224 \
     --device-report --no-torch-compile --batch 256 --iters 10
-step select_1m 110 python benchmarks/selection.py --n 1000000 --k 100 --budget 1000 \
-    --strategies entropy coreset badge --no-peer --timeout 35
-step select_1m_clusters 150 python benchmarks/selection.py --n 1000000 --k 10 --budget 100 \
-    --strategies typiclust probcover --no-peer --single-call --timeout 70
+step select_1m 130 python benchmarks/selection.py --n 1000000 --k 100 --budget 1000 \
+    --strategies entropy coreset badge --no-peer --timeout 40
+step select_1m_clusters 100 python benchmarks/selection.py --n 1000000 --k 10 --budget 100 \
+    --strategies typiclust probcover --no-peer --single-call --timeout 45
