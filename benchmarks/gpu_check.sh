@@ -6,8 +6,8 @@
 # 1. CLIP ViT-B/16 image tower, batch 256: ours f32/bf16 (and the attention kernel it compiled to) beside
 #    transformers' PyTorch eager (SDPA) and torch.compile, plus the bf16 matmul peak.
 # 2. ViT-B/32, DINOv2-B/14, ViT-L/14 the same way, without torch.compile.
-# 3. Selection at N = 1M, D = 512: entropy/coreset/BADGE (K = 100, budget 1000), then TypiClust and ProbCover
-#    (K = 10, budget 100, first call only).
+# 3. Selection at N = 1M, D = 512 from arrays in device memory: entropy/coreset/BADGE (K = 100, budget 1000),
+#    then TypiClust and ProbCover (K = 10, budget 100, first call only).
 # Each step has its own time limit (560 s in all, under the device tool's 600 s per call), so one slow step
 # cannot starve the rest; outputs go to $OUT.
 set -u
@@ -30,6 +30,6 @@ step encode_b16 240 python benchmarks/encode_throughput.py --cases clip-vit-b16@
 step encode_rest 90 python benchmarks/encode_throughput.py --cases clip-vit-b32@224,dinov2-b14@224,clip-vit-l14@224 \
     --device-report --no-torch-compile --batch 256 --iters 10
 step select_1m 130 python benchmarks/selection.py --n 1000000 --k 100 --budget 1000 \
-    --strategies entropy coreset badge --no-peer --timeout 40
+    --strategies entropy coreset badge --no-peer --on-device --timeout 40
 step select_1m_clusters 100 python benchmarks/selection.py --n 1000000 --k 10 --budget 100 \
-    --strategies typiclust probcover --no-peer --single-call --timeout 45
+    --strategies typiclust probcover --no-peer --on-device --single-call --timeout 45

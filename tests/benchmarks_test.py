@@ -33,7 +33,7 @@ def _rows(text: str) -> dict[str, list[str]]:
 
 def test_selection_benchmark_runs_every_strategy_on_a_small_pool():
     text = _run("benchmarks/selection.py", "--n", "3000", "--d", "32", "--k", "10", "--budget", "10",
-                "--no-peer", "--single-call", "--timeout", "200")
+                "--no-peer", "--single-call", "--on-device", "--timeout", "200")
     rows = _rows(text)
     assert set(rows) == {"entropy", "margin", "coreset", "badge", "typiclust", "probcover"}, text
     for name, cells in rows.items():
