@@ -182,12 +182,13 @@ def _allgather(mhu: Any, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> tupl
     """
     counts = np.asarray(mhu.process_allgather(np.asarray([len(ids)]))).reshape(-1)
     schemas = np.asarray(mhu.process_allgather(_schema(arrays))).reshape(len(counts), _SCHEMA_BYTES)
+    layouts = [json.loads(s.tobytes().decode()) for s, c in zip(schemas, counts) if c > 0]
     layout = json.loads(schemas[int(np.argmax(counts))].tobytes().decode())
+    if any(other != layout for other in layouts):  # every process sees every layout: all stop here, none hangs
+        raise RuntimeError(f"gather_rows: processes produced different output arrays ({layouts}); run the same "
+                           "code and config on every host.")
     if len(ids) == 0:
         arrays = {k: np.zeros((0, *shape), np.dtype(dt)) for k, (dt, shape) in layout.items()}
-    elif json.loads(_schema(arrays).tobytes().decode()) != layout:
-        raise RuntimeError("gather_rows: processes produced different output arrays "
-                           f"({sorted(arrays)} here, {sorted(layout)} on another); run the same code on every host.")
     m = int(counts.max())
     pad = lambda a: np.concatenate([a, np.zeros((m - a.shape[0], *a.shape[1:]), a.dtype)])
     g_ids = np.asarray(mhu.process_allgather(pad(ids)))
