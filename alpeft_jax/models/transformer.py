@@ -52,7 +52,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, impl: str) -
     if impl == "cudnn":
         try:  # the kernel's checks run while tracing: no cuDNN, an old one, or an unsupported shape
             return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
-        except (RuntimeError, ValueError) as e:  # NotImplementedError (unsupported shape) is a RuntimeError
+        except (RuntimeError, ValueError) as e:  # an unsupported shape raises a subclass of RuntimeError
             if str(e) not in _CUDNN_REFUSALS:
                 _CUDNN_REFUSALS.add(str(e))
                 logging.warning("cuDNN fused attention unavailable (%s); using XLA's attention instead.", e)
