@@ -10,51 +10,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny_backbones import make_clip_backbone, make_dinov2_backbone
 
 from alpeft_jax import backbones, evaluate, optim, train
 from alpeft_jax.convert.common import flatten
-from alpeft_jax.models import clip, lora, prompts
+from alpeft_jax.models import lora, prompts
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
-from alpeft_jax.models.dinov2 import DinoV2
 from alpeft_jax.strategies.learning_loss import LossPredictionHead, loss_prediction_loss
-from alpeft_jax.tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------------------------- helpers
 COLOURS = np.array([[1.5, -1.5, -1.5], [-1.5, 1.5, -1.5], [-1.5, -1.5, 1.5], [1.5, 1.5, -1.5]], np.float32)
 NAMES = ["red", "green", "blue", "yellow"]
 
 
-def _random_params(shapes: Any, seed: int) -> Any:
-    """NumPy-random parameters (no compilation): LayerNorm scales near 1, biases near 0, fan-in scaled kernels."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path: tuple, s: Any) -> jax.Array:
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            value = 1.0 + 0.1 * rng.standard_normal(s.shape)
-        elif "bias" in name:
-            value = 0.05 * rng.standard_normal(s.shape)
-        elif "kernel" in name:
-            value = rng.standard_normal(s.shape) / np.sqrt(int(np.prod(s.shape[:-1])))
-        else:
-            value = 0.1 * rng.standard_normal(s.shape)
-        return jnp.asarray(value, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
 def _dinov2(seed: int = 0) -> backbones.Backbone:
-    model = DinoV2(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8, pos_grid=2)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
-    return backbones.Backbone("dinov2", model, _random_params(shapes, seed), 16, (0.5,) * 3, (0.25,) * 3, 16)
+    return make_dinov2_backbone(depth=1, seed=seed)
 
 
 def _clip(seed: int = 0) -> backbones.Backbone:
-    model = clip.CLIP(clip.VisionConfig(16, 1, 2, 8, 16), clip.TextConfig(width=16, depth=1, heads=2), 12)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 77), int))
-    params = _random_params(shapes["params"], seed)
-    params["logit_scale"] = jnp.asarray(math.log(100.0), jnp.float32)  # a trained CLIP's scale
-    return backbones.Backbone("clip", model, params, 16, (0.5,) * 3, (0.25,) * 3, 12, tokenizer=Tokenizer.default())
+    return make_clip_backbone(depth=1, logit_scale=100.0, seed=seed)  # a trained CLIP's scale
 
 
 @pytest.fixture(scope="module")
