@@ -183,7 +183,7 @@ def _allgather(mhu: Any, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> tupl
     counts = np.asarray(mhu.process_allgather(np.asarray([len(ids)]))).reshape(-1)
     schemas = np.asarray(mhu.process_allgather(_schema(arrays))).reshape(len(counts), _SCHEMA_BYTES)
     layouts = [json.loads(s.tobytes().decode()) for s, c in zip(schemas, counts) if c > 0]
-    layout = json.loads(schemas[int(np.argmax(counts))].tobytes().decode())
+    layout = layouts[0] if layouts else {}
     if any(other != layout for other in layouts):  # every process sees every layout: all stop here, none hangs
         raise RuntimeError(f"gather_rows: processes produced different output arrays ({layouts}); run the same "
                            "code and config on every host.")
