@@ -73,11 +73,13 @@ def adapt_config(c: ml_collections.ConfigDict, family: str) -> AdaptConfig:
     """The AdaptConfig described by `config.adapt`."""
     a = c.adapt
     targets = tuple(t.strip() for t in a.lora.targets.split(",") if t.strip())
-    if not targets:
+    if not targets and a.mode == "lora":
         if family == "efficientnet":
             raise ValueError("EfficientNet needs explicit LoRA targets, e.g. --config.adapt.lora.targets="
                              "'blocks_1[3-5]/.*(expand|project)_conv'.")
         targets = lora_lib.TOWER_TARGETS["both" if family != "clip" else a.lora.towers]
+    elif not targets:
+        targets = lora_lib.TOWER_TARGETS["both"]  # unused outside lora mode
     lora_cfg = lora_lib.LoraConfig(a.lora.rank, a.lora.alpha, a.lora.dropout, a.lora.scale_mode, targets)
     prompt_cfg = PromptConfig(a.prompt.n_ctx, a.prompt.class_specific, a.prompt.init, a.prompt.position)
     return AdaptConfig(a.mode, lora_cfg, prompt_cfg, a.head, a.n_placeholders, a.template)

@@ -15,7 +15,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, caches and results.")
 _LABELS = flags.DEFINE_string("labels", None, "A filled-in labels CSV for the pending round (oracle=file).")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False, "Continue a workdir made with a different config.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with what the environment says (TPU pods, Slurm, "
+    "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a multi-process run by hand.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,13 +35,27 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_Filter())
 
 
+def initialize_distributed(
+    from_env: bool, coordinator: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+    """Join a multi-process run (before any other JAX call): from the environment, or by hand."""
+    by_hand = coordinator is not None or num_processes is not None or process_id is not None
+    if not (from_env or by_hand):
+        return
+    import jax
+
+    if by_hand:
+        if coordinator is None or num_processes is None or process_id is None:
+            raise app.UsageError("--coordinator, --num_processes and --process_id go together; give all three.")
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    else:
+        jax.distributed.initialize()
+
+
 def main(argv: list[str]) -> None:
     """Run the active-learning loop of the given config in the workdir."""
     del argv
-    if _DISTRIBUTED.value:
-        import jax
-
-        jax.distributed.initialize()
+    initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from alpeft_jax import loop
     from alpeft_jax.convert.common import CheckpointError
     from alpeft_jax.oracles import LabelFileError
