@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alpeft_jax.models.adapted import AdaptedModel
-from alpeft_jax.strategies.learning_loss import LossPredictionHead
+from alpeft_jax.models.heads import LossPredictionHead
 
 Batch = dict[str, Any]
 _BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -23,7 +23,7 @@ import optax
 
 from alpeft_jax import evaluate, losses, optim
 from alpeft_jax.models.adapted import AdaptedModel
-from alpeft_jax.strategies.learning_loss import LossPredictionHead
+from alpeft_jax.models.heads import LossPredictionHead
 
 State = dict[str, Any]
 Batch = dict[str, Any]

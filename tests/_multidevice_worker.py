@@ -17,9 +17,9 @@ import numpy as np
 
 from alpeft_jax import backbones, strategies
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
+from alpeft_jax.models.heads import LossPredictionHead
 from alpeft_jax.models.lora import LoraConfig
 from alpeft_jax.scoring import FeatureCache, PoolScorer, Sharder, make_mesh
-from alpeft_jax.strategies.learning_loss import LossPredictionHead
 
 CLASSES = ["a", "b", "c", "d", "e"]
 IMAGE = 28  # 4x4 patches of 7 px

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
+
+from alpeft_jax.utils import flatten, unflatten  # noqa: F401  (re-exported for the converters)
 
 Array = np.ndarray
 Rules = Iterable[tuple[str, str | None]]
@@ -115,16 +116,6 @@ def read_config(directory: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Renaming and checking
 # --------------------------------------------------------------------------------------------------
-
-
-def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Flatten a nested dict to `{'a/b/c': leaf}`."""
-    return {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(tree)).items()}
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of `flatten`."""
-    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def rename(name: str, rules: Rules) -> str | None:

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax.backbones import Backbone
 from alpeft_jax.convert import common
 from alpeft_jax.convert.common import CheckpointError
 from alpeft_jax.convert.torch_pickle import load_state_dict
+from alpeft_jax.models.backbone import Backbone
 from alpeft_jax.models.efficientnet import HEAD_CHANNELS, VARIANTS, efficientnet_lite
 
 __all__ = ["BN_EPS", "fold_batchnorm", "load", "package_weights_path"]

@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from alpeft_jax import backbones
 from alpeft_jax.convert.common import (
     CheckpointError,
     conv_oihw_to_hwio,
@@ -27,6 +26,7 @@ from alpeft_jax.convert.common import (
     read_hf_directory,
     transpose_linear,
 )
+from alpeft_jax.models.backbone import Backbone
 from alpeft_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, TextConfig, VisionConfig
 from alpeft_jax.models.transformer import ACTIVATIONS
 
@@ -183,7 +183,7 @@ def expected_params(model: CLIP) -> Any:
     return model.param_shapes()
 
 
-def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
+def load(path: str, dtype: Any = jnp.float32) -> Backbone:
     """Load a HF `save_pretrained` CLIPModel directory as a CLIP `Backbone` (compute dtype `dtype`)."""
     path = os.path.expanduser(str(path))
     if not os.path.isdir(path):
@@ -198,9 +198,9 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
 
 def clip_backbone(
     model: CLIP, params: Any, mean: Any, std: Any, config: dict[str, Any], tokenizer: Any, source: str
-) -> backbones.Backbone:
+) -> Backbone:
     """A CLIP-family Backbone (ViT or ResNet image tower) over converted NumPy params."""
-    return backbones.Backbone(
+    return Backbone(
         family="clip",
         model=model,
         params=jax.tree_util.tree_map(jnp.asarray, params),

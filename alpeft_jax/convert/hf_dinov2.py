@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax import backbones
 from alpeft_jax.convert.common import (
     CheckpointError,
     conv_oihw_to_hwio,
@@ -28,6 +27,7 @@ from alpeft_jax.convert.common import (
     read_hf_directory,
     transpose_linear,
 )
+from alpeft_jax.models.backbone import Backbone
 from alpeft_jax.models.dinov2 import DinoV2, swiglu_hidden
 from alpeft_jax.models.transformer import ACTIVATIONS
 
@@ -169,7 +169,7 @@ def preprocessing(path: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]
     return int(crop), mean, std
 
 
-def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
+def load(path: str, dtype: Any = jnp.float32) -> Backbone:
     """Load a transformers DINOv2 `save_pretrained` directory as a `Backbone` (params float32, compute `dtype`)."""
     config = read_config(path)
     model = model_from_config(config, dtype, os.path.join(path, "config.json"))
@@ -182,7 +182,7 @@ def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
     expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), dummy)["params"]
     params = convert(state, expected, RULES, HOOKS, source=path)
     image_size, mean, std = preprocessing(path)
-    return backbones.Backbone(
+    return Backbone(
         family="dinov2",
         model=model,
         params=jax.tree.map(jnp.asarray, params),

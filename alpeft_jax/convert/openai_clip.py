@@ -36,7 +36,6 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax import backbones
 from alpeft_jax.convert import torch_pickle
 from alpeft_jax.convert.common import (
     CheckpointError,
@@ -46,6 +45,7 @@ from alpeft_jax.convert.common import (
     transpose_linear,
 )
 from alpeft_jax.convert.hf_clip import clip_backbone
+from alpeft_jax.models.backbone import Backbone
 from alpeft_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, TextConfig, VisionConfig
 from alpeft_jax.models.clip_resnet import CLIPResNet, ResNetConfig
 
@@ -413,7 +413,7 @@ def _tokenizer(text: TextConfig) -> Any:
         return None
 
 
-def load(path: str, dtype: Any = jnp.float32) -> backbones.Backbone:
+def load(path: str, dtype: Any = jnp.float32) -> Backbone:
     """Load an OpenAI/open_clip CLIP state dict or TorchScript archive as a CLIP `Backbone` (compute `dtype`)."""
     path = os.path.expanduser(str(path))
     state = read_state_dict(path)

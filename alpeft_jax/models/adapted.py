@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from alpeft_jax.models import heads, lora, prompts
+from alpeft_jax.utils import flatten
 
 Trainable = dict[str, Any]
 _BLOCK = re.compile(r"(?:^|/)(?:block|blocks)_(\d+)(?:/|$)")
@@ -125,8 +126,6 @@ class AdaptedModel:
 
     def describe(self, trainable: Trainable) -> list[tuple[str, tuple[int, ...]]]:
         """Names and shapes of the trainable parameters."""
-        from alpeft_jax.convert.common import flatten
-
         return [(k, tuple(v.shape)) for k, v in sorted(flatten(trainable).items())]
 
     # ----------------------------------------------------------------------------------------------

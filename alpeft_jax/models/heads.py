@@ -1,9 +1,10 @@
-"""Linear classification heads over image features: PEAL's linear probe and CLIP's zero-shot head."""
+"""Heads over a backbone: PEAL's linear probe, CLIP's zero-shot head, and the learning-loss predictor."""
 
 from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -32,3 +33,16 @@ def apply(head: Head, features: jax.Array, normalize: bool = False) -> jax.Array
     if normalize:
         f = f / jnp.linalg.norm(f, axis=-1, keepdims=True)
     return f @ head["kernel"] + head["bias"]
+
+
+class LossPredictionHead(nn.Module):
+    """MLP K -> hidden -> 1 with ReLU and Xavier-uniform weights, predicting the per-example loss."""
+
+    hidden: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Predicted loss [B] from inputs [B,K]."""
+        init = nn.initializers.xavier_uniform()
+        x = nn.relu(nn.Dense(self.hidden, kernel_init=init, name="fc1")(x))
+        return nn.Dense(1, kernel_init=init, name="fc2")(x)[..., 0]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from alpeft_jax.convert.common import flatten, unflatten
+from alpeft_jax.utils import flatten, unflatten
 
 LoraTree = dict[str, Any]  # nested like the params: {..., "attn": {"q": {"a": [in, r], "b": [r, out]}}}
 

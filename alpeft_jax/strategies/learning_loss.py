@@ -8,25 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alpeft_jax.models.heads import LossPredictionHead  # noqa: F401  (the head this strategy reads)
 from alpeft_jax.strategies.base import check_inputs, register, top_unlabeled
-
-
-class LossPredictionHead(nn.Module):
-    """MLP K -> hidden -> 1 with ReLU and Xavier-uniform weights, predicting the per-example loss."""
-
-    hidden: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Predicted loss [B] from inputs [B,K]."""
-        init = nn.initializers.xavier_uniform()
-        x = nn.relu(nn.Dense(self.hidden, kernel_init=init, name="fc1")(x))
-        return nn.Dense(1, kernel_init=init, name="fc2")(x)[..., 0]
 
 
 def loss_prediction_loss(pred: jax.Array, target_loss: jax.Array, margin: float = 1.0) -> jax.Array:
