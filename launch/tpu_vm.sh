@@ -1,36 +1,16 @@
 #!/usr/bin/env bash
-# Run an alpeft_jax experiment on a Cloud TPU VM (single- or multi-host).
+# Run alpeft_jax experiments on a Cloud TPU VM, one host or a pod slice. The steps live in launch/tpu.py.
 #
-#   TPU_NAME=my-tpu ZONE=us-central2-b ACCELERATOR=v4-8 ./launch/tpu_vm.sh create
-#   TPU_NAME=my-tpu ZONE=us-central2-b ./launch/tpu_vm.sh setup
-#   TPU_NAME=my-tpu ZONE=us-central2-b CONFIG=configs/lora.py WORKDIR=gs://bucket/runs/lora_dtd_s1 \
-#       ./launch/tpu_vm.sh run --config.data.dir=gs://bucket/tfds
+#   export TPU_NAME=al-v4 ZONE=us-central2-b ACCELERATOR=v4-8      # or v5litepod-16, v5p-8, v6e-8, ...
+#   ./launch/tpu_vm.sh create [--spot]     # pod slices go through a queued resource; `status` shows when ACTIVE
+#   ./launch/tpu_vm.sh setup               # HEAD of this checkout (or REPO=<git url>) + Python 3.11 + jax[tpu]
+#   CONFIG=configs/lora.py WORKDIR=gs://BUCKET/runs/lora_s1 \
+#       ./launch/tpu_vm.sh run --config.data.dir=gs://BUCKET/tfds --config.name="lora s1"
+#   ./launch/tpu_vm.sh status | logs [-f] | stop
+#   ./launch/tpu_vm.sh fetch [WORKDIR...]  # results, report table and plot into workdirs/fetched/$TPU_NAME
+#   ./launch/tpu_vm.sh delete
 #
-# `run` starts the same command on every host (--worker=all); with more than one host it passes --distributed
-# so that jax.distributed.initialize() runs first. Pool scoring then spans every chip of every host and all
-# hosts select the same examples. WORKDIR must be shared by all hosts (a GCS bucket) for checkpoints/resume.
+# DRY_RUN=1 prints every command instead of running it. `run` starts the same command on every worker in the
+# background (a log per worker, ~/alpeft_logs) and adds --distributed when the slice has more than one host.
 set -euo pipefail
-: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
-ACCELERATOR=${ACCELERATOR:-v4-8}
-RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
-REPO=${REPO:-$(git config --get remote.origin.url || echo "")}
-ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "$1"; }
-
-case "${1:-}" in
-  create)
-    gcloud compute tpus tpu-vm create "$TPU_NAME" --zone "$ZONE" --accelerator-type "$ACCELERATOR" \
-      --version "$RUNTIME" ;;
-  setup)
-    ssh_all "git clone $REPO alpeft_jax 2>/dev/null || (cd alpeft_jax && git pull); cd alpeft_jax && \
-      pip install -U pip && pip install 'jax[tpu]' -e . " ;;
-  run)
-    shift
-    : "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
-    HOSTS=$(gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone "$ZONE" --format='value(networkEndpoints.len())' || echo 1)
-    DIST=""; [ "${HOSTS:-1}" -gt 1 ] && DIST="--distributed"
-    ssh_all "cd alpeft_jax && python -m alpeft_jax.main --config=$CONFIG --workdir=$WORKDIR $DIST $*" ;;
-  delete)
-    gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone "$ZONE" --quiet ;;
-  *)
-    sed -n '2,14p' "$0"; exit 2 ;;
-esac
+exec python3 "$(dirname "$0")/tpu.py" "$@"
