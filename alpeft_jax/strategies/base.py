@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from alpeft_jax.strategies import spmd
 
 SelectFn = Callable[..., np.ndarray]
 
@@ -84,13 +87,45 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def masked_scores(scores: jax.Array, labeled: jax.Array) -> jax.Array:
+    """Scores as finite float32 (NaN lowest) with -inf at labelled examples, ready for a top-k."""
+    scores = jnp.asarray(scores, jnp.float32)
+    lo = jnp.finfo(jnp.float32).min
+    scores = jnp.clip(jnp.where(jnp.isnan(scores), lo, scores), lo, jnp.finfo(jnp.float32).max)
+    return jnp.where(labeled, -jnp.inf, scores)
+
+
+@partial(jax.jit, static_argnames=("budget",))
+def _top_masked(scores: jax.Array, labeled: jax.Array, budget: int) -> jax.Array:
+    return jax.lax.top_k(masked_scores(scores, labeled), budget)[1]
+
+
 def top_unlabeled(scores: jax.Array, labeled: np.ndarray, budget: int) -> np.ndarray:
     """Indices of the `budget` highest scores among unlabelled examples, best first."""
     if budget == 0:
         return np.zeros((0,), np.int64)
-    scores = jnp.asarray(scores, jnp.float32)
-    lo = jnp.finfo(jnp.float32).min
-    scores = jnp.clip(jnp.where(jnp.isnan(scores), lo, scores), lo, jnp.finfo(jnp.float32).max)
-    masked = jnp.where(jnp.asarray(labeled), -jnp.inf, scores)
-    _, idx = jax.lax.top_k(masked, int(budget))
-    return np.asarray(idx, np.int64)
+    return np.asarray(_top_masked(scores, jnp.asarray(labeled), int(budget)), np.int64)
+
+
+@partial(jax.jit, static_argnames=("budget", "mesh"))
+def top_unlabeled_on_mesh(scores: jax.Array, labeled: jax.Array, budget: int, mesh: spmd.Mesh) -> jax.Array:
+    """`top_unlabeled` for scores [N] and mask sharded over `mesh`: a top-k per shard, then one over their union."""
+    local = lambda s, lab, axis: spmd.top_k(masked_scores(s, lab), budget, axis)
+    return spmd.spmd(local, mesh, (spmd.ROWS, spmd.ROWS), spmd.P())(scores, labeled)
+
+
+@partial(jax.jit, static_argnames=("k",))
+def _bad_label_count(labels: jax.Array, labeled: jax.Array, k: int) -> jax.Array:
+    return jnp.sum(labeled & ((labels < 0) | (labels >= k)))
+
+
+def check_labels(labels: np.ndarray | jax.Array, labeled: np.ndarray | jax.Array, k: int, what: str) -> None:
+    """Raise unless every labelled example's pool label lies in [0, k)."""
+    if isinstance(labels, jax.Array):
+        bad = int(_bad_label_count(labels, labeled, k))
+    else:
+        y = np.asarray(labels)[np.asarray(labeled)]
+        bad = int(np.sum((y < 0) | (y >= k)))
+    if bad:
+        raise ValueError(f"{bad} labelled examples have labels outside [0, {k}) for {what}; fill pool['labels'] "
+                         "for every labelled example")

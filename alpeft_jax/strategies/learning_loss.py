@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alpeft_jax.models.heads import LossPredictionHead  # noqa: F401  (the head this strategy reads)
-from alpeft_jax.strategies.base import check_inputs, register, top_unlabeled
+from alpeft_jax.strategies import spmd
+from alpeft_jax.strategies.base import check_inputs, register, top_unlabeled, top_unlabeled_on_mesh
 
 
 def loss_prediction_loss(pred: jax.Array, target_loss: jax.Array, margin: float = 1.0) -> jax.Array:
@@ -37,9 +38,19 @@ def loss_prediction_loss(pred: jax.Array, target_loss: jax.Array, margin: float 
     return jnp.mean(jnp.maximum(margin - sign * dp, 0.0))
 
 
+# Pools sharded over a mesh are ranked on their shards; `sharded=False` gathers them to the host first.
+ON_MESH = True
+
+
 @register("learning_loss", requires=("loss_pred",))
 def select_learning_loss(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                         **_: object) -> np.ndarray:
+                         sharded: bool | None = None, **_: object) -> np.ndarray:
     """Highest predicted loss first (pool["loss_pred"] from `LossPredictionHead`)."""
     labeled, _n = check_inputs(pool, labeled, budget, {"loss_pred"})
-    return top_unlabeled(jnp.asarray(pool["loss_pred"], jnp.float32).reshape(-1), labeled, budget)
+    arrays, mesh = spmd.placed(pool, {"loss_pred"}, sharded, ON_MESH)
+    if mesh is None or budget == 0:
+        return top_unlabeled(jnp.asarray(arrays["loss_pred"], jnp.float32).reshape(-1), labeled, budget)
+    scores = arrays["loss_pred"]
+    if scores.ndim != 1:
+        raise ValueError(f"sharded pool['loss_pred'] must be [N], got shape {scores.shape}")
+    return np.asarray(top_unlabeled_on_mesh(scores, spmd.put(labeled, mesh), int(budget), mesh), np.int64)

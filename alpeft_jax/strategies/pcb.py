@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax.strategies.base import REGISTRY, as_key, check_inputs, numpy_rng
+from alpeft_jax.strategies import spmd
+from alpeft_jax.strategies.base import REGISTRY, as_key, check_inputs, check_labels, numpy_rng
 
 
 def candidate_count(initial_pool_size: int, gamma: float = 0.1) -> int:
@@ -60,6 +63,28 @@ def pcb_filter(rng: int | jax.Array | np.random.Generator, candidates: np.ndarra
     return candidates[np.asarray(out, np.int64)]
 
 
+@partial(jax.jit, static_argnames=("k", "mesh"))
+def _pcb_inputs_on_mesh(logits: jax.Array, labels: jax.Array, labeled: jax.Array, cand: jax.Array, k: int,
+                        mesh: spmd.Mesh) -> tuple[jax.Array, jax.Array]:
+    def local(lg: jax.Array, y: jax.Array, lab: jax.Array, c: jax.Array, axis: str | None) -> tuple:
+        counts = spmd.gsum(jnp.bincount(jnp.where(lab, y, k), length=k + 1)[:k], axis)
+        return jnp.argmax(spmd.take(lg, c, axis), axis=-1), counts
+
+    return spmd.spmd(local, mesh, (spmd.ROWS,) * 3 + (spmd.P(),), spmd.P())(logits, labels, labeled, cand)
+
+
+def _pseudo_labels_and_counts(pool: Mapping[str, np.ndarray], labeled: np.ndarray, cand: np.ndarray,
+                              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """argmax of the candidates' logits and the per-class labelled counts; sharded pools stay on their mesh."""
+    arrays, mesh = spmd.placed(pool, {"logits", "labels"}, True, True)
+    if mesh is None:
+        y = spmd.to_host(arrays["labels"])[labeled]
+        return spmd.to_host(arrays["logits"])[cand].argmax(-1), np.bincount(y, minlength=k)
+    pseudo, counts = _pcb_inputs_on_mesh(arrays["logits"], arrays["labels"], spmd.put(labeled, mesh),
+                                         spmd.put(cand.astype(np.int32), mesh, spmd.P()), k, mesh)
+    return np.asarray(pseudo, np.int64), np.asarray(counts, np.int64)
+
+
 def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.ndarray], labeled: np.ndarray,
                     budget: int, gamma_count: int, *, use_pcb: bool = True, authors_quirk: bool = False,
                     **options: object) -> np.ndarray:
@@ -86,13 +111,10 @@ def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.n
     if use_pcb:
         if "logits" not in pool or "labels" not in pool:
             raise KeyError("PCB needs pool['logits'] (pseudo-labels) and pool['labels'] (labelled counts)")
-        logits = np.asarray(pool["logits"])
-        k = logits.shape[-1]
-        y = np.asarray(pool["labels"])[labeled]
-        if np.any((y < 0) | (y >= k)):
-            raise ValueError(f"labelled examples need labels in [0, {k}) for PCB; fill pool['labels']")
-        pseudo = logits[cand].argmax(-1)
-        return pcb_filter(k_pcb, cand, pseudo, np.bincount(y, minlength=k), budget)
+        k = np.shape(pool["logits"])[-1]
+        check_labels(pool["labels"], labeled, k, "PCB")
+        pseudo, counts = _pseudo_labels_and_counts(pool, labeled, cand, k)
+        return pcb_filter(k_pcb, cand, pseudo, counts, budget)
     if authors_quirk:
         # Reference bug (METHOD 3.6): `--disable_pcb` keeps idx[-K:] for every strategy, which is only right
         # for entropy, whose list is ascending; for the others it keeps the weakest of the candidates.

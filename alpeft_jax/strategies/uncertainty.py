@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax.strategies.base import check_inputs, register, top_unlabeled
+from alpeft_jax.strategies import spmd
+from alpeft_jax.strategies.base import check_inputs, masked_scores, register, top_unlabeled
 
 # Rows per block: about 2M logits (8 MB f32), so a block and its temporaries stay in cache and host pools
 # are copied to the device piecewise instead of as one large fresh buffer.
@@ -100,30 +101,6 @@ def least_confidence_scores(logits: np.ndarray | jax.Array, block: int | None = 
     return map_rows(_neg_max_prob, logits, block or block_rows(logits.shape[-1]))
 
 
-@register("entropy", requires=("logits",))
-def select_entropy(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                   eps: float = 1e-6, **_: object) -> np.ndarray:
-    """Highest predictive entropy first (METHOD 3.5 `entropy`, eps 1e-6 inside the log)."""
-    labeled, _n = check_inputs(pool, labeled, budget, {"logits"})
-    return top_unlabeled(entropy_scores(pool["logits"], eps), labeled, budget)
-
-
-@register("margin", requires=("logits",))
-def select_margin(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                  **_: object) -> np.ndarray:
-    """Smallest top-1 minus top-2 probability first (METHOD 3.5 `margin`)."""
-    labeled, _n = check_inputs(pool, labeled, budget, {"logits"})
-    return top_unlabeled(margin_scores(pool["logits"]), labeled, budget)
-
-
-@register("least_confidence", requires=("logits",))
-def select_least_confidence(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                            **_: object) -> np.ndarray:
-    """Lowest maximum probability first (METHOD 3.5 `softmax`)."""
-    labeled, _n = check_inputs(pool, labeled, budget, {"logits"})
-    return top_unlabeled(least_confidence_scores(pool["logits"]), labeled, budget)
-
-
 @jax.jit
 def _bald(mc_logits: jax.Array) -> jax.Array:
     # mc_logits: [T, N_block, K]
@@ -143,12 +120,77 @@ def bald_scores(mc_logits: np.ndarray | jax.Array, block: int | None = None) -> 
     return map_rows(_bald, mc, block or block_rows(mc.shape[0] * mc.shape[2]), axis=1)
 
 
+# Pools sharded over a mesh are scored on their shards (measured faster than gathering them to the host first;
+# see benchmarks/sharded_selection.py); `sharded=False` gathers them instead.
+ON_MESH = True
+
+
+def _select(kind: str, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int, sharded: bool | None,
+            eps: float = 0.0) -> np.ndarray:
+    key = "mc_logits" if kind == "bald" else "logits"
+    labeled, _n = check_inputs(pool, labeled, budget, {key})
+    arrays, mesh = spmd.placed(pool, {key}, sharded, ON_MESH)
+    if mesh is None:
+        scores = {"entropy": lambda a: entropy_scores(a, eps), "margin": margin_scores,
+                  "least_confidence": least_confidence_scores, "bald": bald_scores}[kind](arrays[key])
+        return top_unlabeled(scores, labeled, budget)
+    if budget == 0:
+        return np.zeros((0,), np.int64)
+    _check_shape(kind, arrays[key])
+    out = _select_on_mesh(arrays[key], spmd.put(labeled, mesh), kind=kind, budget=int(budget), eps=eps, mesh=mesh)
+    return np.asarray(out, np.int64)
+
+
+def _check_shape(kind: str, arr: jax.Array) -> None:
+    if kind == "bald":
+        if arr.ndim != 3:
+            raise ValueError(f"pool['mc_logits'] must be [T,N,K], got shape {arr.shape}")
+        return
+    _check_logits(arr)
+    if kind == "margin" and arr.shape[-1] < 2:
+        raise ValueError("margin needs at least 2 classes in pool['logits']")
+
+
+@partial(jax.jit, static_argnames=("kind", "budget", "eps", "mesh"))
+def _select_on_mesh(arr: jax.Array, labeled: jax.Array, kind: str, budget: int, eps: float,
+                    mesh: spmd.Mesh) -> jax.Array:
+    """The top `budget` unlabelled scores of `kind`, computed on each shard's rows (no rows move)."""
+
+    def local(a: jax.Array, lab: jax.Array, axis: str | None) -> jax.Array:
+        s = {"entropy": lambda z: _entropy(z, eps), "margin": _neg_margin, "least_confidence": _neg_max_prob,
+             "bald": _bald}[kind](a)
+        return spmd.top_k(masked_scores(s, lab), budget, axis)
+
+    spec = spmd.row_spec("mc_logits" if kind == "bald" else "logits")
+    return spmd.spmd(local, mesh, (spec, spmd.ROWS), spmd.P())(arr, labeled)
+
+
+@register("entropy", requires=("logits",))
+def select_entropy(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
+                   eps: float = 1e-6, sharded: bool | None = None, **_: object) -> np.ndarray:
+    """Highest predictive entropy first (METHOD 3.5 `entropy`, eps 1e-6 inside the log)."""
+    return _select("entropy", pool, labeled, budget, sharded, eps)
+
+
+@register("margin", requires=("logits",))
+def select_margin(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
+                  sharded: bool | None = None, **_: object) -> np.ndarray:
+    """Smallest top-1 minus top-2 probability first (METHOD 3.5 `margin`)."""
+    return _select("margin", pool, labeled, budget, sharded)
+
+
+@register("least_confidence", requires=("logits",))
+def select_least_confidence(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
+                            sharded: bool | None = None, **_: object) -> np.ndarray:
+    """Lowest maximum probability first (METHOD 3.5 `softmax`)."""
+    return _select("least_confidence", pool, labeled, budget, sharded)
+
+
 @register("bald", requires=("mc_logits",))
 def select_bald(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                **_: object) -> np.ndarray:
+                sharded: bool | None = None, **_: object) -> np.ndarray:
     """Highest mutual information between prediction and MC-dropout weights first (Houlsby et al. 2011)."""
-    labeled, _n = check_inputs(pool, labeled, budget, {"mc_logits"})
-    return top_unlabeled(bald_scores(pool["mc_logits"]), labeled, budget)
+    return _select("bald", pool, labeled, budget, sharded)
 
 
 __all__ = ["entropy_scores", "margin_scores", "least_confidence_scores", "bald_scores"]
