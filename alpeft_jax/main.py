@@ -1,15 +1,22 @@
 """Command line: `python -m alpeft_jax.main --config=configs/<name>.py[:args] --workdir=DIR [--config.x=y ...]`.
 
-The config file is locked: a misspelt `--config.` key is an error. Rerunning the same command with the same
-workdir resumes the run; `--labels=FILE` hands in the labels a human filled in (oracle=file).
+Before any compute the whole run is checked: the config file's arguments, every `--config.` key and value
+(a misspelt key is one line with the closest real one), then `preflight.check` (data, weights, label schedule,
+workdir). Every problem is printed as one `error:` line and the command exits with status 2, having written
+nothing. Rerunning the same command with the same workdir resumes the run; `--labels=FILE` hands in the labels
+a human filled in (oracle=file).
 """
 
 from __future__ import annotations
 
+import difflib
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from alpeft_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, caches and results.")
@@ -52,27 +59,127 @@ def initialize_distributed(
         jax.distributed.initialize()
 
 
+_BOOL_WORDS = ("true", "false", "t", "f", "1", "0")
+
+
+def _flat_types(d: dict[str, Any], prefix: str = "") -> dict[str, type]:
+    out: dict[str, type] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_types(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = type(v)
+    return out
+
+
+def _value_problem(key: str, kind: type, value: str) -> str | None:
+    if kind is bool:
+        ok = value.lower() in _BOOL_WORDS
+        expected = "true or false"
+    elif kind is int:
+        ok, expected = value.lstrip("+-").isdigit(), "an integer"
+    elif kind is float:
+        try:
+            float(value)
+            ok = True
+        except ValueError:
+            ok = False
+        expected = "a number"
+    else:
+        return None
+    return None if ok else f"--config.{key}={value}: expected {expected}"
+
+
+def command_line_problems(argv: list[str]) -> list[str]:
+    """Problems with `--config` and the `--config.x=y` overrides in argv, one line each, before absl parses them."""
+    spec = None
+    for i, a in enumerate(argv[1:], start=1):
+        if a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+    if not spec:
+        return []  # absl reports the missing flag
+    try:
+        file_config = config_lib.load_config_file(spec)
+    except (FileNotFoundError, ValueError, SyntaxError, ImportError, AttributeError, TypeError) as e:
+        return [line for line in str(e).splitlines() if line.strip()] or [f"{spec}: {type(e).__name__}"]
+    types = _flat_types(file_config.to_dict())
+    problems = []
+    for i, a in enumerate(argv[1:], start=1):
+        negated = a.startswith("--noconfig.")
+        if not (a.startswith("--config.") or negated):
+            continue
+        key, has_value, value = a.split(".", 1)[1].partition("=")
+        if key not in types:
+            close = difflib.get_close_matches(key, list(types), n=1, cutoff=0.6)
+            hint = f"; did you mean --config.{close[0]}?" if close else "; the keys and their defaults are in " \
+                "alpeft_jax/config.py base()"
+            problems.append(f"--config.{key}: no such config key{hint}")
+            continue
+        if negated or (not has_value and types[key] is bool):
+            continue
+        if not has_value:
+            if i + 1 >= len(argv):
+                problems.append(f"--config.{key} needs a value")
+                continue
+            value = argv[i + 1]
+        problem = _value_problem(key, types[key], value)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _fail(problems: list[str]) -> None:
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail([str(e).splitlines()[0]])
+        raise  # unreachable: _fail exits
+
+
 def main(argv: list[str]) -> None:
-    """Run the active-learning loop of the given config in the workdir."""
-    del argv
+    """Check the whole run, then run the active-learning loop of the given config in the workdir."""
     initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from alpeft_jax import loop
+    from alpeft_jax import loop, preflight
     from alpeft_jax.convert.common import CheckpointError
     from alpeft_jax.oracles import LabelFileError
 
+    del argv
+    config = _CONFIG.value
+    spec = config_flags.get_config_filename(flags.FLAGS["config"])  # "path[:args]", as given
+    config.name = config_lib.rename_after_overrides(config_lib.load_config_file(spec), config)
+    file_args = spec.partition(":")[2].split(",")
+    problems = preflight.check(config, _WORKDIR.value, allow_config_change=_ALLOW.value,
+                               runlocal="runlocal" in [a.strip().partition("=")[0] for a in file_args])
+    if problems:
+        _fail(problems)
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     try:
-        results = loop.run(_CONFIG.value, _WORKDIR.value, labels_file=_LABELS.value,
-                           allow_config_change=_ALLOW.value)
+        results = loop.run(config, _WORKDIR.value, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
     except (LabelFileError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail([str(e)])
     if results:
         last = results[-1]
         print(f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
               f"ECE {100 * last['ece']:.2f}% — results in {_WORKDIR.value}/results.jsonl")
 
 
+def run_cli(argv: list[str] | None = None) -> None:
+    """The command line: argument checks (exit 2 with one line per problem), then absl and `main`."""
+    argv = list(sys.argv if argv is None else argv)
+    problems = command_line_problems(argv)
+    if problems:
+        _fail(problems)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run_cli()

@@ -15,14 +15,15 @@ rounds; about 2-4 minutes per run.
 Args: `random` (random sampling, no calibration loss), `runlocal` (a seconds-long smoke run), `seed=N`.
 """
 
-from alpeft_jax.config import apply_runlocal, base, parse_arg
+from alpeft_jax.config import apply_runlocal, base, parse_arg, run_name
+
+ARGS = {"random": False, "seed": 1, "runlocal": False}
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
+    a = parse_arg(arg, ARGS, __file__)
     c = base()
-    c.name = "random" if "random" in args else "entropy+calib+pcb"
-    c.seed = int(args.get("seed", 1))
+    c.seed = a["seed"]
     c.backbone = "efficientnet-lite0"
     c.data.name = "fashion_mnist"
     c.data.image_size = 64
@@ -46,10 +47,11 @@ def get_config(arg: str | None = None):
     c.al.initial = 10
     c.scoring.batch_size = 250
     c.scoring.cache_dir = "workdirs/demo/cache"  # shared by the two demo runs
-    if "random" in args:
+    if a["random"]:
         c.al.strategy = "random"
         c.train.calibration = "none"
-    if "runlocal" in args:
+    if a["runlocal"]:
         apply_runlocal(c)
         c.scoring.cache_dir = ""
+    c.name = run_name(c)  # "entropy+calib+pcb" | "random"
     return c

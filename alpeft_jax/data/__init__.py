@@ -1,49 +1,37 @@
-"""Data layer: pool sources, per-backbone preprocessing, prefetching batch pipelines, class names and prompts."""
+"""Data layer: pool sources, per-backbone preprocessing, prefetching batch pipelines, class names and prompts.
 
-from alpeft_jax.data.classnames import class_names, coop_names, dataset_info, prompts, templates
-from alpeft_jax.data.pipeline import Batches, as_arrays, epoch_order, eval_batches, num_batches, train_batches
-from alpeft_jax.data.preprocess import PreprocessSpec, eval_image, resolve_spec, train_image
-from alpeft_jax.data.sources import (
-    ArraySource,
-    CorruptImageError,
-    FileListSource,
-    MissingDataError,
-    Source,
-    TfdsSource,
-    coop_split,
-    csv_manifest,
-    digits,
-    fashion_mnist,
-    get_source,
-    image_folder,
-)
+The names below load on first use, so `alpeft_jax.data.classnames` or `.splits` (what configs and the
+pre-flight checks read) come without the batch pipeline's imports.
+"""
 
-__all__ = [
-    "ArraySource",
-    "Batches",
-    "CorruptImageError",
-    "FileListSource",
-    "MissingDataError",
-    "PreprocessSpec",
-    "Source",
-    "TfdsSource",
-    "as_arrays",
-    "class_names",
-    "coop_names",
-    "coop_split",
-    "csv_manifest",
-    "dataset_info",
-    "digits",
-    "epoch_order",
-    "eval_batches",
-    "eval_image",
-    "fashion_mnist",
-    "get_source",
-    "image_folder",
-    "num_batches",
-    "prompts",
-    "resolve_spec",
-    "templates",
-    "train_batches",
-    "train_image",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "class_names": "classnames", "coop_names": "classnames", "dataset_info": "classnames", "prompts": "classnames",
+    "templates": "classnames",
+    "Batches": "pipeline", "as_arrays": "pipeline", "epoch_order": "pipeline", "eval_batches": "pipeline",
+    "num_batches": "pipeline", "train_batches": "pipeline",
+    "PreprocessSpec": "preprocess", "eval_image": "preprocess", "resolve_spec": "preprocess",
+    "train_image": "preprocess",
+    "ArraySource": "sources", "CorruptImageError": "sources", "FileListSource": "sources",
+    "MissingDataError": "sources", "Source": "sources", "TfdsSource": "sources", "coop_split": "sources",
+    "csv_manifest": "sources", "digits": "sources", "fashion_mnist": "sources", "get_source": "sources",
+    "image_folder": "sources", "inspect_source": "sources", "source_kind": "sources",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'alpeft_jax.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"alpeft_jax.data.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -5,9 +5,11 @@ Args: `oracle=file`, `ckpt=N` (checkpoint every N steps), `epochs=N`, `rounds=N`
 
 from alpeft_jax.config import base, parse_arg
 
+ARGS = {"oracle": ("simulated", "file"), "ckpt": 0, "epochs": 3, "rounds": 3, "strategy": "entropy", "cache": ""}
+
 
 def get_config(arg=None):
-    args = parse_arg(arg)
+    args = parse_arg(arg, ARGS, __file__)
     c = base()
     c.name = "tiny"
     c.backbone = "efficientnet-lite0"
@@ -20,16 +22,16 @@ def get_config(arg=None):
     c.adapt.mode = "lora"
     c.adapt.head = "linear"
     c.adapt.lora.targets = r"blocks_1[4-5]/(expand|project)_conv"
-    c.train.epochs = int(args.get("epochs", 3))
+    c.train.epochs = args["epochs"]
     c.train.batch_size = 8
     c.train.lr = 0.01
     c.train.augment = False
-    c.train.checkpoint_every_steps = int(args.get("ckpt", 0))
-    c.al.strategy = args.get("strategy", "entropy")
-    c.al.rounds = int(args.get("rounds", 3))
+    c.train.checkpoint_every_steps = args["ckpt"]
+    c.al.strategy = args["strategy"]
+    c.al.rounds = args["rounds"]
     c.al.budget = 5
     c.al.initial = 10
     c.scoring.batch_size = 64
-    c.scoring.cache_dir = args.get("cache", "")
-    c.oracle = args.get("oracle", "simulated")
+    c.scoring.cache_dir = args["cache"]
+    c.oracle = args["oracle"]
     return c
