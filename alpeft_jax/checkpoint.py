@@ -6,6 +6,10 @@
     DIR/ckpt/<round>/      Orbax: trainable tree, optimiser state, rng at the end of each round
     DIR/progress/<step>/   Orbax: the same inside a round every N steps (epoch and batch to resume from)
     DIR/results.jsonl      one row per finished round (rewritten from al_state.json, never appended twice)
+    DIR/tensorboard/       TensorBoard events: per-epoch training metrics of each round, per-round results
+
+DIR may be a local folder or a cloud URL (gs://...: every path goes through etils.epath). With several processes,
+process 0 writes the JSON files and the events; all processes write the Orbax checkpoints together.
 
 Resume order: read al_state.json; a round in phase "label" re-asks the oracle for the stored selection; a round in
 phase "train" restores DIR/progress if it belongs to that round, else starts the round's training afresh; the
@@ -24,19 +28,30 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
+def _as_path(path: str | os.PathLike) -> epath.Path:
+    text = str(path)
+    return epath.Path(text) if "://" in text else epath.Path(os.path.abspath(text))
+
+
+def atomic_write(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never a torn one (local or cloud path)."""
+    target = _as_path(path)
+    if "://" in str(target):  # object stores: an object is replaced whole by its upload
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return
+    directory = str(target.parent)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=target.name)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, str(target))
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -55,17 +70,17 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
     atomic_write(path, json.dumps(_jsonable(obj), indent=1, sort_keys=True) + "\n")
 
 
-def read_json(path: str) -> Any:
-    """Read a JSON file, or None if it does not exist."""
-    if not os.path.exists(path):
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file (local or cloud path), or None if it does not exist."""
+    p = _as_path(path)
+    if not p.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(p.read_text())
 
 
 def _to_savable(tree: Any) -> Any:
@@ -87,10 +102,14 @@ def _from_savable(tree: Any, like: Any) -> Any:
 
 
 class TreeStore:
-    """Orbax checkpoints of one pytree (plus JSON metadata) indexed by an integer step."""
+    """Orbax checkpoints of one pytree (plus JSON metadata) indexed by an integer step.
 
-    def __init__(self, directory: str, max_to_keep: int | None = None) -> None:
-        self.directory = os.path.abspath(directory)
+    Multi-host: every process calls `save` / `restore` with the same global arrays; Orbax writes each shard
+    once and commits the step atomically.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = None) -> None:
+        self.directory = _as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

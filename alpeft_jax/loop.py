@@ -1,5 +1,10 @@
 """The active-learning driver: `run(config, workdir)` — what the command line, notebooks and tests call.
 
+Every process of a multi-host run executes the same driver on one global mesh (`alpeft_jax.parallel`): training
+is data parallel, pool scoring and evaluation spread over every device, and every process ends each phase with the
+same state. Process 0 alone writes the JSON state, the reports and the TensorBoard events, and talks to the oracle;
+Orbax checkpoints are written by all processes together.
+
 Each round r (METHOD.md §3.3):
   select  round 0: `al.initial` random labels; later: score the pool with round r-1's model (frozen-prefix
           cache), then the strategy proposes int(gamma·N) candidates and PCB keeps `al.budget` of them;
@@ -12,27 +17,29 @@ the resume order), so a killed run resumes where it stopped and ends with the sa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import inspect
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from alpeft_jax import backbones, checkpoint, data, oracles, strategies
 from alpeft_jax.config import parse_options
+from alpeft_jax.inputs import SplitInputs, epoch_rows
 from alpeft_jax.models import lora as lora_lib
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.models.prompts import PromptConfig
-from alpeft_jax.scoring import FeatureCache, PoolScorer, Sharder, process_share
+from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
+from alpeft_jax.scoring import FeatureCache, PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
 
 STATE_FILE = "al_state.json"
@@ -46,27 +53,6 @@ class ConfigMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Small pieces
 # --------------------------------------------------------------------------------------------------
-
-
-class Progress:
-    """A progress line with rate and ETA, printed at most every `every` seconds."""
-
-    def __init__(self, desc: str, total: int, every: float = 5.0) -> None:
-        self.desc, self.total, self.every = desc, max(1, total), every
-        self.start = self.last = time.time()
-
-    def __call__(self, done: int, total: int | None = None) -> None:
-        """Report `done` of `total` units."""
-        total = total or self.total
-        now = time.time()
-        if done < total and now - self.last < self.every:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
-        logging.info("%s: %d/%d (%.0f%%) %.1f/s, %.0fs elapsed, ETA %.0fs", self.desc, done, total,
-                     100.0 * done / total, rate, elapsed, eta)
 
 
 def adapt_config(c: ml_collections.ConfigDict, family: str) -> AdaptConfig:
@@ -128,30 +114,60 @@ class Split:
 # --------------------------------------------------------------------------------------------------
 
 
+def _bar(desc: str, total: int, unit: str = "it") -> Any:
+    """A tqdm progress bar on process 0 (silent elsewhere)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not is_leader(), mininterval=2.0, dynamic_ncols=True,
+                leave=False)
+
+
+class Metrics:
+    """TensorBoard event files (process 0): per-step and per-epoch training metrics, per-round results."""
+
+    def __init__(self, workdir: epath.Path) -> None:
+        self.writer = None
+        if is_leader():
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10)
+
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        """Write the numeric entries of `values` under `prefix/` at `step`."""
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+
+    def flush(self) -> None:
+        """Push pending events to disk."""
+        if self.writer is not None:
+            self.writer.flush()
+
+
 class Run:
     """One AL run in one workdir; `Run(config, workdir).run()` does all remaining rounds."""
 
     def __init__(
         self,
         config: ml_collections.ConfigDict,
-        workdir: str,
+        workdir: str | epath.PathLike,
         *,
         labels_file: str | None = None,
         allow_config_change: bool = False,
     ) -> None:
-        self.c = config
-        self.workdir = os.path.abspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
-        self._check_config(allow_config_change)
-        self.state = checkpoint.read_json(os.path.join(self.workdir, STATE_FILE)) or {
-            "round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": [],
-        }
-        c = config
+        c = self.c = config
+        self.workdir = _workdir(workdir)
         if c.al.strategy not in strategies.names():
             raise ValueError(f"unknown al.strategy {c.al.strategy!r}; choose one of {', '.join(strategies.names())}.")
         if c.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {c.dtype!r}.")
-        # -- data --------------------------------------------------------------------------------
+        # -- the record: read by process 0, the same on every process ---------------------------------------
+        self._check_config(allow_config_change)
+        fresh = {"round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": []}
+        self.state = broadcast_json(checkpoint.read_json(self.workdir / STATE_FILE) if is_leader() else None) or fresh
+        # -- data ------------------------------------------------------------------------------------------
         data_dir = c.data.dir or None
         pool_src = data.get_source(c.data.name, c.data.train_split, data_dir)
         test_src = data.get_source(c.data.name, c.data.test_split, data_dir)
@@ -165,53 +181,52 @@ class Run:
                 pass
         self.class_names = names
         self.num_classes = len(names)
-        # -- model -------------------------------------------------------------------------------
-        dtype = jnp.float32 if c.dtype == "float32" else jnp.bfloat16
+        # -- mesh, model -----------------------------------------------------------------------------------
+        self.sharder = Sharder()
+        dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}[c.dtype]
         self.backbone = backbones.load(c.backbone, dtype=dtype)
+        self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
         self.model = AdaptedModel(self.backbone, names, adapt_config(c, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
-        tcfg = train_config(c)
         self.use_cache = c.scoring.cache and self.model.input_kind != "images"
-        cached_kind = self.model.input_kind if self.use_cache else "images"
-        self.train_kind = "images" if (c.train.augment or not self.use_cache) else cached_kind
-        self.eval_kind = cached_kind
-        self.trainer = Trainer(self.model, tcfg, self.train_kind)
-        self.sharder = Sharder()
+        self.eval_kind = self.model.input_kind if self.use_cache else "images"
+        self.train_kind = "images" if (c.train.augment or not self.use_cache) else self.eval_kind
+        self.trainer = Trainer(self.model, train_config(c), self.train_kind, sharder=self.sharder)
         self.scorer = PoolScorer(self.model, self.eval_kind, chunk_size=c.scoring.batch_size, sharder=self.sharder)
         self.budget = c.al.budget or self.num_classes
         self.initial = c.al.initial or self.num_classes
         self.gamma_count = strategies.candidate_count(len(self.pool), c.al.gamma)
         self.options = parse_options(c.al.options)
-        self.rounds_store = checkpoint.TreeStore(os.path.join(self.workdir, "ckpt"))
-        self.progress_store = checkpoint.TreeStore(os.path.join(self.workdir, "progress"), max_to_keep=1)
-        pool_view = oracles.PoolView(pool_src, self.pool.positions, names)
-        ls = c.label_studio
-        oracle_opts: dict[str, Any] = {}
-        if c.oracle == "file":
-            oracle_opts = {"labels_file": labels_file}
-        elif c.oracle == "label_studio":
-            oracle_opts = {"url": ls.url, "project": ls.project, "image_url_prefix": ls.image_url_prefix}
-        self.oracle = oracles.make(c.oracle, pool_view, self.workdir, **oracle_opts)
-        self._pool_cache: FeatureCache | None = None
-        self._test_cache: FeatureCache | None = None
+        self.rounds_store = checkpoint.TreeStore(self.workdir / "ckpt")
+        self.progress_store = checkpoint.TreeStore(self.workdir / "progress", max_to_keep=1)
+        self.oracle = None
+        if is_leader():  # only process 0 talks to the oracle; the labels reach the others by broadcast
+            pool_view = oracles.PoolView(pool_src, self.pool.positions, names)
+            self.oracle = _make_oracle(c, pool_view, self.workdir, labels_file)
+        self.metrics = Metrics(self.workdir)
+        self._inputs: dict[str, dict[str, SplitInputs]] = {}
         self._trainable: Any = None  # the model of the last finished round, when in memory
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
     def _check_config(self, allow_change: bool) -> None:
-        path = os.path.join(self.workdir, CONFIG_FILE)
-        new = self.c.to_dict()
-        started = os.path.exists(os.path.join(self.workdir, STATE_FILE))
-        old = checkpoint.read_json(path) if started else None  # nothing recorded yet: any config may start it
-        if old is not None and old != json.loads(json.dumps(new)):
-            diffs = checkpoint.diff_configs(old, json.loads(json.dumps(new)))
+        path = self.workdir / CONFIG_FILE
+        new = json.loads(json.dumps(self.c.to_dict()))
+        if is_leader():
+            started = (self.workdir / STATE_FILE).exists()
+            old = checkpoint.read_json(path) if started else None  # nothing recorded yet: any config may start it
+            diffs = checkpoint.diff_configs(old, new) if old is not None and old != new else []
+        else:
+            diffs = []
+        diffs = broadcast_json(diffs)
+        if diffs:
             if not allow_change:
                 raise ConfigMismatchError(
                     f"{self.workdir} holds a run with another config ({'; '.join(diffs)}); use a new --workdir, "
                     "or pass --allow_config_change to continue it with the new config."
                 )
             logging.warning("continuing %s with a changed config: %s", self.workdir, "; ".join(diffs))
-        if jax.process_index() == 0:  # hosts share the workdir: one writer
+        if is_leader():  # hosts share the workdir: one writer
             checkpoint.write_json(path, new)
 
     def _summary(self) -> None:
@@ -230,93 +245,65 @@ class Run:
         logging.info("data %s: pool %d, test %d, %d classes; image size %d; budget %d per round, %d rounds",
                      self.c.data.name, len(self.pool), len(self.test), self.num_classes, self.image_size,
                      self.budget, self.c.al.rounds)
-        logging.info("inputs: scoring/eval on %s, training on %s; devices: %s", self.eval_kind, self.train_kind,
-                     ", ".join(str(d) for d in jax.devices()))
+        logging.info("inputs: scoring/eval on %s, training on %s; mesh: %d devices over %d process(es)",
+                     self.eval_kind, self.train_kind, self.sharder.size, self.sharder.process_count)
 
     def _save_state(self) -> None:
-        if jax.process_index() == 0:
-            checkpoint.write_json(os.path.join(self.workdir, STATE_FILE), self.state)
+        if is_leader():
+            checkpoint.write_json(self.workdir / STATE_FILE, self.state)
 
-    # -- inputs ------------------------------------------------------------------------------------
-    def _cache(self, split: Split, which: str) -> FeatureCache:
-        cache_dir = self.c.scoring.cache_dir or os.path.join(self.workdir, "cache")
-        key = _fingerprint(self.c.backbone, self.c.dtype, self.image_size, self.model.input_kind,
-                           self.model.cache_block, self.c.data.name, self.c.data.dir, which,
-                           hashlib.sha1(split.positions.tobytes()).hexdigest())
-        path = os.path.join(cache_dir, f"{which}_{key}.npy")
-        share = process_share(len(split))
-        batches = data.eval_batches(split.source, split.positions[share], self.sharder.chunk_size(
-            self.c.scoring.batch_size), self.image_size, self.backbone.mean, self.backbone.std,
-            num_threads=self.c.data.num_threads or None)
+    # -- inputs: chosen once (cached prefix or images) ---------------------------------------------------
+    def inputs(self, which: str, for_training: bool = False) -> SplitInputs:
+        """The model inputs of the pool or the test split (training on images when augmenting)."""
+        kind = self.train_kind if for_training else self.eval_kind
+        cached = self._inputs.setdefault(which, {})
+        if kind not in cached:
+            split = self.pool if which == "pool" else self.test
+            c = self.c
+            images = SplitInputs(split.source, split.positions, self.sharder, image_size=self.image_size,
+                                 mean=self.backbone.mean, std=self.backbone.std, num_threads=c.data.num_threads or None)
+            cached["images"] = images
+            if kind != "images":
+                cached[kind] = _with_cache(images, self._cache(images, which))
+        return cached[kind]
+
+    def _cache(self, images: SplitInputs, which: str) -> FeatureCache:
+        c = self.c
+        cache_dir = _path(c.scoring.cache_dir) if c.scoring.cache_dir else self.workdir / "cache"
+        key = _fingerprint(c.backbone, c.dtype, self.image_size, self.model.input_kind, self.model.cache_block,
+                           c.data.name, c.data.dir, which, hashlib.sha1(images.positions.tobytes()).hexdigest())
+        path = cache_dir / f"{which}_{key}.npy"
+        chunk = self.sharder.global_size(c.scoring.batch_size)
+        n = len(images)
         t0 = time.time()
-        cache = FeatureCache.build(
-            self.model, batches, share, len(split), sharder=self.sharder,
-            memory_budget_bytes=int(self.c.scoring.memory_budget_gb * (1 << 30)), path=path,
-            progress=Progress(f"caching {which} {self.model.input_kind}", len(share)),
-        )
+        with _bar(f"caching {which} {self.model.input_kind}", n, "img") as bar:
+            cache = FeatureCache.build(
+                self.model, images.batches(np.arange(n), chunk), None, n, sharder=self.sharder,
+                memory_budget_bytes=int(c.scoring.memory_budget_gb * (1 << 30)), path=str(path),
+                progress=lambda done, total: bar.update(done - bar.n),
+            )
         logging.info("%s cache %s %s ready in %.1fs (%s)", which, self.model.input_kind, cache.array.shape,
                      time.time() - t0, path)
         return cache
-
-    def pool_cache(self) -> FeatureCache:
-        """The frozen-prefix cache of the pool (built on first use)."""
-        if self._pool_cache is None:
-            self._pool_cache = self._cache(self.pool, "pool")
-        return self._pool_cache
-
-    def test_cache(self) -> FeatureCache:
-        """The frozen-prefix cache of the test split (built on first use)."""
-        if self._test_cache is None:
-            self._test_cache = self._cache(self.test, "test")
-        return self._test_cache
-
-    def _eval_inputs(self, split: Split, which: str, rows: np.ndarray, batch_size: int,
-                     labels: np.ndarray | None) -> Iterator[dict[str, Any]]:
-        if self.use_cache:
-            cache = self.pool_cache() if which == "pool" else self.test_cache()
-            yield from cache.batches(rows, batch_size, labels)
-            return
-        for b in data.eval_batches(split.source, split.positions[rows], batch_size, self.image_size,
-                                   self.backbone.mean, self.backbone.std, num_threads=self.c.data.num_threads or None):
-            yield {"inputs": b["image"], "label": _relabel(b, split, rows, labels), "_mask": b["_mask"]}
-
-    def _train_batches(self, rows: np.ndarray, labels: np.ndarray, epoch: int, seed: int,
-                       start_batch: int) -> Iterator[dict[str, Any]]:
-        bs = self.c.train.batch_size
-        drop = self.c.train.drop_last and len(rows) >= bs
-        if self.train_kind != "images":
-            order = data.epoch_order(np.arange(len(rows)), seed, epoch)
-            if drop:
-                order = order[: (len(order) // bs) * bs]
-            order = order[start_batch * bs:]
-            known = np.full(len(self.pool), -1, np.int64)
-            known[rows] = labels
-            yield from self.pool_cache().batches(rows[order], bs, known)
-            return
-        label_of = dict(zip(self.pool.positions[rows].tolist(), labels.tolist()))
-        for b in data.train_batches(self.pool.source, self.pool.positions[rows], bs, self.image_size,
-                                    self.backbone.mean, self.backbone.std, seed=seed, epoch=epoch,
-                                    start_batch=start_batch, drop_remainder=drop, augment=self.c.train.augment,
-                                    num_threads=self.c.data.num_threads or None):
-            ids = np.asarray(b["_id"])
-            pos = _positions_of_ids(self.pool.source, ids)
-            lab = np.asarray([label_of.get(int(p), -1) if m else -1 for p, m in zip(pos, b["_mask"])], np.int32)
-            yield {"inputs": b["image"], "label": lab, "_mask": b["_mask"]}
 
     # -- phases ------------------------------------------------------------------------------------
     def _labeled(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.state["labeled_rows"], np.int64), np.asarray(self.state["labels"], np.int64)
 
+    def _known(self) -> np.ndarray:
+        """Label of every pool row, -1 where not labelled yet."""
+        rows, labels = self._labeled()
+        known = np.full(len(self.pool), -1, np.int64)
+        known[rows] = labels
+        return known
+
     def _round_seed(self, r: int) -> int:
         return int(self.c.seed) * 1000 + r
 
-    def select(self, r: int) -> tuple[np.ndarray, float, float]:
-        """Rows to label in round r, and the seconds spent scoring and selecting."""
-        rows, labels = self._labeled()
-        labeled = np.zeros(len(self.pool), bool)
-        labeled[rows] = True
-        known = np.full(len(self.pool), -1, np.int64)
-        known[rows] = labels
+    def select(self, r: int) -> tuple[np.ndarray, float, float, np.ndarray | None]:
+        """Rows to label in round r, the seconds spent scoring and selecting, and the model's probabilities."""
+        known = self._known()
+        labeled = known >= 0
         rng = self._round_seed(r)
         strategy = self.c.al.strategy if r > 0 else "random"
         budget = self.budget if r > 0 else self.initial
@@ -328,17 +315,24 @@ class Run:
             mc = self.c.al.mc_samples if "mc_logits" in strategies.requires(strategy) else 0
             if mc and (self.model.lora_config is None or self.model.lora_config.dropout <= 0):
                 raise ValueError("BALD needs MC dropout: use adapt.mode=lora with adapt.lora.dropout > 0.")
-            share = process_share(len(self.pool))
-            batches = self._eval_inputs(self.pool, "pool", share, self.sharder.chunk_size(self.c.scoring.batch_size),
-                                        None)
-            pool = self.scorer.score(trainable, batches, share, len(self.pool), labels=known, mc_samples=mc,
-                                     rng=jax.random.key(rng), progress=Progress(f"round {r} scoring", len(share)))
+            inputs = self.inputs("pool")
+            n = len(inputs)
+            with _bar(f"round {r} scoring", n, "img") as bar:
+                pool = self.scorer.score(trainable, inputs.batches(np.arange(n), self.scorer.chunk), None, n,
+                                         labels=known, mc_samples=mc, rng=jax.random.key(rng),
+                                         progress=lambda done, total: bar.update(done - bar.n))
             t_score = time.time() - t0
         t0 = time.time()
         chosen = strategies.select_with_pcb(strategy, rng, pool, labeled, budget, self.gamma_count,
                                             use_pcb=self.c.al.pcb, authors_quirk=self.c.al.authors_quirk,
                                             **self.options)
-        return np.asarray(chosen, np.int64), t_score, time.time() - t0
+        chosen = np.asarray(chosen, np.int64)
+        probs = None
+        if "logits" in pool:
+            logits = np.asarray(pool["logits"], np.float64)[chosen]
+            z = np.exp(logits - logits.max(-1, keepdims=True))
+            probs = (z / z.sum(-1, keepdims=True)).astype(np.float32)
+        return chosen, t_score, time.time() - t0, probs
 
     def _model_of_round(self, r: int) -> Any:
         if self._trainable is not None and self._trainable[0] == r:
@@ -350,10 +344,12 @@ class Run:
 
     def train(self, r: int) -> tuple[Any, list[dict[str, Any]], float]:
         """Train round r's model on all labels so far; resumes from an in-round checkpoint."""
-        rows, labels = self._labeled()
+        rows, _ = self._labeled()
+        known = self._known()
         seed = self._round_seed(r)
-        key = jax.random.fold_in(jax.random.key(self.c.seed), r)
-        warm = self._model_of_round(r - 1) if (self.c.train.warm_start and r > 0) else None
+        c = self.c
+        key = jax.random.fold_in(jax.random.key(c.seed), r)
+        warm = self._model_of_round(r - 1) if (c.train.warm_start and r > 0) else None
         state = self.trainer.init(key, trainable=warm)
         start_epoch, start_batch, history = 0, 0, []
         if self.progress_store.steps():
@@ -363,40 +359,73 @@ class Run:
                 state, start_epoch, start_batch = restored, int(meta["epoch"]), int(meta["batch"])
                 history = list(meta.get("history", []))
                 logging.info("round %d: resuming training at epoch %d, batch %d", r, start_epoch, start_batch)
-        every = self.c.train.checkpoint_every_steps
-        t0 = time.time()
-        n_steps = 0
-        per_epoch = steps_per_epoch(len(rows), self.c.train.batch_size, self.c.train.drop_last)
-        progress = Progress(f"round {r} training", per_epoch * (self.c.train.epochs - start_epoch) - start_batch)
-        for epoch in range(start_epoch, self.c.train.epochs):
-            sums, steps = None, 0
+        bs, every = c.train.batch_size, c.train.checkpoint_every_steps
+        inputs = self.inputs("pool", for_training=True)
+        augment = c.train.augment and inputs.kind == "images"
+        per_epoch = steps_per_epoch(len(rows), bs, c.train.drop_last)
+        done0 = per_epoch * start_epoch + start_batch
+        bar = _bar(f"round {r} training", per_epoch * c.train.epochs, "step")
+        bar.update(done0)
+        base_step = 1_000_000 * r  # TensorBoard step axis: rounds side by side
+
+        def epoch_batches(epoch: int) -> Any:
+            order = epoch_rows(rows, bs, seed, epoch, c.train.drop_last)
             first = start_batch if epoch == start_epoch else 0
-            for i, batch in enumerate(self._train_batches(rows, labels, epoch, seed, first), start=first):
-                state, m = self.trainer.train_step(state, batch, epoch)
-                sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-                steps += 1
-                n_steps += 1
-                progress(n_steps)
-                if every and n_steps % every == 0:
-                    self.progress_store.save(int(state["step"]) + 1000000 * r, state,
-                                             {"round": r, "epoch": epoch, "batch": i + 1, "history": history})
-            if sums is None:
-                continue
-            try:
-                row = self.trainer.epoch_summary(epoch, sums, steps)
-            except NaNLossError as e:
-                raise NaNLossError(f"round {r}: {e}") from None
-            history.append(row)
+            return inputs.batches(order[first * bs:], bs, labels=known, augment=(seed, epoch) if augment else None)
+
+        def on_step(st: Any, epoch: int, next_batch: int, hist: list[dict]) -> None:
+            bar.update(1)
+            done = per_epoch * epoch + next_batch
+            if every and done % every == 0:
+                self.progress_store.save(base_step + done, st,
+                                         {"round": r, "epoch": epoch, "batch": next_batch, "history": hist})
+
+        def on_epoch_end(epoch: int, st: Any, row: dict) -> None:
+            self.metrics.scalars(f"round_{r:02d}/train", row, epoch)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}")
             logging.info("round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
                          r, epoch, row["loss"], row["ce"], row["calibration"], row["calibration_weight"],
                          row["train_accuracy"], row["lr"])
+
+        t0 = time.time()
+        try:
+            state, history = self.trainer.fit(state, epoch_batches, start_epoch=start_epoch, start_batch=start_batch,
+                                              history=history, on_step=on_step, on_epoch_end=on_epoch_end)
+        except NaNLossError as e:
+            raise NaNLossError(f"round {r}: {e}") from None
+        finally:
+            bar.close()
         return state, history, time.time() - t0
 
     def evaluate(self, trainable: Any) -> dict[str, float]:
         """Test metrics of a trainable tree."""
-        rows = np.arange(len(self.test))
-        return self.trainer.evaluate(trainable, self._eval_inputs(self.test, "test", rows, self.c.eval.batch_size,
-                                                                  self.test.labels), kind=self.eval_kind)
+        inputs = self.inputs("test")
+        rows = np.arange(len(inputs))
+        return self.trainer.evaluate(trainable, inputs.batches(rows, self.c.eval.batch_size, labels=self.test.labels),
+                                     kind=self.eval_kind)
+
+    def label(self, r: int, rows: np.ndarray, predictions: Any) -> tuple[np.ndarray | None, str, dict[str, Any]]:
+        """The oracle's labels for `rows` (process 0 asks, every process gets them), or None and why not."""
+        answer: dict[str, Any] = {}
+        if is_leader():
+            try:
+                probs = None if predictions is None else np.asarray(predictions, np.float32)
+                labels = _request(self.oracle, r, rows, probs)
+                answer = {"labels": [int(x) for x in labels], "info": _info(self.oracle, r)}
+            except oracles.PendingLabels as e:
+                answer = {"pending": str(e)}
+            except Exception as e:  # every process must stop, not only the one that asked
+                answer = {"error": f"{type(e).__name__}: {e}", "type": type(e).__name__}
+                if jax.process_count() == 1:
+                    raise
+                broadcast_json(answer)
+                raise
+        answer = broadcast_json(answer)
+        if "error" in answer:
+            raise (oracles.LabelFileError if answer.get("type") == "LabelFileError" else RuntimeError)(answer["error"])
+        if "pending" in answer:
+            return None, answer["pending"], {}
+        return np.asarray(answer["labels"], np.int64), "", answer.get("info", {})
 
     # ----------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -405,80 +434,127 @@ class Run:
         while st["round"] < self.c.al.rounds:
             r = st["round"]
             if st["phase"] == "select":
-                rows, t_score, t_select = self.select(r)
-                st.update(phase="label", selected=rows.tolist(), t_score=t_score, t_select=t_select)
+                rows, t_score, t_select, probs = self.select(r)
+                st.update(phase="label", selected=rows.tolist(), t_score=t_score, t_select=t_select,
+                          predictions=None if probs is None else np.round(probs, 6).tolist())
                 self._save_state()
                 logging.info("round %d: selected %d examples (scoring %.1fs, selection %.2fs)", r, len(rows),
                              t_score, t_select)
             if st["phase"] == "label":
                 rows = np.asarray(st["selected"], np.int64)
-                try:
-                    labels = self.oracle.request(r, rows)
-                except oracles.PendingLabels as e:
-                    logging.info("%s", e)
-                    print(str(e), file=sys.stderr)
+                labels, pending, info = self.label(r, rows, st.get("predictions"))
+                if labels is None:
+                    logging.info("%s", pending)
+                    if is_leader():
+                        print(pending, file=sys.stderr)
                     return st["results"]
                 st["labeled_rows"] = st["labeled_rows"] + rows.tolist()
                 st["labels"] = st["labels"] + [int(x) for x in labels]
-                st.update(phase="train")
-                self._save_state()
+                st.update(phase="train", label_info=info)
+                self._save_state()  # the labels are recorded before any training
             if st["phase"] == "train":
                 state, history, t_train = self.train(r)
                 metrics = self.evaluate(state["trainable"])
                 self.rounds_store.save(r, state, {"round": r, "metrics": metrics})
                 self._trainable = (r, state["trainable"])
-                sel = np.asarray(st["selected"], np.int64)
-                counts = np.bincount(np.asarray(st["labels"], np.int64), minlength=self.num_classes)
-                result = {
-                    "round": r, "n_labeled": len(st["labeled_rows"]), **metrics,
-                    "seconds_scoring": st.get("t_score", 0.0), "seconds_selection": st.get("t_select", 0.0),
-                    "seconds_training": t_train, "selected_ids": self.oracle_ids(sel),
-                    "classes_covered": int((counts > 0).sum()), "strategy": self.c.al.strategy if r else "random",
-                    "final_train_loss": history[-1]["loss"] if history else None,
-                }
-                st["results"] = st["results"] + [result]
-                st.update(round=r + 1, phase="select", selected=[])
-                self._save_state()
+                self._finish_round(r, metrics, history, t_train)
                 self.progress_store.clear()
-                self.write_reports()
-                logging.info("round %d: %d labels, accuracy %.4f, ECE %.4f, NLL %.4f (train %.1fs)", r,
-                             result["n_labeled"], metrics["accuracy"], metrics["ece"], metrics["nll"], t_train)
+        barrier("run finished")
         return st["results"]
+
+    def _finish_round(self, r: int, metrics: dict[str, float], history: list[dict], t_train: float) -> None:
+        st = self.state
+        sel = np.asarray(st["selected"], np.int64)
+        counts = np.bincount(np.asarray(st["labels"], np.int64), minlength=self.num_classes)
+        result = {
+            "round": r, "n_labeled": len(st["labeled_rows"]), **metrics,
+            "seconds_scoring": st.get("t_score", 0.0), "seconds_selection": st.get("t_select", 0.0),
+            "seconds_training": t_train, "selected_ids": self.oracle_ids(sel),
+            "classes_covered": int((counts > 0).sum()), "strategy": self.c.al.strategy if r else "random",
+            "final_train_loss": history[-1]["loss"] if history else None,
+        }
+        if st.get("label_info"):
+            result["labeling"] = st["label_info"]
+        st["results"] = st["results"] + [result]
+        st.update(round=r + 1, phase="select", selected=[], predictions=None, label_info={})
+        self._save_state()
+        self.write_reports()
+        self.metrics.scalars("results", {k: v for k, v in result.items() if k != "round"}, result["n_labeled"])
+        self.metrics.flush()
+        logging.info("round %d: %d labels, accuracy %.4f, ECE %.4f, NLL %.4f (train %.1fs)", r,
+                     result["n_labeled"], metrics["accuracy"], metrics["ece"], metrics["nll"], t_train)
 
     def oracle_ids(self, rows: np.ndarray) -> list[int]:
         """Stable dataset ids of pool rows."""
         return [int(i) for i in np.asarray(self.pool.source.ids)[self.pool.positions[rows]]]
 
     def write_reports(self) -> None:
-        """results.jsonl and curves.png from the recorded results."""
+        """results.jsonl and curves.png from the recorded results (process 0)."""
         from alpeft_jax import report
 
-        rows = self.state["results"]
-        if jax.process_index() != 0:
+        if not is_leader():
             return
-        checkpoint.atomic_write(os.path.join(self.workdir, "results.jsonl"),
-                                "".join(json.dumps(r) + "\n" for r in rows))
-        report.plot_curves({self.c.name: [rows]}, os.path.join(self.workdir, "curves.png"))
+        rows = self.state["results"]
+        checkpoint.atomic_write(self.workdir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        png = self.workdir / "curves.png"
+        if _path_is_local(png):
+            report.plot_curves({self.c.name: [rows]}, str(png))
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                report.plot_curves({self.c.name: [rows]}, f"{tmp}/curves.png")
+                epath.Path(f"{tmp}/curves.png").copy(png, overwrite=True)
 
 
-def _positions_of_ids(source: Any, ids: np.ndarray) -> np.ndarray:
-    src_ids = np.asarray(source.ids, np.int64)
-    if len(src_ids) and np.array_equal(src_ids, np.arange(len(src_ids))):
-        return np.asarray(ids, np.int64)
-    lookup = {int(v): k for k, v in enumerate(src_ids)}
-    return np.asarray([lookup.get(int(i), -1) for i in ids], np.int64)
+def _path(p: str | epath.PathLike) -> epath.Path:
+    """An epath for a local path (made absolute) or a URL such as gs://bucket/dir (left as it is)."""
+    text = str(p)
+    return epath.Path(text) if "://" in text else epath.Path(text).absolute()
 
 
-def _relabel(batch: dict[str, Any], split: Split, rows: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    lab = np.full(len(batch["_mask"]), -1, np.int32)
-    if labels is not None:
-        k = int(np.asarray(batch["_mask"]).sum())
-        pos = _positions_of_ids(split.source, np.asarray(batch["_id"])[:k])
-        label_of = dict(zip(split.positions[rows].tolist(), np.asarray(labels)[rows].tolist()))
-        lab[:k] = [label_of.get(int(p), -1) for p in pos]
-    return lab
+def _path_is_local(p: epath.Path) -> bool:
+    return "://" not in str(p)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> list[dict[str, Any]]:
+def _workdir(workdir: str | epath.PathLike) -> epath.Path:
+    path = _path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--workdir {path} is a file; pass a directory (it is created if missing).")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _with_cache(images: SplitInputs, cache: FeatureCache) -> SplitInputs:
+    out = copy.copy(images)
+    out.cache = cache
+    return out
+
+
+def _make_oracle(c: ml_collections.ConfigDict, pool_view: Any, workdir: epath.Path, labels_file: str | None) -> Any:
+    if "run_name" in inspect.signature(oracles.make).parameters:
+        return oracles.make(c, pool_view, workdir, labels_file=labels_file, run_name=c.name)
+    if True:  # an oracle factory of the older (kind, pool, workdir, **options) form
+        opts: dict[str, Any] = {}
+        if c.oracle == "file":
+            opts = {"labels_file": labels_file}
+        elif c.oracle == "label_studio":
+            ls = c.label_studio
+            opts = {"url": ls.url, "project": ls.project, "image_url_prefix": ls.image_url_prefix}
+        return oracles.make(c.oracle, pool_view, str(workdir), **opts)
+
+
+def _request(oracle: Any, r: int, rows: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+    if "predictions" in inspect.signature(oracle.request).parameters:
+        return oracle.request(r, rows, probs)
+    return oracle.request(r, rows)
+
+
+def _info(oracle: Any, r: int) -> dict[str, Any]:
+    fn = getattr(oracle, "info", None)
+    return dict(fn(r)) if fn is not None else {}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike, **kwargs: Any) -> list[dict[str, Any]]:
     """Run (or resume) the AL rounds of `config` in `workdir`; returns one result dict per finished round."""
     return Run(config, workdir, **kwargs).run()

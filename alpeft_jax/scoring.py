@@ -1,10 +1,10 @@
 """Pool scoring: stream the pool in fixed-size padded chunks through the adapted model, sharded over devices.
 
-Each process builds a 1-D mesh (axis ``data``) over its own devices. Every chunk's batch dimension is split
-over it; the trainable tree is replicated. Multi-host: each process scores the block of pool positions it
-owns (`process_share`) and the rows are gathered in pool-position order (`gather_rows`), so every host sees
-the same pool arrays and selects the same examples. Padding rows never leave this module, and no call of
-the model sees more than one chunk of rows, whatever the size of the incoming batches.
+Chunks are global batches on the mesh of every device of every process (`alpeft_jax.parallel`): each process
+loads its block of the chunk's rows, the model runs on the whole chunk, and the outputs come back whole to every
+process (`Sharder.to_host`), placed by pool position, so every host sees the same pool arrays and selects the same
+examples. Padding rows never leave this module, and no call of the model sees more than one chunk of rows,
+whatever the size of the incoming batches.
 
 MC-dropout draws a key per (sample, pool position), so the samples of a row do not depend on how the pool
 was chunked, sharded or split over processes.
@@ -16,7 +16,6 @@ in memory or, past a memory budget, in a `.npy` file on disk.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,61 +24,16 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from etils import epath
 
 from alpeft_jax.models.adapted import AdaptedModel
 from alpeft_jax.models.heads import LossPredictionHead
+from alpeft_jax.parallel import Sharder, is_leader, make_mesh, round_up
+
+__all__ = ["FeatureCache", "PoolScorer", "Sharder", "make_mesh"]
 
 Batch = dict[str, Any]
 _BF16 = np.dtype(ml_dtypes.bfloat16)
-
-
-def make_mesh(devices: list[Any] | None = None) -> Mesh:
-    """A 1-D mesh with axis `data` over this process's devices (or the given ones)."""
-    devices = jax.local_devices() if devices is None else list(devices)
-    if not devices:
-        raise ValueError("make_mesh needs at least one device.")
-    return Mesh(np.asarray(devices), ("data",))
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-class Sharder:
-    """Places host batches on the mesh: batch axis split over `data`, the rest replicated."""
-
-    def __init__(self, mesh: Mesh | None = None) -> None:
-        self.mesh = make_mesh() if mesh is None else mesh
-        self.size = self.mesh.devices.size
-        self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
-
-    def chunk_size(self, requested: int) -> int:
-        """The smallest multiple of the device count at or above `requested`."""
-        return _round_up(max(1, int(requested)), self.size)
-
-    def put(self, x: np.ndarray) -> jax.Array:
-        """A host array with the batch axis sharded over the mesh."""
-        if x.shape[0] % self.size:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split over {self.size} devices; "
-                             f"use a batch size that is a multiple of {self.size} (Sharder.chunk_size).")
-        return jax.device_put(x, self.batch)
-
-    def replicate(self, tree: Any) -> Any:
-        """A tree replicated on every device of the mesh."""
-        return jax.device_put(tree, self.replicated)
-
-
-def process_share(n: int, process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
-    """The contiguous block of pool positions this process scores."""
-    p = jax.process_index() if process_index is None else int(process_index)
-    c = jax.process_count() if process_count is None else int(process_count)
-    if n < 0 or c < 1 or not 0 <= p < c:
-        raise ValueError(f"process_share needs n >= 0 and 0 <= process_index < process_count, got n={n}, "
-                         f"process_index={p}, process_count={c}.")
-    bounds = [(n * i) // c for i in range(c + 1)]  # exact integer split; sizes differ by at most one
-    return np.arange(bounds[p], bounds[p + 1], dtype=np.int64)
 
 
 def _inputs(batch: Batch) -> np.ndarray:
@@ -90,111 +44,88 @@ def _inputs(batch: Batch) -> np.ndarray:
     raise KeyError(f"a scoring batch needs 'inputs' or 'image', got keys {sorted(batch)}.")
 
 
-def _rows_of(batches: Iterable[Batch], positions: np.ndarray) -> Iterator[tuple[np.ndarray, Batch]]:
-    """Pair each padded batch with the pool positions of its rows (-1 for padding)."""
-    offset = 0
-    for batch in batches:
-        mask = np.asarray(batch["_mask"], bool).reshape(-1)
-        k = int(mask.sum())
-        if offset + k > len(positions):
-            raise ValueError(f"the batches hold more than the {len(positions)} rows of `positions`; pass the "
-                             "positions the batches were made from, in the same order.")
-        pos = np.full(mask.shape[0], -1, np.int64)
-        pos[mask] = positions[offset : offset + k]
-        offset += k
-        yield pos, batch
-    if offset != len(positions):
-        raise ValueError(f"the batches hold {offset} rows but `positions` has {len(positions)}; pass the "
-                         "positions the batches were made from, in the same order.")
+def _is_global(x: Any) -> bool:
+    return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
 def _chunks(
-    rows: Iterable[tuple[np.ndarray, Batch]], chunk: int | None, multiple: int
-) -> Iterator[tuple[np.ndarray, Any]]:
-    """Split each batch into pieces of at most `chunk` rows (None: whole batches), padded to a multiple of `multiple`.
+    batches: Iterable[Batch], positions: np.ndarray | None, chunk: int | None, sharder: Sharder
+) -> Iterator[tuple[jax.Array, jax.Array]]:
+    """(pool positions, inputs) as global arrays of at most `chunk` rows, padded to the device count (pos -1).
 
-    Pieces that hold only padding are dropped.
+    A batch carries its rows' pool positions in "pos" (-1 for padding); without it, the valid rows of the
+    batches take `positions` in order (single process only). With several processes every batch is this
+    process's block of a global batch (as `alpeft_jax.inputs` makes them) and is used as it is.
     """
-    for pos, batch in rows:
+    offset = 0
+    for batch in batches:
         x = _inputs(batch)
+        if _is_global(x):
+            yield batch["pos"], x
+            continue
+        if "pos" in batch:
+            pos = np.asarray(batch["pos"], np.int64).reshape(-1)
+        else:
+            if positions is None:
+                raise ValueError("scoring batches need 'pos' (pool positions, -1 for padding) or `positions`.")
+            mask = np.asarray(batch["_mask"], bool).reshape(-1)
+            k = int(mask.sum())
+            if offset + k > len(positions):
+                raise ValueError(f"the batches hold more than the {len(positions)} rows of `positions`; pass the "
+                                 "positions the batches were made from, in the same order.")
+            pos = np.full(mask.shape[0], -1, np.int64)
+            pos[mask] = positions[offset : offset + k]
+            offset += k
         if x.shape[0] != pos.shape[0]:
             raise ValueError(f"a batch has {x.shape[0]} input rows but a mask of {pos.shape[0]}.")
+        if sharder.multiprocess:
+            yield sharder.put(pos), sharder.put(np.asarray(x))
+            continue
         step = chunk or max(1, pos.shape[0])
         for start in range(0, pos.shape[0], step):
             p, xs = pos[start : start + step], x[start : start + step]
             if not (p >= 0).any():
                 continue
-            pad = _round_up(p.shape[0], multiple) - p.shape[0]
+            pad = round_up(p.shape[0], sharder.size) - p.shape[0]
             if pad:
                 p = np.concatenate([p, np.full(pad, -1, np.int64)])
                 xs = np.concatenate([np.asarray(xs), np.zeros((pad, *xs.shape[1:]), xs.dtype)])
-            yield p, xs
+            yield sharder.put(p), sharder.put(np.asarray(xs))
+    if positions is not None and offset and offset != len(positions):
+        raise ValueError(f"the batches hold {offset} rows but `positions` has {len(positions)}; pass the "
+                         "positions the batches were made from, in the same order.")
 
 
-def gather_rows(n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    """Assemble per-chunk outputs (row ids, row-first arrays) into arrays of n rows in id order, across processes."""
-    ids_all, out = [], {}
-    for ids, arrays in pieces:
-        ids = np.asarray(ids, np.int64).reshape(-1)
-        keep = ids >= 0
-        ids_all.append(ids[keep])
-        for k, v in arrays.items():
-            v = np.asarray(v)
-            if v.shape[0] != ids.shape[0]:
-                raise ValueError(f"gather_rows: '{k}' has {v.shape[0]} rows for {ids.shape[0]} ids.")
-            out.setdefault(k, []).append(v[keep])
-    ids = np.concatenate(ids_all) if ids_all else np.zeros((0,), np.int64)
-    cat = {k: np.concatenate(v) for k, v in out.items()}
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def _assemble_into(out: dict[str, np.ndarray], n: int, pos: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    """Place the valid rows (pos >= 0) of row-first arrays into arrays of n rows (created on first use)."""
+    pos = np.asarray(pos, np.int64).reshape(-1)
+    keep = pos >= 0
+    if keep.any() and pos[keep].max() >= n:
+        raise ValueError(f"pool position {int(pos[keep].max())} is outside the pool of {n} rows.")
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if k not in out:
+            out[k] = np.empty((n, *v.shape[1:]), v.dtype)
+        out[k][pos[keep]] = v[keep]
 
-        ids, cat = _allgather(multihost_utils, ids, cat)
-    order = np.argsort(ids, kind="stable")
-    if len(ids) != n or not np.array_equal(ids[order], np.arange(n)):
-        seen = np.unique(ids)
-        missing = np.setdiff1d(np.arange(n), seen)
+
+def _assemble(n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]],
+              out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per-chunk outputs (pool positions, row-first arrays) placed into arrays of n rows; every row exactly once."""
+    out = {} if out is None else out
+    seen = np.zeros(n, np.int64)
+    for pos, arrays in pieces:
+        pos = np.asarray(pos, np.int64).reshape(-1)
+        keep = pos >= 0
+        np.add.at(seen, pos[keep], 1)
+        _assemble_into(out, n, pos, arrays)
+    if not np.all(seen == 1):
+        missing = np.flatnonzero(seen == 0)
         raise RuntimeError(
-            f"pool scoring covered {len(seen)} of {n} rows ({len(ids) - len(seen)} duplicated, first missing "
-            f"{missing[:5].tolist()}); the batches must hold every pool position exactly once."
+            f"pool scoring covered {int((seen > 0).sum())} of {n} rows ({int((seen > 1).sum())} more than once, first "
+            f"missing {missing[:5].tolist()}); the batches must hold every pool position exactly once."
         )
-    return {k: v[order] for k, v in cat.items()}
-
-
-_SCHEMA_BYTES = 4096
-
-
-def _schema(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """The keys, dtypes and trailing shapes of `arrays` as a fixed-size byte vector (for an allgather)."""
-    text = json.dumps({k: [np.dtype(v.dtype).name, list(v.shape[1:])] for k, v in sorted(arrays.items())})
-    raw = text.encode()
-    if len(raw) > _SCHEMA_BYTES:
-        raise ValueError(f"gather_rows: {len(arrays)} output arrays describe in {len(raw)} bytes, over "
-                         f"{_SCHEMA_BYTES}; return fewer outputs per row.")
-    return np.frombuffer(raw.ljust(_SCHEMA_BYTES, b" "), np.uint8)
-
-
-def _allgather(mhu: Any, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """All processes' rows, each process's block in process order.
-
-    Processes may own different row counts, none at all included: counts and the array layout are gathered
-    first (a process without rows takes the layout of one with rows), then every array is padded to the
-    largest count, gathered, and unpadded.
-    """
-    counts = np.asarray(mhu.process_allgather(np.asarray([len(ids)]))).reshape(-1)
-    schemas = np.asarray(mhu.process_allgather(_schema(arrays))).reshape(len(counts), _SCHEMA_BYTES)
-    layouts = [json.loads(s.tobytes().decode()) for s, c in zip(schemas, counts) if c > 0]
-    layout = layouts[0] if layouts else {}
-    if any(other != layout for other in layouts):  # every process sees every layout: all stop here, none hangs
-        raise RuntimeError(f"gather_rows: processes produced different output arrays ({layouts}); run the same "
-                           "code and config on every host.")
-    if len(ids) == 0:
-        arrays = {k: np.zeros((0, *shape), np.dtype(dt)) for k, (dt, shape) in layout.items()}
-    m = int(counts.max())
-    pad = lambda a: np.concatenate([a, np.zeros((m - a.shape[0], *a.shape[1:]), a.dtype)])
-    g_ids = np.asarray(mhu.process_allgather(pad(ids)))
-    g = {k: np.asarray(mhu.process_allgather(pad(v))) for k, v in sorted(arrays.items())}
-    ids = np.concatenate([g_ids[p][: int(c)] for p, c in enumerate(counts)])
-    return ids, {k: np.concatenate([v[p][: int(c)] for p, c in enumerate(counts)]) for k, v in g.items()}
+    return out
 
 
 def _to_disk(a: np.ndarray) -> np.ndarray:
@@ -208,6 +139,31 @@ def _from_disk(a: np.ndarray) -> np.ndarray:
 
 def _tmp(path: str) -> str:
     return f"{path}.{jax.process_index()}.{os.getpid()}.tmp"
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in str(path)
+
+
+def _load(path: str) -> np.ndarray | None:
+    """A saved cache: memory-mapped when local, read whole from a cloud path; None when absent."""
+    if _is_local(path):
+        return _from_disk(np.load(path, mmap_mode="r")) if os.path.exists(path) else None
+    p = epath.Path(path)
+    if not p.exists():
+        return None
+    with p.open("rb") as f:
+        return _from_disk(np.load(f))
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    """Write a cache so that readers see all of it or nothing (temp file + rename)."""
+    p = epath.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = epath.Path(_tmp(str(path)))
+    with tmp.open("wb") as f:
+        np.save(f, _to_disk(array))
+    tmp.rename(p)
 
 
 class FeatureCache:
@@ -225,7 +181,7 @@ class FeatureCache:
         cls,
         model: AdaptedModel,
         batches: Iterable[Batch],
-        positions: np.ndarray,
+        positions: np.ndarray | None,
         n: int,
         *,
         sharder: Sharder | None = None,
@@ -234,75 +190,80 @@ class FeatureCache:
         progress: Callable[[int, int], None] | None = None,
         chunk_size: int | None = None,
     ) -> FeatureCache:
-        """Run `model.prefix` over the pool; `batches` hold the preprocessed images of `positions`, in order.
+        """Run `model.prefix` over the pool, whole on every process; `batches` hold the preprocessed images.
 
-        With `path`, a complete cache already on disk is reused, and one larger than the memory budget is
-        written there (as a .npy memmap) instead of held in memory. The model sees at most `chunk_size` rows
-        (rounded up to the device count) per call; None: the size of the incoming batches.
+        Batches carry "pos" (pool positions) or hold the images of `positions` in order (see `_chunks`). With
+        `path`, a complete cache already there is reused, and a new one is saved there by process 0; one larger than
+        the memory budget is written (as a .npy memmap; local paths only) instead of held in memory. The model sees
+        at most `chunk_size` rows (rounded up to the device count) per call; None: the size of the incoming batches.
         """
-        if path and os.path.exists(path):
-            arr = _from_disk(np.load(path, mmap_mode="r"))
-            if arr.shape[0] == n and arr.ndim >= 2:
+        path = str(path) if path else None
+        if path:
+            arr = _load(path)
+            if arr is not None and arr.shape[0] == n and arr.ndim >= 2:
                 return cls(arr, model.input_kind)
         sharder = sharder or Sharder()
-        positions = np.asarray(positions, np.int64)
+        positions = None if positions is None else np.asarray(positions, np.int64)
         params = sharder.replicate(model.backbone.params)
         fn = jax.jit(lambda p, x: _prefix_with_params(model, p, x))
-        multi = jax.process_count() > 1
-        pieces, out, done, tmp, disk = [], None, 0, None, None
+        leader = is_leader()
+        state: dict[str, Any] = {"out": None, "disk": None, "tmp": None, "done": 0, "keep": True}
 
-        def collect(pos: np.ndarray, y_dev: jax.Array) -> None:
-            nonlocal out, done, tmp, disk
-            y = np.asarray(y_dev)
-            if multi:
-                pieces.append((pos, {"x": y}))
-                return
-            if out is None:
+        def collect(pos_dev: jax.Array, y_dev: jax.Array) -> None:
+            pos, y = sharder.to_host((pos_dev, y_dev))
+            if state["out"] is None:
                 nbytes = n * int(np.prod(y.shape[1:])) * y.dtype.itemsize
-                if nbytes > memory_budget_bytes and path:
-                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                    tmp = _tmp(path)
-                    disk = np.lib.format.open_memmap(tmp, mode="w+", dtype=_to_disk(y[:0]).dtype,
-                                                     shape=(n, *y.shape[1:]))
-                    out = _from_disk(disk)
+                if nbytes > memory_budget_bytes and path and _is_local(path):
+                    if leader:
+                        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                        state["tmp"] = _tmp(path)
+                        state["disk"] = np.lib.format.open_memmap(
+                            state["tmp"], mode="w+", dtype=_to_disk(y[:0]).dtype, shape=(n, *y.shape[1:]))
+                        state["out"] = {"x": _from_disk(state["disk"])}
+                    else:
+                        state["keep"] = False  # the others open process 0's file once it is complete
+                        state["out"] = {}
                 else:
-                    out = np.empty((n, *y.shape[1:]), y.dtype)
+                    state["out"] = {}
             keep = pos >= 0
-            out[pos[keep]] = y[keep]
-            done += int(keep.sum())
+            state["done"] += int(keep.sum())
+            if state["keep"]:
+                _assemble_into(state["out"], n, pos, {"x": y})
             if progress:
-                progress(done, len(positions))
+                progress(state["done"], n)
 
         pending = None
-        chunk = sharder.chunk_size(chunk_size) if chunk_size else None
+        chunk = sharder.global_size(chunk_size) if chunk_size else None
         try:
-            for pos, x in _chunks(_rows_of(batches, positions), chunk, sharder.size):
-                y = fn(params, sharder.put(x))  # dispatched asynchronously; the previous chunk is copied meanwhile
+            for pos, x in _chunks(batches, positions, chunk, sharder):
+                y = fn(params, x)  # dispatched asynchronously; the previous chunk is copied meanwhile
                 if pending is not None:
                     collect(*pending)
                 pending = (pos, y)
             if pending is not None:
                 collect(*pending)
         except BaseException:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)  # never leave a partial cache behind
+            if state["tmp"] is not None and os.path.exists(state["tmp"]):
+                os.remove(state["tmp"])  # never leave a partial cache behind
             raise
-        if multi:
-            out = gather_rows(n, pieces).get("x")
-        if out is None:
+        if state["out"] is None:
             raise ValueError("the pool is empty: nothing to cache.")
-        if disk is not None:
-            disk.flush()
-            del out, disk
-            os.replace(tmp, path)
-            out = _from_disk(np.load(path, mmap_mode="r"))
-        elif path:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = _tmp(path)
-            with open(tmp, "wb") as f:
-                np.save(f, _to_disk(out))
-            os.replace(tmp, path)
-        return cls(out, model.input_kind)
+        if state["done"] != n:
+            raise RuntimeError(f"the prefix cache covered {state['done']} of {n} rows; the batches must hold every "
+                               "pool position exactly once.")
+        if state["disk"] is not None:
+            state["disk"].flush()
+            state["out"], state["disk"] = None, None
+            os.replace(state["tmp"], path)
+        elif state["keep"] and path and leader:
+            _save(path, state["out"]["x"])
+        if sharder.multiprocess:
+            from alpeft_jax.parallel import barrier
+
+            barrier(f"feature cache {path}")
+        if state["out"] is None or not state["keep"]:
+            return cls(_load(path), model.input_kind)
+        return cls(state["out"]["x"], model.input_kind)
 
     def batches(self, positions: np.ndarray, batch_size: int, labels: np.ndarray | None = None) -> Iterator[Batch]:
         """Fixed-size padded batches {inputs, label, _mask} of the cached rows at `positions`, in order."""
@@ -372,7 +333,7 @@ class PoolScorer:
         self,
         trainable: Any,
         batches: Iterable[Batch],
-        positions: np.ndarray,
+        positions: np.ndarray | None,
         n: int,
         *,
         labels: np.ndarray | None = None,
@@ -380,7 +341,7 @@ class PoolScorer:
         rng: jax.Array | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """The pool dict over all n rows; `batches` hold this process's `positions` (images or cached inputs).
+        """The pool dict over all n rows, whole on every process (batches: see `_chunks`; images or cached inputs).
 
         Keys: logits [n,K], features [n,D], labels [n], mc_logits [T,n,K] with `mc_samples` = T > 0, and
         loss_pred [n] when the trainable tree has a `loss_pred` head.
@@ -390,27 +351,27 @@ class PoolScorer:
         if mc_samples < 0:
             raise ValueError(f"mc_samples must be >= 0, got {mc_samples}.")
         trainable = self.sharder.replicate(trainable)
-        rng = jax.random.key(0) if rng is None else rng
-        positions = np.asarray(positions, np.int64)
+        rng = self.sharder.replicate(jax.random.key(0) if rng is None else rng)
+        positions = None if positions is None else np.asarray(positions, np.int64)
         pieces, done = [], 0
 
-        def collect(pos: np.ndarray, out_dev: dict[str, jax.Array]) -> None:
+        def collect(pos: jax.Array, out_dev: dict[str, jax.Array]) -> None:
             nonlocal done
-            pieces.append((pos, jax.device_get(out_dev)))
-            done += int((pos >= 0).sum())
+            pos_h, out_h = self.sharder.to_host((pos, out_dev))
+            pieces.append((pos_h, out_h))
+            done += int((pos_h >= 0).sum())
             if progress:
-                progress(done, len(positions))
+                progress(done, n)
 
         pending = None
-        for pos, x in _chunks(_rows_of(batches, positions), self.chunk, self.sharder.size):
-            out = self._score(trainable, self.sharder.put(x), self.sharder.put(pos.astype(np.int32)), rng,
-                              int(mc_samples))
+        for pos, x in _chunks(batches, positions, self.chunk, self.sharder):
+            out = self._score(trainable, x, pos.astype(jnp.int32), rng, int(mc_samples))
             if pending is not None:
                 collect(*pending)  # copy the previous chunk back while this one runs
             pending = (pos, out)
         if pending is not None:
             collect(*pending)
-        pool = gather_rows(n, pieces)
+        pool = _assemble(n, pieces)
         if "mc_logits" in pool:
             pool["mc_logits"] = np.moveaxis(pool["mc_logits"], 1, 0)
         pool["labels"] = np.full((n,), -1, np.int64) if labels is None else np.asarray(labels)

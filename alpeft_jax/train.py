@@ -1,9 +1,13 @@
 """Training and evaluation of the trainable subtree, compiled once for every round.
 
-The labelled set grows every round, so batches have a fixed shape (``batch_size``) with a ``_mask`` for padding;
-the learning rate and the calibration weight are arguments of the step, not constants baked into it, so one
-compiled update step serves every epoch of every round. Only the trainable tree is differentiated; the
-optimiser state covers nothing else.
+The labelled set grows every round, so batches have a fixed shape (``batch_size`` rounded up to the device count)
+with a ``_mask`` for padding; the epoch is an argument of the step, and the learning rate (an optax schedule of the
+epoch) and the calibration weight are looked up from it inside the step, so one compiled update step serves every
+epoch of every round. Only the trainable tree is differentiated; the optimiser state covers nothing else.
+
+Data parallel: batches are global arrays split over the mesh's ``data`` axis (`alpeft_jax.parallel`), the state
+is replicated, and XLA averages the gradients across devices and hosts; the masked loss is a mean over the valid
+rows of the whole global batch, so the update does not depend on the number of devices.
 
 A batch is ``{"inputs": x, "label": int32[B], "_mask": bool[B]}`` where ``x`` is of the model's input kind
 (images, cached hidden states or cached features; see `alpeft_jax.models.adapted`).
@@ -24,6 +28,7 @@ import optax
 from alpeft_jax import evaluate, losses, optim
 from alpeft_jax.models.adapted import AdaptedModel
 from alpeft_jax.models.heads import LossPredictionHead
+from alpeft_jax.parallel import Sharder
 
 State = dict[str, Any]
 Batch = dict[str, Any]
@@ -72,18 +77,23 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
 
 
 class Trainer:
-    """Compile-once update and evaluation steps for an `AdaptedModel` on inputs of one kind."""
+    """Compile-once, data-parallel update and evaluation steps for an `AdaptedModel` on inputs of one kind."""
 
-    def __init__(self, model: AdaptedModel, config: TrainConfig, kind: str = "images") -> None:
+    def __init__(
+        self, model: AdaptedModel, config: TrainConfig, kind: str = "images", sharder: Sharder | None = None
+    ) -> None:
         self.model = model
         self.config = config
         self.kind = kind
-        main = injectable_optimizer(config)
+        self.sharder = sharder or Sharder()
+        c = config
+        main = optim.make_optimizer(c.optimizer, c.epochs, lr=c.lr, momentum=c.momentum,
+                                    weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
         if config.loss_prediction:
             # The loss-prediction module has its own SGD (lr 0.1, momentum 0.9, coupled decay 5e-4).
             head_tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(config.loss_prediction_lr, momentum=0.9))
             self.tx = optax.multi_transform(
-                {"main": main, "loss_pred": head_tx},
+                {"main": main, "loss_pred": optax.with_extra_args_support(head_tx)},
                 lambda tree: {k: ("loss_pred" if k == "loss_pred" else "main") for k in tree},
             )
         else:
@@ -94,25 +104,27 @@ class Trainer:
             self._calibration = losses.get("avuc")
         else:
             self._calibration = None
+        self._lam_table = np.asarray([self.calibration_weight(e) for e in range(c.epochs)], np.float32)
         self.traces = {"train": 0, "eval": 0}  # Python-level traces: each is one compilation
-        self._train_step = jax.jit(self._train_step_impl, donate_argnums=(0,))
-        self._eval_step = jax.jit(self._eval_step_impl, static_argnums=(2,))
+        rep = self.sharder.replicated
+        self._train_step = jax.jit(self._train_step_impl, donate_argnums=(0,), out_shardings=(rep, rep))
+        self._eval_step = jax.jit(self._eval_step_impl, static_argnums=(2,), out_shardings=(rep, None, None))
+        self._init = jax.jit(self._init_impl, out_shardings=rep)
 
     # ----------------------------------------------------------------------------------------------
-    def init(self, rng: jax.Array, trainable: Any = None) -> State:
-        """A fresh state: new trainable tree (unless given, e.g. warm start) and optimiser state."""
+    def _init_impl(self, rng: jax.Array, trainable: Any) -> State:
         k_init, k_state = jax.random.split(rng)
-        # A given tree (warm start) is copied: the update step donates its state.
-        trainable = self.model.init(k_init) if trainable is None else jax.tree.map(jnp.copy, dict(trainable))
+        trainable = self.model.init(k_init) if trainable is None else dict(trainable)
         if self.config.loss_prediction and "loss_pred" not in trainable:
             dummy = jnp.zeros((1, self.model.num_classes), jnp.float32)
             trainable["loss_pred"] = LossPredictionHead().init(jax.random.fold_in(k_init, 7), dummy)["params"]
-        return {
-            "trainable": trainable,
-            "opt_state": self.tx.init(trainable),
-            "rng": k_state,
-            "step": jnp.zeros((), jnp.int32),
-        }
+        return {"trainable": trainable, "opt_state": self.tx.init(trainable), "rng": k_state,
+                "step": jnp.zeros((), jnp.int32)}
+
+    def init(self, rng: jax.Array, trainable: Any = None) -> State:
+        """A fresh state, replicated over the mesh: new trainable tree (unless given, e.g. warm start) and optimiser."""
+        # A given tree (warm start) is copied by the jitted init: the update step donates its state.
+        return self._init(rng, None if trainable is None else self.sharder.replicate(dict(trainable)))
 
     def lr(self, epoch: int) -> float:
         """Learning rate of an epoch (constant warm-up, then cosine)."""
@@ -143,21 +155,29 @@ class Trainer:
         correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
         return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": mask.sum()}
 
-    def _train_step_impl(self, state: State, batch: Batch, lr: jax.Array, lam: jax.Array) -> tuple[State, dict]:
+    def _train_step_impl(self, state: State, batch: Batch, epoch: jax.Array) -> tuple[State, dict]:
         self.traces["train"] += 1
         rng, sub = jax.random.split(state["rng"])
+        epoch = jnp.clip(epoch, 0, self.config.epochs - 1)
+        lam = jnp.asarray(self._lam_table)[epoch]
         grads, metrics = jax.grad(self._loss, has_aux=True)(state["trainable"], batch, sub, lam)
-        opt_state = _set_lr(state["opt_state"], lr, self.config.loss_prediction)
-        updates, opt_state = self.tx.update(grads, opt_state, state["trainable"])
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"], epoch=epoch)
         trainable = optax.apply_updates(state["trainable"], updates)
         new = {"trainable": trainable, "opt_state": opt_state, "rng": rng, "step": state["step"] + 1}
         return new, metrics
 
+    def put(self, batch: Batch) -> Batch:
+        """A batch as global arrays on the mesh (host arrays are this process's rows; global arrays pass through)."""
+        keys = ("inputs", "label", "_mask")
+        if all(isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable for k in keys):
+            return {k: batch[k] for k in keys}
+        if not self.sharder.multiprocess and all(isinstance(batch[k], jax.Array) for k in keys):
+            return {k: batch[k] for k in keys}
+        return self.sharder.put({k: np.asarray(batch[k]) for k in keys})
+
     def train_step(self, state: State, batch: Batch, epoch: int) -> tuple[State, dict]:
         """One update on a padded batch; lr and calibration weight follow `epoch`."""
-        lr = jnp.asarray(self.lr(epoch), jnp.float32)
-        lam = jnp.asarray(self.calibration_weight(epoch), jnp.float32)
-        return self._train_step(state, batch, lr, lam)
+        return self._train_step(state, self.put(batch), jnp.asarray(epoch, jnp.int32))
 
     def fit(
         self,
@@ -165,18 +185,31 @@ class Trainer:
         epoch_batches: Callable[[int], Iterable[Batch]],
         *,
         start_epoch: int = 0,
+        start_batch: int = 0,
+        history: list[dict] | None = None,
+        on_step: Callable[[State, int, int, list[dict]], None] | None = None,
         on_epoch_end: Callable[[int, State, dict], None] | None = None,
     ) -> tuple[State, list[dict]]:
-        """Train for the configured epochs; `epoch_batches(e)` yields the batches of epoch e. NaN stops it."""
-        history = []
+        """Train for the configured epochs from (start_epoch, start_batch); NaN stops it.
+
+        `epoch_batches(e)` yields the batches of epoch e (for `start_epoch`, those from `start_batch` on);
+        `on_step(state, epoch, next_batch, history)` runs after every step (e.g. to checkpoint a resume point),
+        `on_epoch_end(epoch, state, summary)` after every epoch.
+        """
+        history = list(history or [])
         for epoch in range(start_epoch, self.config.epochs):
             sums: dict[str, Any] = {}
             steps = 0
-            for batch in epoch_batches(epoch):
+            first = start_batch if epoch == start_epoch else 0
+            for i, batch in enumerate(epoch_batches(epoch), start=first):
                 state, m = self.train_step(state, batch, epoch)
                 sums = m if not sums else jax.tree.map(jnp.add, sums, m)
                 steps += 1
+                if on_step is not None:
+                    on_step(state, epoch, i + 1, history)
             if steps == 0:
+                if first:
+                    continue  # resumed exactly at the end of an epoch
                 raise ValueError(f"epoch {epoch} got no training batches (is the labelled set empty?).")
             row = self.epoch_summary(epoch, sums, steps)
             history.append(row)
@@ -214,7 +247,7 @@ class Trainer:
         """Accuracy, NLL, ECE (15 bins), Brier over padded batches (inputs of `kind`, default the trainer's)."""
         stats = None
         for batch in batches:
-            s, _, _ = self._eval_step(trainable, batch, kind or self.kind)
+            s, _, _ = self._eval_step(trainable, self.put(batch), kind or self.kind)
             stats = s if stats is None else jax.tree.map(jnp.add, stats, s)
         if stats is None:
             raise ValueError("evaluation got no batches (empty test split?).")
@@ -225,8 +258,8 @@ class Trainer:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, Batch]]:
         """Yield (logits, features, batch) per padded batch (padding rows included; use batch['_mask'])."""
         for batch in batches:
-            _, logits, feats = self._eval_step(trainable, batch, kind or self.kind)
-            yield np.asarray(logits), np.asarray(feats), batch
+            _, logits, feats = self._eval_step(trainable, self.put(batch), kind or self.kind)
+            yield self.sharder.to_host(logits), self.sharder.to_host(feats), batch
 
 
 def masked_ranking_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, margin: float = 1.0) -> jax.Array:
@@ -244,27 +277,3 @@ def masked_ranking_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, mar
     sign = jnp.where(target - target[j] > 0, 1.0, -1.0)
     terms = jnp.maximum(margin - sign * (pred - pred[j]), 0.0)
     return jnp.sum(jnp.where(valid, terms, 0.0)) / jnp.maximum(valid.sum(), 1)
-
-
-def injectable_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The round's optimiser (`optim.make_optimizer`) with its learning rate a state entry set every step."""
-
-    def factory(learning_rate: jax.Array) -> optax.GradientTransformation:
-        return optim.make_optimizer(
-            config.optimizer, 1, 1, lr=learning_rate, momentum=config.momentum, weight_decay=config.weight_decay,
-            warmup_epochs=0, schedule="constant",
-        )
-
-    return optax.inject_hyperparams(factory)(learning_rate=0.0)
-
-
-def _with_lr(state: Any, lr: jax.Array) -> Any:
-    return state._replace(hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(lr, jnp.float32)})
-
-
-def _set_lr(opt_state: Any, lr: jax.Array, multi: bool) -> Any:
-    if not multi:
-        return _with_lr(opt_state, lr)
-    inner = dict(opt_state.inner_states)
-    inner["main"] = inner["main"]._replace(inner_state=_with_lr(inner["main"].inner_state, lr))
-    return opt_state._replace(inner_states=inner)

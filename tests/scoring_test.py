@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -24,7 +22,7 @@ pytest.importorskip("transformers")
 import _multidevice_worker as w  # noqa: E402
 
 from alpeft_jax import backbones, scoring  # noqa: E402
-from alpeft_jax.scoring import FeatureCache, PoolScorer, gather_rows, process_share  # noqa: E402
+from alpeft_jax.scoring import FeatureCache, PoolScorer  # noqa: E402
 
 N = w.N_POOL
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -265,51 +263,34 @@ def test_rows_must_match_positions(runs):
         PoolScorer(model, "hidden")
 
 
-def test_process_share_partitions_exactly():
-    for n in (0, 1, 5, 203, 1000):
-        for c in (1, 2, 3, 4, 7, 8):
-            shares = [process_share(n, p, c) for p in range(c)]
-            np.testing.assert_array_equal(np.concatenate(shares), np.arange(n))
-            sizes = [len(s) for s in shares]
-            assert max(sizes) - min(sizes) <= 1, (n, c, sizes)
-    with pytest.raises(ValueError, match="process_index"):
-        process_share(10, 2, 2)
-
-
-def test_gather_rows_orders_drops_padding_and_detects_loss():
+def test_assemble_orders_drops_padding_and_detects_loss():
     a = (np.array([2, -1, 0]), {"x": np.array([[20.0], [99.0], [0.0]])})
     b = (np.array([1, 3, -1]), {"x": np.array([[10.0], [30.0], [99.0]])})
-    np.testing.assert_array_equal(gather_rows(4, [b, a])["x"][:, 0], [0.0, 10.0, 20.0, 30.0])
+    np.testing.assert_array_equal(scoring._assemble(4, [b, a])["x"][:, 0], [0.0, 10.0, 20.0, 30.0])
     with pytest.raises(RuntimeError, match=r"3 of 4 rows.*missing \[3\]"):
-        gather_rows(4, [a, (np.array([1, -1]), {"x": np.zeros((2, 1))})])
-    with pytest.raises(RuntimeError, match="duplicated"):
-        gather_rows(4, [a, b, (np.array([1]), {"x": np.zeros((1, 1))})])
+        scoring._assemble(4, [a, (np.array([1, -1]), {"x": np.zeros((2, 1))})])
+    with pytest.raises(RuntimeError, match="more than once"):
+        scoring._assemble(4, [a, b, (np.array([1]), {"x": np.zeros((1, 1))})])
 
 
-def test_two_simulated_processes_equal_one(runs, monkeypatch):
+def test_batches_with_positions_in_any_chunking_equal_one(runs):
     one, _, state = runs
     _, trainable, scorer, _ = state["images"]
-    images, pieces = state["pool"], []
+    images = state["pool"]
 
-    class Captured(Exception):
-        pass
+    def with_pos(order, size):  # batches that carry their pool positions, in a shuffled order
+        for b, start in zip(w.image_batches(images, order, size), range(0, len(order), size)):
+            pos = np.full(size, -1, np.int64)
+            part = order[start : start + size]
+            pos[: len(part)] = part
+            yield {**b, "pos": pos}
 
-    def capture(n, got):
-        pieces.extend(got)
-        raise Captured
-
-    monkeypatch.setattr(scoring, "gather_rows", capture)
-    for p in range(2):
-        share = process_share(N, p, 2)  # 0..100 and 101..202: other chunk boundaries than one process
-        with pytest.raises(Captured):
-            scorer.score(trainable, w.image_batches(images, share, w.CHUNK), share, N, mc_samples=w.MC,
-                         rng=jax.random.key(5))
-    monkeypatch.undo()
-    pool = gather_rows(N, pieces)
+    order = np.random.default_rng(1).permutation(N)
+    pool = scorer.score(trainable, with_pos(order, 37), None, N, mc_samples=w.MC, rng=jax.random.key(5))
     for k in ("logits", "features", "loss_pred"):
         np.testing.assert_allclose(pool[k], one[f"images/{k}"], atol=1e-6, err_msg=k)
     # MC-dropout samples depend on the row, not on how the pool was split into chunks
-    np.testing.assert_allclose(np.moveaxis(pool["mc_logits"], 1, 0), one["images/mc_logits"], atol=1e-6)
+    np.testing.assert_allclose(pool["mc_logits"], one["images/mc_logits"], atol=1e-6)
 
 
 # -- MC dropout -------------------------------------------------------------------------------------------
@@ -327,71 +308,3 @@ def test_mc_dropout_samples_differ_and_vanish_without_dropout(runs):
     assert pool["mc_logits"].shape == (2, N, len(w.CLASSES))
     for s in range(2):
         np.testing.assert_allclose(pool["mc_logits"][s], one["hidden/logits"], atol=1e-5)
-
-
-class _ThreadedProcesses:
-    """multihost_utils.process_allgather for processes simulated by threads (one per process index)."""
-
-    def __init__(self, count):
-        self.count, self.slots, self.local = count, [None] * count, threading.local()
-        self.barrier = threading.Barrier(count, timeout=20)
-
-    def process_allgather(self, x):
-        self.slots[self.local.index] = np.asarray(x)
-        self.barrier.wait()
-        out = np.stack(self.slots)
-        self.barrier.wait()
-        return out
-
-    def run(self, fn, per_process):
-        results, errors = [None] * self.count, []
-
-        def target(p):
-            self.local.index = p
-            try:
-                results[p] = fn(*per_process[p])
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(p,)) for p in range(self.count)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
-def test_allgather_with_a_process_that_owns_no_rows():
-    # 2 rows over 3 processes: process 1 scores nothing, yet joins every collective with the right layout
-    g = np.random.default_rng(0)
-    rows = {0: np.array([0]), 1: np.zeros(0, np.int64), 2: np.array([1])}
-    feats = g.normal(size=(2, 4)).astype(np.float32)
-    mc = g.normal(size=(2, 3, 5)).astype(ml_dtypes.bfloat16)
-    per = [(rows[p], {"features": feats[rows[p]], "mc_logits": mc[rows[p]]} if len(rows[p]) else {})
-           for p in range(3)]
-    fake = _ThreadedProcesses(3)
-    out = fake.run(lambda ids, arrays: scoring._allgather(fake, ids, arrays), per)
-    for ids, arrays in out:  # every process ends with the same rows in process order
-        np.testing.assert_array_equal(ids, [0, 1])
-        np.testing.assert_array_equal(arrays["features"], feats)
-        assert arrays["mc_logits"].dtype == mc.dtype and arrays["mc_logits"].shape == (2, 3, 5)
-        np.testing.assert_array_equal(arrays["mc_logits"].astype(np.float32), mc.astype(np.float32))
-
-
-def test_allgather_refuses_processes_that_disagree_on_outputs():
-    fake = _ThreadedProcesses(2)
-    per = [(np.array([0]), {"logits": np.zeros((1, 3), np.float32)}),
-           (np.array([1]), {"logits": np.zeros((1, 4), np.float32)})]
-    errors = []
-
-    def gather(ids, arrays):
-        try:
-            scoring._allgather(fake, ids, arrays)
-        except RuntimeError as e:
-            errors.append(str(e))
-
-    fake.run(gather, per)
-    assert len(errors) == 2 and all("different output arrays" in e for e in errors)  # both stop, neither hangs
