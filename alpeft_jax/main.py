@@ -147,9 +147,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     """Check the whole run, then run the active-learning loop of the given config in the workdir."""
     initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from alpeft_jax import loop, preflight
-    from alpeft_jax.convert.common import CheckpointError
-    from alpeft_jax.oracles import LabelFileError
+    from alpeft_jax import preflight
 
     del argv
     config = _CONFIG.value
@@ -160,6 +158,10 @@ def main(argv: list[str]) -> None:
                                runlocal="runlocal" in [a.strip().partition("=")[0] for a in file_args])
     if problems:
         _fail(problems)
+    from alpeft_jax import loop
+    from alpeft_jax.convert.common import CheckpointError
+    from alpeft_jax.oracles import LabelFileError
+
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     try:

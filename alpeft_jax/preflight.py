@@ -11,6 +11,8 @@ files and TFDS metadata, and TFDS split names from the builder's own split code 
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.util
 import json
 import math
@@ -22,7 +24,7 @@ import ml_collections
 from alpeft_jax import config as config_lib
 from alpeft_jax.data import sources, splits
 
-__all__ = ["check", "DTYPES"]
+__all__ = ["check", "strategy_names", "DTYPES"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 _CHOICES = {
@@ -92,6 +94,25 @@ def _family(backbone: str) -> str | None:
     return "dinov2" if "dinov2" in low else ("clip" if "clip" in low else None)
 
 
+@functools.cache
+def strategy_names() -> list[str]:
+    """The names `strategies` registers, read from its `@register("name")` decorators without importing JAX."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "strategies")
+    names = set()
+    for file in sorted(os.listdir(folder)):
+        if not file.endswith(".py"):
+            continue
+        with open(os.path.join(folder, file), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                for d in node.decorator_list:
+                    if (isinstance(d, ast.Call) and getattr(d.func, "id", getattr(d.func, "attr", "")) == "register"
+                            and d.args and isinstance(d.args[0], ast.Constant)):
+                        names.add(d.args[0].value)
+    return sorted(names)
+
+
 def _values(c: ml_collections.ConfigDict) -> list[str]:
     out = []
     for field, choices in _CHOICES.items():
@@ -116,10 +137,9 @@ def _values(c: ml_collections.ConfigDict) -> list[str]:
         config_lib.parse_options(c.al.options)
     except ValueError as e:
         out.append(f"al.options={c.al.options!r}: {e}")
-    from alpeft_jax import strategies  # the registry (imports JAX, not a backend)
-
-    if c.al.strategy not in strategies.names():
-        out.append(f"al.strategy={c.al.strategy!r} is not one of {', '.join(strategies.names())}")
+    names = strategy_names()
+    if c.al.strategy not in names:
+        out.append(f"al.strategy={c.al.strategy!r} is not one of {', '.join(names)}")
     elif c.al.strategy == "bald" and (c.adapt.mode != "lora" or c.adapt.lora.dropout <= 0):
         out.append("al.strategy=bald needs MC dropout: adapt.mode=lora with adapt.lora.dropout > 0")
     family = _family(c.backbone)

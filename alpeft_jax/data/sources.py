@@ -329,7 +329,8 @@ def csv_manifest(csv_path: str, class_names: Sequence[str] | None = None, name: 
 
 def missing_split_file(split_file: str, dataset: str | None = None) -> str:
     """The message for an absent CoOp split file: where to download it and where to put it."""
-    url = classnames.dataset_info(dataset).get("coop", {}).get("split_url") if dataset else None
+    coop = classnames.dataset_info(dataset).get("coop", {}) if dataset else {}
+    url = coop.get("split_url") if coop.get("split_file") == os.path.basename(split_file) else None
     where = f"from {url} (CoOp DATASETS.md)" if url else "from the links in CoOp's DATASETS.md"
     return (f"CoOp split file {split_file} does not exist; download {os.path.basename(split_file)} {where} into "
             f"{os.path.dirname(split_file) or '.'}, or pass --config.data.split_file=PATH")

@@ -268,3 +268,218 @@ def test_array_source():
         src[2]
     with pytest.raises(ValueError, match="unknown options"):
         get_source("digits", "train", bogus=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real (tiny) TFDS datasets on disk: slicing, CoOp split files over TFDS records, metadata-only inspection
+
+
+def _tiny_tfds():
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        import _tiny_tfds
+    finally:
+        sys.path.pop(0)
+    return _tiny_tfds
+
+
+@pytest.fixture
+def dtd_dir(tmp_path):
+    t = _tiny_tfds()
+    names = {"train": ["banded", "bumpy", "dotted"] * 3, "validation": ["bumpy", "banded", "dotted"],
+             "test": ["dotted", "banded"]}
+    splits, seed = {}, 0
+    for split, labels in names.items():
+        rows = []
+        for k, lab in enumerate(labels):
+            rows.append({"image": t.png(t.image(seed)), "label": lab, "file_name": f"{lab}/{lab}_{split}{k:02d}.jpg"})
+            seed += 1
+        splits[split] = rows
+    t.write(str(tmp_path), "dtd", splits)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["train[:60%]", "train[60%:]", "train[2:5]", "train[-2:]", "train[:-34%]",
+                                  "validation", "train[:50%]+validation[1:]"])
+def test_tfds_slices_read_what_tfds_reads(dtd_dir, spec):
+    import tensorflow_datasets as tfds
+
+    src = get_source("dtd", spec, data_dir=dtd_dir)
+    ref = [ex for part in spec.split("+") for ex in tfds.data_source("dtd", split=part, data_dir=dtd_dir)]
+    assert len(src) == len(ref) > 0
+    for i, ex in enumerate(ref):
+        got = src[i]
+        np.testing.assert_array_equal(got["image"], ex["image"])
+        assert got["path"] == ex["file_name"].decode() and got["label"] == int(ex["label"])
+    np.testing.assert_array_equal(src.labels, [int(ex["label"]) for ex in ref])
+    # ids are record positions in their split (validation after the 9 train records), the same in every slice
+    full = {get_source("dtd", "train", data_dir=dtd_dir)[k]["path"]: k for k in range(9)}
+    val = {get_source("dtd", "validation", data_dir=dtd_dir)[k]["path"]: 9 + k for k in range(3)}
+    expected = [full.get(src[i]["path"], val.get(src[i]["path"])) for i in range(len(src))]
+    if "+" not in spec and spec.startswith("validation"):
+        expected = [e - 9 for e in expected]
+    np.testing.assert_array_equal(src.ids, expected)
+
+
+def test_tfds_slices_partition_the_split(dtd_dir):
+    a, b = get_source("dtd", "train[:80%]", data_dir=dtd_dir), get_source("dtd", "train[80%:]", data_dir=dtd_dir)
+    assert (len(a), len(b)) == (7, 2) and not set(a.ids) & set(b.ids)
+    assert sorted([*a.ids, *b.ids]) == list(range(9))
+    with pytest.raises(ValueError, match=r"no split 'test2'.*its splits"):
+        get_source("dtd", "test2", data_dir=dtd_dir)
+    with pytest.raises(ValueError, match="reads some records twice"):
+        get_source("dtd", "train[:5]+train[3:]", data_dir=dtd_dir)
+    with pytest.raises(ValueError, match="cannot read 'train\\[:80\\]%'"):
+        get_source("dtd", "train[:80]%", data_dir=dtd_dir)
+
+
+def _coop_json(path, splits):
+    with open(path, "w") as f:
+        json.dump(splits, f)
+    return str(path)
+
+
+def test_coop_split_file_over_tfds_records(dtd_dir):
+    import tensorflow_datasets as tfds
+
+    # CoOp redistributes the records: its train list takes records from TFDS's train, validation and test
+    coop = {"train": [["bumpy/bumpy_validation00.jpg", 1, "bumpy"], ["banded/banded_train00.jpg", 0, "banded"],
+                      ["dotted/dotted_test00.jpg", 2, "dotted"]],
+            "val": [["dotted/dotted_train02.jpg", 2, "dotted"]],
+            "test": [["banded/banded_test01.jpg", 0, "banded"], ["bumpy/bumpy_train01.jpg", 1, "bumpy"]]}
+    _coop_json(os.path.join(dtd_dir, "split_zhou_DescribableTextures.json"), coop)
+    records = {ex["file_name"].decode(): ex["image"] for split in ("train", "validation", "test")
+               for ex in tfds.data_source("dtd", split=split, data_dir=dtd_dir)}
+    for split in ("train", "val", "test"):
+        # a bare file name is looked up in the TFDS data directory
+        src = get_source("dtd", split, data_dir=dtd_dir, split_file="split_zhou_DescribableTextures.json")
+        assert len(src) == len(coop[split]) and src.class_names == ["banded", "bumpy", "dotted"]
+        np.testing.assert_array_equal(src.labels, [e[1] for e in coop[split]])
+        np.testing.assert_array_equal(src.ids, np.arange(len(src)))
+        for i, (path, label, _) in enumerate(coop[split]):
+            ex = src[i]
+            np.testing.assert_array_equal(ex["image"], records[path])
+            assert ex["label"] == label and ex["path"] == path and ex["id"] == i
+        info = sources.inspect_source("dtd", split, dtd_dir, "split_zhou_DescribableTextures.json")
+        assert (info.size, info.num_classes) == (len(src), 3)
+    half = get_source("dtd", "train[:2]", data_dir=dtd_dir, split_file="split_zhou_DescribableTextures.json")
+    assert [half[i]["path"] for i in range(2)] == [coop["train"][0][0], coop["train"][1][0]]
+    bad = _coop_json(os.path.join(dtd_dir, "bad.json"), {"train": [["banded/banded_train00.jpg", 0, "banded"],
+                                                                  ["banded/banded_0999.jpg", 0, "banded"]]})
+    with pytest.raises(MissingDataError, match=r"1 of 2 entries .* \[train\].*first: banded/banded_0999\.jpg"):
+        get_source("dtd", "train", data_dir=dtd_dir, split_file=bad)
+    with pytest.raises(MissingDataError, match=r"download split_zhou_X\.json from the links in CoOp"):
+        get_source("dtd", "train", data_dir=dtd_dir, split_file="split_zhou_X.json")
+
+
+@pytest.mark.parametrize("name,key", [("caltech101", "image/file_name"), ("eurosat/rgb", "filename")])
+def test_coop_split_file_matches_by_file_name_and_class_folder(tmp_path, name, key):
+    t = _tiny_tfds()
+    if name == "caltech101":  # Caltech-101 repeats file names across classes: the class folder decides
+        rows = {"train": [("accordion", "image_0001.jpg", 1), ("airplanes", "image_0002.jpg", 2)],
+                "test": [("airplanes", "image_0001.jpg", 3), ("faces", "image_0001.jpg", 4)]}
+        coop = [["airplanes/image_0001.jpg", 1, "airplane"], ["Faces/image_0001.jpg", 2, "face"],
+                ["accordion/image_0001.jpg", 0, "accordion"]]
+        want = [3, 4, 1]
+    else:  # EuroSAT records keep the base name only
+        rows = {"train": [("Forest", "Forest_1.jpg", 5), ("SeaLake", "SeaLake_7.jpg", 6)]}
+        coop = [["SeaLake/SeaLake_7.jpg", 9, "Sea or Lake"], ["Forest/Forest_1.jpg", 1, "Forest"]]
+        want = [6, 5]
+    t.write(str(tmp_path), name, {s: [{"image": t.png(t.image(seed)), "label": lab, key: f} for lab, f, seed in r]
+                                  for s, r in rows.items()})
+    sf = _coop_json(tmp_path / "split.json", {"train": coop, "val": [], "test": []})
+    src = get_source(name, "train", data_dir=str(tmp_path), split_file=sf)
+    for i, seed in enumerate(want):
+        np.testing.assert_array_equal(src[i]["image"], t.image(seed))
+    np.testing.assert_array_equal(src.labels, [e[1] for e in coop])
+    if name == "eurosat/rgb":
+        assert src.class_names[9] == "lake or sea" and src.class_names[1] == "forest"  # CoOp prompt names
+
+
+def test_tfds_inspect_reads_metadata_only(dtd_dir, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def no_reading(*a, **k):
+        raise AssertionError("inspect_source opened the records")
+
+    monkeypatch.setattr(tfds, "data_source", no_reading)
+    assert sources.inspect_source("dtd", "train[:60%]", dtd_dir) == sources.SourceInfo(5, 47)
+    assert sources.inspect_source("dtd", "train+validation[1:]", dtd_dir) == sources.SourceInfo(11, 47)
+    with pytest.raises(ValueError, match="no split 'test2'"):
+        sources.inspect_source("dtd", "test2", dtd_dir)
+    with pytest.raises(MissingDataError, match="is not prepared under"):
+        sources.inspect_source("eurosat/rgb", "train", dtd_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slices of file sources, FGVC-Aircraft's CoOp layout
+
+
+def test_folder_slices_cut_a_fixed_shuffle(tmp_path):
+    rng = np.random.default_rng(3)
+    for cls in ("a", "b"):
+        for k in range(10):
+            _write(str(tmp_path / cls / f"{k:02d}.png"), _rand_img(rng, 4, 4))
+    full = get_source("folder", "train", data_dir=str(tmp_path))
+    head = get_source("folder", "train[:50%]", data_dir=str(tmp_path))
+    tail = get_source("folder", "train[50%:]", data_dir=str(tmp_path))
+    assert len(head) == len(tail) == 10 and not set(head.ids) & set(tail.ids)
+    assert sorted([*head.ids, *tail.ids]) == list(range(20))
+    assert set(head.labels) == set(tail.labels) == {0, 1}  # a shuffle, not the class-sorted file order
+    np.testing.assert_array_equal(head.labels, full.labels[head.ids])
+    for i in range(len(head)):
+        assert head[i]["id"] == head.ids[i] and head[i]["path"] == full.paths[head.ids[i]]
+    again = get_source("folder", "train[:50%]", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(again.ids, head.ids)  # the same on every run
+    assert sources.inspect_source("folder", "train[:50%]", str(tmp_path)) == sources.SourceInfo(10, 2)
+    digits_head = get_source("digits", "train[:10]")  # record order for array sources
+    np.testing.assert_array_equal(digits_head.ids, get_source("digits", "train").ids[:10])
+    with pytest.raises(ValueError, match="TFDS datasets only"):
+        get_source("folder", "train+test", data_dir=str(tmp_path))
+
+
+def test_coop_fgvc_aircraft_variant_lists(tmp_path):
+    rng = np.random.default_rng(4)
+    root = tmp_path / "fgvc_aircraft"
+    os.makedirs(root / "images")
+    (root / "variants.txt").write_text("707-320\nA320\nCessna 172\n")
+    (root / "images_variant_train.txt").write_text("0001 Cessna 172\n0002 707-320\n")
+    (root / "images_variant_test.txt").write_text("0003 A320\n")
+    imgs = {k: _rand_img(rng, 5, 6) for k in ("0001", "0002", "0003")}
+    for k, arr in imgs.items():
+        _write(str(root / "images" / f"{k}.jpg"), arr, "PNG")  # PNG bytes: decoded pixels are exact
+    src = get_source("coop:fgvc_aircraft", "train", data_dir=str(tmp_path))
+    assert src.class_names == ["707-320", "A320", "Cessna 172"] and src.labels.tolist() == [2, 0]
+    np.testing.assert_array_equal(src[0]["image"], imgs["0001"])
+    assert classnames.templates("FGVCAircraft") == ["a photo of a {}, a type of aircraft."]
+    assert sources.inspect_source("coop:fgvc_aircraft", "test", str(tmp_path)) == sources.SourceInfo(1, 3)
+    with pytest.raises(MissingDataError, match="images_variant_val.txt does not exist"):
+        get_source("coop:fgvc_aircraft", "val", data_dir=str(tmp_path))
+    (root / "images_variant_test.txt").write_text("0003 B747\n")
+    with pytest.raises(ValueError, match="not '<image id> <variant from variants.txt>'"):
+        get_source("coop:fgvc_aircraft", "test", data_dir=str(tmp_path))
+    os.remove(root / "images" / "0002.jpg")
+    with pytest.raises(MissingDataError, match="1 of 2 images"):
+        sources.inspect_source("coop:fgvc_aircraft", "train", str(tmp_path))
+
+
+def test_inspect_agrees_with_the_sources(tmp_path):
+    rng = np.random.default_rng(5)
+    img_dir = tmp_path / "eurosat" / "2750"
+    entries = {"train": [["Forest/F1.jpg", 1, "Forest"], ["Highway/H1.jpg", 3, "Highway"],
+                         ["SeaLake/S1.jpg", 9, "Sea or Lake"]], "val": [], "test": [["Forest/F2.jpg", 1, "Forest"]]}
+    for part in entries.values():
+        for p, _, _ in part:
+            _write(str(img_dir / p), _rand_img(rng, 8, 8), "JPEG")
+    _coop_json(tmp_path / "eurosat" / "split_zhou_EuroSAT.json", entries)
+    root = str(tmp_path)
+    for name, split, data_dir in [("coop:eurosat", "train", root), ("coop:eurosat", "train[1:]", root),
+                                  ("digits", "test", None), ("digits", "train[:25%]", None)]:
+        src = get_source(name, split, data_dir=data_dir)
+        assert sources.inspect_source(name, split, data_dir) == sources.SourceInfo(len(src), len(src.class_names))
+    if os.path.isdir(FMNIST):
+        assert sources.inspect_source("fashion_mnist", "test") == sources.SourceInfo(10000, 10)
+    with pytest.raises(MissingDataError, match="apt-get install dataset-fashion-mnist"):
+        sources.inspect_source("fashion_mnist", "train", str(tmp_path))
