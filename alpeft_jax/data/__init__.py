@@ -25,7 +25,12 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+_MODULES = ("classnames", "pipeline", "preprocess", "sources", "splits")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"alpeft_jax.data.{name}")
     if name not in _WHERE:
         raise AttributeError(f"module 'alpeft_jax.data' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"alpeft_jax.data.{_WHERE[name]}"), name)
@@ -34,4 +39,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))
