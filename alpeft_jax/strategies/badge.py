@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alpeft_jax.strategies import spmd
 from alpeft_jax.strategies.base import as_key, check_inputs, l2_normalize, register
 from alpeft_jax.strategies.coreset import device_features, unit_norm_factors
-from alpeft_jax.strategies.distances import first_argmax, inverse_cdf_blocked
+from alpeft_jax.strategies.distances import inverse_cdf_blocked
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -33,6 +34,46 @@ def _prob_factor(logits: jax.Array) -> jax.Array:
     return jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=jnp.float32) - p
 
 
+def _seed_local(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array, budget: int,
+                axis: str | None) -> jax.Array:
+    """`kmeans_pp_gradient` on this shard's rows; picks are global indices, the same on every shard.
+
+    The chosen row's factors reach every shard from the one holding it; sampling runs down the shards'
+    cumulative sums in index order (`spmd.inverse_cdf`).
+    """
+    n = x.shape[0]
+    off = spmd.offset(n, axis)
+    fsq = jnp.sum(jnp.square(x * r[:, None]), -1)
+    sq = fsq * jnp.sum(a * a, -1)
+    first = spmd.first_argmax(jnp.where(available, sq, -jnp.inf), axis)
+
+    def dist_to(j: jax.Array) -> jax.Array:
+        xj, aj, rj, sj = (spmd.take(v, j[None], axis)[0] for v in (x, a, r, sq))
+        # the barrier keeps XLA from fusing the two products into (and recomputing them in) each consumer
+        ff, aa = jax.lax.optimization_barrier((jnp.matmul(x, xj, precision=_HI), jnp.matmul(a, aj, precision=_HI)))
+        d = sq + sj - 2.0 * (ff * (r * rj)) * aa
+        return jnp.maximum(d, 0.0)
+
+    def taken(avail: jax.Array, j: jax.Array) -> jax.Array:
+        loc = jnp.clip(j - off, 0, n - 1)
+        return avail.at[loc].set(avail[loc] & (j - off != loc))
+
+    avail = taken(available, first)
+    d2 = jnp.where(avail, dist_to(first), 0.0)
+    picks = jnp.zeros((budget,), jnp.int32).at[0].set(first)
+
+    def body(i: int, state: tuple) -> tuple:
+        d2, avail, picks = state
+        w = jnp.where(spmd.gsum(d2.sum(), axis) > 0, d2, avail.astype(jnp.float32))
+        j = inverse_cdf_blocked(w, u[i]) if axis is None else spmd.inverse_cdf(w, u[i], axis)
+        avail = taken(avail, j)
+        d2 = jnp.where(avail, jnp.minimum(d2, dist_to(j)), 0.0)
+        return d2, avail, picks.at[i].set(j)
+
+    _, _, picks = jax.lax.fori_loop(1, budget, body, (d2, avail, picks))
+    return picks
+
+
 @partial(jax.jit, static_argnames=("budget",))
 def kmeans_pp_gradient(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array,
                        budget: int) -> jax.Array:
@@ -42,35 +83,27 @@ def kmeans_pp_gradient(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.
     are the uniforms consumed by inverse-CDF sampling (u[0] is unused). If every available point has
     D^2 = 0 the pick is uniform over available points.
     """
-    fsq = jnp.sum(jnp.square(x * r[:, None]), -1)
-    sq = fsq * jnp.sum(a * a, -1)
-    first = first_argmax(jnp.where(available, sq, -jnp.inf))
+    return _seed_local(x, r, a, available, u, budget, None)
 
-    def dist_to(j: jax.Array) -> jax.Array:
-        # the barrier keeps XLA from fusing the two products into (and recomputing them in) each consumer
-        ff, aa = jax.lax.optimization_barrier((jnp.matmul(x, x[j], precision=_HI), jnp.matmul(a, a[j], precision=_HI)))
-        d = sq + sq[j] - 2.0 * (ff * (r * r[j])) * aa
-        return jnp.maximum(d, 0.0)
 
-    avail = available.at[first].set(False)
-    d2 = jnp.where(avail, dist_to(first), 0.0)
-    picks = jnp.zeros((budget,), jnp.int32).at[0].set(first)
+# Pools sharded over a mesh: see benchmarks/sharded_selection.py for the measurement behind this default.
+ON_MESH = True
 
-    def body(i: int, state: tuple) -> tuple:
-        d2, avail, picks = state
-        w = jnp.where(d2.sum() > 0, d2, avail.astype(jnp.float32))
-        j = inverse_cdf_blocked(w, u[i])
-        avail = avail.at[j].set(False)
-        d2 = jnp.where(avail, jnp.minimum(d2, dist_to(j)), 0.0)
-        return d2, avail, picks.at[i].set(j)
 
-    _, _, picks = jax.lax.fori_loop(1, budget, body, (d2, avail, picks))
-    return picks
+@partial(jax.jit, static_argnames=("budget", "mesh"))
+def _select(features: jax.Array, logits: jax.Array, labeled: jax.Array, u: jax.Array, budget: int,
+            mesh: spmd.Mesh | None) -> jax.Array:
+    def local(f: jax.Array, lg: jax.Array, lab: jax.Array, u: jax.Array, axis: str | None) -> jax.Array:
+        x = f.astype(jnp.float32)
+        r, _ = unit_norm_factors(x)
+        return _seed_local(x, r, _prob_factor(lg), ~lab, u, budget, axis)
+
+    return spmd.spmd(local, mesh, (spmd.ROWS,) * 3 + (spmd.P(),), spmd.P())(features, logits, labeled, u)
 
 
 @register("badge", requires=("features", "logits"))
 def select_badge(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                 **_: object) -> np.ndarray:
+                 sharded: bool | None = None, **_: object) -> np.ndarray:
     """BADGE centres among unlabelled examples, in k-means++ pick order.
 
     Randomness: u = jax.random.uniform(key, (budget,)); step i >= 1 picks by inverse CDF of D^2 at u[i].
@@ -78,10 +111,12 @@ def select_badge(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarra
     labeled, _n = check_inputs(pool, labeled, budget, {"features", "logits"})
     if budget == 0:
         return np.zeros((0,), np.int64)
-    x = device_features(pool["features"])
-    r, _ = unit_norm_factors(x)
-    logits = pool["logits"]
-    logits = logits if isinstance(logits, jax.Array) else np.asarray(logits, np.float32)
-    a = _prob_factor(jnp.asarray(logits))
+    arrays, mesh = spmd.placed(pool, {"features", "logits"}, sharded, ON_MESH)
     u = jax.random.uniform(as_key(rng), (budget,))
-    return np.asarray(kmeans_pp_gradient(x, r, a, jnp.asarray(~labeled), u, int(budget)), np.int64)
+    if mesh is None:
+        feats, logits = device_features(arrays["features"]), arrays["logits"]
+        logits = logits if isinstance(logits, jax.Array) else np.asarray(logits, np.float32)
+        return np.asarray(_select(feats, logits, jnp.asarray(labeled), u, int(budget), None), np.int64)
+    u = spmd.put(np.asarray(u), mesh, spmd.P())
+    out = _select(arrays["features"], arrays["logits"], spmd.put(labeled, mesh), u, int(budget), mesh)
+    return np.asarray(out, np.int64)
