@@ -123,14 +123,24 @@ def _bar(desc: str, total: int, unit: str = "it") -> Any:
 
 
 class Metrics:
-    """TensorBoard event files (process 0): per-step and per-epoch training metrics, per-round results."""
+    """TensorBoard event files (process 0): per-epoch training metrics of each round, per-round results.
+
+    For a cloud workdir the events are written to a local staging folder and copied to DIR/tensorboard at every
+    flush (TensorBoard reads them from there).
+    """
 
     def __init__(self, workdir: epath.Path) -> None:
-        self.writer = None
+        self.writer, self.target, self.staging = None, workdir / "tensorboard", None
         if is_leader():
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10)
+            logdir = str(self.target)
+            if not _path_is_local(self.target):
+                import tempfile
+
+                self.staging = tempfile.mkdtemp(prefix="alpeft_tb_")
+                logdir = self.staging
+            self.writer = SummaryWriter(logdir, flush_secs=10)
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
         """Write the numeric entries of `values` under `prefix/` at `step`."""
@@ -141,9 +151,14 @@ class Metrics:
                 self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
     def flush(self) -> None:
-        """Push pending events to disk."""
-        if self.writer is not None:
-            self.writer.flush()
+        """Push pending events to disk (and to the cloud workdir)."""
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self.staging is not None:
+            self.target.mkdir(parents=True, exist_ok=True)
+            for f in epath.Path(self.staging).iterdir():
+                f.copy(self.target / f.name, overwrite=True)
 
 
 class Run:
