@@ -57,6 +57,13 @@ class PoolView:
 class Oracle(Protocol):
     """Gives labels for selected pool rows."""
 
-    def request(self, round_index: int, rows: np.ndarray) -> np.ndarray:
-        """Class labels int[len(rows)] for `rows`, or raise PendingLabels when a human has yet to answer."""
+    def request(self, round_index: int, rows: np.ndarray, predictions: np.ndarray | None = None) -> np.ndarray:
+        """Labels int64[len(rows)] of pool rows; raises PendingLabels while a human has yet to answer.
+
+        `predictions`: float32[len(rows), K] class probabilities of the current model (None in round 0).
+        """
+        ...
+
+    def info(self, round_index: int) -> dict[str, Any]:
+        """JSON-able facts about the round's labelling, for results.jsonl ({} when there is nothing to say)."""
         ...

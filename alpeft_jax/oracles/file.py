@@ -1,10 +1,12 @@
 """The CSV round-trip oracle: the run writes what to label, stops, and reads the filled-in file on the next run.
 
-    DIR/round_<r>/to_label.csv   id,path,label      (label empty; path is the image file or a written thumbnail)
+    DIR/round_<r>/to_label.csv   id,path,label,predicted,confidence
+                                 (label empty; path is the image file or a written thumbnail; predicted and
+                                 confidence: the current model's top class and its probability, empty in round 0)
     DIR/round_<r>/labels.csv     id,label           (what the annotator returns; `--labels=FILE` overrides it)
 
 A labels file must give exactly the requested ids, each once, each with a known class name or index; otherwise
-the run stops with one line naming the problem and nothing is recorded.
+the run stops with one line naming the problem and nothing is recorded. DIR may be a cloud path.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from alpeft_jax.checkpoint import atomic_write
@@ -23,67 +27,74 @@ from alpeft_jax.oracles.base import LabelFileError, PendingLabels, PoolView
 class FileOracle:
     """Labels from a CSV file written by a human."""
 
-    def __init__(self, pool: PoolView, workdir: str, labels_file: str | None = None) -> None:
+    def __init__(self, pool: PoolView, workdir: str | os.PathLike, labels_file: str | None = None) -> None:
         self.pool = pool
-        self.workdir = workdir
+        self.workdir = epath.Path(workdir)
         self.labels_file = labels_file or None
 
-    def round_dir(self, round_index: int) -> str:
+    def round_dir(self, round_index: int) -> epath.Path:
         """Folder of one round's labelling files."""
-        return os.path.join(self.workdir, f"round_{round_index}")
+        return self.workdir / f"round_{round_index}"
 
-    def request(self, round_index: int, rows: np.ndarray) -> np.ndarray:
+    def request(self, round_index: int, rows: np.ndarray, predictions: np.ndarray | None = None) -> np.ndarray:
         """Labels from the round's labels file, or write to_label.csv and raise PendingLabels."""
         rows = np.asarray(rows, np.int64)
-        own = os.path.join(self.round_dir(round_index), "labels.csv")
+        own = self.round_dir(round_index) / "labels.csv"
         if self.labels_file:  # --labels=FILE answers the pending round only, and is kept as the round's record
-            given, self.labels_file = self.labels_file, None
-            if not os.path.exists(given):
+            given, self.labels_file = epath.Path(self.labels_file), None
+            if not given.exists():
                 raise LabelFileError(f"labels file {given} does not exist; check the --labels path.")
             labels = self.read(given, rows)
-            os.makedirs(self.round_dir(round_index), exist_ok=True)
-            with open(given) as f:
-                atomic_write(own, f.read())
+            atomic_write(own, given.read_text())
             return labels
-        if os.path.exists(own):
+        if own.exists():
             return self.read(own, rows)
-        todo = self.write_request(round_index, rows)
+        todo = self.write_request(round_index, rows, predictions)
         raise PendingLabels(
             f"round {round_index}: {len(rows)} examples to label in {todo}; fill the 'label' column with class "
-            f"names or indices, save it as {os.path.join(self.round_dir(round_index), 'labels.csv')} "
-            "(or pass --labels=FILE) and rerun the same command."
+            f"names or indices, save it as {own} (or pass --labels=FILE) and rerun the same command."
         )
 
-    def write_request(self, round_index: int, rows: np.ndarray) -> str:
+    def info(self, round_index: int) -> dict[str, Any]:
+        """The labels file the round was read from ({} before it exists)."""
+        own = self.round_dir(round_index) / "labels.csv"
+        return {"labels_file": str(own)} if own.exists() else {}
+
+    def write_request(self, round_index: int, rows: np.ndarray, predictions: np.ndarray | None = None) -> str:
         """Write to_label.csv (and thumbnails for images without a file); returns its path."""
         out_dir = self.round_dir(round_index)
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["id", "path", "label"])
-        for row, ident in zip(rows, self.pool.ids(rows)):
+        w.writerow(["id", "path", "label", "predicted", "confidence"])
+        for k, (row, ident) in enumerate(zip(rows, self.pool.ids(rows))):
             ex = self.pool.example(int(row))
             path = ex.get("path")
             if not path:
-                path = os.path.join(out_dir, "images", f"{int(ident)}.png")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                Image.fromarray(np.asarray(ex["image"], np.uint8)).save(path)
-            w.writerow([int(ident), path, ""])
-        target = os.path.join(out_dir, "to_label.csv")
+                target = out_dir / "images" / f"{int(ident)}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as f:
+                    Image.fromarray(np.asarray(ex["image"], np.uint8)).save(f, format="PNG")
+                path = str(target)
+            guess, confidence = "", ""
+            if predictions is not None:
+                top = int(np.argmax(predictions[k]))
+                guess, confidence = self.pool.class_names[top], f"{float(predictions[k][top]):.4f}"
+            w.writerow([int(ident), path, "", guess, confidence])
+        target = out_dir / "to_label.csv"
         atomic_write(target, buf.getvalue())
-        classes = os.path.join(out_dir, "classes.txt")
+        classes = out_dir / "classes.txt"
         atomic_write(classes, "\n".join(f"{i}\t{n}" for i, n in enumerate(self.pool.class_names)) + "\n")
-        return target
+        return str(target)
 
-    def read(self, path: str, rows: np.ndarray) -> np.ndarray:
+    def read(self, path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
         """Parse and validate a labels file for `rows`; raises LabelFileError naming the first problem."""
         want = {int(i): k for k, i in enumerate(self.pool.ids(rows))}
         try:
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or not {"id", "label"} <= {c.strip() for c in reader.fieldnames}:
-                    raise LabelFileError(f"{path}: needs a header with 'id' and 'label' columns.")
-                records = [{k.strip(): (v or "") for k, v in r.items() if k} for r in reader]
+            reader = csv.DictReader(io.StringIO(epath.Path(path).read_text(), newline=""))
+            if reader.fieldnames is None or not {"id", "label"} <= {c.strip() for c in reader.fieldnames}:
+                raise LabelFileError(f"{path}: needs a header with 'id' and 'label' columns.")
+            records = [{k.strip(): (v or "") for k, v in r.items() if k} for r in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise LabelFileError(f"{path}: cannot read labels ({e}); save it as UTF-8 CSV.") from None
         labels = np.full(len(rows), -1, np.int64)
