@@ -109,10 +109,18 @@ def base() -> ml_collections.ConfigDict:
     c.eval.batch_size = 100
 
     c.oracle = "simulated"  # simulated | file | label_studio
-    c.label_studio = ml_collections.ConfigDict()
-    c.label_studio.url = ""
-    c.label_studio.project = 0
-    c.label_studio.image_url_prefix = ""
+    c.label_studio = ml_collections.ConfigDict()  # oracle=label_studio (oracles/label_studio.py)
+    c.label_studio.url = ""  # the server, e.g. http://127.0.0.1:8080; the token is read from $token_env
+    c.label_studio.project = ""  # id or title of a project; "": one made (or found again) for this run
+    c.label_studio.token_env = "LABEL_STUDIO_API_KEY"  # holds a personal access token or a legacy token
+    c.label_studio.images = "inline"  # inline (PNG data URIs) | local (Label Studio local storage) | url
+    c.label_studio.thumbnail = 256  # images=inline: longest side in pixels
+    c.label_studio.local_root = ""  # images=local: the server's LOCAL_FILES_DOCUMENT_ROOT
+    c.label_studio.image_url_prefix = ""  # images=url: tasks point at prefix + the image's file path
+    c.label_studio.wait_seconds = 0.0  # 0: stop, rerun when labelled; >0: poll this long first; <0: no limit
+    c.label_studio.poll_seconds = 10.0
+    c.label_studio.multiple = "latest"  # several annotations of a task: latest | majority
+    c.label_studio.request_timeout = 60.0  # seconds per HTTP request
     return c
 
 
