@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # torch first, from the pinned CPU wheel, so nothing else pulls a CUDA build.
 $(STAMP): pyproject.toml
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,label]"
 	# The independent OpenAI-CLIP reference for the parity tests, without torchvision (which would pull a CUDA torch).
 	$(PIP) install --quiet --no-deps "open_clip_torch==3.3.0"
 	$(PIP) install --quiet ftfy
