@@ -25,8 +25,8 @@ USAGE = """usage: launch/tpu_vm.sh COMMAND [ARGS...]
 environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, RUNTIME (else chosen by ACCELERATOR)
 
   create [--spot]   create the TPU VM; pod slices (more than one host) go through a queued resource
-  setup             copy the checkout's HEAD to every worker (or `git clone $REPO`), install Python 3.11 with uv
-                    and the package with the matching jax[tpu]
+  setup             copy the checkout's HEAD to every worker (or `git clone $REPO`), and $DATA if set; install
+                    Python 3.11 with uv and the package with the matching jax[tpu]
   run [ARGS...]     start `python -m alpeft_jax.main --config=$CONFIG --workdir=$WORKDIR [--distributed] ARGS`
                     on every worker in the background (nohup), a log per worker in ~/alpeft_logs
   stop              stop the run started last, on every worker
@@ -37,8 +37,9 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
   delete            delete the TPU VM (or its queued resource)
 
 Other settings: DRY_RUN=1 (print, do not run), SPOT=1, QUEUED=0|1 (default: 1 for pod slices), REPO and REF
-(clone instead of copying HEAD), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME (the log's name;
-default: WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
+(clone instead of copying HEAD), DATA=gs://BUCKET/DIR (setup copies it to ~/alpeft_data/DIR on every worker;
+runs read it as --config.data.dir=../alpeft_data/DIR), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME
+(the log's name; default: WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
 """
 
 # generation -> (what the accelerator size counts, how many of them one host holds, runtime image)
@@ -58,6 +59,7 @@ LOG_DIR = "alpeft_logs"
 # Whether the process $p is alive (a zombie whose parent has not reaped it is not).
 ALIVE = 'ps -o stat= -p "$p" 2>/dev/null | grep -qv Z'
 FETCH_DIR = "alpeft_fetch"
+DATA_DIR = "alpeft_data"  # on each worker, beside CODE_DIR: runs read it as --config.data.dir=../alpeft_data/NAME
 
 
 class LaunchError(Exception):
@@ -240,6 +242,10 @@ class Launcher:
                       f"git -C {CODE_DIR} checkout --quiet {ref}"]
         else:
             lines += [f"rm -rf {CODE_DIR} && mkdir {CODE_DIR}", f"tar -xzf {CODE_DIR}.tar.gz -C {CODE_DIR}"]
+        data = self.env.get("DATA", "").rstrip("/")
+        if data:  # datasets on every worker's disk (TFDS's array_record files are read locally)
+            dest = f"{DATA_DIR}/{os.path.basename(data)}"
+            lines += [f"mkdir -p {dest}", f"gcloud storage rsync --recursive {shlex.quote(data)} {shlex.quote(dest)}"]
         lines += [
             # uv brings its own Python: the TPU images ship 3.10, the package needs >= 3.11.
             'export PATH="$HOME/.local/bin:$PATH"',

@@ -247,6 +247,16 @@ def test_setup_copies_head_and_installs_python311_with_jax_tpu(fakes, accelerato
     assert ("jax.devices()" in check["argv"][1]) == (hosts == 1)
 
 
+def test_setup_copies_the_data_to_every_worker(fakes):
+    _, ssh = _launch_and_dry_run(fakes, "setup", ACCELERATOR="v5litepod-16", DATA="gs://b/my data/tfds/")[0]
+    assert "--worker=all" in ssh
+    r = _launch(fakes, "setup", ACCELERATOR="v5litepod-16", DATA="gs://b/my data/tfds/", FAKE_EXEC=1)
+    assert r.returncode == 0, r.stderr
+    rsync = [c for c in _records(fakes["calls"]) if c[1:3] == ["storage", "rsync"]]
+    assert rsync[-1] == ["gcloud", "storage", "rsync", "--recursive", "gs://b/my data/tfds", "alpeft_data/tfds"]
+    assert os.path.isdir(fakes["home"] / "alpeft_data" / "tfds")
+
+
 def test_setup_clones_when_given_a_repository(fakes):
     (ssh,), _ = _launch_and_dry_run(fakes, "setup", ACCELERATOR="v4-8", REPO="https://example.org/al.git", REF="v1")
     script = _flag(ssh, "command")
