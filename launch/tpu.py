@@ -38,7 +38,7 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
 
 Other settings: DRY_RUN=1 (print, do not run), SPOT=1, QUEUED=0|1 (default: 1 for pod slices), REPO and REF
 (clone instead of copying HEAD), DATA=gs://BUCKET/DIR (setup copies it to ~/alpeft_data/DIR on every worker;
-runs read it as --config.data.dir=../alpeft_data/DIR), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME
+runs read it as --config.data.dir=~/alpeft_data/DIR), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME
 (the log's name; default: WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
 """
 
@@ -59,7 +59,7 @@ LOG_DIR = "alpeft_logs"
 # Whether the process $p is alive (a zombie whose parent has not reaped it is not).
 ALIVE = 'ps -o stat= -p "$p" 2>/dev/null | grep -qv Z'
 FETCH_DIR = "alpeft_fetch"
-DATA_DIR = "alpeft_data"  # on each worker, beside CODE_DIR: runs read it as --config.data.dir=../alpeft_data/NAME
+DATA_DIR = "alpeft_data"  # on each worker, beside CODE_DIR: runs read it as --config.data.dir=~/alpeft_data/NAME
 
 
 class LaunchError(Exception):

@@ -376,6 +376,39 @@ def test_fetch_gathers_results_and_makes_the_report(fakes, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The README's Launch commands are these tested ones: its TPU blocks, run as they are in a dry run
+
+def _readme_launch_blocks():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    section = text[text.index("\n## Launch\n"):]
+    section = section[:section.index("\n## ", 5)]
+    return re.findall(r"```\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("accelerator, runtime, hosts", [SLICES[0], SLICES[1]])
+def test_readme_tpu_commands_dry_run(fakes, tmp_path, accelerator, runtime, hosts):
+    (block,) = [b for b in _readme_launch_blocks() if f"ACCELERATOR={accelerator}" in b]
+    env = {k: v for k, v in fakes["env"].items() if k not in ("TPU_NAME", "ZONE")}  # the block sets them
+    r = subprocess.run(["bash", "-euc", block], env=dict(env, DRY_RUN="1", DEST=str(tmp_path / "fetched")),
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not os.listdir(fakes["calls"])
+    replay = subprocess.run(["bash", "-euc", r.stdout], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert replay.returncode == 0, replay.stderr
+    calls = _records(fakes["calls"])
+    (create,) = [c for c in calls if "create" in c[:6]]
+    assert runtime in (_flag(create, "runtime-version") if hosts > 1 else _flag(create, "version"))
+    (run,) = [c for c in calls if "ssh" in c[:5] and "alpeft_jax.main" in _flag(c, "command")]
+    command = _flag(run, "command")
+    assert "--worker=all" in run and ("--distributed" in command) == (hosts > 1)
+    assert "'--config.data.dir=~/alpeft_data/tensorflow_datasets'" in command
+    (setup,) = [c for c in calls if "ssh" in c[:5] and "uv venv" in _flag(c, "command")]
+    assert "gcloud storage rsync --recursive gs://BUCKET/tensorflow_datasets" in _flag(setup, "command")
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Slurm
 
 FAKE_SBATCH = r"""#!{python} -S
@@ -394,6 +427,8 @@ import json, os, subprocess, sys
 with open(os.path.join(os.environ["FAKE_CALLS"], "srun.json"), "w") as f:
     json.dump(sys.argv[1:], f)
 args = sys.argv[1:]
+if os.environ.get("FAKE_SRUN_RECORD_ONLY"):
+    sys.exit(0)
 command = args[next(i for i, a in enumerate(args) if not a.startswith("-")):]  # srun's options come first
 env = dict(os.environ, SLURM_STEP_NODELIST="gpu[07-08]", SLURM_NTASKS="16", SLURM_PROCID="11", SLURM_LOCALID="3",
            SLURM_STEP_NUM_NODES="2")
@@ -436,6 +471,23 @@ def test_slurm_batch_file_runs_one_process_per_gpu_with_arguments_intact(tmp_pat
     coordinator, num_processes, process_id, local_devices = ran["detected"]
     assert coordinator == f"gpu07:{4242 % 4096 + 65535 - 4096 + 1}" and num_processes == 16 and process_id == 11
     assert local_devices == [3]
+
+
+def test_readme_slurm_command(tmp_path):
+    (block,) = [b for b in _readme_launch_blocks() if "sbatch launch/slurm.sbatch" in b]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(), calls.mkdir()
+    _script(bin_dir / "sbatch", FAKE_SBATCH)
+    _script(bin_dir / "srun", FAKE_SRUN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_CALLS=str(calls), FAKE_SRUN_RECORD_ONLY="1",
+               LOGDIR=str(tmp_path / "logs"))
+    r = subprocess.run(["bash", "-euc", block], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    srun = json.loads((calls / "srun.json").read_text())
+    assert srun[2:] == ["/shared/venvs/alpeft/bin/python", "-m", "alpeft_jax.main", "--config=configs/lora.py:ours",
+                        "--workdir=/shared/runs/lora_dtd_ours_s1", "--distributed",
+                        "--config.data.dir=/shared/tensorflow_datasets", "--config.dtype=bfloat16"]
 
 
 def test_slurm_batch_file_names_what_is_missing(tmp_path):
