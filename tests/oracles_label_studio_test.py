@@ -1,7 +1,8 @@
 """The Label Studio oracle against a real Label Studio server (1.23.x, its own venv; see _label_studio_server.py).
 
 One server serves the whole session (SQLite in a temporary folder, stopped by its pid at the end). The tests play
-the annotator through the server's REST API, independently of the SDK the oracle uses.
+the annotator through the server's REST API, independently of the SDK the oracle uses. `make test` runs the
+driver's stop-and-resume run against the simulated one; the oracle's own cases and the bad paths are `slow`.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def _record(workdir, r):
 # -- the oracle alone -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_round_trip_with_predictions_then_never_asked_again(server, tmp_path):
     wd = str(tmp_path / "run")
     o = _oracle(server, wd)
@@ -145,6 +147,7 @@ def test_round_trip_with_predictions_then_never_asked_again(server, tmp_path):
     assert o.info(7) == {}
 
 
+@pytest.mark.slow
 def test_personal_access_token_is_exchanged_for_a_bearer_token(server, tmp_path):
     pat = server.personal_access_token()
     with pytest.raises(urllib.error.HTTPError, match="401"):
@@ -160,6 +163,7 @@ def test_personal_access_token_is_exchanged_for_a_bearer_token(server, tmp_path)
     assert o.info(0)["predictions_sent"] == 0
 
 
+@pytest.mark.slow
 def test_crash_before_the_record_skipped_and_deleted_tasks(server, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(label_studio, "IMPORT_BATCH", 2)  # three bulk imports, each recorded
     monkeypatch.setattr(label_studio, "PAGE_SIZE", 2)  # the listing pages through the project
@@ -198,6 +202,7 @@ def test_crash_before_the_record_skipped_and_deleted_tasks(server, tmp_path, mon
     assert o.request(2, rows).tolist() == LABELS.tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule, expected", [("latest", [1, 2]), ("majority", [0, 2])])
 def test_several_annotations_rule_and_bad_annotations(server, tmp_path, rule, expected):
     o = _oracle(server, str(tmp_path), multiple=rule)
@@ -222,6 +227,7 @@ def test_several_annotations_rule_and_bad_annotations(server, tmp_path, rule, ex
     assert o.info(0)["annotations"] == {"latest": 2, "majority": 5}[rule]  # the annotations that decided
 
 
+@pytest.mark.slow
 def test_server_down_wrong_token_and_projects(server, tmp_path, monkeypatch):
     rows = np.array([0, 1])
     down = f"http://127.0.0.1:{ls_server.free_port()}"
@@ -273,6 +279,7 @@ def _file_pool(folder, names=NAMES):
     return oracles.PoolView(src, np.arange(3), names)
 
 
+@pytest.mark.slow
 def test_local_storage_images(server, tmp_path):
     root = str(server.files_root)
     o = _oracle(server, str(tmp_path), images="local", local_root=root)
@@ -309,6 +316,7 @@ def test_local_storage_images(server, tmp_path):
         wrong_root.request(0, np.array([0]))
 
 
+@pytest.mark.slow
 def test_wait_mode_polls_until_the_annotator_is_done(server, tmp_path):
     wd = str(tmp_path)
     o = _oracle(server, wd, wait_seconds=120)
@@ -397,9 +405,10 @@ def test_driver_stop_and_resume_equals_simulated(server, simulated_run, tmp_path
     assert _comparable(results) == _comparable(expected)
     assert _state(wd) == expected_state  # the same labelled set, in the same order
     assert len(project_tasks(server, pid)) == 15  # nothing imported twice
-    r0, r1 = _record(wd, 0)["info"], _record(wd, 1)["info"]
+    r0, r1 = (r["labeling"] for r in results)  # the oracle's facts reach results.jsonl
+    assert r0 == _record(wd, 0)["info"] and r1 == _record(wd, 1)["info"] and r1["project"] == pid
     assert r0["predictions_sent"] == 0 and r1["predictions_sent"] == 5  # round 1 carries the model's guesses
-    assert r1["annotators"] == [ls_server.USERNAME]
+    assert r1["annotators"] == [ls_server.USERNAME] and r1["tasks"] == 5
     assert {t["predictions"][0]["model_version"] for t in project_tasks(server, pid) if t["predictions"]} == {
         f"{c.name}-round1"}
 
