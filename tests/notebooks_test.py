@@ -9,6 +9,7 @@ results.jsonl.
 import json
 import os
 import re
+import tempfile
 
 import nbclient
 import nbformat
@@ -22,6 +23,8 @@ def _execute(name, workdir, monkeypatch):
     monkeypatch.setenv("ALPEFT_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("ALPEFT_NOTEBOOK_WORKDIR", str(workdir))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    # Compiled programs persist across test sessions on this machine (the notebooks honour this variable).
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alpeft_notebooks_jax_cache"))
     nb = nbformat.read(os.path.join(COLAB, name), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": COLAB}})
