@@ -31,7 +31,7 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
                     on every worker in the background (nohup), a log per worker in ~/alpeft_logs
   stop              stop the run started last, on every worker
   status            the TPU's state and, per worker, whether the run is going and its last log lines
-  logs [-f]         the last $LINES (100) lines of the run's log on worker $WORKER (0; `all` for every worker)
+  logs [-f]         the last $LOG_LINES (100) lines of the run's log on worker $WORKER (0; `all` for every worker)
   fetch [DIR...]    copy results.jsonl + config.json of $WORKDIR (or DIR...) from worker 0's view (gs:// or a
                     worker-local path), make the report table and plot there, and copy them to $DEST
   delete            delete the TPU VM (or its queued resource)
@@ -191,6 +191,14 @@ class Launcher:
         venv = self.env.get("VENV", "$HOME/alpeft_venv")
         return f'"{venv}/bin/python"' if venv.startswith("$HOME") else shlex.quote(venv + "/bin/python")
 
+    @staticmethod
+    def only(command: str, args: list[str], allowed: tuple[str, ...] = ()) -> None:
+        """Fail on arguments the subcommand does not take."""
+        unknown = [a for a in args if a not in allowed]
+        if unknown:
+            takes = f"only {' '.join(allowed)}" if allowed else "no arguments"
+            raise LaunchError(f"{command} takes {takes}, not {' '.join(unknown)}")
+
     # ----- execution
     def emit(self, argv: list[str], check: bool = True) -> int:
         """Print (dry run) or run one command."""
@@ -211,10 +219,8 @@ class Launcher:
     def create(self, args: list[str]) -> None:
         """Create the TPU VM (a queued resource for pod slices; --spot or SPOT=1 for Spot capacity)."""
         acc = self.accelerator()
+        self.only("create", args, ("--spot",))
         spot = "--spot" in args or self.env.get("SPOT", "") not in ("", "0")
-        unknown = [a for a in args if a != "--spot"]
-        if unknown:
-            raise LaunchError(f"create takes only --spot, not {' '.join(unknown)}")
         name, flags = self.tpu()
         self.check()
         runtime = self.env.get("RUNTIME") or runtime_for(acc)
@@ -264,8 +270,7 @@ class Launcher:
 
     def setup(self, args: list[str]) -> None:
         """Put the code on every worker (HEAD as an archive, or a clone of $REPO) and install it."""
-        if args:
-            raise LaunchError(f"setup takes no arguments, not {' '.join(args)}")
+        self.only("setup", args)
         acc = self.accelerator()
         name, flags = self.tpu()
         self.check()
@@ -313,6 +318,7 @@ class Launcher:
 
     def stop(self, args: list[str]) -> None:
         """Stop the latest run on every worker."""
+        self.only("stop", args)
         name, flags = self.tpu()
         self.check()
         script = (f'p=$(cat "$HOME/{LOG_DIR}/latest.pid" 2>/dev/null) && kill -- -"$p" 2>/dev/null '
@@ -321,6 +327,7 @@ class Launcher:
 
     def status(self, args: list[str]) -> None:
         """The TPU's state, then per worker whether the run goes on and its last log lines."""
+        self.only("status", args)
         acc = self.accelerator()
         name, flags = self.tpu()
         self.check()
@@ -336,11 +343,14 @@ class Launcher:
 
     def logs(self, args: list[str]) -> None:
         """Tail the latest log of one worker (WORKER, default 0; -f follows)."""
-        follow = "-f" in args or "--follow" in args
+        self.only("logs", args, ("-f", "--follow"))
+        follow = bool(args)
+        raw = self.env.get("LOG_LINES", "") or "100"
+        if not raw.isdigit():
+            raise LaunchError(f"LOG_LINES={raw!r} is not a number of lines; e.g. LOG_LINES=200")
         name, flags = self.tpu()
         self.check()
-        lines = int(self.env.get("LINES", "") or 100)
-        tail = f"tail -n {lines}{' -F' if follow else ''} \"$HOME/{LOG_DIR}/latest.log\""
+        tail = f"tail -n {raw}{' -F' if follow else ''} \"$HOME/{LOG_DIR}/latest.log\""
         self.emit(self.ssh(name, flags, self.env.get("WORKER", "") or "0", tail))
 
     def fetch(self, args: list[str]) -> None:
@@ -371,6 +381,7 @@ class Launcher:
 
     def delete(self, args: list[str]) -> None:
         """Delete the TPU VM, or its queued resource (which deletes the VM with it)."""
+        self.only("delete", args)
         acc = self.accelerator()
         name, flags = self.tpu()
         self.check()

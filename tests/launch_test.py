@@ -174,6 +174,18 @@ def test_missing_settings_are_named_in_one_line_and_nothing_runs(fakes):
     assert r.returncode == 2 and "set ACCELERATOR" in r.stderr
 
 
+@pytest.mark.parametrize("args, env, message", [
+    (["setup", "now"], {}, "setup takes no arguments, not now"),
+    (["create", "--preemptible"], {}, "create takes only --spot, not --preemptible"),
+    (["logs"], {"LOG_LINES": "many"}, "LOG_LINES='many' is not a number"),
+    (["deploy"], {}, "unknown command 'deploy'"),
+])
+def test_bad_arguments_are_one_clear_error(fakes, args, env, message):
+    r = _launch(fakes, *args, ACCELERATOR="v4-8", **env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr
+    assert not os.listdir(fakes["calls"])
+
+
 def test_dry_run_guards_what_is_missing(fakes):
     env = dict(fakes["env"], ACCELERATOR="v4-8", DRY_RUN="1")
     del env["TPU_NAME"]
@@ -324,7 +336,7 @@ def test_status_stop_and_logs_follow_the_background_run(fakes):
         assert "== " in status.stdout and ": running" in status.stdout
         again = _launch(fakes, "run", FAKE_EXEC=1, **env)  # never two runs at once on a worker
         assert again.returncode != 0 and "still going" in again.stderr
-        logs = _launch(fakes, "logs", FAKE_EXEC=1, LINES=5, **env)
+        logs = _launch(fakes, "logs", FAKE_EXEC=1, LOG_LINES=5, **env)
         assert logs.returncode == 0 and "fake alpeft_jax.main started" in logs.stdout
         stop = _launch(fakes, "stop", FAKE_EXEC=1, **env)
         assert ": stopped" in stop.stdout
