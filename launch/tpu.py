@@ -186,10 +186,17 @@ class Launcher:
         q = self.env.get("QUEUED", "")
         return num_hosts(accelerator) > 1 if q == "" else q not in ("0", "false", "no")
 
+    def venv(self, sub: str = "") -> str:
+        """The workers' virtual environment (VENV, default ~/alpeft_venv), or a path in it, as a remote shell word."""
+        venv = self.env.get("VENV", "") or "~/alpeft_venv"
+        path = (venv + "/" + sub) if sub else venv
+        if path == "~" or path.startswith("~/"):  # the worker's home, expanded there
+            return '"$HOME"' + shlex.quote(path[1:]) if len(path) > 1 else '"$HOME"'
+        return shlex.quote(path)
+
     def venv_python(self) -> str:
         """The workers' interpreter, as a remote shell word."""
-        venv = self.env.get("VENV", "$HOME/alpeft_venv")
-        return f'"{venv}/bin/python"' if venv.startswith("$HOME") else shlex.quote(venv + "/bin/python")
+        return self.venv("bin/python")
 
     @staticmethod
     def only(command: str, args: list[str], allowed: tuple[str, ...] = ()) -> None:
@@ -205,7 +212,11 @@ class Launcher:
         if self.dry:
             print(render(argv), file=self.out)
             return 0
-        rc = subprocess.call(argv)
+        try:
+            rc = subprocess.call(argv)
+        except FileNotFoundError:
+            raise LaunchError(f"{argv[0]} is not on PATH" + (" (install the Google Cloud CLI and run `gcloud auth "
+                                                             "login`)" if argv[0] == "gcloud" else "")) from None
         if rc and check:
             raise LaunchError(f"`{render(argv)[:200]}` failed with exit code {rc}")
         return rc
@@ -237,9 +248,7 @@ class Launcher:
 
     def setup_script(self, acc: str, clone: bool) -> str:
         """The shell script each worker runs: the code, uv, Python, the package and the matching jax[tpu]."""
-        pyver = self.env.get("PYTHON_VERSION", "3.11")
-        venv = self.env.get("VENV", "$HOME/alpeft_venv")
-        venv_q = f'"{venv}"' if venv.startswith("$HOME") else shlex.quote(venv)
+        pyver = self.env.get("PYTHON_VERSION", "") or "3.11"
         lines = ["set -e", 'cd "$HOME"']
         if clone:
             repo = shlex.quote(self.env["REPO"])
@@ -257,14 +266,14 @@ class Launcher:
             'export PATH="$HOME/.local/bin:$PATH"',
             "command -v uv >/dev/null || python3 -m pip install --quiet --user uv "
             "|| curl -LsSf https://astral.sh/uv/install.sh | sh",
-            f"[ -x {venv_q}/bin/python ] || uv venv --quiet --python {shlex.quote(pyver)} {venv_q}",
-            f"uv pip install --quiet --python {venv_q}/bin/python -e {CODE_DIR} "
+            f"[ -x {self.venv_python()} ] || uv venv --quiet --python {shlex.quote(pyver)} {self.venv()}",
+            f"uv pip install --quiet --python {self.venv_python()} -e {CODE_DIR} "
             f"{shlex.quote(jax_requirement(self.root))}",
         ]
         if num_hosts(acc) == 1:  # a pod slice's hosts only see their chips together, inside a distributed run
-            lines.append(f"{venv_q}/bin/python -c 'import jax; print(jax.devices())'")
+            lines.append(f"{self.venv_python()} -c 'import jax; print(jax.devices())'")
         else:
-            lines.append(f"{venv_q}/bin/python -c 'import alpeft_jax, jax; print(\"jax\", jax.__version__)'")
+            lines.append(f"{self.venv_python()} -c 'import alpeft_jax, jax; print(\"jax\", jax.__version__)'")
         lines.append('echo "$(hostname): ready"')
         return "\n".join(lines)
 

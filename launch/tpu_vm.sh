@@ -13,4 +13,6 @@
 # DRY_RUN=1 prints every command instead of running it. `run` starts the same command on every worker in the
 # background (a log per worker, ~/alpeft_logs) and adds --distributed when the slice has more than one host.
 set -euo pipefail
-exec python3 "$(dirname "$0")/tpu.py" "$@"
+here=${BASH_SOURCE[0]%/*}
+[ "$here" != "${BASH_SOURCE[0]}" ] || here=.
+exec python3 "$here/tpu.py" "$@"

@@ -186,6 +186,23 @@ def test_bad_arguments_are_one_clear_error(fakes, args, env, message):
     assert not os.listdir(fakes["calls"])
 
 
+def test_missing_gcloud_is_one_clear_error(fakes, tmp_path):
+    only = tmp_path / "only"  # a PATH with bash and Python but no gcloud
+    only.mkdir()
+    os.symlink(sys.executable, only / "python3")
+    os.symlink(subprocess.run(["bash", "-c", "command -v bash"], capture_output=True, text=True).stdout.strip(),
+               only / "bash")
+    r = subprocess.run([TPU_VM, "delete"], env=dict(fakes["env"], PATH=str(only), ACCELERATOR="v4-8"),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == "error: gcloud is not on PATH (install the Google Cloud CLI and run " \
+        "`gcloud auth login`)\n"
+
+
+def test_venv_can_be_moved(fakes):
+    (ssh,), _ = _launch_and_dry_run(fakes, "run", ACCELERATOR="v4-8", CONFIG="c.py", WORKDIR="w", VENV="~/envs/al")
+    assert 'PYTHONUNBUFFERED=1 setsid nohup "$HOME"/envs/al/bin/python -m alpeft_jax.main' in _flag(ssh, "command")
+
+
 def test_dry_run_guards_what_is_missing(fakes):
     env = dict(fakes["env"], ACCELERATOR="v4-8", DRY_RUN="1")
     del env["TPU_NAME"]
