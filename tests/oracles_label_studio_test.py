@@ -266,6 +266,11 @@ def test_server_down_wrong_token_and_projects(server, tmp_path, monkeypatch):
             {"from_name": "cls", "to_name": "img", "type": "choices",
              "value": {"choices": [_truth(t["data"]["alpeft_id"])]}}]})
     assert o.request(0, rows).tolist() == [0, 1]
+    # Another run in the same project: its own tasks, whatever the other run's tasks of the same examples say.
+    other = _oracle(server, str(tmp_path / "g"), project="my own labels")
+    with pytest.raises(oracles.PendingLabels, match="0 of 2"):
+        other.request(0, rows)
+    assert len(project_tasks(server, mine["id"])) == 4 and other.run_key != o.run_key
 
 
 def _file_pool(folder, names=NAMES):

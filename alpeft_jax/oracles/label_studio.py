@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import collections
 import io
+import json
 import os
 import secrets
 import time
@@ -117,6 +118,7 @@ class LabelStudioOracle:
         self._client = client
         self._project: dict[str, Any] | None = None
         self._emails: dict[int, str] = {}
+        self._key = ""
 
     # -- records ---------------------------------------------------------------------------------------
     def _round_file(self, round_index: int) -> epath.Path:
@@ -128,12 +130,13 @@ class LabelStudioOracle:
         if not rec.get("run_key"):
             rec = {"run_key": secrets.token_hex(6)}
             write_json(path, rec)
+        self._key = rec["run_key"]
         return rec
 
     @property
     def run_key(self) -> str:
-        """This run's key, carried by every task it creates."""
-        return self._run_record()["run_key"]
+        """This run's key, carried by every task it creates (made once, kept in DIR/label_studio.json)."""
+        return self._key or self._run_record()["run_key"]
 
     # -- server ----------------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, allow_404: bool = False, **kwargs: Any) -> Any:
@@ -249,12 +252,16 @@ class LabelStudioOracle:
                              "for it with one <Choice> per class.")
 
     # -- tasks -----------------------------------------------------------------------------------------
-    def _run_tasks(self) -> dict[int, list[dict[str, Any]]]:
-        """This run's tasks in the project, by example id (several when an example was imported twice)."""
+    def _run_tasks(self, round_index: int) -> dict[int, list[dict[str, Any]]]:
+        """This run's tasks of a round in the project, by example id (several if an example was imported twice)."""
         ls, pid, key = self.client(), self.project()["id"], self.run_key
+        query = json.dumps({"filters": {"conjunction": "and", "items": [  # only this run's round, not the project
+            {"filter": "filter:tasks:data.alpeft_run", "operator": "equal", "type": "String", "value": key},
+            {"filter": "filter:tasks:data.alpeft_round", "operator": "equal", "type": "Number", "value": round_index},
+        ]}})
 
         def fetch() -> list[Any]:
-            return list(ls.tasks.list(project=pid, page_size=PAGE_SIZE, fields="all"))
+            return list(ls.tasks.list(project=pid, page_size=PAGE_SIZE, fields="all", query=query))
 
         out: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
         for task in self._call(f"listing the tasks of project {pid}", fetch):
@@ -297,18 +304,24 @@ class LabelStudioOracle:
         return rel
 
     def _ensure_storage(self, rels: list[str]) -> None:
-        """Register a local storage of the project over the images' common folder, unless one covers them."""
+        """Register local storages of the project over the images' folders, unless existing ones cover them.
+
+        One storage per top-level folder under `local_root` (a storage may not be the root itself), over the
+        common folder of that folder's images.
+        """
         pid, ls = self.project()["id"], self.client()
-        common = os.path.commonpath([os.path.join(self.local_root, os.path.dirname(r)) for r in rels])
-        if os.path.normpath(common) == self.local_root:  # a storage may not be the root itself
-            common = os.path.join(self.local_root, rels[0].split(os.sep)[0])
         storages = self._call("listing local storages", ls.import_storage.local.list, project=pid)
-        for st in storages:
-            sp = os.path.normpath(_plain(st).get("path") or "")
-            if sp and all(os.path.join(self.local_root, os.path.dirname(r)).startswith(sp) for r in rels):
-                return
-        self._call(f"registering local storage {common}", ls.import_storage.local.create, project=pid, path=common,
-                   title="alpeft_jax images", use_blob_urls=True)
+        have = [os.path.normpath(_plain(st).get("path") or "") for st in storages]
+        groups: dict[str, list[str]] = collections.defaultdict(list)
+        for rel in rels:
+            groups[rel.split(os.sep, 1)[0]].append(os.path.join(self.local_root, os.path.dirname(rel)))
+        for dirs in groups.values():
+            if all(any(d == h or d.startswith(h + os.sep) for h in have if h) for d in dirs):
+                continue
+            common = os.path.commonpath(dirs)
+            self._call(f"registering a local storage of {common}", ls.import_storage.local.create, project=pid,
+                       path=common, title="alpeft_jax images", use_blob_urls=True)
+            have.append(common)
 
     def _import(self, round_index: int, rows: list[int], ids: list[int], predictions: np.ndarray | None,
                 record: dict[str, Any]) -> None:
@@ -412,7 +425,7 @@ class LabelStudioOracle:
         deadline = None if self.wait_seconds < 0 else time.time() + self.wait_seconds
         last_note, last_done = 0.0, -1
         while True:
-            found = self._run_tasks()
+            found = self._run_tasks(round_index)
             todo = [k for k, i in enumerate(ids) if i not in found]
             if todo:
                 gone = [ids[k] for k in todo if str(ids[k]) in record["tasks"]]
@@ -421,7 +434,7 @@ class LabelStudioOracle:
                                     "them again", round_index, gone[:10])
                 self._import(round_index, [int(rows[k]) for k in todo], [ids[k] for k in todo],
                              None if predictions is None else predictions[todo], record)
-                found = self._run_tasks()
+                found = self._run_tasks(round_index)
             record["tasks"].update({str(i): int(found[i][0]["id"]) for i in ids if i in found})
             write_json(self._round_file(round_index), record)
             labels = np.full(len(ids), -1, np.int64)
