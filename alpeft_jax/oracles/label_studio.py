@@ -423,51 +423,72 @@ class LabelStudioOracle:
                                 "example id", round_index)
             record = {"ids": ids, "tasks": {}, "predicted": {}}
         deadline = None if self.wait_seconds < 0 else time.time() + self.wait_seconds
-        last_note, last_done = 0.0, -1
-        while True:
+        bar, last_note, last_done = None, 0.0, -1
+        try:
+            while True:
+                labels, counted, skipped = self._poll(round_index, rows, ids, predictions, record)
+                done = int((labels >= 0).sum())
+                if done == len(ids):
+                    record["labels"] = labels.tolist()
+                    record["info"] = self._facts(ids, labels, counted, record)
+                    write_json(self._round_file(round_index), record)
+                    return labels
+                pid = self.project()["id"]
+                where = f"{self.url}/projects/{pid}/data"
+                waiting = deadline is None or time.time() + self.poll_seconds <= deadline
+                if not waiting or (skipped and len(skipped) + done == len(ids)):
+                    note = (f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class, "
+                            "every selected example needs a label" if skipped else "")
+                    raise PendingLabels(
+                        f"round {round_index}: {done} of {len(ids)} Label Studio tasks annotated in project {pid} "
+                        f"({where}){note}; label the rest and rerun the same command."
+                    )
+                if bar is None:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=len(ids), desc=f"round {round_index}: annotated in Label Studio", unit="task",
+                               mininterval=2.0, dynamic_ncols=True, leave=False)
+                bar.n = done
+                bar.refresh()
+                if time.time() - last_note >= 60.0 or done != last_done:
+                    left = "" if deadline is None else f" up to {deadline - time.time():.0f}s more"
+                    logging.info("round %d: %d/%d tasks annotated in Label Studio (%s); waiting%s", round_index,
+                                 done, len(ids), where, left)
+                    last_note, last_done = time.time(), done
+                time.sleep(self.poll_seconds)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _poll(self, round_index: int, rows: np.ndarray, ids: list[int], predictions: np.ndarray | None,
+              record: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+        """One look at the round's tasks (importing those not there): labels (-1: none yet), the annotations
+        that decided them, and the example ids of skipped tasks."""
+        found = self._run_tasks(round_index)
+        todo = [k for k, i in enumerate(ids) if i not in found]
+        if todo:
+            gone = [ids[k] for k in todo if str(ids[k]) in record["tasks"]]
+            if gone:
+                logging.warning("round %d: the tasks of example ids %s were deleted in Label Studio; importing "
+                                "them again", round_index, gone[:10])
+            self._import(round_index, [int(rows[k]) for k in todo], [ids[k] for k in todo],
+                         None if predictions is None else predictions[todo], record)
             found = self._run_tasks(round_index)
-            todo = [k for k, i in enumerate(ids) if i not in found]
-            if todo:
-                gone = [ids[k] for k in todo if str(ids[k]) in record["tasks"]]
-                if gone:
-                    logging.warning("round %d: the tasks of example ids %s were deleted in Label Studio; importing "
-                                    "them again", round_index, gone[:10])
-                self._import(round_index, [int(rows[k]) for k in todo], [ids[k] for k in todo],
-                             None if predictions is None else predictions[todo], record)
-                found = self._run_tasks(round_index)
-            record["tasks"].update({str(i): int(found[i][0]["id"]) for i in ids if i in found})
+        tasks = {str(i): int(found[i][0]["id"]) for i in ids if i in found}
+        if tasks != record["tasks"]:
+            record["tasks"] = tasks
             write_json(self._round_file(round_index), record)
-            labels = np.full(len(ids), -1, np.int64)
-            counted: list[dict[str, Any]] = []
-            skipped = []
-            for k, ident in enumerate(ids):
-                label, used, was_skipped = self._decide(ident, found.get(ident, []))
-                if label is not None:
-                    labels[k] = label
-                    counted += used
-                elif was_skipped:
-                    skipped.append(ident)
-            done = int((labels >= 0).sum())
-            if done == len(ids):
-                record["labels"] = labels.tolist()
-                record["info"] = self._facts(ids, labels, counted, record)
-                write_json(self._round_file(round_index), record)
-                return labels
-            pid = self.project()["id"]
-            where = f"{self.url}/projects/{pid}/data"
-            waiting = deadline is None or time.time() + self.poll_seconds <= deadline
-            if not waiting or (skipped and len(skipped) + done == len(ids)):
-                note = (f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class, "
-                        "every selected example needs a label" if skipped else "")
-                raise PendingLabels(
-                    f"round {round_index}: {done} of {len(ids)} Label Studio tasks annotated in project {pid} "
-                    f"({where}){note}; label the rest and rerun the same command."
-                )
-            if time.time() - last_note >= 30.0 or done != last_done:
-                logging.info("round %d: %d/%d tasks annotated in Label Studio (%s); waiting%s", round_index, done,
-                             len(ids), where, "" if deadline is None else f" up to {deadline - time.time():.0f}s more")
-                last_note, last_done = time.time(), done
-            time.sleep(self.poll_seconds)
+        labels = np.full(len(ids), -1, np.int64)
+        counted: list[dict[str, Any]] = []
+        skipped = []
+        for k, ident in enumerate(ids):
+            label, used, was_skipped = self._decide(ident, found.get(ident, []))
+            if label is not None:
+                labels[k] = label
+                counted += used
+            elif was_skipped:
+                skipped.append(ident)
+        return labels, counted, skipped
 
     def _facts(self, ids: list[int], labels: np.ndarray, counted: list[dict[str, Any]],
                record: dict[str, Any]) -> dict[str, Any]:
