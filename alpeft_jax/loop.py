@@ -42,6 +42,7 @@ from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import FeatureCache, PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
 
+DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
 STATE_FILE = "al_state.json"
 CONFIG_FILE = "config.json"
 
@@ -72,15 +73,9 @@ def adapt_config(c: ml_collections.ConfigDict, family: str) -> AdaptConfig:
 
 
 def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
-    """The TrainConfig described by `config.train`."""
-    t = c.train
-    return TrainConfig(
-        epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
-        weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, warmup_lr=t.warmup_lr,
-        label_smoothing=t.label_smoothing, calibration=t.calibration, calibration_weight=t.calibration_weight,
-        calibration_anneal=t.calibration_anneal, calibration_weighting=t.calibration_weighting, drop_last=t.drop_last,
-        loss_prediction=t.loss_prediction or c.al.strategy == "learning_loss",
-    )
+    """The TrainConfig described by `config.train` (loss scaling where the compute dtype is float16)."""
+    return TrainConfig.from_config(c.train, loss_prediction=c.al.strategy == "learning_loss",
+                                   float16=c.dtype == "float16")
 
 
 def _subset(n: int, k: int, seed: int) -> np.ndarray:
@@ -176,16 +171,17 @@ class Run:
         self.workdir = _workdir(workdir)
         if c.al.strategy not in strategies.names():
             raise ValueError(f"unknown al.strategy {c.al.strategy!r}; choose one of {', '.join(strategies.names())}.")
-        if c.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {c.dtype!r}.")
+        if c.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}.")
         # -- the record: read by process 0, the same on every process ---------------------------------------
         self._check_config(allow_config_change)
         fresh = {"round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": []}
         self.state = broadcast_json(checkpoint.read_json(self.workdir / STATE_FILE) if is_leader() else None) or fresh
         # -- data ------------------------------------------------------------------------------------------
         data_dir = c.data.dir or None
-        pool_src = data.get_source(c.data.name, c.data.train_split, data_dir)
-        test_src = data.get_source(c.data.name, c.data.test_split, data_dir)
+        split_file = c.data.split_file or None
+        pool_src = data.get_source(c.data.name, c.data.train_split, data_dir, split_file=split_file)
+        test_src = data.get_source(c.data.name, c.data.test_split, data_dir, split_file=split_file)
         self.pool = Split(pool_src, _subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
         self.test = Split(test_src, _subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
         names = list(pool_src.class_names)
@@ -198,8 +194,7 @@ class Run:
         self.num_classes = len(names)
         # -- mesh, model -----------------------------------------------------------------------------------
         self.sharder = Sharder()
-        dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}[c.dtype]
-        self.backbone = backbones.load(c.backbone, dtype=dtype)
+        self.backbone = backbones.load(c.backbone, dtype=DTYPES[c.dtype])
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
         self.model = AdaptedModel(self.backbone, names, adapt_config(c, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from alpeft_jax import evaluate, losses, optim
+from alpeft_jax.config import base as base_config
 from alpeft_jax.models.adapted import AdaptedModel
 from alpeft_jax.models.heads import LossPredictionHead
 from alpeft_jax.parallel import Sharder
@@ -38,33 +39,57 @@ class NaNLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+_FIELDS = {
+    "epochs": int, "batch_size": int, "optimizer": str, "lr": float, "momentum": float, "weight_decay": float,
+    "warmup_epochs": int, "warmup_lr": float, "label_smoothing": float, "calibration": str,
+    "calibration_weight": float, "calibration_anneal": bool, "calibration_weighting": str, "drop_last": bool,
+    "loss_prediction": bool, "loss_prediction_weight": float, "loss_prediction_lr": float, "loss_scale": str,
+    "loss_scale_init": float, "loss_scale_growth_interval": int,
+}
+_DEFAULTS = base_config().train  # the one place the defaults are written (alpeft_jax.config.base)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and loss settings of one AL round (METHOD.md §3.2 defaults)."""
+    """Optimisation and loss settings of one AL round; defaults are `config.base().train` (METHOD.md §3.2)."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "sgd"  # "sgd" (coupled weight decay, as the authors) | "adamw"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    label_smoothing: float = 0.0
-    calibration: str = "cpeal"  # "cpeal" | "avuc" | "none"
-    calibration_weight: float = 1.0
-    calibration_anneal: bool = True
-    calibration_weighting: str = "balanced"
-    drop_last: bool = True  # Dassl drops the last partial batch once the set holds a full batch
-    loss_prediction: bool = False  # train a learning-loss head alongside (Yoo & Kweon; METHOD.md §3.5 "LL")
-    loss_prediction_weight: float = 0.01
-    loss_prediction_lr: float = 0.1
+    epochs: int = _DEFAULTS.epochs
+    batch_size: int = _DEFAULTS.batch_size
+    optimizer: str = _DEFAULTS.optimizer  # "sgd" (coupled weight decay, as the authors) | "adamw"
+    lr: float = _DEFAULTS.lr
+    momentum: float = _DEFAULTS.momentum
+    weight_decay: float = _DEFAULTS.weight_decay
+    warmup_epochs: int = _DEFAULTS.warmup_epochs
+    warmup_lr: float = _DEFAULTS.warmup_lr
+    label_smoothing: float = _DEFAULTS.label_smoothing
+    calibration: str = _DEFAULTS.calibration  # "none" | "cpeal" | "avuc"
+    calibration_weight: float = _DEFAULTS.calibration_weight
+    calibration_anneal: bool = _DEFAULTS.calibration_anneal
+    calibration_weighting: str = _DEFAULTS.calibration_weighting
+    drop_last: bool = _DEFAULTS.drop_last  # Dassl drops the last partial batch once the set holds a full batch
+    loss_prediction: bool = _DEFAULTS.loss_prediction  # train a learning-loss head alongside (METHOD.md §3.5 "LL")
+    loss_prediction_weight: float = _DEFAULTS.loss_prediction_weight
+    loss_prediction_lr: float = _DEFAULTS.loss_prediction_lr
+    loss_scale: str = "none"  # "dynamic": float16 loss scaling (the driver turns it on for dtype=float16)
+    loss_scale_init: float = _DEFAULTS.loss_scale_init
+    loss_scale_growth_interval: int = _DEFAULTS.loss_scale_growth_interval
 
     def __post_init__(self) -> None:
         if self.calibration not in ("cpeal", "avuc", "none"):
             raise ValueError(f"calibration must be 'cpeal', 'avuc' or 'none', got {self.calibration!r}.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1.")
+        if self.loss_scale not in ("dynamic", "none"):
+            raise ValueError(f"train.loss_scale must be 'dynamic' or 'none', got {self.loss_scale!r}.")
+
+    @classmethod
+    def from_config(cls, train: Any, *, loss_prediction: bool = False, float16: bool = False) -> TrainConfig:
+        """The TrainConfig of a run config's `train` section (loss scaling only where the compute is float16)."""
+        values = {k: cast(train[k]) for k, cast in _FIELDS.items() if k in train}
+        values["loss_prediction"] = bool(values.get("loss_prediction")) or loss_prediction
+        if not float16:
+            values["loss_scale"] = "none"
+        return cls(**values)
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
@@ -90,8 +115,10 @@ class Trainer:
         main = optim.make_optimizer(c.optimizer, c.epochs, lr=c.lr, momentum=c.momentum,
                                     weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
         if config.loss_prediction:
-            # The loss-prediction module has its own SGD (lr 0.1, momentum 0.9, coupled decay 5e-4).
-            head_tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(config.loss_prediction_lr, momentum=0.9))
+            # The loss-prediction module has its own SGD (train.loss_prediction_lr; momentum and coupled decay as the
+            # main optimiser's defaults, as the reference code: 0.9 and 5e-4).
+            head_tx = optax.chain(optax.add_decayed_weights(_DEFAULTS.weight_decay),
+                                  optax.sgd(config.loss_prediction_lr, momentum=_DEFAULTS.momentum))
             self.tx = optax.multi_transform(
                 {"main": main, "loss_pred": optax.with_extra_args_support(head_tx)},
                 lambda tree: {k: ("loss_pred" if k == "loss_pred" else "main") for k in tree},
@@ -118,8 +145,12 @@ class Trainer:
         if self.config.loss_prediction and "loss_pred" not in trainable:
             dummy = jnp.zeros((1, self.model.num_classes), jnp.float32)
             trainable["loss_pred"] = LossPredictionHead().init(jax.random.fold_in(k_init, 7), dummy)["params"]
-        return {"trainable": trainable, "opt_state": self.tx.init(trainable), "rng": k_state,
-                "step": jnp.zeros((), jnp.int32)}
+        state = {"trainable": trainable, "opt_state": self.tx.init(trainable), "rng": k_state,
+                 "step": jnp.zeros((), jnp.int32)}
+        if self.config.loss_scale == "dynamic":
+            state["loss_scale"] = {"scale": jnp.asarray(self.config.loss_scale_init, jnp.float32),
+                                   "good_steps": jnp.zeros((), jnp.int32)}
+        return state
 
     def init(self, rng: jax.Array, trainable: Any = None) -> State:
         """A fresh state, replicated over the mesh: new trainable tree (unless given, e.g. warm start) and optimiser."""
@@ -160,10 +191,22 @@ class Trainer:
         rng, sub = jax.random.split(state["rng"])
         epoch = jnp.clip(epoch, 0, self.config.epochs - 1)
         lam = jnp.asarray(self._lam_table)[epoch]
-        grads, metrics = jax.grad(self._loss, has_aux=True)(state["trainable"], batch, sub, lam)
+        scaling = state.get("loss_scale")
+        if scaling is None:
+            grads, metrics = jax.grad(self._loss, has_aux=True)(state["trainable"], batch, sub, lam)
+        else:  # float16: differentiate loss x scale, unscale, skip the update where a gradient overflowed
+            scaled = lambda t: (lambda out: (out[0] * scaling["scale"], out[1]))(self._loss(t, batch, sub, lam))
+            grads, metrics = jax.grad(scaled, has_aux=True)(state["trainable"])
+            grads = jax.tree.map(lambda g: g / scaling["scale"], grads)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"], epoch=epoch)
         trainable = optax.apply_updates(state["trainable"], updates)
         new = {"trainable": trainable, "opt_state": opt_state, "rng": rng, "step": state["step"] + 1}
+        if scaling is not None:
+            new.update(_loss_scale_step(state, new, grads, scaling, self.config.loss_scale_growth_interval))
+            finite = new.pop("_finite")
+            metrics = {k: (jnp.where(finite > 0, v, 0) if k in ("loss", "ce", "calibration") else v)
+                       for k, v in metrics.items()}
+            metrics["skipped_steps"] = 1 - finite
         return new, metrics
 
     def put(self, batch: Batch) -> Batch:
@@ -230,6 +273,11 @@ class Trainer:
             "calibration_weight": self.calibration_weight(epoch),
             "steps": steps,
         }
+        if "skipped_steps" in s:  # float16 loss scaling: steps whose gradients overflowed were not applied
+            row["skipped_steps"] = int(s["skipped_steps"])
+            applied = max(1, steps - row["skipped_steps"])
+            for k in ("loss", "ce", "calibration"):
+                row[k] = s[k] / applied
         if not math.isfinite(row["loss"]):
             raise NaNLossError(
                 f"training loss is {row['loss']} in epoch {epoch}: lower train.lr or check the inputs; "
@@ -260,6 +308,21 @@ class Trainer:
         for batch in batches:
             _, logits, feats = self._eval_step(trainable, self.put(batch), kind or self.kind)
             yield self.sharder.to_host(logits), self.sharder.to_host(feats), batch
+
+
+def _loss_scale_step(old: State, new: State, grads: Any, scaling: dict, interval: int) -> dict:
+    """Dynamic loss scaling: keep the update and count a good step when every gradient is finite (doubling the
+    scale after `interval` of them), else keep the old trainables and optimiser state and halve the scale."""
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
+    good = jnp.where(finite, scaling["good_steps"] + 1, 0)
+    grow = good >= interval
+    scale = jnp.where(finite, jnp.where(grow, scaling["scale"] * 2.0, scaling["scale"]),
+                      jnp.maximum(scaling["scale"] / 2.0, 1.0))
+    return {"trainable": keep(new["trainable"], old["trainable"]),
+            "opt_state": keep(new["opt_state"], old["opt_state"]),
+            "loss_scale": {"scale": scale, "good_steps": jnp.where(grow, 0, good)},
+            "_finite": finite.astype(jnp.int32)}
 
 
 def masked_ranking_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, margin: float = 1.0) -> jax.Array:

@@ -321,3 +321,56 @@ def test_evaluation_on_padded_batches_equals_unpadded_metrics(dino):
     np.testing.assert_allclose(np.concatenate([r[0] for r in rows]), logits, atol=1e-4)
     np.testing.assert_array_equal(np.concatenate([r[1] for r in rows]), feats)
     assert trainer.traces["eval"] == 1
+
+
+# ------------------------------------------------------------------------------------------ float16
+@pytest.mark.skipif(jax.default_backend() == "cpu", reason="XLA's CPU backend has no float16 matmuls (F16_F16_F32)")
+def test_float16_lora_with_dynamic_loss_scaling_trains_the_toy_task_like_float32():
+    cfg = AdaptConfig(mode="lora", lora=lora.LoraConfig(rank=2, alpha=2.0, dropout=0.0), head="linear")
+    results = {}
+    for dtype in ("float32", "float16"):
+        bb = _dinov2()
+        if dtype == "float16":
+            bb.model = bb.model.clone(dtype=jnp.float16)
+        tc = train.TrainConfig(epochs=12, batch_size=16, lr=0.5, calibration="cpeal",
+                               loss_scale="dynamic" if dtype == "float16" else "none")
+        _, _, state, history, metrics, _, _ = _run_toy(bb, cfg, "images", tc)
+        results[dtype] = (state, history, metrics)
+    state16, hist16, m16 = results["float16"]
+    _, hist32, m32 = results["float32"]
+    assert m32["accuracy"] == 1.0 and m16["accuracy"] == 1.0
+    assert hist16[-1]["loss"] == pytest.approx(hist32[-1]["loss"], rel=0.05, abs=0.01), (hist16[-1], hist32[-1])
+    assert sum(h["skipped_steps"] for h in hist16[-3:]) == 0 and "skipped_steps" not in hist32[0]
+    assert 1.0 <= float(state16["loss_scale"]["scale"]) <= 2.0**15
+
+
+def test_loss_scaling_is_exact_without_overflow(dino):
+    # Scaling by a power of two and back is exact in float32: the same trainables as an unscaled run.
+    tc = dict(epochs=6, batch_size=16, lr=1.0, calibration="cpeal")
+    _, _, scaled, hist, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features",
+                                           train.TrainConfig(**tc, loss_scale="dynamic", loss_scale_growth_interval=3))
+    _, _, plain, _, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features", train.TrainConfig(**tc))
+    a, b = _numpy_tree(scaled["trainable"]), _numpy_tree(plain["trainable"])
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert sum(h["skipped_steps"] for h in hist) == 0
+    assert float(scaled["loss_scale"]["scale"]) == 2.0**15 * 2 ** (sum(h["steps"] for h in hist) // 3)
+
+
+def test_loss_scale_step_skips_an_overflow_and_halves_the_scale():
+    old = {"trainable": {"w": jnp.ones(3)}, "opt_state": {"m": jnp.zeros(3)}}
+    new = {"trainable": {"w": jnp.full(3, 2.0)}, "opt_state": {"m": jnp.ones(3)}}
+    scaling = {"scale": jnp.float32(1024.0), "good_steps": jnp.int32(1)}
+    bad = train._loss_scale_step(old, new, {"w": jnp.array([1.0, jnp.inf, 0.0])}, scaling, interval=2)
+    np.testing.assert_array_equal(bad["trainable"]["w"], 1.0)  # the update is not applied
+    np.testing.assert_array_equal(bad["opt_state"]["m"], 0.0)
+    assert float(bad["loss_scale"]["scale"]) == 512.0 and int(bad["loss_scale"]["good_steps"]) == 0
+    assert int(bad["_finite"]) == 0
+    nan = train._loss_scale_step(old, new, {"w": jnp.array([jnp.nan, 0.0, 0.0])}, scaling, interval=2)
+    assert int(nan["_finite"]) == 0
+    good = train._loss_scale_step(old, new, {"w": jnp.ones(3)}, scaling, interval=2)  # 2nd good step: grow
+    np.testing.assert_array_equal(good["trainable"]["w"], 2.0)
+    assert float(good["loss_scale"]["scale"]) == 2048.0 and int(good["loss_scale"]["good_steps"]) == 0
+    floor = train._loss_scale_step(old, new, {"w": jnp.full(3, jnp.inf)},
+                                   {"scale": jnp.float32(1.0), "good_steps": jnp.int32(0)}, interval=2)
+    assert float(floor["loss_scale"]["scale"]) == 1.0
