@@ -8,6 +8,8 @@
 # 2. ViT-B/32, DINOv2-B/14, ViT-L/14 the same way, without torch.compile.
 # 3. Selection at N = 1M, D = 512 from arrays in device memory: entropy/coreset/BADGE (K = 100, budget 1000),
 #    then TypiClust and ProbCover (K = 10, budget 100, first call only).
+# 4. Data-parallel training steps/s and pool-scoring img/s on the GPU (benchmarks/scaling.py, ViT-S/16 + LoRA).
+# 5. The float16 + dynamic loss scaling toy test (XLA's CPU backend has no float16 matmuls, so CI skips it).
 # Each step has its own time limit (560 s in all, under the device tool's 600 s per call), so one slow step
 # cannot starve the rest; outputs go to $OUT.
 set -u
@@ -25,11 +27,13 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__)" \
     2>&1 | tee -a "$out/gpu.txt"
-step encode_b16 240 python benchmarks/encode_throughput.py --cases clip-vit-b16@224 --device-report \
+step encode_b16 190 python benchmarks/encode_throughput.py --cases clip-vit-b16@224 --device-report \
     --batch 256 --iters 10
 step encode_rest 90 python benchmarks/encode_throughput.py --cases clip-vit-b32@224,dinov2-b14@224,clip-vit-l14@224 \
     --device-report --no-torch-compile --batch 256 --iters 10
-step select_1m 130 python benchmarks/selection.py --n 1000000 --k 100 --budget 1000 \
+step select_1m 120 python benchmarks/selection.py --n 1000000 --k 100 --budget 1000 \
     --strategies entropy coreset badge --no-peer --on-device --timeout 40
-step select_1m_clusters 100 python benchmarks/selection.py --n 1000000 --k 10 --budget 100 \
+step select_1m_clusters 95 python benchmarks/selection.py --n 1000000 --k 10 --budget 100 \
     --strategies typiclust probcover --no-peer --on-device --single-call --timeout 45
+step scaling 35 python benchmarks/scaling.py --devices 1 --model vit --batch 64 --pool 2048 --chunk 256 --steps 10
+step float16 30 python -m pytest -q -p no:cacheprovider tests/train_test.py -k "float16 or loss_scal"

@@ -61,11 +61,12 @@ def test_gpu_check_runs_each_step_under_its_limit(tmp_path):
     subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, check=True, capture_output=True,
                    timeout=60)
     steps = sorted(p.name for p in out.glob("*.txt"))
-    assert steps == ["encode_b16.txt", "encode_rest.txt", "gpu.txt", "select_1m.txt", "select_1m_clusters.txt"]
+    assert steps == ["encode_b16.txt", "encode_rest.txt", "float16.txt", "gpu.txt", "scaling.txt", "select_1m.txt",
+                     "select_1m_clusters.txt"]
     limits = 0
-    for name in steps[:2] + steps[3:]:
+    for name in [s for s in steps if s != "gpu.txt"]:
         text = (out / name).read_text()
-        assert "ran benchmarks/" in text and ": rc 0," in text, text
+        assert ("ran benchmarks/" in text or "ran -m pytest" in text) and ": rc 0," in text, text
         limits += int(re.search(r"limit (\d+) s", text).group(1))
     assert limits <= 580  # the whole check fits one 600 s call of the device tool
 
@@ -77,3 +78,11 @@ def test_encode_benchmark_runs_a_transformer_case():
                 "--device-report", "--no-torch-compile", timeout=600)
     rows = [ln for ln in text.splitlines() if ln.startswith("clip-vit-b32@224")]
     assert [r.split()[1] for r in rows] == ["f32", "bf16"], text
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs_on_one_and_two_fake_devices():
+    text = _run("benchmarks/scaling.py", "--devices", "1", "2", "--batch", "8", "--pool", "32", "--chunk", "16",
+                "--steps", "1", timeout=600)
+    rows = [ln for ln in text.splitlines() if re.match(r"\| [12] \|", ln)]
+    assert len(rows) == 2 and rows[0].count("1.00x") == 2, text  # each count ran, the first is the 1x reference
