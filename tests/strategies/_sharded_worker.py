@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -23,7 +24,7 @@ from alpeft_jax import strategies  # noqa: E402
 from alpeft_jax.strategies import spmd  # noqa: E402
 
 OPTIONS = {"typiclust": {"k_nn": 5, "block": 64}, "probcover": {"block": 64}}
-BUDGET = 12
+BUDGET = 24  # PCB keeps half
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
     names = [a for a in sys.argv[1:] if not a.startswith("-")] or strategies.names()
     out = {}
     for name in names:
+        t0 = time.time()
         sel, opts = strategies.get(name), OPTIONS.get(name, {})
         res = {}
         for tag, lab in (("", labeled), ("unlabelled_", none)):
@@ -45,14 +47,15 @@ def main() -> None:
             res[tag + "mesh"] = sel(3, on_mesh, lab, BUDGET, sharded=True, **opts)
         res["gathered"] = sel(3, on_mesh, labeled, BUDGET, sharded=False, **opts)
         res["default"] = sel(3, on_mesh, labeled, BUDGET, **opts)
-        res["pcb_numpy"] = strategies.select_with_pcb(name, 5, pool, labeled, BUDGET, 40, **opts)
-        res["pcb_mesh"] = strategies.select_with_pcb(name, 5, on_mesh, labeled, BUDGET, 40, sharded=True, **opts)
+        res["pcb_numpy"] = strategies.select_with_pcb(name, 5, pool, labeled, BUDGET // 2, BUDGET, **opts)
+        res["pcb_mesh"] = strategies.select_with_pcb(name, 5, on_mesh, labeled, BUDGET // 2, BUDGET, sharded=True,
+                                                     **opts)
         rounds = lambda r, p, lab: sel(r, p, lab, BUDGET, sharded=True, **opts)  # noqa: B023
         res["rounds"], compiles = al_rounds(rounds, on_mesh, labeled, y, BUDGET, 3)
         res["rounds_numpy"], _ = al_rounds(lambda r, p, lab: sel(r, p, lab, BUDGET, **opts),  # noqa: B023
                                            pool, labeled, y, BUDGET, 3)
         out[name] = {k: np.asarray(v).tolist() for k, v in res.items()} | {"compiles": compiles}
-        print(f"{name}: done", file=sys.stderr, flush=True)
+        print(f"{name}: done {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     print(json.dumps(out))
 
 

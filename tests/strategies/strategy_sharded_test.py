@@ -29,7 +29,7 @@ def report():
 @pytest.mark.parametrize("name", strategies.names())
 def test_sharded_pool_selects_the_numpy_ids(report, name):
     r = report[name]
-    assert len(set(r["numpy"])) == 12
+    assert len(set(r["numpy"])) == 24
     for key in ("mesh", "gathered", "default"):
         assert r[key] == r["numpy"], key
     assert r["unlabelled_mesh"] == r["unlabelled_numpy"]
