@@ -395,12 +395,17 @@ def _ls_project(server, wd):
 
 def test_driver_stop_and_resume_equals_simulated(server, simulated_run, tmp_path, monkeypatch):
     cache, expected, expected_state = simulated_run
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
     c = _tiny(cache)
     c.oracle = "label_studio"
     c.label_studio.url = server.url
     wd = str(tmp_path / "ls")
     truth = _digits_truth()
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)  # a wrong token: one clear error, the AL state kept
+    with pytest.raises(oracles.LabelFileError, match=f"Label Studio at {server.url} refused the token"):
+        loop.run(c, wd)
+    with open(os.path.join(wd, "al_state.json")) as f:
+        assert json.load(f)["phase"] == "label"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
     assert loop.run(c, wd) == []  # round 0's tasks are out: the run stops cleanly
     pid = _ls_project(server, wd)
     assert answer_all(server, pid, truth) == 10

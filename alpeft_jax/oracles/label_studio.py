@@ -13,8 +13,9 @@ Talks to the server through `label-studio-sdk` (`pip install 'alpeft_jax[label]'
   config with one choice per class; an existing project's config must offer every class.
 - images: "inline" sends PNG data URIs of at most `thumbnail` pixels; "local" points tasks at files served by
   Label Studio's local storage (the server shares this file system; `local_root` = its LOCAL_FILES_DOCUMENT_ROOT;
-  images without a file are written as PNGs to `local_root`/alpeft_jax/<run key>/); "url" points at
-  `image_url_prefix` + the file path on your own file server.
+  images without a file are written as PNGs to `local_root`/alpeft_jax/<run key>/; the run registers the
+  storage); "url" points at `image_url_prefix` + the file path on your own file server (images without a file
+  go inline).
 - wait_seconds: 0 stops the run at once (rerun the same command when the tasks are labelled); > 0 polls every
   `poll_seconds` for up to that long before stopping the same way; < 0 waits without limit.
 
@@ -107,7 +108,7 @@ class LabelStudioOracle:
         if self.images == "url" and not s["image_url_prefix"]:
             raise ValueError("label_studio.images=url needs --config.label_studio.image_url_prefix=http://...")
         self.thumbnail = int(s["thumbnail"])
-        self.local_root = os.path.normpath(str(s["local_root"])) if s["local_root"] else ""
+        self.local_root = os.path.abspath(os.path.expanduser(str(s["local_root"]))) if s["local_root"] else ""
         self.image_url_prefix = str(s["image_url_prefix"])
         self.wait_seconds = float(s["wait_seconds"])
         self.poll_seconds = max(0.05, float(s["poll_seconds"]))
