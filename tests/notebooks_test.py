@@ -19,13 +19,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(ROOT, "colab")
 
 
-def _execute(name, workdir, monkeypatch):
+def _execute(name, workdir, monkeypatch, until=None):
+    """Run the notebook with its tiny settings; `until`: stop before the first code cell containing it."""
     monkeypatch.setenv("ALPEFT_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("ALPEFT_NOTEBOOK_WORKDIR", str(workdir))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     # Compiled programs persist across test sessions on this machine (the notebooks honour this variable).
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alpeft_notebooks_jax_cache"))
     nb = nbformat.read(os.path.join(COLAB, name), as_version=4)
+    if until:
+        nb.cells = nb.cells[:next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and until in c.source)]
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": COLAB}})
     client.execute()
@@ -88,6 +91,15 @@ def test_quickstart_runs_offline_top_to_bottom(tmp_path, monkeypatch):
     nb = _execute("quickstart.ipynb", tmp_path, monkeypatch)
     _check_common(nb, str(tmp_path))
     assert "https://colab.research.google.com/assets/colab-badge.svg" in nb.cells[0].source
+
+
+def test_clip_notebook_prepares_its_runs(tmp_path, monkeypatch):
+    """Every cell before the runs (code, devices, data, backbone, logging, config), in the default test run."""
+    nb = _execute("clip_al_tpu.ipynb", tmp_path, monkeypatch, until="loop.run(")
+    shown = _text(nb.cells[-1])  # the config of the C-PEAL run, as the cell displays it
+    for line in ("dtype: bfloat16", "strategy: entropy", "calibration: cpeal", "mode: lora", "name: dtd"):
+        assert line in shown, shown
+    assert os.path.exists(tmp_path / "tiny_clip" / "config.json")
 
 
 @pytest.mark.slow
