@@ -32,7 +32,7 @@ demo: install
 	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb_s* $(DEMO)/random_s* --out $(DEMO)/curves.png
 
 lint: $(STAMP)
-	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks
+	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks launch
 
 test: install lint
 	$(PYTHON) -m pytest -q -m "not slow" -x --durations=10

@@ -23,8 +23,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, cach
 _LABELS = flags.DEFINE_string("labels", None, "A filled-in labels CSV for the pending round (oracle=file).")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False, "Continue a workdir made with a different config.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() with what the environment says (TPU pods, Slurm, "
-    "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+    "distributed", False, "Call jax.distributed.initialize() with what the environment says (Cloud TPU pods, "
+    "Slurm, Open MPI, JAX_COORDINATOR_ADDRESS).")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a multi-process run by hand.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
