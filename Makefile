@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install demo test test-all bench bench-gpu lint fmnist
+.PHONY: install demo test test-all bench bench-gpu lint fmnist label-studio-server
 
 # torch first, from the pinned CPU wheel, so nothing else pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -31,13 +31,17 @@ demo: install
 	done
 	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb_s* $(DEMO)/random_s* --out $(DEMO)/curves.png
 
+# The Label Studio server the oracle tests talk to: its own cached venv and empty database (not a dependency of ours).
+label-studio-server: $(STAMP)
+	$(PYTHON) tests/_label_studio_server.py install >/dev/null
+
 lint: $(STAMP)
 	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks launch
 
-test: install lint
+test: install lint label-studio-server
 	$(PYTHON) -m pytest -q -m "not slow" -x --durations=10
 
-test-all: install lint
+test-all: install lint label-studio-server
 	$(PYTHON) -m pytest -q
 
 bench: install

@@ -356,3 +356,23 @@ def set_peal_data(c: ml_collections.ConfigDict, dataset: str) -> None:
     c.data.name, c.data.dir = PEAL_DATASETS[dataset]
     c.data.train_split, c.data.test_split = "train[:80%]", "train[80%:]"
     c.data.split_file = ""
+
+
+# Settings that steer how a run proceeds, not what it computes: a resumed run may change them freely.
+RUN_CONTROL = frozenset({
+    "label_studio.url", "label_studio.wait_seconds", "label_studio.poll_seconds", "label_studio.request_timeout",
+    "label_studio.token_env", "scoring.cache_dir", "data.num_threads", "train.checkpoint_every_steps",
+})
+
+
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'name: old -> new' for each field that differs between two nested config dicts (RUN_CONTROL fields aside)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff(a, b, name + ".")
+        elif a != b and name not in RUN_CONTROL:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out

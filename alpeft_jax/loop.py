@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ from absl import logging
 from etils import epath
 
 from alpeft_jax import backbones, checkpoint, data, oracles, strategies
+from alpeft_jax.config import diff as config_diff
 from alpeft_jax.config import parse_options
 from alpeft_jax.inputs import SplitInputs, epoch_rows
 from alpeft_jax.models import lora as lora_lib
@@ -212,7 +212,7 @@ class Run:
         self.oracle = None
         if is_leader():  # only process 0 talks to the oracle; the labels reach the others by broadcast
             pool_view = oracles.PoolView(pool_src, self.pool.positions, names)
-            self.oracle = _make_oracle(c, pool_view, self.workdir, labels_file)
+            self.oracle = oracles.make(c, pool_view, self.workdir, labels_file=labels_file, run_name=c.name)
         self.metrics = Metrics(self.workdir)
         self._inputs: dict[str, dict[str, SplitInputs]] = {}
         self._trainable: Any = None  # the model of the last finished round, when in memory
@@ -225,7 +225,7 @@ class Run:
         if is_leader():
             started = (self.workdir / STATE_FILE).exists()
             old = checkpoint.read_json(path) if started else None  # nothing recorded yet: any config may start it
-            diffs = checkpoint.diff_configs(old, new) if old is not None and old != new else []
+            diffs = config_diff(old, new) if old is not None and old != new else []
         else:
             diffs = []
         diffs = broadcast_json(diffs)
@@ -420,8 +420,8 @@ class Run:
         if is_leader():
             try:
                 probs = None if predictions is None else np.asarray(predictions, np.float32)
-                labels = _request(self.oracle, r, rows, probs)
-                answer = {"labels": [int(x) for x in labels], "info": _info(self.oracle, r)}
+                labels = self.oracle.request(r, rows, probs)
+                answer = {"labels": [int(x) for x in labels], "info": dict(self.oracle.info(r))}
             except oracles.PendingLabels as e:
                 answer = {"pending": str(e)}
             except Exception as e:  # every process must stop, not only the one that asked
@@ -539,30 +539,6 @@ def _with_cache(images: SplitInputs, cache: FeatureCache) -> SplitInputs:
     out = copy.copy(images)
     out.cache = cache
     return out
-
-
-def _make_oracle(c: ml_collections.ConfigDict, pool_view: Any, workdir: epath.Path, labels_file: str | None) -> Any:
-    if "run_name" in inspect.signature(oracles.make).parameters:
-        return oracles.make(c, pool_view, workdir, labels_file=labels_file, run_name=c.name)
-    if True:  # an oracle factory of the older (kind, pool, workdir, **options) form
-        opts: dict[str, Any] = {}
-        if c.oracle == "file":
-            opts = {"labels_file": labels_file}
-        elif c.oracle == "label_studio":
-            ls = c.label_studio
-            opts = {"url": ls.url, "project": ls.project, "image_url_prefix": ls.image_url_prefix}
-        return oracles.make(c.oracle, pool_view, str(workdir), **opts)
-
-
-def _request(oracle: Any, r: int, rows: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
-    if "predictions" in inspect.signature(oracle.request).parameters:
-        return oracle.request(r, rows, probs)
-    return oracle.request(r, rows)
-
-
-def _info(oracle: Any, r: int) -> dict[str, Any]:
-    fn = getattr(oracle, "info", None)
-    return dict(fn(r)) if fn is not None else {}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike, **kwargs: Any) -> list[dict[str, Any]]:

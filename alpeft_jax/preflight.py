@@ -343,13 +343,6 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
 # -- workdir ---------------------------------------------------------------------------------------------------
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new))
-                for d in _diff(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
-
-
 def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> list[str]:
     if "://" in workdir:
         return []  # a bucket: the checkpoint library reports access itself
@@ -366,7 +359,7 @@ def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> 
                     old = json.load(f)
             except (OSError, ValueError) as e:
                 return [f"workdir {path}: cannot read its config.json ({e}); use a new --workdir"]
-            diffs = _diff(old, json.loads(json.dumps(c.to_dict())))
+            diffs = config_lib.diff(old, json.loads(json.dumps(c.to_dict())))
             if diffs:
                 shown = "; ".join(diffs[:6]) + (f"; ... {len(diffs) - 6} more" if len(diffs) > 6 else "")
                 return [f"workdir {path} holds a run with another config ({shown}); use a new --workdir, or pass "

@@ -199,8 +199,9 @@ def start(base: Path, files_root: Path | None = None, timeout: float = 600.0) ->
 
 def main(argv: list[str]) -> int:
     """`install`, or `serve DIR`: a server until Ctrl-C."""
-    if argv[:1] == ["install"]:
+    if argv[:1] == ["install"]:  # the server's venv and its empty database, made once and cached
         print(ensure_venv())
+        print(_template(600.0))
         return 0
     if argv[:1] == ["serve"] and len(argv) == 2:
         server = start(Path(argv[1]).absolute())

@@ -177,3 +177,15 @@ def test_known_weights_download_commands():
                                       '"*.safetensors" --local-dir DIR')
     assert config_lib.known_weights("facebook/dinov2-large").hub == "facebook/dinov2-large"
     assert config_lib.known_weights("./my/own.safetensors") is None
+
+
+def test_resuming_may_change_how_the_run_proceeds_but_not_what_it_computes():
+    from alpeft_jax import config as config_lib
+
+    old = config_lib.base().to_dict()
+    new = config_lib.base()
+    new.label_studio.wait_seconds = 3600.0
+    new.train.checkpoint_every_steps = 50
+    assert config_lib.diff(old, new.to_dict()) == []
+    new.train.epochs = 3
+    assert config_lib.diff(old, new.to_dict()) == ["train.epochs: 10 -> 3"]
