@@ -2,7 +2,7 @@
 
 The pool (features [N,D], logits [N,K], labels) is put on a 1-D mesh over `--devices` fake CPU devices
 (`--xla_force_host_platform_device_count`, set before JAX starts, so each strategy runs in its own
-subprocess), sharded on the example axis. Two ways, same call, same ids:
+subprocess), sharded on the example axis, placed anew before each call. Two ways, same call, same ids:
   gather   `sharded=False`: every array the strategy reads is copied to host NumPy, then selected as from host
            arrays ('copy' is that copy alone);
   sharded  `sharded=True`: the strategy runs on the global arrays, each device on its own rows.
@@ -44,19 +44,24 @@ def child(spec: dict) -> None:
     data = make_data(spec["n"], spec["d"], spec["k"], spec["n_labeled"])
     labeled = data.pop("labeled")
     mesh = Mesh(np.asarray(jax.devices()), (spmd.AXIS,))
-    pool = {k: jax.block_until_ready(jax.device_put(v, NamedSharding(mesh, spmd.row_spec(k))))
-            for k, v in data.items()}
-    del data
+
+    def fresh_pool() -> dict:
+        # placed anew before every call: a jax.Array keeps its host copy once made, which would hide the gather
+        return {k: jax.block_until_ready(jax.device_put(v, NamedSharding(mesh, spmd.row_spec(k))))
+                for k, v in data.items()}
+
     select = strategies.get(spec["strategy"])
     reads = sorted(strategies.requires(spec["strategy"]))
     out = {}
     for path, sharded in (("gather", False), ("sharded", True)):
-        calls = 1 if spec["single_call"] else 2
-        for _ in range(calls):
+        for _ in range(1 if spec["single_call"] else 2):
+            pool = fresh_pool()
             t0 = time.perf_counter()
             ids = select(0, pool, labeled, spec["budget"], sharded=sharded)
             out[path] = time.perf_counter() - t0
+            del pool
         out[path + "_ids"] = np.asarray(ids).tolist()
+    pool = fresh_pool()
     t0 = time.perf_counter()
     for k in reads:
         spmd.to_host(pool[k])

@@ -48,6 +48,16 @@ def test_selection_benchmark_times_a_second_call_and_the_peer():
     assert re.search(r"\d+\.\dx", line), line  # a speed-up against scikit-activeml, measured in the same run
 
 
+def test_sharded_selection_benchmark_times_both_paths_with_the_same_ids():
+    text = _run("benchmarks/sharded_selection.py", "--n", "2000", "--d", "16", "--budget", "10",
+                "--strategies", "entropy", "badge", "--timeout", "250")
+    for name in ("entropy", "badge"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(name))
+        m = re.search(r"\|\s+([\d.]+)\s+([\d.]+) \|\s+([\d.]+)\s+\|\s+([\d.]+)x \| (gather|sharded)\s+True", line)
+        assert m, line  # both timings, their ratio, the faster path, and the same ids both ways
+        assert float(m.group(1)) > 0 and float(m.group(3)) > 0
+
+
 def test_gpu_check_runs_each_step_under_its_limit(tmp_path):
     # a stand-in `python` that records its arguments: checks the script's own plumbing, not the benchmarks
     shim = tmp_path / "bin"

@@ -2,6 +2,12 @@
 
 `get(name)` returns `select(rng, pool, labeled, budget, **options) -> int[budget]` (distinct unlabelled
 indices in pick order); `requires(name)` lists the pool keys it reads; `names()` lists the registry.
+
+Pool arrays are host NumPy arrays or global `jax.Array`s sharded on the example axis over a mesh axis "data"
+(`spmd`); every process of a multi-host run gets the same ids. On a sharded pool each strategy runs where the
+rows are or gathers them to the host first, whichever measured faster (`ON_MESH` in its module;
+benchmarks/sharded_selection.py); the option `sharded=True/False` overrides that. Shapes depend only on the pool
+size and the budget, never on the labelled mask, so a run compiles each strategy once.
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ def _seed_local(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, 
                 axis: str | None) -> jax.Array:
     """`kmeans_pp_gradient` on this shard's rows; picks are global indices, the same on every shard.
 
-    The chosen row's factors reach every shard from the one holding it; sampling runs down the shards'
-    cumulative sums in index order (`spmd.inverse_cdf`).
+    The chosen row's factors reach every shard from the one holding it. Sampling gathers the N weights (not
+    the rows) so every shard sums them in the single-device order: float cumulative sums depend on that order,
+    and with a million weights a different order moves a draw by tens of rows.
     """
     n = x.shape[0]
     off = spmd.offset(n, axis)
@@ -65,7 +66,7 @@ def _seed_local(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, 
     def body(i: int, state: tuple) -> tuple:
         d2, avail, picks = state
         w = jnp.where(spmd.gsum(d2.sum(), axis) > 0, d2, avail.astype(jnp.float32))
-        j = inverse_cdf_blocked(w, u[i]) if axis is None else spmd.inverse_cdf(w, u[i], axis)
+        j = inverse_cdf_blocked(spmd.gather(w, axis), u[i])  # every shard the same sums as on one device
         avail = taken(avail, j)
         d2 = jnp.where(avail, jnp.minimum(d2, dist_to(j)), 0.0)
         return d2, avail, picks.at[i].set(j)

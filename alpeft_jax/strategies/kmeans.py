@@ -64,7 +64,7 @@ def _seeds(x: jax.Array, first: jax.Array, u: jax.Array, k: jax.Array, k_cap: in
     def body(i: int, state: tuple) -> tuple:
         d2, picks = state
         w = jnp.where(spmd.gsum(d2.sum(), axis) > 0, d2, jnp.ones_like(d2))
-        j = inverse_cdf(w, u[i]) if axis is None else spmd.inverse_cdf(w, u[i], axis)
+        j = inverse_cdf(spmd.gather(w, axis), u[i])  # the N weights, summed in the single-device order
         return jnp.minimum(d2, dist_to(j)), picks.at[i].set(j)
 
     picks = jnp.zeros((k_cap,), jnp.int32).at[0].set(first)

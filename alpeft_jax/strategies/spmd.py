@@ -161,28 +161,5 @@ def top_k(scores: jax.Array, k: int, axis: str | None) -> jax.Array:
     return i[jax.lax.top_k(v, k)[1]]
 
 
-def inverse_cdf(weights: jax.Array, u: jax.Array, axis: str | None) -> jax.Array:
-    """Global index drawn with probability proportional to the rows' non-negative weights, at uniform u.
-
-    Within a shard the cumulative sum is a plain one; across shards it starts from the sum of the earlier
-    shards' totals. Never returns an index of zero weight unless all weights are zero.
-    """
-    n = weights.shape[0]
-    cdf = jnp.cumsum(weights)
-    if axis is None:
-        return jnp.minimum(jnp.searchsorted(cdf, u * cdf[-1], side="right"), n - 1)
-    totals = gather(cdf[-1:], axis)
-    ends = jnp.cumsum(totals)
-    t = u * ends[-1]
-    last = jnp.max(jnp.where(totals > 0, jnp.arange(totals.shape[0]), 0))  # rounding put t past the end
-    owner = jnp.minimum(jnp.searchsorted(ends, t, side="right"), last)
-    me = jax.lax.axis_index(axis)
-    start = jnp.where(me > 0, ends[jnp.maximum(me - 1, 0)], 0.0)
-    j = jnp.searchsorted(start + cdf, t, side="right")
-    last_pos = jnp.max(jnp.where(weights > 0, jnp.arange(n), 0))
-    j = jnp.where(j >= n, last_pos, j)  # rounding put t past this shard's end: its last positive entry
-    return gsum(jnp.where(me == owner, j + offset(n, axis), 0), axis)
-
-
 __all__ = ["AXIS", "pool_mesh", "placed", "put", "to_host", "spmd", "offset", "gmax", "gmin", "gsum", "gather",
-           "first_argmax", "take", "top_k", "inverse_cdf"]
+           "first_argmax", "take", "top_k"]
