@@ -81,6 +81,14 @@ def check_inputs(
     return labeled, n
 
 
+def labelled_ids(labeled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled indices in ascending order, padded with 0 to the pool size (int32 [N]), and their count."""
+    ids = np.flatnonzero(labeled)
+    out = np.zeros(labeled.shape[0], np.int32)
+    out[:ids.size] = ids
+    return out, np.int32(ids.size)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Rows of x scaled to unit L2 norm."""
     x = jnp.asarray(x, jnp.float32)

@@ -38,7 +38,8 @@ def loss_prediction_loss(pred: jax.Array, target_loss: jax.Array, margin: float 
     return jnp.mean(jnp.maximum(margin - sign * dp, 0.0))
 
 
-# Pools sharded over a mesh are ranked on their shards; `sharded=False` gathers them to the host first.
+# A sharded pool is ranked on its shards, like entropy's scores (measured faster on the shards, uncertainty.ON_MESH);
+# `sharded=False` gathers it to the host first.
 ON_MESH = True
 
 

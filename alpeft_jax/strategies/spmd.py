@@ -34,8 +34,12 @@ def row_spec(key: str) -> P:
     return P(None, AXIS) if key == "mc_logits" else ROWS
 
 
+def _spread(arr: Any) -> bool:
+    return isinstance(arr, jax.Array) and len(arr.sharding.device_set) > 1
+
+
 def _mesh_of(key: str, arr: Any) -> Mesh | None:
-    if not isinstance(arr, jax.Array) or len(arr.sharding.device_set) == 1:
+    if not _spread(arr) or arr.is_fully_replicated:  # a replicated array is used like a host one
         return None
     sharding = arr.sharding
     ax = example_axis(key)
@@ -82,8 +86,8 @@ def placed(pool: Mapping[str, Any], keys: Any, sharded: bool | None,
     are gathered to host NumPy arrays otherwise; host and one-device arrays are returned as they are.
     """
     mesh = pool_mesh(pool, keys)
-    if mesh is None:
-        return {k: pool[k] for k in keys}, None
+    if mesh is None:  # a copy on every device of several is taken from the host, not computed on each
+        return {k: to_host(pool[k]) if _spread(pool[k]) else pool[k] for k in keys}, None
     if not (default if sharded is None else sharded):
         return {k: to_host(pool[k]) for k in keys}, None
     out = {}

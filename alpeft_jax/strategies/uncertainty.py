@@ -120,8 +120,8 @@ def bald_scores(mc_logits: np.ndarray | jax.Array, block: int | None = None) -> 
     return map_rows(_bald, mc, block or block_rows(mc.shape[0] * mc.shape[2]), axis=1)
 
 
-# Pools sharded over a mesh are scored on their shards (measured faster than gathering them to the host first;
-# see benchmarks/sharded_selection.py); `sharded=False` gathers them instead.
+# A sharded pool is scored on its shards: entropy at N = 1M, K = 10 on 8 fake CPU devices took 0.08 s against
+# 0.12 s gathering it first (1.5-3x in two runs; benchmarks/sharded_selection.py); `sharded=False` gathers.
 ON_MESH = True
 
 

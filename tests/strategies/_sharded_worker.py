@@ -56,6 +56,11 @@ def main() -> None:
                                            pool, labeled, y, BUDGET, 3)
         out[name] = {k: np.asarray(v).tolist() for k, v in res.items()} | {"compiles": compiles}
         print(f"{name}: done {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    wrong = dict(on_mesh, features=jax.device_put(pool["features"], jax.NamedSharding(mesh, spmd.P(None, spmd.AXIS))))
+    try:
+        strategies.get("coreset")(0, wrong, labeled, 3)
+    except ValueError as e:
+        out["wrong_sharding"] = str(e)
     print(json.dumps(out))
 
 

@@ -36,3 +36,8 @@ def test_sharded_pool_selects_the_numpy_ids(report, name):
     assert r["pcb_mesh"] == r["pcb_numpy"]
     assert r["rounds"] == r["rounds_numpy"]
     assert r["compiles"][1:] == [0, 0], r["compiles"]
+
+
+def test_a_pool_split_on_another_axis_is_refused_with_the_fix(report):
+    msg = report["wrong_sharding"]
+    assert "pool['features']" in msg and "P('data', None)" in msg and "\n" not in msg
