@@ -188,8 +188,8 @@ def test_demo_runlocal_end_to_end(tmp_path):
     assert os.path.exists(tmp_path / "curves.png")
 
 
-@pytest.mark.parametrize("strategy", ["badge", "coreset", "bald", "learning_loss", "featdist", "typiclust",
-                                      "probcover", "margin"])
+@pytest.mark.parametrize("strategy", ["badge", "bald", "learning_loss"] + [  # the rest: strategy tests cover them
+    pytest.param(s, marks=pytest.mark.slow) for s in ("coreset", "featdist", "typiclust", "probcover", "margin")])
 def test_every_strategy_runs_in_the_driver(tmp_path_factory, strategy):
     cache = str(tmp_path_factory.getbasetemp() / "shared_cache")  # the frozen prefix is computed once for all
     wd = str(tmp_path_factory.mktemp(strategy))

@@ -87,6 +87,7 @@ def four_devices(tmp_path_factory):
     return _results(wd)
 
 
+@pytest.mark.slow  # the 2-process tests below cover the mesh in the default run
 def test_one_device_equals_eight_devices(tmp_path):
     runs = {}
     procs = {d: _start(str(tmp_path / f"d{d}"), d, log=str(tmp_path / f"d{d}.log")) for d in (1, 8)}
