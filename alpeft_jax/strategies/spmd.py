@@ -85,6 +85,7 @@ def placed(pool: Mapping[str, Any], keys: Any, sharded: bool | None,
     Sharded pools stay on their mesh when `sharded` (None: the strategy's measured `default`) is true and
     are gathered to host NumPy arrays otherwise; host and one-device arrays are returned as they are.
     """
+    keys = sorted(keys)  # one order on every process: a multi-host gather is a collective
     mesh = pool_mesh(pool, keys)
     if mesh is None:  # a copy on every device of several is taken from the host, not computed on each
         return {k: to_host(pool[k]) if _spread(pool[k]) else pool[k] for k in keys}, None

@@ -25,16 +25,20 @@ def reports(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mp")
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    logs = [open(tmp / f"{i}.log", "w") for i in range(2)]  # files, not pipes: a full pipe would stall a process
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "_multiprocess_worker.py"), str(i), "2", str(port),
-                               str(tmp / f"{i}.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+                               str(tmp / f"{i}.json")], stdout=logs[i], stderr=subprocess.STDOUT,
+                              env=dict(env, PYTHONHASHSEED=("0", "5")[i]))  # other set orders, same collectives
+             for i in range(2)]
     try:
-        errs = [p.communicate(timeout=1500)[1] for p in procs]
-    finally:
         for p in procs:
+            p.wait(timeout=1500)
+    finally:
+        for p, log in zip(procs, logs):
             p.kill()
-    for p, err in zip(procs, errs):
-        assert p.returncode == 0, err[-3000:]
+            log.close()
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, (tmp / f"{i}.log").read_text()[-3000:]
     return [json.loads((tmp / f"{i}.json").read_text()) for i in range(2)]
 
 
