@@ -54,6 +54,7 @@ def _state(workdir):
         return None
 
 
+@pytest.mark.slow  # tests/multihost_test.py kills a process mid-round and resumes in the default run
 def test_sigkill_mid_round_then_resume_equals_uninterrupted(tmp_path):
     cache = str(tmp_path / "cache")
     arg = f"rounds=3,epochs=6,ckpt=1,cache={cache}"
