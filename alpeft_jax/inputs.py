@@ -32,15 +32,6 @@ def epoch_rows(rows: np.ndarray, batch_size: int, seed: int, epoch: int, drop_la
     return order
 
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
-    """Update steps in one epoch over n labelled examples (one padded step when n < batch_size)."""
-    if n <= 0:
-        return 0
-    if drop_last and n >= batch_size:
-        return n // batch_size
-    return -(-n // batch_size)
-
-
 class SplitInputs:
     """Batches of one split's rows for the model: from a `FeatureCache`, or images decoded and preprocessed."""
 

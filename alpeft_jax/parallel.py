@@ -58,9 +58,6 @@ class Sharder:
         """Rows of a global batch: `requested` rounded up to a multiple of the device count."""
         return round_up(max(1, int(requested)), self.size)
 
-    # Kept under its old name for callers that size scoring chunks.
-    chunk_size = global_size
-
     def local_slice(self, global_rows: np.ndarray) -> np.ndarray:
         """This process's block of a global batch's rows (length divisible by the process count)."""
         n = len(global_rows)

@@ -303,7 +303,7 @@ class PoolScorer:
         self.model = model
         self.kind = kind
         self.sharder = sharder or Sharder()
-        self.chunk = self.sharder.chunk_size(chunk_size)
+        self.chunk = self.sharder.global_size(chunk_size)
         self.traces = 0
 
         def score(
