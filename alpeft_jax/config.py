@@ -50,6 +50,7 @@ def base() -> ml_collections.ConfigDict:
     c.adapt.head = "auto"  # auto | none | linear | zeroshot
     c.adapt.n_placeholders = 16  # the frozen "X" tokens of CLIP's LoRA-mode prompts
     c.adapt.template = ""
+    c.adapt.head_scale = 0.0  # >0: the linear head reads L2-normalised features x this scale (a cosine head)
     c.adapt.lora = ml_collections.ConfigDict()
     c.adapt.lora.rank = 4
     c.adapt.lora.alpha = 4.0

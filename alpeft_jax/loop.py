@@ -69,7 +69,7 @@ def adapt_config(c: ml_collections.ConfigDict, family: str) -> AdaptConfig:
         targets = lora_lib.TOWER_TARGETS["both"]  # unused outside lora mode
     lora_cfg = lora_lib.LoraConfig(a.lora.rank, a.lora.alpha, a.lora.dropout, a.lora.scale_mode, targets)
     prompt_cfg = PromptConfig(a.prompt.n_ctx, a.prompt.class_specific, a.prompt.init, a.prompt.position)
-    return AdaptConfig(a.mode, lora_cfg, prompt_cfg, a.head, a.n_placeholders, a.template)
+    return AdaptConfig(a.mode, lora_cfg, prompt_cfg, a.head, a.n_placeholders, a.template, float(a.head_scale))
 
 
 def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
@@ -482,6 +482,7 @@ class Run:
             "seconds_training": t_train, "selected_ids": self.oracle_ids(sel),
             "classes_covered": int((counts > 0).sum()), "strategy": self.c.al.strategy if r else "random",
             "final_train_loss": history[-1]["loss"] if history else None,
+            **calibration_activity(history, self.c.train.calibration != "none"),
         }
         if st.get("label_info"):
             result["labeling"] = st["label_info"]
@@ -515,6 +516,19 @@ class Run:
             with tempfile.TemporaryDirectory() as tmp:
                 report.plot_curves({self.c.name: [rows]}, f"{tmp}/curves.png")
                 epath.Path(f"{tmp}/curves.png").copy(png, overwrite=True)
+
+
+def calibration_activity(history: list[dict[str, Any]], calibration: bool = True) -> dict[str, float]:
+    """The mean misclassified share of the labelled batch over a round's update steps and, for a run with the
+    calibration loss, the share of steps where it was non-zero (it is exactly 0 on a batch classified right)."""
+    steps = sum(int(h["steps"]) for h in history)
+    if not steps or any("calibration_active_steps" not in h for h in history):
+        return {}
+    missed = sum(float(h["misclassified_share"]) * int(h["steps"]) for h in history)
+    out = {"train_misclassified_share": missed / steps}
+    if calibration:
+        out["calibration_active_share"] = sum(int(h["calibration_active_steps"]) for h in history) / steps
+    return out
 
 
 def _path(p: str | epath.PathLike) -> epath.Path:

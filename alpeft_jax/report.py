@@ -1,9 +1,13 @@
 """Reports: per-run learning curves, and several runs (strategies × seeds) aggregated as in the papers' tables.
 
     python -m alpeft_jax.report DIR [DIR ...] [--out curves.png] [--metric accuracy]
+    python -m alpeft_jax.report DIR [DIR ...] --summary --against random,entropy+pcb
 
 Runs are grouped by their config's `name` (else strategy + calibration); each group gets mean ± std per round
 over its seeds, printed as a markdown table, and one plot of accuracy and ECE against the number of labels.
+`--summary` prints one row per group instead: final-round and area-under-curve accuracy, the differences to each
+`--against` group paired by seed (mean ± standard error over the seeds both ran), final ECE and NLL, seconds
+spent scoring and selecting per round, and how often the calibration loss was active.
 """
 
 from __future__ import annotations
@@ -38,6 +42,28 @@ def load_run(workdir: str) -> tuple[str, Rows]:
     return label, rows
 
 
+def run_seed(workdir: str) -> int | None:
+    """The seed in a run directory's config.json (None without one)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("seed")
+
+
+def group_runs_by_seed(workdirs: Sequence[str]) -> dict[str, dict[int, Rows]]:
+    """Runs grouped by label, each group keyed by seed (two runs of one group with one seed is an error)."""
+    groups: dict[str, dict[int, Rows]] = {}
+    for i, d in enumerate(workdirs):
+        label, rows = load_run(d)
+        seed = run_seed(d)
+        seed = -1 - i if seed is None else int(seed)
+        if seed in groups.setdefault(label, {}):
+            raise ValueError(f"{d}: a second run of {label!r} with seed {seed}; pass each run once.")
+        groups[label][seed] = rows
+    return groups
+
+
 def group_runs(workdirs: Sequence[str]) -> dict[str, list[Rows]]:
     """Runs grouped by label, in first-seen order."""
     groups: dict[str, list[Rows]] = {}
@@ -66,6 +92,89 @@ def markdown_table(groups: dict[str, list[Rows]], metric: str = "accuracy", scal
         _, mean, std = _series(runs, metric)
         cells = [f"{scale * m:.2f} ± {scale * s:.2f}" for m, s in zip(mean[:n], std[:n])]
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def area_under_curve(rows: Rows, metric: str = "accuracy") -> float:
+    """Trapezoid area of `metric` over the number of labels, divided by the label range (a mean over the curve)."""
+    x = np.asarray([r["n_labeled"] for r in rows], np.float64)
+    y = np.asarray([float(r[metric]) for r in rows], np.float64)
+    if len(x) < 2:
+        return float(y[0])
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2 / (x[-1] - x[0]))
+
+
+def _final(rows: Rows, key: str) -> float:
+    return float(rows[-1][key])
+
+
+def _per_round(rows: Rows, key: str) -> float:
+    """Mean of `key` over the selecting rounds (round 0 is a random draw)."""
+    vals = [float(r[key]) for r in rows[1:] if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+SUMMARY_STATS = {  # name -> (statistic of one run's rows, display scale: 100 for percentages)
+    "final accuracy": (lambda rows: _final(rows, "accuracy"), 100.0),
+    "AUC accuracy": (lambda rows: area_under_curve(rows, "accuracy"), 100.0),
+    "final ECE": (lambda rows: _final(rows, "ece"), 100.0),
+    "AUC ECE": (lambda rows: area_under_curve(rows, "ece"), 100.0),
+    "final NLL": (lambda rows: _final(rows, "nll"), 1.0),
+    "scoring s/round": (lambda rows: _per_round(rows, "seconds_scoring"), 1.0),
+    "selection s/round": (lambda rows: _per_round(rows, "seconds_selection"), 1.0),
+    "calibration active": (lambda rows: _per_round(rows, "calibration_active_share"), 100.0),
+    "train misclassified": (lambda rows: _per_round(rows, "train_misclassified_share"), 100.0),
+}
+
+
+def paired_difference(a: dict[int, Rows], b: dict[int, Rows], stat: Any) -> tuple[float, float, int]:
+    """Mean and standard error of stat(a) - stat(b) over the seeds both groups ran, and their number."""
+    seeds = sorted(set(a) & set(b))
+    d = np.asarray([stat(a[s]) - stat(b[s]) for s in seeds], np.float64)
+    if len(d) == 0:
+        return float("nan"), float("nan"), 0
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se, len(d)
+
+
+def _complete(runs: dict[int, Rows]) -> dict[int, Rows]:
+    """The runs of a group that reached its most common number of rounds (unfinished runs left out)."""
+    n = max((len(r) for r in runs.values()), default=0)
+    return {s: r for s, r in runs.items() if len(r) == n}
+
+
+def summary_table(
+    groups: dict[str, dict[int, Rows]],
+    columns: Sequence[str] = ("final accuracy", "AUC accuracy", "final ECE", "final NLL"),
+    against: Sequence[str] = (),
+    diff_stats: Sequence[str] = ("final accuracy", "AUC accuracy"),
+) -> str:
+    """One row per group: mean ± std over seeds of each column, then (group - reference) paired by seed ± s.e."""
+    head = ["method", "seeds", *columns]
+    for ref in against:
+        head += [f"Δ {stat.split()[0]} vs {ref}" for stat in diff_stats]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = {k: _complete(v) for k, v in groups.items()}
+    missing = [ref for ref in against if ref not in groups]
+    if missing:
+        raise ValueError(f"--against {','.join(missing)} names no group; the groups are: {', '.join(groups)}")
+    for label, runs in groups.items():
+        cells = [label, str(len(runs))]
+        for col in columns:
+            stat, scale = SUMMARY_STATS[col]
+            vals = np.asarray([stat(r) for r in runs.values()], np.float64) * scale
+            digits = 2 if scale == 100.0 else 3
+            ok = vals[~np.isnan(vals)]
+            cells.append(f"{ok.mean():.{digits}f} ± {ok.std():.{digits}f}" if len(ok) else "–")
+        for ref in against:
+            for col in diff_stats:
+                stat, scale = SUMMARY_STATS[col]
+                if ref == label:
+                    cells.append("–")
+                    continue
+                mean, se, n = paired_difference(runs, groups[ref], stat)
+                cells.append("–" if n == 0 else f"{scale * mean:+.2f} ± {scale * se:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -103,13 +212,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("workdirs", nargs="+")
     p.add_argument("--out", default="", help="plot path (default: curves.png beside the first run)")
     p.add_argument("--metric", default="accuracy", help="accuracy | ece | nll | brier")
+    p.add_argument("--summary", action="store_true", help="one row per group: final/AUC accuracy, ECE, NLL, cost")
+    p.add_argument("--against", default="", help="with --summary: comma-separated groups to difference against")
     args = p.parse_args(argv)
     try:
+        if args.summary:
+            by_seed = group_runs_by_seed(args.workdirs)
+            against = [a for a in args.against.split(",") if a]
+            print(summary_table(by_seed, against=against))
+            print()
+            print(summary_table(by_seed, columns=("AUC ECE", "scoring s/round", "selection s/round",
+                                                  "calibration active", "train misclassified")))
         groups = group_runs(args.workdirs)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown_table(groups, args.metric, 100.0 if args.metric in ("accuracy", "ece") else 1.0))
+    if not args.summary:
+        print(markdown_table(groups, args.metric, 100.0 if args.metric in ("accuracy", "ece") else 1.0))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.workdirs[0])), "curves.png")
     print(f"\nplot: {plot_curves(groups, out)}")
     return 0

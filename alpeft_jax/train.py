@@ -184,7 +184,11 @@ class Trainer:
             pred = LossPredictionHead().apply({"params": trainable["loss_pred"]}, logits)
             total = total + self.config.loss_prediction_weight * masked_ranking_loss(pred, per_example, mask)
         correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
-        return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": mask.sum()}
+        n = mask.sum()
+        # How often the calibration loss can act: it is exactly 0 on a batch the model already classifies right.
+        missed = (n - correct.sum()) / jnp.maximum(n, 1)
+        return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": n,
+                       "calibration_active": (cal != 0).astype(jnp.int32), "misclassified_share": missed}
 
     def _train_step_impl(self, state: State, batch: Batch, epoch: jax.Array) -> tuple[State, dict]:
         self.traces["train"] += 1
@@ -204,7 +208,8 @@ class Trainer:
         if scaling is not None:
             new.update(_loss_scale_step(state, new, grads, scaling, self.config.loss_scale_growth_interval))
             finite = new.pop("_finite")
-            metrics = {k: (jnp.where(finite > 0, v, 0) if k in ("loss", "ce", "calibration") else v)
+            metrics = {k: (jnp.where(finite > 0, v, 0) if k in ("loss", "ce", "calibration", "calibration_active")
+                           else v)
                        for k, v in metrics.items()}
             metrics["skipped_steps"] = 1 - finite
         return new, metrics
@@ -272,6 +277,8 @@ class Trainer:
             "lr": self.lr(epoch),
             "calibration_weight": self.calibration_weight(epoch),
             "steps": steps,
+            "calibration_active_steps": int(s["calibration_active"]),  # steps where the calibration loss was > 0
+            "misclassified_share": s["misclassified_share"] / steps,  # of the labelled batch, before the update
         }
         if "skipped_steps" in s:  # float16 loss scaling: steps whose gradients overflowed were not applied
             row["skipped_steps"] = int(s["skipped_steps"])

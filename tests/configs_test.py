@@ -17,6 +17,8 @@ CASES = {
     "coop.py": ["", "ours", "backbone=vit_b16,runlocal", "backbone=rn101,dataset=oxford_pets"],
     "peal.py": ["", "mode=linear", "strategy=featdist", "variant=small,runlocal", "dataset=aptos,mode=linear",
                 "dataset=colorectal_histology,strategy=random,seed=2"],
+    "study.py": ["", "runlocal", "mode=lora,strategy=bald,calib", "strategy=entropy,pcb=false,head_scale=0,seed=4",
+                 "mode=lora,epochs=5,runlocal"],
 }
 
 

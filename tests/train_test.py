@@ -374,3 +374,63 @@ def test_loss_scale_step_skips_an_overflow_and_halves_the_scale():
     floor = train._loss_scale_step(old, new, {"w": jnp.full(3, jnp.inf)},
                                    {"scale": jnp.float32(1.0), "good_steps": jnp.int32(0)}, interval=2)
     assert float(floor["loss_scale"]["scale"]) == 1.0
+
+
+# ------------------------------------------------------------------------- how often the calibration loss acts
+def _numpy_cpeal(logits: np.ndarray, labels: np.ndarray) -> float:
+    """C-PEAL's balanced loss (METHOD.md §2) written out in NumPy, float64."""
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    t = np.tanh(-(p * np.log(p + 1e-6)).sum(-1))
+    hit = logits.argmax(-1) == labels
+    n_c, n_i = hit.sum(), (~hit).sum()
+    l_inc = -np.log(t[~hit] + 1e-6).mean() if n_i else 0.0
+    l_cor = -np.log(1 - t[hit] + 1e-6).mean() if n_c else 0.0
+    return min(5.0, n_i / len(hit) * l_cor + n_c / len(hit) * l_inc)
+
+
+def test_calibration_activity_counts_steps_and_misclassified_share(dino):
+    from alpeft_jax.loop import calibration_activity
+
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    tc = train.TrainConfig(epochs=4, batch_size=8, lr=0.5, calibration="cpeal", calibration_anneal=False)
+    trainer = train.Trainer(model, tc, kind="features")
+    images, labels = colour_images(20, seed=6)
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    expected: list[tuple[int, bool, float]] = []  # (epoch, loss non-zero, misclassified share) per step
+    step = trainer._train_step
+
+    def recording(state, batch, epoch):
+        head = {k: np.asarray(v, np.float64) for k, v in state["trainable"]["head"].items()}
+        m = np.asarray(batch["_mask"])
+        logits = np.asarray(batch["inputs"], np.float64)[m] @ head["kernel"] + head["bias"]
+        y = np.asarray(batch["label"])[m]
+        expected.append((int(epoch), _numpy_cpeal(logits, y) > 1e-6, float((logits.argmax(-1) != y).mean())))
+        return step(state, batch, epoch)
+
+    trainer._train_step = recording
+    state = trainer.init(jax.random.key(3))
+    state, history = trainer.fit(state, lambda e: padded_batches(feats, labels, 8, seed=e, drop_last=False))
+    assert len(expected) == 12 and any(e[1] for e in expected) and not all(e[1] for e in expected)
+    for h in history:
+        mine = [e for e in expected if e[0] == h["epoch"]]
+        assert h["calibration_active_steps"] == sum(e[1] for e in mine)
+        assert h["misclassified_share"] == pytest.approx(np.mean([e[2] for e in mine]), abs=1e-6)
+    summary = calibration_activity(history, calibration=True)
+    assert summary["calibration_active_share"] == pytest.approx(np.mean([e[1] for e in expected]))
+    assert summary["train_misclassified_share"] == pytest.approx(np.mean([e[2] for e in expected]), abs=1e-6)
+    assert set(calibration_activity(history, calibration=False)) == {"train_misclassified_share"}
+
+
+def test_cosine_head_reads_normalised_features_times_scale(dino):
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear", head_scale=16.0))
+    trainable = model.init(jax.random.key(0))
+    feats = np.random.default_rng(0).standard_normal((5, model.feature_dim)).astype(np.float32) * 7
+    logits, _ = model.logits(trainable, jnp.asarray(feats), "features")
+    k, b = (np.asarray(trainable["head"][n], np.float64) for n in ("kernel", "bias"))
+    unit = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(logits), 16.0 * unit @ k + b, rtol=1e-5, atol=1e-5)
+    raw, _ = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear")).logits(trainable, jnp.asarray(feats), "features")
+    np.testing.assert_allclose(np.asarray(raw), feats @ k + b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="head_scale must be >= 0"):
+        AdaptConfig(mode="linear", head_scale=-1.0)

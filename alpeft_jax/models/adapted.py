@@ -43,12 +43,15 @@ class AdaptConfig:
     head: str = "auto"  # "auto" | "none" | "linear" | "zeroshot"
     n_placeholders: int = 16  # the frozen "X" tokens of CLIP's LoRA-mode prompts
     template: str = ""  # instead of "X"*n: e.g. "a photo of a {}." (CLIP LoRA mode / zero-shot head)
+    head_scale: float = 0.0  # >0: a linear head reads L2-normalised features times this scale (cosine head)
 
     def __post_init__(self) -> None:
         if self.mode not in ("lora", "prompt", "linear"):
             raise ValueError(f"adapt.mode must be 'lora', 'prompt' or 'linear', got {self.mode!r}.")
         if self.head not in ("auto", "none", "linear", "zeroshot"):
             raise ValueError(f"adapt.head must be auto|none|linear|zeroshot, got {self.head!r}.")
+        if self.head_scale < 0:
+            raise ValueError(f"adapt.head_scale must be >= 0 (0: raw features), got {self.head_scale}.")
 
 
 class AdaptedModel:
@@ -199,7 +202,9 @@ class AdaptedModel:
         kind = kind or "images"
         k_img, k_txt = (None, None) if rng is None else jax.random.split(rng)
         feats = self.image_features(trainable, inputs, kind, rng=k_img, train=train)
-        if self.head_kind in ("linear", "zeroshot"):
+        if self.head_kind == "linear" and self.config.head_scale > 0:
+            logits = heads.apply(trainable["head"], feats, normalize=True, scale=self.config.head_scale)
+        elif self.head_kind in ("linear", "zeroshot"):
             logits = heads.apply(trainable["head"], feats, normalize=self.head_kind == "zeroshot")
         else:
             text = self.text_features(trainable, rng=k_txt, train=train).astype(jnp.float32)

@@ -27,11 +27,11 @@ def init_from_text(text_embeddings: jax.Array, logit_scale: float | jax.Array) -
     return {"kernel": (logit_scale * t.T).astype(jnp.float32), "bias": jnp.zeros((t.shape[0],), jnp.float32)}
 
 
-def apply(head: Head, features: jax.Array, normalize: bool = False) -> jax.Array:
-    """Logits `features @ kernel + bias`, optionally on L2-normalised features; computed in f32."""
+def apply(head: Head, features: jax.Array, normalize: bool = False, scale: float = 1.0) -> jax.Array:
+    """Logits `f @ kernel + bias` where f is the features, optionally L2-normalised and times `scale`; in f32."""
     f = features.astype(jnp.float32)
     if normalize:
-        f = f / jnp.linalg.norm(f, axis=-1, keepdims=True)
+        f = scale * f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
     return f @ head["kernel"] + head["bias"]
 
 

@@ -1,0 +1,164 @@
+r"""The study behind RESULTS.md: every run through the command line, then the tables and plots.
+
+    python benchmarks/study.py run [--part linear,lora] [--seeds 10] [--jobs 2]   # resumable: finished runs skipped
+    python benchmarks/study.py tables [--seeds 10]     # docs/study_tables.md and docs/study_*.png from the runs
+    make reproduce                                     # both
+
+Each run is `python -m alpeft_jax.main --config=configs/study.py:<args> --workdir=workdirs/study/<part>/<group>/s<seed>`
+(a run killed half-way resumes from its checkpoint). Runs go seed by seed, so an interrupted study still has the
+same seeds for every group. The tables are `python -m alpeft_jax.report --summary` over the finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from alpeft_jax import report  # noqa: E402
+
+WORKDIR = os.path.join("workdirs", "study")
+UNCERTAINTY = ["random", "entropy", "margin", "least_confidence"]
+DIVERSITY = ["coreset", "badge", "featdist", "typiclust", "probcover"]
+
+# part -> {group directory: config-file arguments}; group names follow configs/study.py's run names.
+PARTS: dict[str, dict[str, str]] = {
+    "linear": {
+        **{(s if s == "random" else f"{s}+pcb"): f"mode=linear,strategy={s}" for s in UNCERTAINTY + DIVERSITY},
+        "entropy": "mode=linear,strategy=entropy,pcb=false",
+        "entropy+calib+pcb": "mode=linear,strategy=entropy,calib",
+        "margin+calib+pcb": "mode=linear,strategy=margin,calib",
+        "badge+calib+pcb": "mode=linear,strategy=badge,calib",
+        "raw-head:random": "mode=linear,strategy=random,head_scale=0",
+        "raw-head:entropy+pcb": "mode=linear,strategy=entropy,head_scale=0",
+    },
+    "lora": {
+        "random": "mode=lora,strategy=random",
+        "entropy+pcb": "mode=lora,strategy=entropy",
+        "entropy+calib+pcb": "mode=lora,strategy=entropy,calib",
+        "margin+pcb": "mode=lora,strategy=margin",
+        "badge+pcb": "mode=lora,strategy=badge",
+        "bald+pcb": "mode=lora,strategy=bald",
+    },
+}
+ROUNDS = 10
+
+
+def finished(workdir: str, rounds: int = ROUNDS) -> bool:
+    """Whether a run directory holds all its rounds' results."""
+    path = os.path.join(workdir, "results.jsonl")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return sum(1 for line in f if line.strip()) >= rounds
+
+
+def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR) -> list[tuple[str, list[str]]]:
+    """(workdir, command) of every run, seed-major."""
+    out = []
+    for seed in seeds:
+        for part in parts:
+            for group, args in PARTS[part].items():
+                workdir = os.path.join(root, part, group, f"s{seed}")
+                cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config=configs/study.py:{args},seed={seed}",
+                       f"--workdir={workdir}"]
+                out.append((workdir, cmd))
+    return out
+
+
+def run_all(parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = WORKDIR) -> int:
+    """Run every unfinished run (logs beside each run as run.log); returns the number that failed."""
+    todo = [(w, c) for w, c in plan(parts, seeds, root) if not finished(w)]
+    print(f"{len(todo)} runs to do", flush=True)
+    failed = 0
+
+    def one(item: tuple[str, list[str]]) -> int:
+        workdir, cmd = item
+        os.makedirs(workdir, exist_ok=True)
+        t0 = time.time()
+        with open(os.path.join(workdir, "run.log"), "a") as log:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        print(f"{'ok' if rc == 0 else f'FAILED rc={rc}'} {time.time() - t0:6.1f}s {workdir}", flush=True)
+        return rc
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # The first run of a part builds its feature cache; let it finish before others read the cache.
+        firsts = {}
+        for w, c in todo:
+            firsts.setdefault(w.split(os.sep)[-3], (w, c))
+        for item in firsts.values():
+            failed += one(item) != 0
+        rest = [item for item in todo if item not in firsts.values()]
+        failed += sum(rc != 0 for rc in pool.map(one, rest))
+    return failed
+
+
+def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> str:
+    """Markdown of every table of the study (also written to out_dir/study_tables.md) and the plots."""
+    sections = []
+    for part, against, title in (
+        ("linear", ["random", "entropy+pcb"], "Linear probe (cosine head), EfficientNet-Lite0, Fashion-MNIST"),
+        ("lora", ["random", "entropy+pcb"], "LoRA + cosine head, EfficientNet-Lite0, Fashion-MNIST"),
+    ):
+        dirs = [os.path.join(root, part, g, f"s{s}") for g in PARTS[part] for s in seeds]
+        dirs = [d for d in dirs if finished(d)]
+        if not dirs:
+            continue
+        by_seed = report.group_runs_by_seed(dirs)
+        by_seed = {k.split(":", 1)[1] if k.startswith(f"{part}:") else k: v for k, v in by_seed.items()}
+        sections += [f"## {title}", "", "Accuracy (%), mean ± std over seeds; Δ: paired by seed, mean ± s.e.", "",
+                     report.summary_table(by_seed, against=[a for a in against if a in by_seed]), "",
+                     "Calibration and cost per round (mean ± std over seeds)", "",
+                     report.summary_table(by_seed, columns=("final ECE", "AUC ECE", "final NLL", "scoring s/round",
+                                                            "selection s/round", "calibration active",
+                                                            "train misclassified")), ""]
+        groups = {k: list(report._complete(v).values()) for k, v in by_seed.items()}
+        sections += [report.markdown_table(groups, "accuracy"), "", report.markdown_table(groups, "ece"), ""]
+        os.makedirs(out_dir, exist_ok=True)
+        shown = {k: v for k, v in groups.items() if not k.startswith("raw-head")}
+        report.plot_curves(shown, os.path.join(out_dir, f"study_{part}.png"))
+        if part == "linear":
+            heads = {k: v for k, v in groups.items() if k in ("random", "entropy+pcb", "raw-head:random",
+                                                                "raw-head:entropy+pcb")}
+            report.plot_curves(heads, os.path.join(out_dir, "study_linear_heads.png"))
+    text = "\n".join(sections)
+    with open(os.path.join(out_dir, "study_tables.md"), "w") as f:
+        f.write("<!-- written by `python benchmarks/study.py tables`; do not edit -->\n\n" + text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `run` the study's runs, or print and write its `tables`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("run", "tables", "plan"))
+    p.add_argument("--part", default="linear,lora", help="comma-separated: linear, lora")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--jobs", type=int, default=2, help="runs at once")
+    p.add_argument("--root", default=WORKDIR)
+    args = p.parse_args(argv)
+    parts = [x for x in args.part.split(",") if x]
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown:
+        print(f"error: unknown --part {','.join(unknown)}; use {','.join(PARTS)}", file=sys.stderr)
+        return 2
+    seeds = list(range(1, args.seeds + 1))
+    if args.what == "plan":
+        for w, c in plan(parts, seeds, args.root):
+            print(("done " if finished(w) else "todo ") + " ".join(c[1:]))
+        return 0
+    if args.what == "run":
+        return 1 if run_all(parts, seeds, args.jobs, args.root) else 0
+    print(tables(seeds, root=args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
