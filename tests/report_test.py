@@ -1,0 +1,98 @@
+"""Reports over many runs: seed-paired differences, area under the curve, the study runner's plan and tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import statistics
+
+import numpy as np
+import pytest
+
+from alpeft_jax import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "benchmarks", "study.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_run(path, name: str, seed: int, acc: list[float], ece: float = 0.1, active: float | None = None) -> str:
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"name": name, "seed": seed, "al": {"strategy": "x"}, "train": {"calibration": "none"}}, f)
+    with open(os.path.join(path, "results.jsonl"), "w") as f:
+        for r, a in enumerate(acc):
+            row = {"round": r, "n_labeled": 10 * (r + 1), "accuracy": a, "ece": ece, "nll": 1.0 - a,
+                   "seconds_scoring": 2.0, "seconds_selection": 0.5 + seed, "train_misclassified_share": 0.25}
+            if active is not None:
+                row["calibration_active_share"] = active
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_paired_differences_and_auc_against_a_hand_computation(tmp_path):
+    rng = np.random.default_rng(0)
+    curves = {(g, s): list(np.round(rng.uniform(0.4, 0.9, 4), 4)) for g in ("a", "b") for s in (1, 2, 3, 4)}
+    dirs = [_write_run(tmp_path / g / str(s), g, s, c, active=0.5 if g == "a" else None)
+            for (g, s), c in curves.items()]
+    dirs.append(_write_run(tmp_path / "b" / "5", "b", 5, [0.5, 0.6, 0.7, 0.8]))  # seed 5: b only, not paired
+    groups = report.group_runs_by_seed(dirs)
+    assert set(groups) == {"a", "b"} and sorted(groups["b"]) == [1, 2, 3, 4, 5]
+
+    # AUC: mean height of the piecewise-linear curve over 10..40 labels
+    c = curves[("a", 1)]
+    assert report.area_under_curve(groups["a"][1]) == pytest.approx(
+        ((c[0] + c[1]) / 2 + (c[1] + c[2]) / 2 + (c[2] + c[3]) / 2) / 3)
+
+    diffs = [curves[("a", s)][-1] - curves[("b", s)][-1] for s in (1, 2, 3, 4)]
+    mean, se, n = report.paired_difference(groups["a"], groups["b"], lambda rows: rows[-1]["accuracy"])
+    assert n == 4 and mean == pytest.approx(statistics.mean(diffs))
+    assert se == pytest.approx(statistics.stdev(diffs) / math.sqrt(4))
+
+    table = report.summary_table(groups, against=["b"])
+    row_a = next(line for line in table.splitlines() if line.startswith("| a |"))
+    assert f"{100 * statistics.mean(diffs):+.2f} ± {100 * statistics.stdev(diffs) / 2:.2f}" in row_a
+    finals_a = [100 * curves[("a", s)][-1] for s in (1, 2, 3, 4)]
+    assert f"{statistics.mean(finals_a):.2f} ± {statistics.pstdev(finals_a):.2f}" in row_a
+    cost = report.summary_table(groups, columns=("selection s/round", "calibration active", "train misclassified"))
+    assert "| a | 4 | 3.000 ± 1.118 | 50.00 ± 0.00 | 25.00 ± 0.00 |" in cost  # seeds 1-4: 1.5 .. 4.5 s
+    assert "| b | 5 | 3.500 ± 1.414 | – | 25.00 ± 0.00 |" in cost  # no calibration loss: no share
+
+
+def test_bad_report_input_is_one_line(tmp_path, capsys):
+    a = _write_run(tmp_path / "a1", "a", 1, [0.5, 0.6])
+    b = _write_run(tmp_path / "a1again", "a", 1, [0.5, 0.7])
+    assert report.main([a, b, "--summary"]) == 2
+    assert "a second run of 'a' with seed 1" in capsys.readouterr().err
+    assert report.main([a, "--summary", "--against", "nosuch"]) == 2
+    assert "--against nosuch names no group; the groups are: a" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "empty"), "--summary"]) == 2
+    assert "has no results.jsonl" in capsys.readouterr().err
+
+
+def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
+    study = _study()
+    runs = study.plan(["linear", "lora"], [1, 2], root=str(tmp_path))
+    per_seed = len(study.PARTS["linear"]) + len(study.PARTS["lora"])
+    assert len(runs) == 2 * per_seed
+    assert all("seed=1" in cmd[3] for _, cmd in runs[:per_seed]) and all("seed=2" in c[3] for _, c in runs[per_seed:])
+    # every run of the grid is a valid configs/study.py argument string
+    spec = importlib.util.spec_from_file_location("study_cfg", os.path.join(ROOT, "configs", "study.py"))
+    cfg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cfg)
+    for workdir, cmd in runs:
+        c = cfg.get_config(cmd[3].split(":", 1)[1])
+        group = workdir.split(os.sep)[-2]
+        assert c.name.split(":", 1)[1] == group.split(":")[-1], (c.name, group)
+    done = runs[0][0]
+    _write_run(done, "x", 1, [0.1] * study.ROUNDS)
+    half = runs[1][0]
+    _write_run(half, "x", 1, [0.1] * 3)
+    assert study.finished(done) and not study.finished(half)
