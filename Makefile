@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install demo test test-all bench bench-gpu lint fmnist label-studio-server
+.PHONY: install demo test test-all bench bench-gpu lint fmnist label-studio-server reproduce
 
 # torch first, from the pinned CPU wheel, so nothing else pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -30,6 +30,12 @@ demo: install
 	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:random,seed=$$s --workdir=$(DEMO)/random_s$$s || exit 1; \
 	done
 	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb_s* $(DEMO)/random_s* --out $(DEMO)/curves.png
+
+# The study behind RESULTS.md (hours on 2 CPU cores; not part of `make test`). Resumable: rerun it after a stop and
+# finished runs are skipped, a half-done run resumes from its checkpoint. Then the tables and plots in docs/.
+reproduce: install
+	$(PYTHON) benchmarks/study.py run --jobs 2
+	$(PYTHON) benchmarks/study.py tables
 
 # The Label Studio server the oracle tests talk to: its own cached venv and empty database (not a dependency of ours).
 label-studio-server: $(STAMP)
