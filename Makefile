@@ -34,7 +34,8 @@ demo: install
 # The study behind RESULTS.md (hours on 2 CPU cores; not part of `make test`). Resumable: rerun it after a stop and
 # finished runs are skipped, a half-done run resumes from its checkpoint. Then the tables and plots in docs/.
 reproduce: install
-	$(PYTHON) benchmarks/study.py run --jobs 2
+	$(PYTHON) benchmarks/study.py run --groups core --jobs 2
+	$(PYTHON) benchmarks/study.py run --groups extra --jobs 2
 	$(PYTHON) benchmarks/study.py tables
 
 # The Label Studio server the oracle tests talk to: its own cached venv and empty database (not a dependency of ours).

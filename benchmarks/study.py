@@ -1,11 +1,11 @@
 r"""The study behind RESULTS.md: every run through the command line, then the tables and plots.
 
-    python benchmarks/study.py run [--part linear,lora] [--seeds 10] [--jobs 2]   # resumable: finished runs skipped
+    python benchmarks/study.py run [--part linear,lora] [--groups core|extra|all] [--seeds 10] [--jobs 2]
     python benchmarks/study.py tables [--seeds 10]     # docs/study_tables.md and docs/study_*.png from the runs
     make reproduce                                     # both
 
 Each run is `python -m alpeft_jax.main --config=configs/study.py:<args> --workdir=workdirs/study/<part>/<group>/s<seed>`
-(a run killed half-way resumes from its checkpoint). Runs go seed by seed, so an interrupted study still has the
+(finished runs are skipped; a run killed half-way resumes from its checkpoint). Runs go seed by seed, so an interrupted study still has the
 same seeds for every group. The tables are `python -m alpeft_jax.report --summary` over the finished runs.
 """
 
@@ -37,17 +37,22 @@ PARTS: dict[str, dict[str, str]] = {
         "entropy+calib+pcb": "mode=linear,strategy=entropy,calib",
         "margin+calib+pcb": "mode=linear,strategy=margin,calib",
         "badge+calib+pcb": "mode=linear,strategy=badge,calib",
-        "raw-head:random": "mode=linear,strategy=random,head_scale=0",
-        "raw-head:entropy+pcb": "mode=linear,strategy=entropy,head_scale=0",
+        "raw-head:random": "mode=linear,strategy=random,head_scale=0,wd=0.01",
     },
     "lora": {
         "random": "mode=lora,strategy=random",
         "entropy+pcb": "mode=lora,strategy=entropy",
         "entropy+calib+pcb": "mode=lora,strategy=entropy,calib",
-        "margin+pcb": "mode=lora,strategy=margin",
         "badge+pcb": "mode=lora,strategy=badge",
+        "margin+calib+pcb": "mode=lora,strategy=margin,calib",
         "bald+pcb": "mode=lora,strategy=bald",
     },
+}
+# The groups run first (`--groups core`): what the reading of RESULTS.md rests on; then the rest (`--groups extra`).
+CORE = {
+    "linear": ["random", "entropy+pcb", "margin+pcb", "least_confidence+pcb", "coreset+pcb", "featdist+pcb",
+               "badge+pcb", "entropy", "entropy+calib+pcb", "raw-head:random"],
+    "lora": ["random", "entropy+pcb", "entropy+calib+pcb"],
 }
 ROUNDS = 10
 
@@ -61,12 +66,25 @@ def finished(workdir: str, rounds: int = ROUNDS) -> bool:
         return sum(1 for line in f if line.strip()) >= rounds
 
 
-def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR) -> list[tuple[str, list[str]]]:
+def select_groups(part: str, which: str) -> list[str]:
+    """The groups of a part named by `which`: core | extra | all | a comma-separated list of group names."""
+    if which == "all":
+        return list(PARTS[part])
+    if which == "core":
+        return CORE[part]
+    if which == "extra":
+        return [g for g in PARTS[part] if g not in CORE[part]]
+    return [g for g in which.split(",") if g in PARTS[part]]
+
+
+def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR,
+         groups: str = "all") -> list[tuple[str, list[str]]]:
     """(workdir, command) of every run, seed-major."""
     out = []
     for seed in seeds:
         for part in parts:
-            for group, args in PARTS[part].items():
+            for group in select_groups(part, groups):
+                args = PARTS[part][group]
                 workdir = os.path.join(root, part, group, f"s{seed}")
                 cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config=configs/study.py:{args},seed={seed}",
                        f"--workdir={workdir}"]
@@ -74,9 +92,9 @@ def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR) -> lis
     return out
 
 
-def run_all(parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = WORKDIR) -> int:
+def run_all(parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = WORKDIR, groups: str = "all") -> int:
     """Run every unfinished run (logs beside each run as run.log); returns the number that failed."""
-    todo = [(w, c) for w, c in plan(parts, seeds, root) if not finished(w)]
+    todo = [(w, c) for w, c in plan(parts, seeds, root, groups) if not finished(w)]
     print(f"{len(todo)} runs to do", flush=True)
     failed = 0
 
@@ -141,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("what", choices=("run", "tables", "plan"))
     p.add_argument("--part", default="linear,lora", help="comma-separated: linear, lora")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--groups", default="all", help="core | extra | all | comma-separated group names")
     p.add_argument("--jobs", type=int, default=2, help="runs at once")
     p.add_argument("--root", default=WORKDIR)
     args = p.parse_args(argv)
@@ -151,11 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     seeds = list(range(1, args.seeds + 1))
     if args.what == "plan":
-        for w, c in plan(parts, seeds, args.root):
+        for w, c in plan(parts, seeds, args.root, args.groups):
             print(("done " if finished(w) else "todo ") + " ".join(c[1:]))
         return 0
     if args.what == "run":
-        return 1 if run_all(parts, seeds, args.jobs, args.root) else 0
+        return 1 if run_all(parts, seeds, args.jobs, args.root, args.groups) else 0
     print(tables(seeds, root=args.root))
     return 0
 

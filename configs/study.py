@@ -17,7 +17,8 @@ Adaptation, on the same pool:
 - `mode=lora`: LoRA (r=4, alpha 4, dropout 0.25) on the pointwise convolutions of the last block (15) plus the
   same cosine head; the prefix (stem + blocks 0-14) cached once; SGD lr 0.01 (wd 5e-4), batch 16, 20 epochs.
 Args: `mode=linear|lora`, `strategy=` (any of alpeft_jax.strategies), `calib` (the C-PEAL calibration loss),
-`pcb=true|false`, `head_scale=` (float), `epochs=` (0: the mode's default), `seed=N`, `runlocal`.
+`pcb=true|false`, `head_scale=` (float; 0: raw features), `wd=` (weight decay; -1: the mode's default), `epochs=`
+(0: the mode's default), `seed=N`, `runlocal`.
 Expected: the measured tables, with their reading, are in RESULTS.md.
 Hardware: 2 CPU cores are enough (about 20-40 s per linear run and a few minutes per LoRA run, see RESULTS.md).
 """
@@ -31,6 +32,7 @@ ARGS = {
     "calib": False,
     "pcb": True,
     "head_scale": 16.0,
+    "wd": -1.0,
     "epochs": 0,
     "seed": 1,
     "runlocal": False,
@@ -68,6 +70,8 @@ def get_config(arg: str | None = None):
         c.train.lr = 0.01
         c.train.epochs = 20
         c.train.batch_size = 16
+    if a["wd"] >= 0:
+        c.train.weight_decay = a["wd"]
     if a["epochs"]:
         c.train.epochs = a["epochs"]
     c.al.strategy = a["strategy"]
