@@ -6,7 +6,8 @@ r"""The study behind RESULTS.md: every run through the command line, then the ta
 
 Each run is `python -m alpeft_jax.main --config=configs/study.py:<args> --workdir=workdirs/study/<part>/<group>/s<seed>`
 (finished runs are skipped; a run killed half-way resumes from its checkpoint). Runs go seed by seed, so an
-interrupted study still has the same seeds for every group. The tables are `python -m alpeft_jax.report --summary` over the finished runs.
+interrupted study still has the same seeds for every group. The tables are `alpeft_jax.report.summary_table` (as
+`python -m alpeft_jax.report --summary`) over the finished runs.
 """
 
 from __future__ import annotations
