@@ -137,7 +137,7 @@ def paired_difference(a: dict[int, Rows], b: dict[int, Rows], stat: Any) -> tupl
     return float(d.mean()), se, len(d)
 
 
-def _complete(runs: dict[int, Rows]) -> dict[int, Rows]:
+def complete_runs(runs: dict[int, Rows]) -> dict[int, Rows]:
     """The runs of a group that reached its most common number of rounds (unfinished runs left out)."""
     n = max((len(r) for r in runs.values()), default=0)
     return {s: r for s, r in runs.items() if len(r) == n}
@@ -154,7 +154,7 @@ def summary_table(
     for ref in against:
         head += [f"Δ {stat.split()[0]} vs {ref}" for stat in diff_stats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    groups = {k: _complete(v) for k, v in groups.items()}
+    groups = {k: complete_runs(v) for k, v in groups.items()}
     missing = [ref for ref in against if ref not in groups]
     if missing:
         raise ValueError(f"--against {','.join(missing)} names no group; the groups are: {', '.join(groups)}")

@@ -47,12 +47,28 @@ PARTS: dict[str, dict[str, str]] = {
         "margin+calib+pcb": "mode=lora,strategy=margin,calib",
         "bald+pcb": "mode=lora,strategy=bald",
     },
+    # Choosing the linear probe's head and weight decay (random sampling, 3 seeds): the table behind the default.
+    # raw: a plain linear head on raw features; cosN: L2-normalised features x N; wd: AdamW's decoupled decay.
+    "probe": {
+        "raw-wd0.01": "mode=linear,strategy=random,head_scale=0,wd=0.01",
+        "cos4-wd0.01": "mode=linear,strategy=random,head_scale=4,wd=0.01",
+        "cos8-wd0.01": "mode=linear,strategy=random,head_scale=8,wd=0.01",
+        "cos16-wd0.01": "mode=linear,strategy=random,head_scale=16,wd=0.01",
+        "cos32-wd0.01": "mode=linear,strategy=random,head_scale=32,wd=0.01",
+        "cos8-wd0.01-ep50": "mode=linear,strategy=random,head_scale=8,wd=0.01,epochs=50",
+        "cos8-wd0.5": "mode=linear,strategy=random,head_scale=8,wd=0.5",
+        "cos16-wd1": "mode=linear,strategy=random,head_scale=16,wd=1.0",
+        "cos16-wd3": "mode=linear,strategy=random,head_scale=16,wd=3.0",
+        "cos16-wd10": "mode=linear,strategy=random,head_scale=16,wd=10.0",
+    },
 }
+PART_SEEDS = {"probe": 3}  # seeds 1..n only
 # The groups run first (`--groups core`): what the reading of RESULTS.md rests on; then the rest (`--groups extra`).
 CORE = {
     "linear": ["random", "entropy+pcb", "margin+pcb", "least_confidence+pcb", "coreset+pcb", "featdist+pcb",
                "badge+pcb", "entropy", "entropy+calib+pcb", "raw-head:random"],
     "lora": ["random", "entropy+pcb", "entropy+calib+pcb"],
+    "probe": list(PARTS["probe"]),
 }
 ROUNDS = 10
 
@@ -83,6 +99,8 @@ def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR,
     out = []
     for seed in seeds:
         for part in parts:
+            if seed > PART_SEEDS.get(part, seed):
+                continue
             for group in select_groups(part, groups):
                 args = PARTS[part][group]
                 workdir = os.path.join(root, part, group, f"s{seed}")
@@ -119,34 +137,56 @@ def run_all(parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = W
     return failed
 
 
+def load_part(part: str, seeds: Sequence[int], root: str = WORKDIR) -> dict[str, dict[int, list[dict]]]:
+    """Finished runs of a part: group (its directory name) -> seed -> per-round rows."""
+    out: dict[str, dict[int, list[dict]]] = {}
+    for group in PARTS[part]:
+        for seed in seeds:
+            d = os.path.join(root, part, group, f"s{seed}")
+            if finished(d):
+                out.setdefault(group, {})[seed] = report.load_run(d)[1]
+    return out
+
+
+def _part_tables(by_seed: dict[str, dict[int, list[dict]]], against: Sequence[str]) -> list[str]:
+    return ["Accuracy (%): mean ± std over seeds; Δ: the difference paired by seed, mean ± standard error.", "",
+            report.summary_table(by_seed, against=[a for a in against if a in by_seed]), "",
+            "Calibration and cost (per selecting round; calibration active: share of update steps with a non-zero "
+            "calibration loss; train misclassified: share of the labelled batch the model gets wrong while "
+            "training).", "",
+            report.summary_table(by_seed, columns=("final ECE", "AUC ECE", "final NLL", "scoring s/round",
+                                                   "selection s/round", "calibration active", "train misclassified")),
+            ""]
+
+
 def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> str:
     """Markdown of every table of the study (also written to out_dir/study_tables.md) and the plots."""
     sections = []
-    for part, against, title in (
-        ("linear", ["random", "entropy+pcb"], "Linear probe (cosine head), EfficientNet-Lite0, Fashion-MNIST"),
-        ("lora", ["random", "entropy+pcb"], "LoRA + cosine head, EfficientNet-Lite0, Fashion-MNIST"),
-    ):
-        dirs = [os.path.join(root, part, g, f"s{s}") for g in PARTS[part] for s in seeds]
-        dirs = [d for d in dirs if finished(d)]
-        if not dirs:
+    parts = {part: load_part(part, seeds, root) for part in PARTS}
+    titles = {"linear": "Linear probe (cosine head)", "lora": "LoRA on the last block + cosine head"}
+    probe = parts.pop("probe")
+    if probe:
+        sections += ["## Choosing the linear probe's head (random sampling, seeds 1-3)", "",
+                     report.summary_table(probe, columns=("final accuracy", "AUC accuracy", "final ECE", "AUC ECE",
+                                                          "final NLL")), ""]
+    for part, by_seed in parts.items():
+        if not by_seed:
             continue
-        by_seed = report.group_runs_by_seed(dirs)
-        by_seed = {k.split(":", 1)[1] if k.startswith(f"{part}:") else k: v for k, v in by_seed.items()}
-        sections += [f"## {title}", "", "Accuracy (%), mean ± std over seeds; Δ: paired by seed, mean ± s.e.", "",
-                     report.summary_table(by_seed, against=[a for a in against if a in by_seed]), "",
-                     "Calibration and cost per round (mean ± std over seeds)", "",
-                     report.summary_table(by_seed, columns=("final ECE", "AUC ECE", "final NLL", "scoring s/round",
-                                                            "selection s/round", "calibration active",
-                                                            "train misclassified")), ""]
-        groups = {k: list(report._complete(v).values()) for k, v in by_seed.items()}
-        sections += [report.markdown_table(groups, "accuracy"), "", report.markdown_table(groups, "ece"), ""]
+        groups = {k: list(report.complete_runs(v).values()) for k, v in by_seed.items()}
+        sections += [f"## {titles[part]}", "", *_part_tables(by_seed, ["random", "entropy+pcb"]),
+                     "Accuracy by round:", "", report.markdown_table(groups, "accuracy"), "",
+                     "ECE by round:", "", report.markdown_table(groups, "ece"), ""]
         os.makedirs(out_dir, exist_ok=True)
-        shown = {k: v for k, v in groups.items() if not k.startswith("raw-head")}
-        report.plot_curves(shown, os.path.join(out_dir, f"study_{part}.png"))
-        if part == "linear":
-            heads = {k: v for k, v in groups.items() if k in ("random", "entropy+pcb", "raw-head:random",
-                                                                "raw-head:entropy+pcb")}
-            report.plot_curves(heads, os.path.join(out_dir, "study_linear_heads.png"))
+        report.plot_curves({k: v for k, v in groups.items() if not k.startswith("raw-head")},
+                           os.path.join(out_dir, f"study_{part}.png"))
+        if "raw-head:random" in groups:
+            report.plot_curves({k: groups[k] for k in ("random", "raw-head:random") if k in groups},
+                               os.path.join(out_dir, "study_linear_heads.png"))
+    both = {f"{part}:{g}": runs for part, by_seed in parts.items() for g, runs in by_seed.items()
+            if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]}
+    if both:
+        sections += ["## LoRA against the linear probe (the same pool, seeds and initial labels)", "",
+                     *_part_tables(both, ["linear:random", "linear:entropy+pcb"])]
     text = "\n".join(sections)
     with open(os.path.join(out_dir, "study_tables.md"), "w") as f:
         f.write("<!-- written by `python benchmarks/study.py tables`; do not edit -->\n\n" + text)
@@ -157,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: `run` the study's runs, or print and write its `tables`."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("run", "tables", "plan"))
-    p.add_argument("--part", default="linear,lora", help="comma-separated: linear, lora")
+    p.add_argument("--part", default="linear,lora,probe", help="comma-separated: linear, lora, probe")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--groups", default="all", help="core | extra | all | comma-separated group names")
     p.add_argument("--jobs", type=int, default=2, help="runs at once")

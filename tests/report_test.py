@@ -91,6 +91,9 @@ def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
         c = cfg.get_config(cmd[3].split(":", 1)[1])
         group = workdir.split(os.sep)[-2]
         assert c.name.split(":", 1)[1] == group.split(":")[-1], (c.name, group)
+    assert len(study.plan(["probe"], [1, 2, 3, 4, 5], root=str(tmp_path))) == 3 * len(study.PARTS["probe"])
+    core = study.plan(["lora"], [1], root=str(tmp_path), groups="core")
+    assert [w.split(os.sep)[-2] for w, _ in core] == study.CORE["lora"]
     done = runs[0][0]
     _write_run(done, "x", 1, [0.1] * study.ROUNDS)
     half = runs[1][0]
