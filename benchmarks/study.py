@@ -175,7 +175,8 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
         groups = {k: list(report.complete_runs(v).values()) for k, v in by_seed.items()}
         sections += [f"## {titles[part]}", "", *_part_tables(by_seed, ["random", "entropy+pcb"]),
                      "Accuracy by round:", "", report.markdown_table(groups, "accuracy"), "",
-                     "ECE by round:", "", report.markdown_table(groups, "ece"), ""]
+                     "ECE by round:", "", report.markdown_table(groups, "ece"), "",
+                     "NLL by round:", "", report.markdown_table(groups, "nll", 1.0), ""]
         os.makedirs(out_dir, exist_ok=True)
         report.plot_curves({k: v for k, v in groups.items() if not k.startswith("raw-head")},
                            os.path.join(out_dir, f"study_{part}.png"))
