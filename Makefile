@@ -24,12 +24,15 @@ fmnist:
 
 DEMO := workdirs/demo
 SEEDS := 1 2 3
+# The study's clearest finding (RESULTS.md): entropy sampling with and without PCB, and random sampling.
 demo: install
 	for s in $(SEEDS); do \
-	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:seed=$$s --workdir=$(DEMO)/entropy_calib_pcb_s$$s && \
-	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:random,seed=$$s --workdir=$(DEMO)/random_s$$s || exit 1; \
+	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:seed=$$s --workdir=$(DEMO)/entropy+pcb/s$$s && \
+	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:pcb=false,seed=$$s --workdir=$(DEMO)/entropy/s$$s && \
+	  $(PYTHON) -m alpeft_jax.main --config=configs/demo.py:random,seed=$$s --workdir=$(DEMO)/random/s$$s || exit 1; \
 	done
-	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy_calib_pcb_s* $(DEMO)/random_s* --out $(DEMO)/curves.png
+	$(PYTHON) -m alpeft_jax.report $(DEMO)/entropy+pcb/s* $(DEMO)/entropy/s* $(DEMO)/random/s* --summary \
+	  --against linear:random,linear:entropy+pcb --out $(DEMO)/curves.png
 
 # The study behind RESULTS.md (hours on 2 CPU cores; not part of `make test`). Resumable: rerun it after a stop and
 # finished runs are skipped, a half-done run resumes from its checkpoint. Then the tables and plots in docs/.

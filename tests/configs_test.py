@@ -11,7 +11,7 @@ from alpeft_jax.convert.common import flatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
-    "demo.py": ["", "random", "runlocal", "random,seed=2"],
+    "demo.py": ["", "random", "runlocal", "random,seed=2", "pcb=false", "mode=lora,runlocal", "strategy=badge,calib"],
     "lora.py": ["", "ours", "runlocal", "seed=3,dataset=eurosat", "backbone=vit_b32,layout=coop,ours",
                 "dataset=fgvc_aircraft", "dataset=stanford_cars,runlocal"],
     "coop.py": ["", "ours", "backbone=vit_b16,runlocal", "backbone=rn101,dataset=oxford_pets"],

@@ -1,4 +1,4 @@
-"""Many devices and many processes, for real: the command line on `configs/demo.py:runlocal` (LoRA).
+"""Many devices and many processes, for real: the command line on `configs/demo.py:mode=lora,runlocal` (LoRA).
 
 - one process with 1 device vs one process with 8 fake CPU devices: the same selections, metrics within 1e-4;
 - 2 real local processes (127.0.0.1 coordinator, gloo CPU collectives, 2 fake devices each) into one shared
@@ -17,7 +17,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/demo.py:runlocal"
+CONFIG = "configs/demo.py:mode=lora,runlocal"
 TOL = 1e-4
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
