@@ -112,6 +112,7 @@ def main() -> None:
     rows = []
     for d in args.devices:
         env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))  # runs from a checkout
         if on_cpu:  # fake CPU devices sharing this machine's cores
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={d}".strip()
             env["JAX_PLATFORMS"] = "cpu"

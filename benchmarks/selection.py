@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 ALL = ["entropy", "margin", "coreset", "badge", "typiclust", "probcover"]
 
 
@@ -151,6 +153,7 @@ def run_case(spec: dict, timeout: float) -> dict:
     """Run `child(spec)` in a fresh interpreter; returns its JSON or an error note."""
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))  # runs from a checkout
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -28,6 +28,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from selection import make_data  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 ALL = ["entropy", "coreset", "badge", "typiclust", "probcover"]
 
 
@@ -74,6 +76,7 @@ def run_case(spec: dict, timeout: float) -> dict:
     """`child(spec)` in a fresh interpreter with the fake device count; its JSON or an error note."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={spec['devices']}")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))  # runs from a checkout
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
