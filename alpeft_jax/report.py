@@ -179,7 +179,7 @@ def summary_table(
 
 
 def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
-    """Accuracy and ECE against labels, one line (mean, ±std band) per group; returns the path."""
+    """Accuracy and ECE against labels, one line per group (mean; a ±std band up to 4 groups); returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +192,7 @@ def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
         for ax, metric in zip(axes, ("accuracy", "ece")):
             x, mean, std = _series(runs, metric)
             ax.plot(x, 100 * mean, marker="o", label=label)
-            if len(runs) > 1:
+            if len(runs) > 1 and len(groups) <= 4:  # more bands than that hide the lines
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
     for ax, title in zip(axes, ("test accuracy (%)", "ECE (%)")):
         ax.set_xlabel("labelled examples")
