@@ -2,6 +2,7 @@ r"""The study behind RESULTS.md: every run through the command line, then the ta
 
     python benchmarks/study.py run [--part linear,lora] [--groups core|extra|all] [--seeds 10] [--jobs 2]
     python benchmarks/study.py tables [--seeds 10]     # docs/study_tables.md and docs/study_*.png from the runs
+    python benchmarks/study.py results                 # RESULTS.md: docs/RESULTS.template.md with every number filled
     make reproduce                                     # both
 
 Each run is `python -m alpeft_jax.main --config=configs/study.py:<args> --workdir=workdirs/study/<part>/<group>/s<seed>`
@@ -194,10 +195,62 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
     return text
 
 
+def _fmt_diff(a: dict, b: dict, key: str) -> str:
+    stat = report.SUMMARY_STATS["final accuracy" if key == "final" else "AUC accuracy"][0]
+    mean, se, n = report.paired_difference(report.complete_runs(a), report.complete_runs(b), stat)
+    return f"{100 * mean:+.1f} ± {100 * se:.1f}"
+
+
+def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
+    """RESULTS.md from its template: every {{...}} is a number or a table computed from the finished runs.
+
+    {{d|part|A|B|final or AUC}}: A - B paired by seed; {{d|both|partA|A|partB|B|...}} across parts;
+    {{active|part|group}}, {{miss|part|group}}: calibration-active and misclassified shares; {{sel|part|group}}:
+    selection seconds per round; {{probe}}, {{linear_acc}}, {{linear_cost}}, {{lora_acc}}, {{lora_cost}},
+    {{both_acc}}: the tables of `tables`.
+    """
+    import re
+
+    parts = {part: load_part(part, seeds, root) for part in PARTS}
+    both = {f"{p}:{g}": runs for p in ("linear", "lora") for g, runs in parts[p].items()
+            if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]}
+    cost = ("final ECE", "AUC ECE", "final NLL", "scoring s/round", "selection s/round", "calibration active",
+            "train misclassified")
+    tables_ = {
+        "probe": lambda: report.summary_table(parts["probe"], columns=("final accuracy", "AUC accuracy", "final ECE",
+                                                                        "AUC ECE", "final NLL")),
+        "linear_acc": lambda: report.summary_table(parts["linear"], against=["random", "entropy+pcb"]),
+        "linear_cost": lambda: report.summary_table(parts["linear"], columns=cost),
+        "lora_acc": lambda: report.summary_table(parts["lora"], against=["random", "entropy+pcb"]),
+        "lora_cost": lambda: report.summary_table(parts["lora"], columns=cost),
+        "both_acc": lambda: report.summary_table(both, against=["linear:random", "linear:entropy+pcb"]),
+    }
+
+    def mean_of(part: str, group: str, col: str) -> float:
+        stat, scale = report.SUMMARY_STATS[col]
+        return scale * float(sum(stat(r) for r in parts[part][group].values()) / len(parts[part][group]))
+
+    def one(m: re.Match) -> str:
+        f = m.group(1).split("|")
+        if len(f) == 1:
+            return tables_[f[0]]()
+        if f[0] == "d" and f[1] == "both":
+            return _fmt_diff(parts[f[2]][f[3]], parts[f[4]][f[5]], f[6])
+        if f[0] == "d":
+            return _fmt_diff(parts[f[1]][f[2]], parts[f[1]][f[3]], f[4])
+        col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round"}[f[0]]
+        value = mean_of(f[1], f[2], col)
+        return f"{value:.1f} %" if f[0] != "sel" else f"{value:.1f}"
+
+    return re.sub(r"\{\{([^}]+)\}\}", one, text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: `run` the study's runs, or print and write its `tables`."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "tables", "plan"))
+    p.add_argument("what", choices=("run", "tables", "plan", "results"))
+    p.add_argument("--template", default=os.path.join("docs", "RESULTS.template.md"))
+    p.add_argument("--out", default="RESULTS.md")
     p.add_argument("--part", default="linear,lora,probe", help="comma-separated: linear, lora, probe")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--groups", default="all", help="core | extra | all | comma-separated group names")
@@ -216,6 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.what == "run":
         return 1 if run_all(parts, seeds, args.jobs, args.root, args.groups) else 0
+    if args.what == "results":
+        with open(args.template) as f:
+            text = fill_template(f.read(), seeds, args.root)
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}")
+        return 0
     print(tables(seeds, root=args.root))
     return 0
 
