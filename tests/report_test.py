@@ -99,3 +99,16 @@ def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
     half = runs[1][0]
     _write_run(half, "x", 1, [0.1] * 3)
     assert study.finished(done) and not study.finished(half)
+
+
+def test_results_template_numbers_come_from_the_runs(tmp_path):
+    study = _study()
+    finals = {("random", 1): 0.70, ("random", 2): 0.72, ("entropy+pcb", 1): 0.75, ("entropy+pcb", 2): 0.74}
+    for (group, seed), acc in finals.items():
+        _write_run(tmp_path / "linear" / group / f"s{seed}", f"linear:{group}", seed,
+                   [0.5] * (study.ROUNDS - 1) + [acc], active=0.25)
+    text = study.fill_template("Δ {{d|linear|entropy+pcb|random|final}}; active {{active|linear|random}}; "
+                               "{{linear_acc}}", [1, 2], root=str(tmp_path))
+    diffs = [0.75 - 0.70, 0.74 - 0.72]
+    assert f"Δ {100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs) / math.sqrt(2):.1f};" in text
+    assert "active 25.0 %;" in text and "| entropy+pcb | 2 |" in text and "{{" not in text
