@@ -111,7 +111,9 @@ def test_misspelt_key_is_one_line_with_the_suggestion(tmp_path):
 def test_unknown_config_file_argument(tmp_path):
     rc, err, _ = _cli("--config=configs/demo.py:runlocl", f"--workdir={tmp_path / 'wd'}")
     assert (rc, err) == (2, ["error: configs/demo.py: unknown argument 'runlocl' (did you mean 'runlocal'?); "
-                             "accepted: random, seed=INT, runlocal"])
+                             "accepted: strategy=entropy|badge|bald|coreset|featdist|learning_loss|least_confidence|"
+                             "margin|probcover|random|typiclust, random, pcb, calib, mode=linear|lora, seed=INT, "
+                             "runlocal"])
     rc, err, _ = _cli("--config=configs/nope.py", f"--workdir={tmp_path / 'wd'}")
     assert (rc, err) == (2, ["error: config file configs/nope.py does not exist; the experiments are in configs/*.py"])
     assert not (tmp_path / "wd").exists()
