@@ -12,7 +12,7 @@ Adaptation, on the same pool:
 - `mode=linear` (PEAL's linear probe): the whole backbone frozen, its pooled 1280-d features cached once; a cosine
   head (L2-normalised features x `head_scale` = 16) trained full-batch with AdamW (lr 1e-2, decoupled weight decay
   10, i.e. 0.1 of the weights per step) for 200 epochs. A plain linear head on raw features with weak decay fits
-  the few labels to a loss of ~1e-7 and is badly over-confident (ECE 19 % at 100 labels against 4 %; RESULTS.md
+  the few labels to a loss of ~1e-7 and is badly over-confident (ECE 18 % at 100 labels against 4 %; RESULTS.md
   "Calibrating the linear probe" has the measurements behind this choice).
 - `mode=lora`: LoRA (r=4, alpha 4, dropout 0.25) on the pointwise convolutions of the last block (15) plus the
   same cosine head; the prefix (stem + blocks 0-14) cached once; SGD lr 0.01 (wd 5e-4), batch 16, 20 epochs.
