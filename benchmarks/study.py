@@ -195,10 +195,10 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
     return text
 
 
-def _fmt_diff(a: dict, b: dict, key: str) -> str:
+def _fmt_diff(a: dict, b: dict, key: str, seeds: int = 10) -> str:
     stat = report.SUMMARY_STATS["final accuracy" if key == "final" else "AUC accuracy"][0]
     mean, se, n = report.paired_difference(report.complete_runs(a), report.complete_runs(b), stat)
-    return f"{100 * mean:+.1f} ± {100 * se:.1f}"
+    return f"{100 * mean:+.1f} ± {100 * se:.1f}" + (f" ({n} seeds)" if n < seeds else "")
 
 
 def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
@@ -234,10 +234,13 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
         f = m.group(1).split("|")
         if len(f) == 1:
             return tables_[f[0]]()
+        named = [(f[2], f[3]), (f[4], f[5])] if f[1] == "both" else [(f[1], g) for g in f[2:4 if f[0] == "d" else 3]]
+        if any(g not in parts[p] for p, g in named):
+            return "(not run)"
         if f[0] == "d" and f[1] == "both":
-            return _fmt_diff(parts[f[2]][f[3]], parts[f[4]][f[5]], f[6])
+            return _fmt_diff(parts[f[2]][f[3]], parts[f[4]][f[5]], f[6], len(seeds))
         if f[0] == "d":
-            return _fmt_diff(parts[f[1]][f[2]], parts[f[1]][f[3]], f[4])
+            return _fmt_diff(parts[f[1]][f[2]], parts[f[1]][f[3]], f[4], len(seeds))
         col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round"}[f[0]]
         value = mean_of(f[1], f[2], col)
         return f"{value:.1f} %" if f[0] != "sel" else f"{value:.1f}"
