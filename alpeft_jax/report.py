@@ -137,6 +137,14 @@ def paired_difference(a: dict[int, Rows], b: dict[int, Rows], stat: Any) -> tupl
     return float(d.mean()), se, len(d)
 
 
+def group_stat(runs: dict[int, Rows], column: str) -> tuple[float, float]:
+    """Mean and std over a group's runs of a SUMMARY_STATS column, in display units (runs without it skipped)."""
+    stat, scale = SUMMARY_STATS[column]
+    vals = np.asarray([stat(r) for r in runs.values()], np.float64) * scale
+    ok = vals[~np.isnan(vals)]
+    return (float(ok.mean()), float(ok.std())) if len(ok) else (float("nan"), float("nan"))
+
+
 def complete_runs(runs: dict[int, Rows]) -> dict[int, Rows]:
     """The runs of a group that reached its most common number of rounds (unfinished runs left out)."""
     n = max((len(r) for r in runs.values()), default=0)
@@ -161,11 +169,9 @@ def summary_table(
     for label, runs in groups.items():
         cells = [label, str(len(runs))]
         for col in columns:
-            stat, scale = SUMMARY_STATS[col]
-            vals = np.asarray([stat(r) for r in runs.values()], np.float64) * scale
-            digits = 2 if scale == 100.0 else 3
-            ok = vals[~np.isnan(vals)]
-            cells.append(f"{ok.mean():.{digits}f} ± {ok.std():.{digits}f}" if len(ok) else "–")
+            mean, std = group_stat(runs, col)
+            digits = 2 if SUMMARY_STATS[col][1] == 100.0 else 3
+            cells.append("–" if np.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}")
         for ref in against:
             for col in diff_stats:
                 stat, scale = SUMMARY_STATS[col]

@@ -149,27 +149,40 @@ def load_part(part: str, seeds: Sequence[int], root: str = WORKDIR) -> dict[str,
     return out
 
 
+COST = ("final ECE", "AUC ECE", "final NLL", "scoring s/round", "selection s/round", "calibration active",
+        "train misclassified")
+PROBE = ("final accuracy", "AUC accuracy", "final ECE", "AUC ECE", "final NLL")
+
+
+def load_all(seeds: Sequence[int], root: str = WORKDIR) -> tuple[dict, dict]:
+    """Every part's finished runs, and the groups LoRA and the probe both ran (named part:group)."""
+    parts = {part: load_part(part, seeds, root) for part in PARTS}
+    both = {f"{p}:{g}": runs for p in ("linear", "lora") for g, runs in parts[p].items()
+            if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]}
+    return parts, both
+
+
+def _acc_table(by_seed: dict, against: Sequence[str]) -> str:
+    return report.summary_table(by_seed, against=[a for a in against if a in by_seed])
+
+
 def _part_tables(by_seed: dict[str, dict[int, list[dict]]], against: Sequence[str]) -> list[str]:
     return ["Accuracy (%): mean ± std over seeds; Δ: the difference paired by seed, mean ± standard error.", "",
-            report.summary_table(by_seed, against=[a for a in against if a in by_seed]), "",
+            _acc_table(by_seed, against), "",
             "Calibration and cost (per selecting round; calibration active: share of update steps with a non-zero "
             "calibration loss; train misclassified: share of the labelled batch the model gets wrong while "
-            "training).", "",
-            report.summary_table(by_seed, columns=("final ECE", "AUC ECE", "final NLL", "scoring s/round",
-                                                   "selection s/round", "calibration active", "train misclassified")),
-            ""]
+            "training).", "", report.summary_table(by_seed, columns=COST), ""]
 
 
 def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> str:
     """Markdown of every table of the study (also written to out_dir/study_tables.md) and the plots."""
     sections = []
-    parts = {part: load_part(part, seeds, root) for part in PARTS}
+    parts, both = load_all(seeds, root)
     titles = {"linear": "Linear probe (cosine head)", "lora": "LoRA on the last block + cosine head"}
     probe = parts.pop("probe")
     if probe:
         sections += ["## Choosing the linear probe's head (random sampling, seeds 1-3)", "",
-                     report.summary_table(probe, columns=("final accuracy", "AUC accuracy", "final ECE", "AUC ECE",
-                                                          "final NLL")), ""]
+                     report.summary_table(probe, columns=PROBE), ""]
     for part, by_seed in parts.items():
         if not by_seed:
             continue
@@ -184,8 +197,6 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
         if "raw-head:random" in groups:
             report.plot_curves({k: groups[k] for k in ("random", "raw-head:random") if k in groups},
                                os.path.join(out_dir, "study_linear_heads.png"))
-    both = {f"{part}:{g}": runs for part, by_seed in parts.items() for g, runs in by_seed.items()
-            if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]}
     if both:
         sections += ["## LoRA against the linear probe (the same pool, seeds and initial labels)", "",
                      *_part_tables(both, ["linear:random", "linear:entropy+pcb"])]
@@ -211,24 +222,15 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
     """
     import re
 
-    parts = {part: load_part(part, seeds, root) for part in PARTS}
-    both = {f"{p}:{g}": runs for p in ("linear", "lora") for g, runs in parts[p].items()
-            if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]}
-    cost = ("final ECE", "AUC ECE", "final NLL", "scoring s/round", "selection s/round", "calibration active",
-            "train misclassified")
+    parts, both = load_all(seeds, root)
     tables_ = {
-        "probe": lambda: report.summary_table(parts["probe"], columns=("final accuracy", "AUC accuracy", "final ECE",
-                                                                        "AUC ECE", "final NLL")),
-        "linear_acc": lambda: report.summary_table(parts["linear"], against=["random", "entropy+pcb"]),
-        "linear_cost": lambda: report.summary_table(parts["linear"], columns=cost),
-        "lora_acc": lambda: report.summary_table(parts["lora"], against=["random", "entropy+pcb"]),
-        "lora_cost": lambda: report.summary_table(parts["lora"], columns=cost),
-        "both_acc": lambda: report.summary_table(both, against=["linear:random", "linear:entropy+pcb"]),
+        "probe": lambda: report.summary_table(parts["probe"], columns=PROBE),
+        "linear_acc": lambda: _acc_table(parts["linear"], ["random", "entropy+pcb"]),
+        "linear_cost": lambda: report.summary_table(parts["linear"], columns=COST),
+        "lora_acc": lambda: _acc_table(parts["lora"], ["random", "entropy+pcb"]),
+        "lora_cost": lambda: report.summary_table(parts["lora"], columns=COST),
+        "both_acc": lambda: _acc_table(both, ["linear:random", "linear:entropy+pcb"]),
     }
-
-    def mean_of(part: str, group: str, col: str) -> float:
-        stat, scale = report.SUMMARY_STATS[col]
-        return scale * float(sum(stat(r) for r in parts[part][group].values()) / len(parts[part][group]))
 
     def one(m: re.Match) -> str:
         f = m.group(1).split("|")
@@ -242,7 +244,7 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
         if f[0] == "d":
             return _fmt_diff(parts[f[1]][f[2]], parts[f[1]][f[3]], f[4], len(seeds))
         col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round"}[f[0]]
-        value = mean_of(f[1], f[2], col)
+        value = report.group_stat(parts[f[1]][f[2]], col)[0]
         return f"{value:.1f} %" if f[0] != "sel" else f"{value:.1f}"
 
     return re.sub(r"\{\{([^}]+)\}\}", one, text)

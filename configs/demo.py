@@ -19,11 +19,10 @@ calibration loss), `mode=linear|lora` (`lora`: the study's LoRA on the last bloc
 seconds-long smoke run).
 """
 
-import importlib.util
 import os
 
 from alpeft_jax import strategies
-from alpeft_jax.config import parse_arg
+from alpeft_jax.config import load_config_file, parse_arg
 
 ARGS = {
     "strategy": tuple(["entropy"] + [s for s in strategies.names() if s != "entropy"]),
@@ -36,14 +35,6 @@ ARGS = {
 }
 
 
-def _study():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study.py")
-    spec = importlib.util.spec_from_file_location("study_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg: str | None = None):
     a = parse_arg(arg, ARGS, __file__)
     strategy = "random" if a["random"] else a["strategy"]
@@ -52,7 +43,7 @@ def get_config(arg: str | None = None):
         study_arg += ",calib"
     if a["runlocal"]:
         study_arg += ",runlocal"
-    c = _study().get_config(study_arg)
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"study.py:{study_arg}"))
     if not a["runlocal"]:
         c.scoring.cache_dir = f"workdirs/demo/cache/{a['mode']}"  # shared by the demo's runs
     return c

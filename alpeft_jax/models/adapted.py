@@ -202,10 +202,10 @@ class AdaptedModel:
         kind = kind or "images"
         k_img, k_txt = (None, None) if rng is None else jax.random.split(rng)
         feats = self.image_features(trainable, inputs, kind, rng=k_img, train=train)
-        if self.head_kind == "linear" and self.config.head_scale > 0:
-            logits = heads.apply(trainable["head"], feats, normalize=True, scale=self.config.head_scale)
-        elif self.head_kind in ("linear", "zeroshot"):
-            logits = heads.apply(trainable["head"], feats, normalize=self.head_kind == "zeroshot")
+        if self.head_kind in ("linear", "zeroshot"):
+            cosine = self.head_kind == "linear" and self.config.head_scale > 0
+            logits = heads.apply(trainable["head"], feats, normalize=cosine or self.head_kind == "zeroshot",
+                                 scale=self.config.head_scale if cosine else 1.0)
         else:
             text = self.text_features(trainable, rng=k_txt, train=train).astype(jnp.float32)
             f = feats.astype(jnp.float32)
