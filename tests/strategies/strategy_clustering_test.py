@@ -7,6 +7,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from alpeft_jax import strategies
+from alpeft_jax.strategies import typiclust
 from alpeft_jax.strategies.base import as_key
 from alpeft_jax.strategies.distances import knn_sq_dist, min_sq_dist, nearest_other_label_sq_dist, radius_graph
 from alpeft_jax.strategies.kmeans import kmeans
@@ -84,6 +85,17 @@ def test_typiclust_matches_numpy_reference(seed):
     _, clusters = kmeans(jax.random.split(as_key(seed))[0], normalized(x).astype(np.float32), 10 + budget)
     ref = numpy_typiclust(normalized(x), clusters, labeled, budget)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_typiclust_clusters_larger_than_the_member_block_match_numpy_reference():
+    # 1,500 rows in 8 clusters of ~190 with a 500-centre buffer: 32-row member blocks, each pick loops over ~36
+    x, _ = blobs(1500, 12, 8, seed=3, spread=0.8)
+    assert typiclust.member_block(1500, 500) == 32
+    labeled = np.zeros(1500, bool)
+    labeled[np.random.default_rng(3).choice(1500, 3, replace=False)] = True
+    got = strategies.get("typiclust")(3, {"features": x}, labeled, 5)
+    _, clusters = kmeans(jax.random.split(as_key(3))[0], normalized(x).astype(np.float32), 3 + 5)
+    np.testing.assert_array_equal(got, numpy_typiclust(normalized(x), clusters, labeled, 5))
 
 
 def numpy_probcover(x, labeled, budget, delta):
