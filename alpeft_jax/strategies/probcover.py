@@ -189,10 +189,13 @@ def _greedy_local(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Ar
         return run
 
     def drain(st: tuple) -> tuple:
-        for size in reversed(sizes):  # largest chunks first; each loop leaves fewer than `size` pending per shard
-            st = jax.lax.while_loop(lambda t, size=size: spmd.gmax(jnp.sum(t[0], dtype=jnp.int32), axis) >= size,
-                                    chunk_update(size), st)
-        return st
+        left = lambda t: spmd.gmax(jnp.sum(t[0], dtype=jnp.int32), axis)
+        branches = [chunk_update(size) for size in sizes]
+
+        def step(t: tuple) -> tuple:  # the smallest chunk that takes all pending (or the largest chunk)
+            return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), jnp.minimum(left(t), sizes[-1])), branches, t)
+
+        return jax.lax.while_loop(lambda t: left(t) > 0, step, st)
 
     def pick(i: int, state: tuple) -> tuple:
         covered, gains, chosen, picks = state
@@ -227,9 +230,9 @@ def greedy_coverage(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.
     """Greedy picks maximising newly covered points; a random unchosen pick once nothing is left to cover.
 
     `gains` [N] count each point's uncovered ball members (see `ball_counts`). After a pick, the points it
-    newly covers are taken in chunks (sizes from `_CHUNKS`, the largest not above what is left) and every
+    newly covers are taken in chunks (sizes from `_CHUNKS`, the smallest that holds what is left) and every
     point's gain drops by the chunk members in its ball: one N x D x chunk product per chunk, so the whole
-    run costs one pass over all pairs plus a few matrix-vector products per pick, in O(N) memory.
+    run costs one pass over all pairs plus about two passes over the pool per pick, in O(N) memory.
     `u` [budget] are the uniforms of the random picks (the floor(u * n_free)-th unchosen point).
     """
     return _greedy_local(x, r2, covered, gains, chosen, u, budget, None)
