@@ -216,9 +216,9 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
     """RESULTS.md from its template: every {{...}} is a number or a table computed from the finished runs.
 
     {{d|part|A|B|final or AUC}}: A - B paired by seed; {{d|both|partA|A|partB|B|...}} across parts;
-    {{active|part|group}}, {{miss|part|group}}: calibration-active and misclassified shares; {{sel|part|group}}:
-    selection seconds per round; {{probe}}, {{linear_acc}}, {{linear_cost}}, {{lora_acc}}, {{lora_cost}},
-    {{both_acc}}: the tables of `tables`.
+    {{active|part|group}}, {{miss|part|group}}: calibration-active and misclassified shares; {{sel|part|group}},
+    {{score|part|group}}: selection and scoring seconds per round; {{probe}}, {{linear_acc}}, {{linear_cost}},
+    {{lora_acc}}, {{lora_cost}}, {{both_acc}}: the tables of `tables`.
     """
     import re
 
@@ -243,9 +243,10 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
             return _fmt_diff(parts[f[2]][f[3]], parts[f[4]][f[5]], f[6], len(seeds))
         if f[0] == "d":
             return _fmt_diff(parts[f[1]][f[2]], parts[f[1]][f[3]], f[4], len(seeds))
-        col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round"}[f[0]]
+        col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round",
+               "score": "scoring s/round"}[f[0]]
         value = report.group_stat(parts[f[1]][f[2]], col)[0]
-        return f"{value:.1f} %" if f[0] != "sel" else f"{value:.1f}"
+        return f"{value:.1f} %" if f[0] in ("active", "miss") else f"{value:.1f}"
 
     return re.sub(r"\{\{([^}]+)\}\}", one, text)
 

@@ -108,7 +108,9 @@ def test_results_template_numbers_come_from_the_runs(tmp_path):
         _write_run(tmp_path / "linear" / group / f"s{seed}", f"linear:{group}", seed,
                    [0.5] * (study.ROUNDS - 1) + [acc], active=0.25)
     text = study.fill_template("Δ {{d|linear|entropy+pcb|random|final}}; active {{active|linear|random}}; "
-                               "{{linear_acc}}", [1, 2], root=str(tmp_path))
+                               "sel {{sel|linear|random}}; score {{score|linear|random}}; {{linear_acc}}", [1, 2],
+                               root=str(tmp_path))
     diffs = [0.75 - 0.70, 0.74 - 0.72]
     assert f"Δ {100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs) / math.sqrt(2):.1f};" in text
     assert "active 25.0 %;" in text and "| entropy+pcb | 2 |" in text and "{{" not in text
+    assert "sel 2.0; score 2.0;" in text  # seeds 1 and 2 select in 1.5 and 2.5 s per round
