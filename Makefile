@@ -35,11 +35,12 @@ demo: install
 	  --against linear:random,linear:entropy+pcb --out $(DEMO)/curves.png
 
 # The study behind RESULTS.md (hours on 2 CPU cores; not part of `make test`). Resumable: rerun it after a stop and
-# finished runs are skipped, a half-done run resumes from its checkpoint. Then the tables and plots in docs/.
+# finished runs are skipped, a half-done run resumes from its checkpoint. Then the tables, plots and RESULTS.md.
 reproduce: install
 	$(PYTHON) benchmarks/study.py run --groups core --jobs 2
 	$(PYTHON) benchmarks/study.py run --groups extra --jobs 2
 	$(PYTHON) benchmarks/study.py tables
+	$(PYTHON) benchmarks/study.py results
 
 # The Label Studio server the oracle tests talk to: its own cached venv and empty database (not a dependency of ours).
 label-studio-server: $(STAMP)
@@ -48,11 +49,13 @@ label-studio-server: $(STAMP)
 lint: $(STAMP)
 	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks launch
 
+# Test files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker, sharing its fixtures).
+TEST_WORKERS ?= 2
 test: install lint label-studio-server
-	$(PYTHON) -m pytest -q -m "not slow" -x --durations=10
+	$(PYTHON) -m pytest -q -m "not slow" -x --durations=10 -n $(TEST_WORKERS) --dist loadfile
 
 test-all: install lint label-studio-server
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PYTHON) benchmarks/encode_throughput.py

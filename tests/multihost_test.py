@@ -116,6 +116,7 @@ def _state(workdir):
         return None
 
 
+@pytest.mark.slow  # the default run keeps the 2-process equality test and tests/loop_test.py's kill-and-resume
 def test_kill_one_process_mid_round_then_resume(tmp_path, four_devices):
     wd = str(tmp_path / "killed")
     procs = _start_processes(wd, 2, 2, "first")
