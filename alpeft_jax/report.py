@@ -192,22 +192,24 @@ def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for label, runs in groups.items():
+    for i, (label, runs) in enumerate(groups.items()):
         if not runs or not runs[0]:
             continue
+        # ten colours, then the same colours dashed, dotted, ...: no two groups share a line style
+        style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], marker="osd^"[i // 10 % 4])
         for ax, metric in zip(axes, ("accuracy", "ece")):
             x, mean, std = _series(runs, metric)
-            ax.plot(x, 100 * mean, marker="o", label=label)
+            ax.plot(x, 100 * mean, label=label, markersize=4, **style)
             if len(runs) > 1 and len(groups) <= 4:  # more bands than that hide the lines
-                ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
+                ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2, color=style["color"])
     for ax, title in zip(axes, ("test accuracy (%)", "ECE (%)")):
         ax.set_xlabel("labelled examples")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend()
     fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
