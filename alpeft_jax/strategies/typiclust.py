@@ -33,7 +33,7 @@ def member_block(n: int, k_cap: int) -> int:
     """Rows per block of the within-cluster k-NN: a power of two near twice the mean cluster size, 32 to 512.
 
     Fixed for a run (N and the k-means buffer are), so picks compile once; blocks sized to the clusters keep
-    a pick from computing 512 x 512 distances for a cluster of twenty (10k rows, 500 clusters: 30 ms -> 2 ms).
+    a pick from computing 512 x 512 distances for a cluster of twenty (10k rows, 500 clusters: ~27 ms -> ~3 ms).
     """
     want = -(-2 * n // max(k_cap, 1))
     return int(min(_ROWS, max(32, 1 << (want - 1).bit_length())))
