@@ -114,16 +114,17 @@ def _per_round(rows: Rows, key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-SUMMARY_STATS = {  # name -> (statistic of one run's rows, display scale: 100 for percentages)
-    "final accuracy": (lambda rows: _final(rows, "accuracy"), 100.0),
-    "AUC accuracy": (lambda rows: area_under_curve(rows, "accuracy"), 100.0),
-    "final ECE": (lambda rows: _final(rows, "ece"), 100.0),
-    "AUC ECE": (lambda rows: area_under_curve(rows, "ece"), 100.0),
-    "final NLL": (lambda rows: _final(rows, "nll"), 1.0),
-    "scoring s/round": (lambda rows: _per_round(rows, "seconds_scoring"), 1.0),
-    "selection s/round": (lambda rows: _per_round(rows, "seconds_selection"), 1.0),
-    "calibration active": (lambda rows: _per_round(rows, "calibration_active_share"), 100.0),
-    "train misclassified": (lambda rows: _per_round(rows, "train_misclassified_share"), 100.0),
+SUMMARY_STATS = {  # name -> (statistic of one run's rows, display scale: 100 for percentages, decimals shown)
+    "final accuracy": (lambda rows: _final(rows, "accuracy"), 100.0, 2),
+    "AUC accuracy": (lambda rows: area_under_curve(rows, "accuracy"), 100.0, 2),
+    "final ECE": (lambda rows: _final(rows, "ece"), 100.0, 2),
+    "AUC ECE": (lambda rows: area_under_curve(rows, "ece"), 100.0, 2),
+    "final NLL": (lambda rows: _final(rows, "nll"), 1.0, 3),
+    "classes labelled": (lambda rows: _final(rows, "classes_covered"), 1.0, 1),
+    "scoring s/round": (lambda rows: _per_round(rows, "seconds_scoring"), 1.0, 3),
+    "selection s/round": (lambda rows: _per_round(rows, "seconds_selection"), 1.0, 3),
+    "calibration active": (lambda rows: _per_round(rows, "calibration_active_share"), 100.0, 2),
+    "train misclassified": (lambda rows: _per_round(rows, "train_misclassified_share"), 100.0, 2),
 }
 
 
@@ -139,7 +140,7 @@ def paired_difference(a: dict[int, Rows], b: dict[int, Rows], stat: Any) -> tupl
 
 def group_stat(runs: dict[int, Rows], column: str) -> tuple[float, float]:
     """Mean and std over a group's runs of a SUMMARY_STATS column, in display units (runs without it skipped)."""
-    stat, scale = SUMMARY_STATS[column]
+    stat, scale, _ = SUMMARY_STATS[column]
     vals = np.asarray([stat(r) for r in runs.values()], np.float64) * scale
     ok = vals[~np.isnan(vals)]
     return (float(ok.mean()), float(ok.std())) if len(ok) else (float("nan"), float("nan"))
@@ -170,11 +171,11 @@ def summary_table(
         cells = [label, str(len(runs))]
         for col in columns:
             mean, std = group_stat(runs, col)
-            digits = 2 if SUMMARY_STATS[col][1] == 100.0 else 3
+            digits = SUMMARY_STATS[col][2]
             cells.append("–" if np.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}")
         for ref in against:
             for col in diff_stats:
-                stat, scale = SUMMARY_STATS[col]
+                stat, scale, _ = SUMMARY_STATS[col]
                 if ref == label:
                     cells.append("–")
                     continue
@@ -229,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             against = [a for a in args.against.split(",") if a]
             print(summary_table(by_seed, against=against))
             print()
-            print(summary_table(by_seed, columns=("AUC ECE", "scoring s/round", "selection s/round",
-                                                  "calibration active", "train misclassified")))
+            print(summary_table(by_seed, columns=("AUC ECE", "classes labelled", "scoring s/round",
+                                                  "selection s/round", "calibration active", "train misclassified")))
         groups = group_runs(args.workdirs)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

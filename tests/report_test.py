@@ -23,14 +23,19 @@ def _study():
     return mod
 
 
-def _write_run(path, name: str, seed: int, acc: list[float], ece: float = 0.1, active: float | None = None) -> str:
+def _write_run(path, name: str, seed: int, acc: list[float], ece: float = 0.1, active: float | None = None,
+               labels: list[int] | None = None) -> str:
     os.makedirs(path, exist_ok=True)
+    if labels is not None:
+        with open(os.path.join(path, "al_state.json"), "w") as f:
+            json.dump({"labels": labels}, f)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"name": name, "seed": seed, "al": {"strategy": "x"}, "train": {"calibration": "none"}}, f)
     with open(os.path.join(path, "results.jsonl"), "w") as f:
         for r, a in enumerate(acc):
             row = {"round": r, "n_labeled": 10 * (r + 1), "accuracy": a, "ece": ece, "nll": 1.0 - a,
-                   "seconds_scoring": 2.0, "seconds_selection": 0.5 + seed, "train_misclassified_share": 0.25}
+                   "seconds_scoring": 2.0, "seconds_selection": 0.5 + seed, "train_misclassified_share": 0.25,
+                   "classes_covered": len(set(labels or [])) if r == len(acc) - 1 else 0}
             if active is not None:
                 row["calibration_active_share"] = active
             f.write(json.dumps(row) + "\n")
@@ -104,13 +109,17 @@ def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
 def test_results_template_numbers_come_from_the_runs(tmp_path):
     study = _study()
     finals = {("random", 1): 0.70, ("random", 2): 0.72, ("entropy+pcb", 1): 0.75, ("entropy+pcb", 2): 0.74}
+    # seed 1 labels every class but 9 (rarest: 0 labels, 9 classes); seed 2 all ten, class 3 once (rarest: 1)
+    labels = {1: [c for c in range(9) for _ in range(2)], 2: [c for c in range(10) for _ in range(1 if c == 3 else 2)]}
     for (group, seed), acc in finals.items():
         _write_run(tmp_path / "linear" / group / f"s{seed}", f"linear:{group}", seed,
-                   [0.5] * (study.ROUNDS - 1) + [acc], active=0.25)
+                   [0.5] * (study.ROUNDS - 1) + [acc], active=0.25, labels=labels[seed])
     text = study.fill_template("Δ {{d|linear|entropy+pcb|random|final}}; active {{active|linear|random}}; "
-                               "sel {{sel|linear|random}}; score {{score|linear|random}}; {{linear_acc}}", [1, 2],
-                               root=str(tmp_path))
+                               "sel {{sel|linear|random}}; score {{score|linear|random}}; "
+                               "classes {{classes|linear|random}}; rarest {{rarest|linear|random}}; {{linear_acc}}",
+                               [1, 2], root=str(tmp_path))
     diffs = [0.75 - 0.70, 0.74 - 0.72]
     assert f"Δ {100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs) / math.sqrt(2):.1f};" in text
     assert "active 25.0 %;" in text and "| entropy+pcb | 2 |" in text and "{{" not in text
     assert "sel 2.0; score 2.0;" in text  # seeds 1 and 2 select in 1.5 and 2.5 s per round
+    assert "classes 9.5; rarest 0.5;" in text
