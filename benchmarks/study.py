@@ -225,9 +225,9 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
 
 
 def _fmt_diff(a: dict, b: dict, key: str, seeds: int = 10) -> str:
-    stat = report.SUMMARY_STATS["final accuracy" if key == "final" else "AUC accuracy"][0]
+    stat, scale, _ = report.SUMMARY_STATS["final accuracy" if key == "final" else "AUC accuracy"]
     mean, se, n = report.paired_difference(report.complete_runs(a), report.complete_runs(b), stat)
-    return f"{100 * mean:+.1f} ± {100 * se:.1f}" + (f" ({n} seeds)" if n < seeds else "")
+    return f"{scale * mean:+.1f} ± {scale * se:.1f}" + (f" ({n} seeds)" if n < seeds else "")
 
 
 def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
@@ -267,7 +267,7 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
         col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round",
                "score": "scoring s/round", "classes": "classes labelled"}[f[0]]
         value = report.group_stat(parts[f[1]][f[2]], col)[0]
-        return f"{value:.1f} %" if f[0] in ("active", "miss") else f"{value:.1f}"  # seconds, classes
+        return f"{value:.1f}" + (" %" if report.SUMMARY_STATS[col][1] == 100.0 else "")
 
     return re.sub(r"\{\{([^}]+)\}\}", one, text)
 
