@@ -48,6 +48,8 @@ PARTS: dict[str, dict[str, str]] = {
         "entropy+pcb": "mode=lora,strategy=entropy",
         "entropy+calib+pcb": "mode=lora,strategy=entropy,calib",
         "badge+pcb": "mode=lora,strategy=badge",
+        "badge+calib+pcb": "mode=lora,strategy=badge,calib",
+        "margin+pcb": "mode=lora,strategy=margin",
         "margin+calib+pcb": "mode=lora,strategy=margin,calib",
         "bald+pcb": "mode=lora,strategy=bald",
     },
