@@ -480,7 +480,8 @@ class Run:
             "round": r, "n_labeled": len(st["labeled_rows"]), **metrics,
             "seconds_scoring": st.get("t_score", 0.0), "seconds_selection": st.get("t_select", 0.0),
             "seconds_training": t_train, "selected_ids": self.oracle_ids(sel),
-            "classes_covered": int((counts > 0).sum()), "strategy": self.c.al.strategy if r else "random",
+            "classes_covered": int((counts > 0).sum()), "rarest_class_labels": int(counts.min()),
+            "strategy": self.c.al.strategy if r else "random",
             "final_train_loss": history[-1]["loss"] if history else None,
             **calibration_activity(history, self.c.train.calibration != "none"),
         }

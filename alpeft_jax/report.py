@@ -6,8 +6,9 @@
 Runs are grouped by their config's `name` (else strategy + calibration); each group gets mean ± std per round
 over its seeds, printed as a markdown table, and one plot of accuracy and ECE against the number of labels.
 `--summary` prints one row per group instead: final-round and area-under-curve accuracy, the differences to each
-`--against` group paired by seed (mean ± standard error over the seeds both ran), final ECE and NLL, seconds
-spent scoring and selecting per round, and how often the calibration loss was active.
+`--against` group paired by seed (mean ± standard error over the seeds both ran), final ECE and NLL, how many
+classes have labels and how many the least-labelled class has, seconds spent scoring and selecting per round, and
+how often the calibration loss was active.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def area_under_curve(rows: Rows, metric: str = "accuracy") -> float:
 
 
 def _final(rows: Rows, key: str) -> float:
-    return float(rows[-1][key])
+    """`key` at the last round (NaN for runs that predate it)."""
+    return float(rows[-1].get(key, float("nan")))
 
 
 def _per_round(rows: Rows, key: str) -> float:
@@ -121,6 +123,7 @@ SUMMARY_STATS = {  # name -> (statistic of one run's rows, display scale: 100 fo
     "AUC ECE": (lambda rows: area_under_curve(rows, "ece"), 100.0, 2),
     "final NLL": (lambda rows: _final(rows, "nll"), 1.0, 3),
     "classes labelled": (lambda rows: _final(rows, "classes_covered"), 1.0, 1),
+    "rarest class": (lambda rows: _final(rows, "rarest_class_labels"), 1.0, 1),
     "scoring s/round": (lambda rows: _per_round(rows, "seconds_scoring"), 1.0, 3),
     "selection s/round": (lambda rows: _per_round(rows, "seconds_selection"), 1.0, 3),
     "calibration active": (lambda rows: _per_round(rows, "calibration_active_share"), 100.0, 2),
@@ -230,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             against = [a for a in args.against.split(",") if a]
             print(summary_table(by_seed, against=against))
             print()
-            print(summary_table(by_seed, columns=("AUC ECE", "classes labelled", "scoring s/round",
+            print(summary_table(by_seed, columns=("AUC ECE", "classes labelled", "rarest class", "scoring s/round",
                                                   "selection s/round", "calibration active", "train misclassified")))
         groups = group_runs(args.workdirs)
     except (FileNotFoundError, ValueError) as e:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
@@ -136,6 +137,10 @@ def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
     other.write_text("id,label\n" + "".join(f"{i},{target[i]}\n" for i in ids1))
     results = loop.run(cfg, wd, labels_file=str(other))
     assert [r["n_labeled"] for r in results] == [10, 15]
+    for r, ids in enumerate((list(truth), list(truth) + ids1)):  # the labels so far, counted per class
+        counts = np.bincount(target[ids], minlength=10)
+        assert results[r]["classes_covered"] == (counts > 0).sum()
+        assert results[r]["rarest_class_labels"] == counts.min()
 
 
 def test_changed_config_is_refused_naming_the_fields(tmp_path):

@@ -26,16 +26,15 @@ def _study():
 def _write_run(path, name: str, seed: int, acc: list[float], ece: float = 0.1, active: float | None = None,
                labels: list[int] | None = None) -> str:
     os.makedirs(path, exist_ok=True)
-    if labels is not None:
-        with open(os.path.join(path, "al_state.json"), "w") as f:
-            json.dump({"labels": labels}, f)
+    counts = np.bincount(labels or [], minlength=10)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"name": name, "seed": seed, "al": {"strategy": "x"}, "train": {"calibration": "none"}}, f)
     with open(os.path.join(path, "results.jsonl"), "w") as f:
         for r, a in enumerate(acc):
             row = {"round": r, "n_labeled": 10 * (r + 1), "accuracy": a, "ece": ece, "nll": 1.0 - a,
                    "seconds_scoring": 2.0, "seconds_selection": 0.5 + seed, "train_misclassified_share": 0.25,
-                   "classes_covered": len(set(labels or [])) if r == len(acc) - 1 else 0}
+                   "classes_covered": len(set(labels or [])) if r == len(acc) - 1 else 0,
+                   "rarest_class_labels": int(counts.min()) if r == len(acc) - 1 else 0}
             if active is not None:
                 row["calibration_active_share"] = active
             f.write(json.dumps(row) + "\n")
