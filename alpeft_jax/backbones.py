@@ -49,20 +49,14 @@ def resolve(source: str) -> str:
         return source
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise CheckpointError(f"Checkpoint '{source}' not found: no such file or directory.")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        snapshot_download = None
+    from huggingface_hub import snapshot_download  # a dependency
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import time
-    if snapshot_download is not None:
-        for local_only in (True, False):
-            try:
-                return snapshot_download(
-                    source, allow_patterns=patterns, local_files_only=local_only, cache_dir=cache_dir
-                )
-            except Exception:  # noqa: BLE001 - any hub/cache failure means "try the next way"
-                continue
+    for local_only in (True, False):
+        try:
+            return snapshot_download(source, allow_patterns=patterns, local_files_only=local_only, cache_dir=cache_dir)
+        except Exception:  # noqa: BLE001 - any hub/cache failure means "try the next way"
+            continue
     raise CheckpointError(
         f"Cannot get '{source}': not a local path, not in the Hugging Face cache, and the hub is unreachable. "
         f"On a machine with network run `huggingface-cli download {source} --local-dir DIR`, copy DIR here "

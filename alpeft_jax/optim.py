@@ -67,7 +67,7 @@ def scale_by_epoch_schedule(schedule: optax.Schedule) -> optax.GradientTransform
         del params
         return optax.EmptyState()
 
-    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None, *, epoch: jax.Array = None,
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None, *, epoch: jax.Array | None = None,
                   **extra: Any) -> tuple[Any, optax.EmptyState]:
         del params, extra
         if epoch is None:

@@ -156,7 +156,7 @@ def preprocessing(path: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]
             pre = json.load(f)
     except ValueError as e:
         raise CheckpointError(f"Bad preprocessor_config.json in {path}: {e}") from None
-    crop = pre.get("crop_size", DEFAULT_IMAGE_SIZE) if pre.get("do_center_crop", True) else None
+    crop: Any = pre.get("crop_size", DEFAULT_IMAGE_SIZE) if pre.get("do_center_crop", True) else None
     if crop is None:
         size = pre.get("size", DEFAULT_IMAGE_SIZE)
         crop = size.get("shortest_edge", size.get("height", DEFAULT_IMAGE_SIZE)) if isinstance(size, dict) else size

@@ -238,10 +238,10 @@ def infer_model(
         _agree(f"{cfg_path}: vision_cfg", "image_size", vcfg.get("image_size"), grid * 32)
         heads = _heads(width * 32, vcfg, f"{source}: ResNet attention pool")
         try:
-            vision = ResNetConfig(layers, width, heads, grid * 32)
+            resnet = ResNetConfig(layers, width, heads, grid * 32)
         except ValueError as e:
             raise CheckpointError(f"{source}: {e}") from None
-        return CLIPResNet(vision, text, embed_dim, dtype)
+        return CLIPResNet(resnet, text, embed_dim, dtype)
     if "visual.conv1.weight" in state and any(k.startswith("visual.transformer.resblocks.") for k in state):
         conv = state["visual.conv1.weight"]
         width, patch = int(conv.shape[0]), int(conv.shape[-1])
@@ -397,7 +397,8 @@ def _preprocessing(config: Mapping[str, Any] | None) -> tuple[tuple[float, ...],
     mean = tuple(float(x) for x in pre.get("mean", CLIP_MEAN))
     std = tuple(float(x) for x in pre.get("std", CLIP_STD))
     if len(mean) != 3 or len(std) != 3:
-        raise CheckpointError(f"{config.get('_path')}: preprocess_cfg mean/std need 3 values, got {mean} / {std}.")
+        where = (config or {}).get("_path")
+        raise CheckpointError(f"{where}: preprocess_cfg mean/std need 3 values, got {mean} / {std}.")
     return mean, std
 
 

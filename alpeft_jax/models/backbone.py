@@ -21,8 +21,8 @@ class Backbone:
     model: nn.Module
     params: Any
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per RGB channel
+    std: tuple[float, ...]
     embed_dim: int  # size of encode_image's output
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     tokenizer: Any = None  # alpeft_jax.tokenizer.Tokenizer for CLIP

@@ -84,7 +84,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, implementation:
     pads = lax.padtype_to_pads((h, w), (k, k), (stride, stride), "SAME")
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     ho, wo = -(-h // stride), -(-w // stride)
-    out = None
+    out = jnp.zeros((), x.dtype)
     for i in range(k):
         for j in range(k):
             window = lax.slice(
@@ -92,7 +92,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, implementation:
                 (1, stride, stride, 1),
             )  # fmt: skip
             term = window * kernel[i, j]
-            out = term if out is None else out + term
+            out = term if i == j == 0 else out + term
     return out
 
 

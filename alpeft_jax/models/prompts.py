@@ -87,7 +87,7 @@ class PromptLearner:
 
     def init(self, rng: jax.Array) -> jax.Array:
         """Fresh context vectors: [K, n_ctx, W] if class-specific else [n_ctx, W]."""
-        shape = (self.n_ctx, self.width)
+        shape: tuple[int, ...] = (self.n_ctx, self.width)
         if self.config.class_specific:
             shape = (self.num_classes, *shape)
         if self._init_ctx is not None:

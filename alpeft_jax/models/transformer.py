@@ -8,7 +8,7 @@ regex `.*/attn/(q|k|v)` whatever the checkpoint called them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +42,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 _CUDNN_REFUSALS: set[str] = set()  # reasons already logged
 
 
-def attention_implementation() -> str | None:
+AttentionImpl = Literal["xla", "cudnn"]
+
+
+def attention_implementation() -> AttentionImpl:
     """Attention kernel for the default backend: cuDNN flash attention on GPU, XLA elsewhere."""
     return "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, impl: str) -> jax.Array:
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, impl: AttentionImpl) -> jax.Array:
     """`jax.nn.dot_product_attention` over [B, N, heads, head_dim]; on the host CPU one image at a time."""
     if impl == "cudnn":
         try:  # the kernel's checks run while tracing: no cuDNN, an old one, or an unsupported shape
@@ -83,7 +86,7 @@ class Attention(nn.Module):
         head_dim = w // self.num_heads
         dense = lambda name: nn.Dense(w, dtype=self.dtype, param_dtype=jnp.float32, name=name)
         q, k, v = (dense(name)(x).reshape(b, n, self.num_heads, head_dim) for name in ("q", "k", "v"))
-        impl = attention_implementation()
+        impl: AttentionImpl = attention_implementation()
         if impl == "cudnn" and (self.dtype not in (jnp.bfloat16, jnp.float16) or head_dim % 8):
             impl = "xla"  # cuDNN fused attention needs half precision and head_dim % 8 == 0
         y = _attend(q, k, v, self.causal, impl)

@@ -39,19 +39,19 @@ def register(name: str, requires: tuple[str, ...] = ()) -> Callable[[SelectFn], 
     return deco
 
 
-def as_key(rng: int | jax.Array) -> jax.Array:
+def as_key(rng: object) -> jax.Array:
     """A JAX PRNG key from an int seed or an existing key."""
     if isinstance(rng, int | np.integer):
         return jax.random.key(int(rng))
     if isinstance(rng, jax.Array | np.ndarray):
         if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-            return rng
+            return jnp.asarray(rng)
         if rng.shape == (2,) and rng.dtype == np.uint32:
             return jax.random.wrap_key_data(jnp.asarray(rng))
     raise TypeError(f"rng must be an int seed or a JAX PRNG key, got {type(rng).__name__}")
 
 
-def numpy_rng(rng: int | jax.Array) -> np.random.Generator:
+def numpy_rng(rng: object) -> np.random.Generator:
     """A NumPy Generator seeded deterministically from an int seed or a JAX key."""
     seed = jax.random.randint(as_key(rng), (4,), 0, np.iinfo(np.int32).max)
     return np.random.default_rng(np.asarray(seed, dtype=np.uint64))
@@ -81,7 +81,7 @@ def check_inputs(
     return labeled, n
 
 
-def labelled_ids(labeled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def labelled_ids(labeled: np.ndarray) -> tuple[np.ndarray, np.int32]:
     """The labelled indices in ascending order, padded with 0 to the pool size (int32 [N]), and their count."""
     ids = np.flatnonzero(labeled)
     out = np.zeros(labeled.shape[0], np.int32)

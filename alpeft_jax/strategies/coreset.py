@@ -101,14 +101,15 @@ def _greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, first:
     cap = -(-budget // wide) * wide  # centre buffer, a whole number of steps of either width
     big = jnp.int32(np.iinfo(np.int32).max)
 
-    def window(cen: jax.Array, csq: jax.Array, s: jax.Array, hi: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    def window(cen: jax.Array, csq: jax.Array, s: jax.Array, hi: jax.Array | int,
+               size: int) -> tuple[jax.Array, jax.Array]:
         """Centres s..s+size-1 (those at or past hi masked by csq = inf), as a fixed-size slice of the buffer."""
         start = jnp.minimum(s, cap - size)  # the last window is shifted back; its overlap was already applied
         ids = start + jnp.arange(size)
         q = jnp.where((ids >= s) & (ids < hi), jax.lax.dynamic_slice_in_dim(csq, start, size), jnp.inf)
         return jax.lax.dynamic_slice_in_dim(cen, start, size), q
 
-    def apply(md: jax.Array, lo: jax.Array, hi: jax.Array, cen: jax.Array, csq: jax.Array,
+    def apply(md: jax.Array, lo: jax.Array | int, hi: jax.Array | int, cen: jax.Array, csq: jax.Array,
               dist: Callable[[jax.Array, jax.Array], jax.Array], size: int) -> jax.Array:
         """md lowered by centres lo..hi-1, `size` at a time; dist(c, q) gives the rows' distances to a window."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -78,8 +79,8 @@ def col_blocks(y: jax.Array, block: int, fill: float | int = 0) -> tuple[jax.Arr
     return yp.reshape(-1, block, *y.shape[1:]), valid.reshape(-1, block)
 
 
-def map_row_blocks(fn: Callable[..., object], arrays: tuple[jax.Array, ...], block: int = DEFAULT_BLOCK,
-                   n: int | None = None) -> object:
+def map_row_blocks(fn: Callable[..., Any], arrays: tuple[jax.Array, ...], block: int = DEFAULT_BLOCK,
+                   n: int | None = None) -> Any:
     """Apply `fn` (jitted, per-row outputs) to fixed-size row blocks of `arrays` and concatenate."""
     n = arrays[0].shape[0] if n is None else n
     block = max(1, min(block, n))
@@ -118,8 +119,8 @@ def min_sq_dist(x: jax.Array, y: jax.Array, block: int = DEFAULT_BLOCK) -> tuple
     return map_row_blocks(lambda xb: _min_kernel(xb, yb, yv), (x,), block)
 
 
-def fold_block_pairs(x: jax.Array, side: object, block: int, init: jax.Array,
-                     fold: Callable[[jax.Array, object, object], tuple[jax.Array, jax.Array]],
+def fold_block_pairs(x: jax.Array, side: Any, block: int, init: jax.Array,
+                     fold: Callable[[jax.Array, Any, Any], tuple[jax.Array, jax.Array]],
                      combine: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
     """Fold every block pair (I, J), I <= J, of x's rows into a per-row accumulator, in one device loop.
 
@@ -172,7 +173,7 @@ def _other_label_kernel(xb: jax.Array, lb: jax.Array, yb: jax.Array, lyb: jax.Ar
     return best
 
 
-def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array, block: int = DEFAULT_BLOCK,
+def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array | np.ndarray, block: int = DEFAULT_BLOCK,
                                 rows: np.ndarray | None = None) -> jax.Array:
     """For each row (or each of `rows`), the squared distance to the nearest row with another label (inf if none).
 
@@ -184,10 +185,10 @@ def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array, block: int = DE
     blk = max(1, min(block, 2048, x.shape[0]))
     if rows is None:
         return _other_label_sym(x, labels, blk)
-    rows = jnp.asarray(rows, jnp.int32)
+    idx = jnp.asarray(rows, jnp.int32)
     yb, yv = col_blocks(x, blk)
     lyb, _ = col_blocks(labels, blk, -1)
-    return map_row_blocks(lambda xb, lb: _other_label_kernel(xb, lb, yb, lyb, yv), (x[rows], labels[rows]), blk)
+    return map_row_blocks(lambda xb, lb: _other_label_kernel(xb, lb, yb, lyb, yv), (x[idx], labels[idx]), blk)
 
 
 @partial(jax.jit, static_argnames=("k",))
@@ -264,7 +265,8 @@ def _ball_edges(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, 
                 size: int) -> tuple[jax.Array, jax.Array]:
     m = sq_dist(xb, yc) < r2
     m &= (jnp.arange(xb.shape[0]) < n_rows)[:, None] & (jnp.arange(yc.shape[0]) < n_cols)[None, :]
-    return jnp.nonzero(m, size=size, fill_value=0)
+    i, j = jnp.nonzero(m, size=size, fill_value=0)
+    return i, j
 
 
 def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK,
@@ -284,7 +286,8 @@ def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK,
     parts = []
     for s in range(0, n, block):
         xb = xp[s:s + block]
-        rows, cols = [], []
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
         for t in range(0, n, block):
             yc = xp[t:t + block]
             nr, nc = jnp.int32(min(block, n - s)), jnp.int32(min(block, n - t))

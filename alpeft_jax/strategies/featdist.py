@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,7 @@ def select_featdist(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nda
         return np.zeros((0,), np.int64)
     arrays, mesh = spmd.placed(pool, {"logits", "labels", feature_key}, sharded, ON_MESH)
     lab_ids, n_lab = labelled_ids(labeled)
+    args: tuple[Any, ...]
     if mesh is None:
         check_labels(arrays["labels"], labeled, np.shape(arrays["logits"])[-1], "featdist")
         args = (np.asarray(arrays["labels"], np.int32), jnp.asarray(labeled), lab_ids, n_lab)

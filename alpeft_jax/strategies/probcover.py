@@ -49,6 +49,7 @@ def purity_delta(rng: jax.Array, x: jax.Array, n_classes: int, alpha: float = 0.
     rows = None
     if sample is not None and n > 2 * sample:
         rows = np.sort(np.asarray(jax.random.choice(jax.random.fold_in(rng, 1), n, (sample,), False)))
+    nn_other: Any
     if mesh is None:
         _, labels = kmeans(rng, x, n_classes, kmeans_iters, block)
         nn_other = nearest_other_label_sq_dist(x, labels, block, rows=rows)
@@ -67,7 +68,7 @@ def purity_delta(rng: jax.Array, x: jax.Array, n_classes: int, alpha: float = 0.
     return delta
 
 
-def _window(v: jax.Array, s: jax.Array, size: int, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _window(v: jax.Array, s: jax.Array | int, size: int, count: jax.Array | int) -> tuple[jax.Array, jax.Array]:
     """v[s:s+size] as a fixed-size slice (shifted back to fit) and which of its entries are new and below count."""
     start = jnp.minimum(s, v.shape[0] - size)
     pos = start + jnp.arange(size)
@@ -176,7 +177,7 @@ def _greedy_local(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Ar
         xc, sc = spmd.take(x, c[None], axis)[0], spmd.take(sqn, c[None], axis)[0]
         return sc + sqn - 2.0 * jnp.matmul(x, xc, precision=_HI) < r2
 
-    def chunk_update(size: int) -> object:
+    def chunk_update(size: int) -> Callable[[tuple], tuple]:
         def run(st: tuple) -> tuple:
             pending, gains = st
             (idx,) = jnp.nonzero(pending, size=size, fill_value=0)
@@ -190,7 +191,7 @@ def _greedy_local(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Ar
 
     def drain(st: tuple) -> tuple:
         left = lambda t: spmd.gmax(jnp.sum(t[0], dtype=jnp.int32), axis)
-        branches = [chunk_update(size) for size in sizes]
+        branches: list[Callable[..., Any]] = [chunk_update(size) for size in sizes]
 
         def step(t: tuple) -> tuple:  # the smallest chunk that takes all pending (or the largest chunk)
             return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), jnp.minimum(left(t), sizes[-1])), branches, t)

@@ -51,7 +51,7 @@ def _mesh_of(key: str, arr: Any) -> Mesh | None:
         raise ValueError(f"pool[{key!r}] is spread over {len(sharding.device_set)} devices as {sharding}; selection "
                          f"needs NamedSharding(mesh, P{want}) (examples split over the mesh axis {AXIS!r}) "
                          "or a host array")
-    return sharding.mesh
+    return sharding.mesh if isinstance(sharding.mesh, Mesh) else None
 
 
 def pool_mesh(pool: Mapping[str, Any], keys: Any) -> Mesh | None:
@@ -71,7 +71,7 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def put(x: np.ndarray, mesh: Mesh, spec: P = ROWS) -> jax.Array:
+def put(x: np.typing.ArrayLike, mesh: Mesh, spec: P = ROWS) -> jax.Array:
     """A host array (the same on every process) as a global array on `mesh` with `spec`."""
     x = np.asarray(x)
     x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
@@ -114,9 +114,9 @@ def offset(n_local: int, axis: str | None) -> jax.Array:
     return jnp.int32(0) if axis is None else jax.lax.axis_index(axis).astype(jnp.int32) * n_local
 
 
-def gmax(v: jax.Array, axis: str | None) -> jax.Array:
+def gmax(v: jax.Array | float, axis: str | None) -> jax.Array:
     """Maximum over shards."""
-    return v if axis is None else jax.lax.pmax(v, axis)
+    return jnp.asarray(v) if axis is None else jax.lax.pmax(v, axis)
 
 
 def gmin(v: jax.Array, axis: str | None) -> jax.Array:

@@ -157,8 +157,10 @@ def _select_on_mesh(arr: jax.Array, labeled: jax.Array, kind: str, budget: int, 
     """The top `budget` unlabelled scores of `kind`, computed on each shard's rows (no rows move)."""
 
     def local(a: jax.Array, lab: jax.Array, axis: str | None) -> jax.Array:
-        s = {"entropy": lambda z: _entropy(z, eps), "margin": _neg_margin, "least_confidence": _neg_max_prob,
-             "bald": _bald}[kind](a)
+        score: dict[str, Callable[[jax.Array], jax.Array]] = {
+            "entropy": lambda z: _entropy(z, eps), "margin": _neg_margin, "least_confidence": _neg_max_prob,
+            "bald": _bald}
+        s = score[kind](a)
         return spmd.top_k(masked_scores(s, lab), budget, axis)
 
     spec = spmd.row_spec("mc_logits" if kind == "bald" else "logits")
