@@ -1,0 +1,130 @@
+"""What every source is: the `Source` protocol, its errors, and the pieces sources of all kinds share."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Source", "MissingDataError", "CorruptImageError", "SourceInfo", "ListedSource", "SubsetSource", "rgb",
+           "check_index"]
+
+
+class MissingDataError(FileNotFoundError):
+    """The requested data is not on this machine; the message says how to get it."""
+
+
+class CorruptImageError(ValueError):
+    """An image file exists but cannot be decoded; the message names it and how to exclude it."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """An indexable pool of images with stable integer ids."""
+
+    name: str
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, indexed by label."""
+        ...
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64[N] labels (-1 = unknown), without decoding images."""
+        ...
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64[N] stable example ids."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What a split spec holds, read from metadata: example count and class count."""
+
+    size: int
+    num_classes: int
+
+
+def rgb(arr: np.ndarray) -> np.ndarray:
+    """uint8[H, W, 3] from a grey or RGB uint8 array."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        return np.ascontiguousarray(arr[..., :3])
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected an image of shape [H, W], [H, W, 1] or [H, W, 3], got {arr.shape}")
+    return arr
+
+
+def check_index(i: Any, n: int) -> int:
+    """i as a position in [0, n) (negative counts from the end); IndexError outside."""
+    i = int(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {i} out of range for a source of {n} examples")
+    return i
+
+
+class ListedSource:
+    """Shared accessors of sources whose labels, ids and class names are held in memory."""
+
+    class_names_: list[str]
+    labels_: np.ndarray
+    ids_: np.ndarray
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, indexed by label."""
+        return self.class_names_
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64[N] labels (-1 = unknown or unlabelled)."""
+        return self.labels_
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64[N] stable example ids."""
+        return self.ids_
+
+
+class SubsetSource:
+    """The rows `positions` of another source, keeping its ids, labels and class names."""
+
+    def __init__(self, source: Source, positions: np.ndarray, name: str) -> None:
+        self.source = source
+        self.positions = np.asarray(positions, np.int64)
+        self.name = name
+
+    @property
+    def class_names(self) -> list[str]:
+        """The underlying source's class names."""
+        return self.source.class_names
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64[N] labels of the rows."""
+        return np.asarray(self.source.labels, np.int64)[self.positions]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64[N] the rows' ids in the underlying source."""
+        return np.asarray(self.source.ids, np.int64)[self.positions]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.source[int(self.positions[check_index(i, len(self))])]
