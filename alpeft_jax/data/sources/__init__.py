@@ -48,19 +48,8 @@ import importlib
 import pkgutil
 
 from alpeft_jax.data.sources.arrays import FASHION_MNIST_DIR, ArraySource, digits, fashion_mnist, read_idx
-from alpeft_jax.data.sources.coop import (
-    TfdsSplitFileSource,
-    coop_aircraft,
-    coop_split,
-    missing_split_file,
-)
-from alpeft_jax.data.sources.core import (
-    CorruptImageError,
-    MissingDataError,
-    Source,
-    SourceInfo,
-    SubsetSource,
-)
+from alpeft_jax.data.sources.coop import TfdsSplitFileSource, coop_aircraft, coop_split, missing_split_file
+from alpeft_jax.data.sources.core import CorruptImageError, MissingDataError, Source, SourceInfo, SubsetSource
 from alpeft_jax.data.sources.files import IMAGE_EXTENSIONS, FileListSource, csv_manifest, image_folder, load_image
 from alpeft_jax.data.sources.registry import (
     Counts,
@@ -80,36 +69,10 @@ for _module in pkgutil.iter_modules(__path__):  # a kind in a new module registe
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "Source",
-    "MissingDataError",
-    "CorruptImageError",
-    "ArraySource",
-    "FileListSource",
-    "TfdsSource",
-    "TfdsSplitFileSource",
-    "SubsetSource",
-    "SourceInfo",
-    "image_folder",
-    "csv_manifest",
-    "load_image",
-    "coop_split",
-    "coop_aircraft",
-    "inspect_source",
-    "tfds_data_dir",
-    "tfds_problem",
-    "split_file_path",
-    "missing_split_file",
-    "source_kind",
-    "fashion_mnist",
-    "digits",
-    "get_source",
-    "read_idx",
-    "FASHION_MNIST_DIR",
-    "IMAGE_EXTENSIONS",
-    "Kind",
-    "Request",
-    "Counts",
-    "register",
-    "get_kind",
-    "known_kinds",
+    "Source", "MissingDataError", "CorruptImageError", "SourceInfo", "SubsetSource", "get_source", "inspect_source",
+    "source_kind", "split_file_path", "Kind", "Request", "Counts", "register", "get_kind", "known_kinds",
+    "ArraySource", "read_idx", "fashion_mnist", "digits", "FASHION_MNIST_DIR",
+    "FileListSource", "load_image", "image_folder", "csv_manifest", "IMAGE_EXTENSIONS",
+    "coop_split", "coop_aircraft", "missing_split_file", "TfdsSplitFileSource",
+    "TfdsSource", "tfds_data_dir", "tfds_problem",
 ]

@@ -122,11 +122,9 @@ class FashionMnist(Kind[tuple[str, str]]):
     aliases = ("fashion_mnist", "fmnist")
 
     def locate(self, request: Request) -> tuple[str, str]:
-        """The split's images and labels files."""
         return _fashion_files(request.base, request.data_dir)
 
     def open(self, request: Request, found: tuple[str, str]) -> ArraySource:
-        """The split's images, decoded from the IDX files."""
         return _open_fashion(request.base, found)
 
     def inspect(self, request: Request, found: tuple[str, str]) -> Counts:
@@ -173,11 +171,9 @@ class Digits(Kind[str]):
     aliases = ("digits", "sklearn_digits")
 
     def locate(self, request: Request) -> str:
-        """The split name, checked."""
         return _check_digits_split(request.base)
 
     def open(self, request: Request, found: str) -> ArraySource:
-        """The split's images."""
         return digits(found)
 
     def inspect(self, request: Request, found: str) -> Counts:

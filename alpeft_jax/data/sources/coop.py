@@ -135,11 +135,9 @@ class Coop(Kind[FileList]):
         return _list_split(os.path.normpath(os.path.join(root, c["images"])), sf, request.base, request.dataset)
 
     def open(self, request: Request, found: FileList) -> FileListSource:
-        """The listed images."""
         return found.source()
 
     def inspect(self, request: Request, found: FileList) -> Counts:
-        """The list's size and classes."""
         return found.counts(request.base)
 
     def split_file_path(self, dataset: str, data_dir: str | None, split_file: str | None) -> str:
@@ -258,7 +256,6 @@ class TfdsSplitFile(Kind[SplitList]):
         return _locate_over_tfds(request.dataset, path, request.base, request.data_dir)
 
     def open(self, request: Request, found: SplitList) -> TfdsSplitFileSource:
-        """The listed records, matched by file name."""
         path = self.split_file_path(request.dataset, request.data_dir, request.split_file)
         return TfdsSplitFileSource(request.dataset, path, request.base, request.data_dir, listed=found)
 

@@ -155,18 +155,15 @@ class Folder(Kind[FileList]):
     shuffle_slices = True
 
     def locate(self, request: Request) -> FileList:
-        """The split's folder, listed."""
         if not request.data_dir:
             raise ValueError("an image-folder source needs data_dir (--config.data.dir) = the folder root")
         root = os.path.join(request.data_dir, request.base)
         return _list_folder(root if os.path.isdir(root) else request.data_dir, request.classes, None)
 
     def open(self, request: Request, found: FileList) -> FileListSource:
-        """The listed files."""
         return _open_folder(found)
 
     def inspect(self, request: Request, found: FileList) -> Counts:
-        """The listing's size and class folders."""
         return found.counts(request.base)
 
 
@@ -232,9 +229,7 @@ class Csv(Kind[FileList]):
         return _list_csv(os.path.join(d, f"{request.base}.csv") if os.path.isdir(d) else d, request.classes, None)
 
     def open(self, request: Request, found: FileList) -> FileListSource:
-        """The listed files."""
         return found.source()
 
     def inspect(self, request: Request, found: FileList) -> Counts:
-        """The manifest's size and classes."""
         return found.counts(request.base)

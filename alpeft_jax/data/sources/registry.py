@@ -30,7 +30,7 @@ __all__ = ["Request", "Counts", "Kind", "register", "get_kind", "known_kinds", "
            "inspect_source", "split_file_path"]
 
 Found = TypeVar("Found")
-K = TypeVar("K", bound=type)
+KindT = TypeVar("KindT", bound="Kind[Any]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Kind(abc.ABC, Generic[Found]):
 _KINDS: dict[str, Kind[Any]] = {}
 
 
-def register(cls: K) -> K:
+def register(cls: type[KindT]) -> type[KindT]:
     """Class decorator: register a `Kind` subclass under its `name`."""
     if cls.name in _KINDS:
         raise ValueError(f"data kind {cls.name!r} is registered twice ({type(_KINDS[cls.name]).__qualname__} and "

@@ -218,7 +218,6 @@ class Tfds(Kind[Any]):
         return locate(request.dataset, request.parts, request.data_dir)
 
     def open(self, request: Request, found: Any) -> TfdsSource:
-        """The split spec's records."""
         return TfdsSource(request.dataset, request.split, request.data_dir, **request.options, builder=found)
 
     def inspect(self, request: Request, found: Any) -> Counts:
