@@ -207,7 +207,9 @@ class TfdsSplitFileSource(ListedSource):
                  image_key: str = "image", *, listed: SplitList | None = None) -> None:
         entries, raw = listed or _locate_over_tfds(name, split_file, split, data_dir)
         index = _file_index(name, data_dir)
-        records, missing, ambiguous = [], [], []
+        records: list[tuple[str, int]] = []
+        missing: list[str] = []
+        ambiguous: list[str] = []
         for p, _, _ in entries:
             found = _match(p, index.get(os.path.basename(p), []))
             if len(found) == 1:

@@ -118,7 +118,8 @@ def _list_folder(root: str, class_names: Sequence[str] | None, name: str | None)
             raise ValueError(f"folders {unknown} under {root} are not in the class list; add them to the classes")
     if not class_names:
         raise MissingDataError(f"no class folders under {root}; expected {root}/<class>/<image files>")
-    paths, labels = [], []
+    paths: list[str] = []
+    labels: list[int] = []
     for label, cls in enumerate(class_names):
         folder = os.path.join(root, cls)
         if not os.path.isdir(folder):
