@@ -175,7 +175,8 @@ class Folder(Kind[FileList]):
 def _list_csv(csv_path: str, class_names: Sequence[str] | None, name: str | None) -> FileList:
     """Images listed in a CSV with header ``path,label``; empty label = unlabelled, paths relative to the CSV."""
     if not os.path.isfile(csv_path):
-        raise MissingDataError(f"CSV manifest {csv_path} does not exist")
+        raise MissingDataError(f"CSV manifest {csv_path} does not exist; point --config.data.dir at the CSV file or "
+                               "at a folder holding <split>.csv")
     base = os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
