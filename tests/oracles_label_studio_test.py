@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.error
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_round_trip_with_predictions_then_never_asked_again(server, tmp_path):
     pid = o.project()["id"]
     project = api(server, "GET", f"/api/projects/{pid}/")
     assert project["title"] == f"t ({o.run_key})"
-    assert [c.get("value") for c in label_studio.ET.fromstring(project["label_config"]).iter("Choice")] == NAMES
+    assert [c.get("value") for c in ET.fromstring(project["label_config"]).iter("Choice")] == NAMES
     tasks = project_tasks(server, pid)
     assert [t["data"]["alpeft_id"] for t in tasks] == [105, 103, 100, 101]
     assert all(t["data"]["alpeft_round"] == 1 and t["data"]["alpeft_run"] == o.run_key for t in tasks)
@@ -165,8 +166,8 @@ def test_personal_access_token_is_exchanged_for_a_bearer_token(server, tmp_path)
 
 @pytest.mark.slow
 def test_crash_before_the_record_skipped_and_deleted_tasks(server, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(label_studio, "IMPORT_BATCH", 2)  # three bulk imports, each recorded
-    monkeypatch.setattr(label_studio, "PAGE_SIZE", 2)  # the listing pages through the project
+    monkeypatch.setattr(label_studio.api, "IMPORT_BATCH", 2)  # three bulk imports, each recorded
+    monkeypatch.setattr(label_studio.api, "PAGE_SIZE", 2)  # the listing pages through the project
     wd = str(tmp_path)
     rows = np.arange(6)
     o = _oracle(server, wd)

@@ -1,0 +1,164 @@
+"""The Label Studio server through `label-studio-sdk`: every call the oracle makes, and its failures as one line.
+
+Answers come back as plain dicts (tasks with their annotations as dicts), the shapes `rules` works on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from alpeft_jax.oracles.base import LabelFileError
+
+IMPORT_BATCH = 100  # tasks per bulk import (each batch's task ids are recorded before the next)
+PAGE_SIZE = 500  # tasks per page when listing a project
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """An SDK model (or a dict) as a plain dict."""
+    if isinstance(obj, dict):
+        return obj
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if hasattr(obj, "model_dump"):
+            return obj.model_dump()
+        return obj.dict()
+
+
+class Server:
+    """One Label Studio server at `url`, with the token given or read from $`token_env` on first use."""
+
+    def __init__(self, url: str, token_env: str, token: str | None = None, timeout: float = 60.0,
+                 client: Any = None) -> None:
+        self.url = url
+        self.token_env = token_env
+        self.token = token
+        self.timeout = timeout
+        self._client = client
+        self._users: dict[int, str] = {}
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, allow_404: bool = False, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), with the SDK's and the network's failures as one LabelFileError line.
+
+        With allow_404, "not found" returns None instead.
+        """
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as e:
+            if e.status_code == 404 and allow_404:
+                return None
+            detail = e.body
+            if isinstance(e.body, dict):
+                detail = "; ".join(str(x) for x in (e.body.get("detail"), e.body.get("validation_errors")) if x)
+            if e.status_code in (401, 403):
+                raise LabelFileError(
+                    f"Label Studio at {self.url} refused the token in ${self.token_env} while {what} "
+                    f"(HTTP {e.status_code}: {detail}); put a valid personal access token or legacy token "
+                    f"(Label Studio > Account & Settings) in ${self.token_env} and rerun the same command."
+                ) from None
+            raise LabelFileError(
+                f"Label Studio at {self.url}: {what} failed (HTTP {e.status_code}: {detail})."
+            ) from None
+        except httpx.HTTPError as e:
+            raise LabelFileError(
+                f"cannot reach Label Studio at {self.url} while {what} ({type(e).__name__}: {e}); start the server "
+                "(label-studio start) or fix --config.label_studio.url, then rerun the same command."
+            ) from None
+
+    def client(self) -> Any:
+        """The SDK client (made on first use)."""
+        if self._client is None:
+            try:
+                from label_studio_sdk import LabelStudio
+            except ImportError:
+                raise LabelFileError("the Label Studio oracle needs the label-studio-sdk package: "
+                                     "pip install 'alpeft_jax[label]'.") from None
+            token = self.token if self.token is not None else os.environ.get(self.token_env, "")
+            if not token:
+                raise LabelFileError(f"set ${self.token_env} to a Label Studio personal access token or legacy "
+                                     "token (Label Studio > Account & Settings).")
+            self._client = self.call("reading the token", LabelStudio, base_url=self.url, api_key=token,
+                                     timeout=self.timeout)
+        return self._client
+
+    # -- projects --------------------------------------------------------------------------------------
+    def project(self, pid: int, missing_ok: bool) -> Any:
+        """Project `pid` (None if missing_ok and it is not there)."""
+        proj = self.call(f"reading project {pid}", self.client().projects.get, id=pid, allow_404=True)
+        if proj is None and not missing_ok:
+            raise LabelFileError(f"Label Studio at {self.url} has no project {pid}; pick one from {self.url}/projects "
+                                 "or leave --config.label_studio.project empty to make one for this run.")
+        return proj
+
+    def projects_titled(self, title: str) -> list[Any]:
+        """The projects with exactly this title."""
+        ls = self.client()
+        return [p for p in self.call("listing projects", lambda: list(ls.projects.list(title=title)))
+                if p.title == title]
+
+    def create_project(self, title: str, description: str, label_config: str) -> Any:
+        """A new project."""
+        return self.call("creating a project", self.client().projects.create, title=title,
+                         description=description, label_config=label_config)
+
+    def set_model_version(self, pid: int, model_version: str) -> None:
+        """Show annotators the predictions of this model version."""
+        self.call("selecting the predictions' model version", self.client().projects.update, id=pid,
+                  model_version=model_version)
+
+    # -- tasks -----------------------------------------------------------------------------------------
+    def tasks(self, pid: int, query: str) -> list[dict[str, Any]]:
+        """Every task of project `pid` that matches `query` (all fields, annotations included), paged."""
+        ls = self.client()
+
+        def fetch() -> list[Any]:
+            return list(ls.tasks.list(project=pid, page_size=PAGE_SIZE, fields="all", query=query))
+
+        out = []
+        for task in self.call(f"listing the tasks of project {pid}", fetch):
+            t = dict(plain(task))
+            t["annotations"] = [plain(a) for a in t.get("annotations") or []]
+            out.append(t)
+        return out
+
+    def import_tasks(self, pid: int, tasks: list[dict[str, Any]],
+                     on_batch: Callable[[list[dict[str, Any]], list[int]], None]) -> None:
+        """Bulk-import `tasks`, IMPORT_BATCH at a time, calling on_batch(batch, task ids) after each."""
+        ls = self.client()
+        for start in range(0, len(tasks), IMPORT_BATCH):
+            batch = tasks[start:start + IMPORT_BATCH]
+            resp = self.call(f"importing {len(batch)} tasks into project {pid}", ls.projects.import_tasks,
+                             id=pid, request=batch, return_task_ids=True)
+            task_ids = [int(i) for i in getattr(resp, "task_ids", None) or []]
+            if len(task_ids) == len(batch):
+                on_batch(batch, task_ids)
+
+    # -- local storage and users -----------------------------------------------------------------------
+    def local_storages(self, pid: int) -> list[str]:
+        """The folders of the project's local-files storages."""
+        storages = self.call("listing local storages", self.client().import_storage.local.list, project=pid)
+        return [plain(st).get("path") or "" for st in storages]
+
+    def add_local_storage(self, pid: int, path: str) -> None:
+        """Register a local-files storage of `path` for the project."""
+        self.call(f"registering a local storage of {path}", self.client().import_storage.local.create, project=pid,
+                  path=path, title="alpeft_jax images", use_blob_urls=True)
+
+    def user(self, user: Any) -> str:
+        """An annotator's email (or username, or id) from an annotation's `completed_by` (an id or a dict)."""
+        uid = user.get("id") if isinstance(user, dict) else user
+        if uid is None:
+            return "?"
+        uid = int(uid)
+        if uid not in self._users:
+            try:
+                u = self.call(f"reading user {uid}", self.client().users.get, id=uid)
+                self._users[uid] = str(getattr(u, "email", "") or getattr(u, "username", "") or uid)
+            except LabelFileError:
+                self._users[uid] = str(uid)
+        return self._users[uid]
