@@ -1,10 +1,12 @@
 """The Label Studio oracle's labelling rules, settings and image fields, without a server (milliseconds).
 
-The tasks and annotations below are written by hand in the shape Label Studio 1.23 returns them: `GET
-/api/tasks?fields=all` (what `label_studio_sdk`'s `tasks.list` pages through, `LseTask.annotations` being a list of
-plain JSON dicts, so times are ISO strings, "...Z" in UTC with microseconds), as listed through `api.Server.tasks`
-from the real server of tests/_label_studio_server.py. Each expected outcome is worked out from the rule stated in
-the oracle's documentation, not taken from the code.
+The tasks and annotations below are written by hand in the shape Label Studio returns them. Where the shape comes
+from: `GET /api/tasks?fields=all`, which `label_studio_sdk` 2.1's `tasks.list` pages through (its `LseTask.annotations`
+is `List[Dict[str, Any]]`, so annotations stay plain JSON: times are ISO strings, "...Z" in UTC with microseconds),
+and the same listing through `api.Server.tasks` from the label-studio 1.23.2 server of tests/_label_studio_server.py
+after annotating as oracles_label_studio_test.py does (POST /api/tasks/<id>/annotations/, a skip being
+`was_cancelled: true` with an empty result): the field names and types below are those it printed. Each expected
+outcome is worked out by hand from the rule stated in the oracle's documentation, not taken from the code.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ PARSE = PoolView(None, np.arange(0), NAMES).parse_label  # class names, case-ins
 def ann(aid, choices, updated, *, cancelled=False, user=1, lead=2.0, from_name="label", task=9):
     """An annotation as the server lists it inside a task (the fields a 1.23 server sends)."""
     result = [] if choices is None else [{
-        "id": f"r{aid}", "from_name": from_name, "to_name": "image", "type": "choices", "origin": "manual",
-        "value": {"choices": choices}}]
-    return {"id": aid, "created_username": f" annotator@example.com, {user}", "created_ago": "0 minutes",
+        "from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": choices}}]
+    return {"id": aid, "created_username": f" annotator@example.com, {user}", "created_ago": "0\u00a0minutes",
             "completed_by": user, "result": result, "was_cancelled": cancelled, "ground_truth": False,
             "created_at": updated, "updated_at": updated, "draft_created_at": None, "lead_time": lead,
             "import_id": None, "last_action": None, "bulk_created": False, "task": task, "project": 7,
@@ -45,8 +46,10 @@ def task(tid, *annotations, ident=100, run="k1", round_index=0):
     """A task of this run as the server lists it (annotations included with fields=all)."""
     return {"id": tid, "data": {"image": "data:image/png;base64,AA", "alpeft_id": ident, "alpeft_round": round_index,
                                 "alpeft_run": run},
-            "annotations": list(annotations), "predictions": [], "is_labeled": bool(annotations),
-            "total_annotations": len(annotations), "cancelled_annotations": 0, "project": 7}
+            "annotations": list(annotations), "predictions": [],
+            "is_labeled": any(not a["was_cancelled"] for a in annotations),
+            "total_annotations": sum(not a["was_cancelled"] for a in annotations),
+            "cancelled_annotations": sum(bool(a["was_cancelled"]) for a in annotations), "project": 7}
 
 
 def t(second):
