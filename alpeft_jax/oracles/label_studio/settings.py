@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
-IMAGES = ("inline", "local", "url")
-MULTIPLE = ("latest", "majority")
+Images = Literal["inline", "local", "url"]
+Multiple = Literal["latest", "majority"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,13 +21,13 @@ class Settings:
     url: str  # without a trailing "/"
     project: str  # "" makes (or finds again) this run's project; the old integer default 0 reads as ""
     token_env: str
-    images: Literal["inline", "local", "url"]
+    images: Images
     thumbnail: int
     local_root: str  # absolute, or "" when not set
     image_url_prefix: str
     wait_seconds: float
     poll_seconds: float  # at least 0.05
-    multiple: Literal["latest", "majority"]
+    multiple: Multiple
     request_timeout: float
 
 
@@ -53,7 +53,7 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     if project in ("0", "None"):  # the old integer default
         project = ""
     images = str(s["images"])
-    if images not in IMAGES:
+    if images not in get_args(Images):
         raise ValueError(f"label_studio.images must be inline, local or url, got {images!r}.")
     if images == "local" and not s["local_root"]:
         raise ValueError("label_studio.images=local needs --config.label_studio.local_root=DIR, the server's "
@@ -61,13 +61,13 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     if images == "url" and not s["image_url_prefix"]:
         raise ValueError("label_studio.images=url needs --config.label_studio.image_url_prefix=http://...")
     multiple = str(s["multiple"])
-    if multiple not in MULTIPLE:
+    if multiple not in get_args(Multiple):
         raise ValueError(f"label_studio.multiple must be latest or majority, got {multiple!r}.")
     return Settings(
-        url=url, project=project, token_env=str(s["token_env"]), images=images,  # type: ignore[arg-type]
+        url=url, project=project, token_env=str(s["token_env"]), images=cast(Images, images),
         thumbnail=int(s["thumbnail"]),
         local_root=os.path.abspath(os.path.expanduser(str(s["local_root"]))) if s["local_root"] else "",
         image_url_prefix=str(s["image_url_prefix"]), wait_seconds=float(s["wait_seconds"]),
-        poll_seconds=max(0.05, float(s["poll_seconds"])), multiple=multiple,  # type: ignore[arg-type]
+        poll_seconds=max(0.05, float(s["poll_seconds"])), multiple=cast(Multiple, multiple),
         request_timeout=float(s["request_timeout"]),
     )
