@@ -62,7 +62,7 @@ class LabelStudioOracle:
         """The project's id and labelling names: {'id', 'image', 'choices', 'key', 'classes'} (found or made)."""
         if self._project is not None:
             return self._project
-        self.server.client()
+        self.server.client()  # a missing SDK or token fails before anything is written
         run = self._run_record()
         proj = None
         if run.get("project") and run.get("project_setting") == self.project_setting:
