@@ -56,6 +56,39 @@ def test_kmeans_recovers_separated_blobs_like_sklearn():
     assert adjusted_rand_score(y, ours) == 1.0 and adjusted_rand_score(theirs, ours) == 1.0
 
 
+def numpy_kmeanspp_seeds(key, x, k):
+    """k-means++ seeds by kmeans.lloyd's documented draws: randint(k1) first, then D^2 inverse CDF at uniform(k2)."""
+    k1, k2 = jax.random.split(key)
+    seeds = [int(jax.random.randint(k1, (), 0, len(x)))]
+    u = np.asarray(jax.random.uniform(k2, (k,)), np.float64)
+    d2 = ((x - x[seeds[0]]) ** 2).sum(1)
+    for i in range(1, k):
+        cdf = np.cumsum(d2)
+        seeds.append(int(np.searchsorted(cdf, u[i] * cdf[-1], side="right")))
+        d2 = np.minimum(d2, ((x - x[seeds[-1]]) ** 2).sum(1))
+    return np.asarray(seeds)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kmeans_equals_sklearn_lloyd_from_the_same_seeds_on_overlapping_data(seed):
+    # overlapping Gaussians (no cluster structure to recover): labels and inertia depend on every Lloyd step
+    g, k = np.random.default_rng(seed), 8
+    x = (g.normal(size=(500, 5)) + 0.7 * g.normal(size=(4, 5))[g.integers(0, 4, 500)]).astype(np.float32)
+    key = jax.random.key(seed)
+    x64 = x.astype(np.float64)
+    seeds = numpy_kmeanspp_seeds(key, x64, k)
+    init, _ = kmeans(key, x, k, iters=0)  # no Lloyd step: the centres are the seeds
+    np.testing.assert_array_equal(np.asarray(init)[:k], x[seeds])
+    centres, ours = kmeans(key, x, k, iters=50)
+    ref = KMeans(k, init=x64[seeds], n_init=1, max_iter=50, tol=0.0, algorithm="lloyd").fit(x64)
+    assert ref.n_iter_ > 3  # several Lloyd steps, not a one-step agreement
+    np.testing.assert_array_equal(ours, ref.labels_)  # the same initial order, so the same cluster ids
+    np.testing.assert_allclose(np.asarray(centres)[:k], ref.cluster_centers_, atol=1e-4)
+    inertia = ((x64 - np.asarray(centres, np.float64)[:k][ours]) ** 2).sum()
+    assert inertia == pytest.approx(ref.inertia_, rel=1e-5)
+    assert len(set(ours.tolist())) == k
+
+
 def numpy_typiclust(x, clusters, labeled, budget, k_nn=20, min_size=5):
     n_cl = clusters.max() + 1
     sizes = np.bincount(clusters, minlength=n_cl)
@@ -170,6 +203,41 @@ def test_probcover_random_picks_once_all_covered():
     assert len(set(out.tolist())) == 30 and not labeled[out].any()
     out2 = strategies.get("probcover")(3, {"features": x}, np.zeros(120, bool), 30, delta=2.5)
     assert out2[0] == 0 and len(set(out2.tolist())) == 30  # every ball holds all points: first index wins
+
+
+def numpy_random_fill(labeled, u):
+    """ProbCover's documented fill: pick i is the floor(u[i] * n_free)-th point neither labelled nor picked."""
+    free, out = ~labeled, []
+    for ui in u:
+        ids = np.flatnonzero(free)
+        out.append(int(ids[min(int(np.floor(ui * ids.size)), ids.size - 1)]))
+        free[out[-1]] = False
+    return np.asarray(out)
+
+
+def test_probcover_random_fill_is_seeded_uniform_and_follows_its_draws():
+    # delta beyond the unit sphere's diameter: the labelled rows cover everything, so every pick is a random fill
+    x, _ = blobs(30, 4, 3, seed=6)
+    labeled = np.zeros(30, bool)
+    labeled[:10] = True
+    select = lambda s, lab=labeled, b=4: strategies.get("probcover")(s, {"features": x}, lab, b, delta=2.5)
+    runs = np.array([select(s) for s in range(200)])
+    for s in (0, 1, 2):  # the draws are the second half of split(key), as documented
+        u = np.asarray(jax.random.uniform(jax.random.split(as_key(s))[1], (4,)))
+        np.testing.assert_array_equal(runs[s], numpy_random_fill(labeled, u))
+    np.testing.assert_array_equal(select(7), runs[7])  # the same seed, the same fill
+    assert len({tuple(r) for r in runs}) > 190  # different seeds, different fills
+    assert not labeled[runs].any() and all(len(set(r)) == 4 for r in runs)
+    # uniform over the 20 unlabelled: a deterministic fill (e.g. the first free rows) fails these
+    from scipy.stats import chisquare
+
+    assert chisquare(np.bincount(runs[:, 0], minlength=30)[10:]).pvalue > 1e-3  # 10 expected per point
+    assert chisquare(np.bincount(runs.ravel(), minlength=30)[10:]).pvalue > 1e-3  # 40 expected per point
+    # after a greedy pick that covers everything (no labelled row), the rest is the same random fill
+    out = select(3, np.zeros(30, bool), 6)
+    u = np.asarray(jax.random.uniform(jax.random.split(as_key(3))[1], (6,)))
+    assert out[0] == 0  # every ball holds all points: the first index wins
+    np.testing.assert_array_equal(out[1:], numpy_random_fill(np.eye(30, dtype=bool)[0], u[1:]))
 
 
 def test_row_subset_kernels_match_full_matrices():

@@ -41,6 +41,21 @@ def test_no_labelled_starts_from_a_random_point_then_goes_farthest():
     assert out[1] == int(np.argmax(d))
 
 
+def test_no_labelled_first_pick_is_uniform_over_seeds_and_fixed_by_the_seed():
+    # a deterministic first centre (the largest norm, index 0, ...) fails the chi-square below
+    from scipy.stats import chisquare
+
+    feats = np.random.default_rng(5).normal(size=(10, 4)).astype(np.float32)
+    select = lambda s: strategies.get("coreset")(s, {"features": feats}, np.zeros(10, bool), 3)
+    runs = [select(s) for s in range(200)]
+    first = np.array([r[0] for r in runs])
+    assert chisquare(np.bincount(first, minlength=10)).pvalue > 1e-3  # 20 expected per point
+    np.testing.assert_array_equal(select(17), runs[17])  # the same seed, the same picks
+    xn = feats.astype(np.float64) / np.linalg.norm(feats.astype(np.float64), axis=1, keepdims=True)
+    for r in runs[:20]:  # after a random first centre, farthest-first from it
+        np.testing.assert_array_equal(r[1:], _eager_k_center(xn, np.eye(10, dtype=bool)[r[0]], 2))
+
+
 def _eager_k_center(xn: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
     """Textbook farthest-first greedy in float64: one full distance pass per pick."""
     md = np.min(((xn[:, None, :] - xn[labeled][None]) ** 2).sum(-1), axis=1)
