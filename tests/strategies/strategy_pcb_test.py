@@ -1,9 +1,11 @@
 """PCB against a Python transcription of the authors' loop driven by the same random draws, and properties."""
 
+import jax
 import numpy as np
 import pytest
 
 from alpeft_jax import strategies
+from alpeft_jax.strategies.base import as_key
 from alpeft_jax.strategies.pcb import pcb_filter, select_with_pcb
 
 
@@ -80,6 +82,30 @@ def test_missing_class_falls_back_to_random_without_updating():
         hits += np.bincount(pred[out], minlength=3)
     frac2 = hits[2] / hits.sum()
     assert 0.06 < frac2 < 0.14  # 10% of candidates are predicted 2; a balanced pick would give ~50%
+
+
+def test_random_through_pcb_is_pure_random():
+    # 10% of the pool is predicted class 1, which has no label yet: PCB would spend the budget on class 1,
+    # pure random takes it about 10% of the time
+    g = np.random.default_rng(0)
+    n = 400
+    pred = (g.random(n) < 0.1).astype(np.int64)
+    logits = (3.0 * np.eye(2)[pred] + g.normal(size=(n, 2))).astype(np.float32)
+    logits[np.arange(n), pred] += 10.0  # the noise never flips the predicted class
+    labeled = np.zeros(n, bool)
+    labeled[np.flatnonzero(pred == 0)[:30]] = True
+    pool = {"logits": logits, "labels": np.where(labeled, pred, -1)}
+    picks = np.array([select_with_pcb("random", s, pool, labeled, 20, 100) for s in range(60)])
+    assert not labeled[picks].any() and all(len(set(p)) == 20 for p in picks)
+    share = pred[~labeled].mean()
+    assert abs(pred[picks].mean() - share) < 0.04  # 1,200 picks: SE 0.009
+    # exactly the random strategy on the first half of split(key) (PCB's own draws would use the second)
+    for s in (0, 1):
+        np.testing.assert_array_equal(picks[s], strategies.get("random")(jax.random.split(as_key(s))[0], pool,
+                                                                          labeled, 20))
+    # the same pool through PCB behind an informative strategy does fill up on class 1, so the check can tell
+    balanced = select_with_pcb("entropy", 0, pool, labeled, 20, 100)
+    assert pred[balanced].mean() >= 0.45
 
 
 def test_errors():
