@@ -67,6 +67,21 @@ def test_shared_context_is_broadcast(vocab_clip):
         np.testing.assert_array_equal(emb[c], _reference(vocab_clip, name, ctx, "end")[0])
 
 
+@pytest.mark.parametrize("std", [0.02, 0.05])  # the CoOp default, and init_std honoured
+def test_random_init_is_normal_with_the_configured_std(vocab_clip, std):
+    from scipy.stats import kstest
+
+    cfg = prompts.PromptConfig(n_ctx=16) if std == 0.02 else prompts.PromptConfig(n_ctx=16, init_std=std)
+    learner = prompts.PromptLearner(vocab_clip, NAMES, cfg)
+    draws = [np.asarray(learner.init(jax.random.key(s))) for s in range(10)]
+    assert draws[0].shape == (len(NAMES), 16, 16) and not np.array_equal(draws[0], draws[1])
+    x = np.concatenate([d.ravel() for d in draws]).astype(np.float64)  # 10,240 draws
+    # four standard errors: the sample std of n normal draws has SE std / sqrt(2n) (0.7% here), the mean std / sqrt(n)
+    assert abs(x.std() - std) < 4 * std / np.sqrt(2 * x.size)
+    assert abs(x.mean()) < 4 * std / np.sqrt(x.size)
+    assert kstest(x / std, "norm").pvalue > 1e-3  # normal, not e.g. uniform with the same std
+
+
 def test_encode_text_with_placeholder_context_equals_token_ids(vocab_clip):
     n_ctx = 6
     learner = prompts.PromptLearner(vocab_clip, NAMES, prompts.PromptConfig(n_ctx=n_ctx))
