@@ -115,9 +115,32 @@ def test_extra_block_from_a_deeper_model(clip_dir):
         backbones.load(str(clip_dir))
 
 
-def test_position_ids_buffers_are_ignored(clip_dir):
-    _edit_weights(clip_dir, lambda s: s.update({
-        "text_model.embeddings.position_ids": np.arange(16, dtype=np.int64)[None],
-        "vision_model.embeddings.position_ids": np.arange(26, dtype=np.int64)[None],
-    }))
-    assert backbones.load(str(clip_dir)).family == "clip"
+@pytest.mark.parametrize("order", ["arange", "shuffled"])
+def test_position_ids_buffers_are_ignored(clip_dir, tiny_clip_dir, tiny_clip_config, order):
+    # transformers keeps position_ids as a non-persistent buffer (always arange); old checkpoints carry it. Loading
+    # must ignore it: the outputs equal PyTorch's on the checkpoint without it, even when the stored ids are shuffled.
+    import torch
+    from transformers import CLIPModel
+
+    g = np.random.default_rng(0)
+    pos = {"text": np.arange(16, dtype=np.int64)[None], "vision": np.arange(26, dtype=np.int64)[None]}
+    if order == "shuffled":
+        pos = {k: g.permutation(v[0])[None] for k, v in pos.items()}
+    _edit_weights(clip_dir, lambda s: s.update({f"{k}_model.embeddings.position_ids": v for k, v in pos.items()}))
+    assert "text_model.embeddings.position_ids" in load_file(str(clip_dir / "model.safetensors"))
+    bb = backbones.load(str(clip_dir))
+    assert bb.family == "clip"
+    t = tiny_clip_config["text_config"]
+    images = g.normal(size=(2, 3, 40, 40)).astype(np.float32)
+    ids = g.integers(2, 59, size=(3, 16))
+    ids[:, 0] = t["bos_token_id"]
+    for i, end in enumerate((5, 9, 15)):
+        ids[i, end:] = t["eos_token_id"]
+    ref = CLIPModel.from_pretrained(str(tiny_clip_dir)).eval()
+    with torch.no_grad():
+        out = ref(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(images))
+    img = np.asarray(bb.encode_image(np.transpose(images, (0, 2, 3, 1))))
+    txt = np.asarray(bb.encode_text(ids))
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    np.testing.assert_allclose(unit(img), out.image_embeds.numpy(), atol=1e-5)
+    np.testing.assert_allclose(unit(txt), out.text_embeds.numpy(), atol=1e-5)
