@@ -93,16 +93,42 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(tmp_path):
     assert _comparable(_results(run)) == _comparable(expected)
 
 
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _digits_csv(root, n_train=150, n_test=60):
+    """Digits as a CSV manifest labelled with words ("train.csv", "test.csv"); the digit of each train row.
+
+    Digits' own class names are their indices, so a label file could not tell a name from an index; the words'
+    sorted class list ("eight" is class 0, "zero" class 9) makes a mixup of the two fail.
+    """
+    from PIL import Image
+
+    d = load_digits()
+    root.mkdir()
+    for split, idx in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        lines = ["path,label"]
+        for i in idx:
+            Image.fromarray((d.images[i] * 16).clip(0, 255).astype(np.uint8)).save(root / f"{i}.png")
+            lines.append(f"{i}.png,{WORDS[d.target[i]]}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return d.target[:n_train]
+
+
 def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
     wd = str(tmp_path / "run")
+    digit = _digits_csv(tmp_path / "data")  # ids are the manifest's row numbers
+    classes = sorted(WORDS)  # a CSV manifest's classes: its labels, sorted
+    cls = np.asarray([classes.index(WORDS[k]) for k in digit])  # the class index of each id
     cfg = _tiny("oracle=file,rounds=2,epochs=2")
+    cfg.data.name, cfg.data.dir = "csv", str(tmp_path / "data")
     assert loop.run(cfg, wd) == []  # stops cleanly, waiting for labels
     todo = os.path.join(wd, "round_0", "to_label.csv")
     with open(todo) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10 and all(r["label"] == "" and os.path.exists(r["path"]) for r in rows)
-    target = load_digits().target  # the annotator knows the truth; ids are the dataset's own indices
-    truth = {int(r["id"]): int(target[int(r["id"])]) for r in rows}
+    truth = {int(r["id"]): int(cls[int(r["id"])]) for r in rows}  # the annotator knows the truth
+    assert list(truth.values()) != digit[list(truth)].tolist()  # class indices here are not the digits
     state_before = open(os.path.join(wd, "al_state.json")).read()
     labels_path = os.path.join(wd, "round_0", "labels.csv")
 
@@ -123,22 +149,23 @@ def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
         with pytest.raises(LabelFileError, match=message):
             loop.run(cfg, wd)
         assert open(os.path.join(wd, "al_state.json")).read() == state_before  # nothing changed
-    # Class names work as well as indices.
-    write([(i, str(lab)) for i, lab in items[:5]] + [(i, f"{lab}") for i, lab in items[5:]])
+    # Class names (any case) work as well as indices, and each means its own class.
+    write([(i, classes[lab].upper() if k % 2 else str(lab)) for k, (i, lab) in enumerate(items)])
     assert len(loop.run(cfg, wd)) == 1  # round 0 trained; round 1 waits for its labels
     st = _state(wd)
-    assert st["round"] == 1 and st["phase"] == "label" and sorted(st["labels"]) == sorted(truth.values())
+    assert st["round"] == 1 and st["phase"] == "label" and st["labels"] == [lab for _, lab in items]
     assert len(_results(wd)) == 1
     todo1 = os.path.join(wd, "round_1", "to_label.csv")
     with open(todo1) as f:
         ids1 = [int(r["id"]) for r in csv.DictReader(f)]
     assert len(ids1) == 5 and not set(ids1) & set(truth)
     other = tmp_path / "filled.csv"
-    other.write_text("id,label\n" + "".join(f"{i},{target[i]}\n" for i in ids1))
+    other.write_text("id,label\n" + "".join(f"{i},{WORDS[digit[i]]}\n" for i in ids1))
     results = loop.run(cfg, wd, labels_file=str(other))
     assert [r["n_labeled"] for r in results] == [10, 15]
+    assert _state(wd)["labels"][10:] == cls[ids1].tolist()
     for r, ids in enumerate((list(truth), list(truth) + ids1)):  # the labels so far, counted per class
-        counts = np.bincount(target[ids], minlength=10)
+        counts = np.bincount(cls[ids], minlength=10)
         assert results[r]["classes_covered"] == (counts > 0).sum()
         assert results[r]["rarest_class_labels"] == counts.min()
 
