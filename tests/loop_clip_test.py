@@ -1,5 +1,6 @@
 """The driver with a CLIP backbone: C-PEAL's prompt-learning and LoRA modes and a zero-shot-initialised probe."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -54,3 +55,22 @@ def test_clip_modes_run_two_rounds(tmp_path, clip_dir, mode, adapt, kind):
     for r in results:
         assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["nll"]) and len(r["selected_ids"]) in (10, 6)
     assert not set(results[0]["selected_ids"]) & set(results[1]["selected_ids"])
+    # Each round's metrics are those of its saved model: restore the checkpoint, predict the 40 test images and
+    # score them in NumPy (a wrong round, a lost mask or padding rows counted would all show).
+    like = run.trainer.init(jax.random.key(0))
+    for r, res in enumerate(results):
+        state, _ = run.rounds_store.restore(r, like)
+        test = run.inputs("test")
+        logits, labels = [], []
+        for lg, _, batch in run.trainer.predict(state["trainable"], test.batches(np.arange(len(test)), 16,
+                                                                                labels=run.test.labels),
+                                                  kind=run.eval_kind):
+            keep = np.asarray(batch["_mask"], bool)
+            logits.append(np.asarray(lg, np.float64)[keep])
+            labels.append(np.asarray(batch["label"])[keep])
+        logits, labels = np.concatenate(logits), np.concatenate(labels)
+        assert len(labels) == 40 and np.array_equal(labels, run.test.labels)
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        assert res["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels), abs=1e-6)
+        assert res["nll"] == pytest.approx(-logp[np.arange(40), labels].mean(), rel=1e-4)
