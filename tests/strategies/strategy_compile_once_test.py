@@ -13,14 +13,10 @@ def test_no_compilation_after_the_first_round(name, make_pool):
     pool, labeled, y = make_pool()
     budget = 40
     select = strategies.get(name)
+    jax.clear_caches()  # nothing compiled before: round 1 must compile, so the counter is seen to count
     picks, compiles = al_rounds(lambda r, p, lab: select(r, p, lab, budget), pool, labeled, y, budget, 3)
-    assert compiles[1:] == [0, 0], compiles
+    assert compiles[0] > 0 and compiles[1:] == [0, 0], compiles
     assert len({tuple(p) for p in picks}) == 3  # the rounds did select different examples
-    # The zeros above can fail: with the compiled programs dropped, the same round compiles and the counter sees it.
-    jax.clear_caches()
-    with CompileCounter() as cc:
-        select(0, pool, labeled, budget)
-    assert cc.count > 0
 
 
 def test_the_counter_sees_compilations():
