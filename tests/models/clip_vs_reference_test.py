@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -78,12 +77,25 @@ def _inputs(config, seed=0, batch=3, n_images=2):
     return images, ids.astype(np.int64)
 
 
+@pytest.fixture(scope="module")
+def built(tiny_clip_factory, tiny_clip_config):
+    """`built(name)`: (name, config, torch model, saved directory) of a CASES entry, each saved once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            config, save_kwargs = CASES[name]
+            config = config or tiny_clip_config
+            model, path = tiny_clip_factory(config, seed=len(name), **save_kwargs)
+            cache[name] = (name, config, model, path)
+        return cache[name]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request, tiny_clip_factory, tiny_clip_config):
-    config, save_kwargs = CASES[request.param]
-    config = config or tiny_clip_config
-    model, path = tiny_clip_factory(config, seed=len(request.param), **save_kwargs)
-    return request.param, config, model, path
+def case(request, built):
+    return built(request.param)
 
 
 def _nhwc(images):
@@ -131,10 +143,8 @@ def test_features_and_logits_match_transformers(case):
     )
 
 
-def test_bf16_compute_stays_close(case):
-    name, config, ref, path = case
-    if name != "safetensors":
-        pytest.skip("bf16 is checked on one configuration to keep the file fast")
+def test_bf16_compute_stays_close(built):  # one configuration (the default tiny CLIP) keeps the file fast
+    _, config, ref, path = built("safetensors")
     bb = backbones.load(str(path), dtype=jnp.bfloat16)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda p: p.dtype == jnp.float32, bb.params))
     images, ids = _inputs(config, seed=1)
@@ -151,10 +161,8 @@ def test_bf16_compute_stays_close(case):
     assert agreement.min() > 0.999, agreement  # measured 0.99996
 
 
-def test_stem_blocks_head_compose_to_encode_image(case):
-    name, config, _, path = case
-    if name != "legacy_eos_sharded":
-        pytest.skip("checked on the deepest image tower only, to keep the file fast")
+def test_stem_blocks_head_compose_to_encode_image(built):  # the deepest image tower (3 blocks) is enough
+    _, config, _, path = built("legacy_eos_sharded")
     bb = backbones.load(str(path))
     images = jnp.asarray(_nhwc(_inputs(config)[0]))
     run = lambda method, *args: bb.model.apply({"params": bb.params}, *args, method=method)
@@ -263,8 +271,6 @@ def _write_tiny_bpe(directory):
 
 
 def test_directory_with_vocabulary_gets_a_working_tokenizer(tmp_path, tiny_clip_factory, tiny_clip_config):
-    if importlib.util.find_spec("alpeft_jax.tokenizer") is None:
-        pytest.skip("alpeft_jax.tokenizer is not available")
     text_config = dict(tiny_clip_config["text_config"], vocab_size=520, bos_token_id=518, eos_token_id=519,
                        pad_token_id=519)
     config = dict(tiny_clip_config, text_config=text_config)
