@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _tiny_backbones import make_clip_backbone, make_dinov2_backbone
 
-from alpeft_jax import backbones, evaluate, optim, train
+from alpeft_jax import backbones, config, evaluate, loop, optim, train
 from alpeft_jax.convert.common import flatten
 from alpeft_jax.models import lora, prompts
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
@@ -374,6 +374,67 @@ def test_loss_scale_step_skips_an_overflow_and_halves_the_scale():
     floor = train._loss_scale_step(old, new, {"w": jnp.full(3, jnp.inf)},
                                    {"scale": jnp.float32(1.0), "good_steps": jnp.int32(0)}, interval=2)
     assert float(floor["loss_scale"]["scale"]) == 1.0
+
+
+
+def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
+    # The driver's float16 set-up with cached features (it runs on XLA:CPU; a float16 tower's attention does not):
+    # the head reads float16 features, and dynamic loss scaling multiplies its gradients by the scale. With the
+    # scale at 2^127 the scaled gradients overflow exactly when the largest |gradient| exceeds f32max / 2^127 (~2);
+    # at 2^126 they stay finite while it is below ~4. The batch below makes it 3, so by hand, with a growth interval
+    # of 2: step 1 overflows (skipped, scale 2^127 -> 2^126), steps 2 and 3 apply (the scale doubles after the
+    # second), step 4 overflows again at 2^127, and so on.
+    c = config.base()
+    c.dtype = "float16"
+    c.train.update(epochs=1, batch_size=8, lr=1e-3, calibration="none", label_smoothing=0.0,
+                   loss_scale_init=2.0**127, loss_scale_growth_interval=2)
+    tc = loop.train_config(c)
+    assert tc.loss_scale == "dynamic" and tc.loss_scale_init == 2.0**127 and tc.loss_scale_growth_interval == 2
+    c32 = config.base()
+    c32.train.update(epochs=1, batch_size=8, lr=1e-3, calibration="none", label_smoothing=0.0)
+    assert loop.train_config(c32).loss_scale == "none"
+
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    rng = np.random.default_rng(0)
+    labels = np.arange(8) % 4
+    feats = np.zeros((8, model.feature_dim), np.float32)
+    feats[np.arange(8), labels] = 16.0  # the class's own feature, the same sign in every row of that class
+    feats[:, 4:] = 0.01 * rng.standard_normal((8, model.feature_dim - 4))
+    batch = {"inputs": feats.astype(np.float16), "label": labels.astype(np.int32), "_mask": np.ones(8, bool)}
+    f = batch["inputs"].astype(np.float64)
+
+    # A zero head predicts 1/4 everywhere: d(mean cross-entropy)/d(kernel) = f^T (1/4 - onehot) / 8, whose largest
+    # entries are 2 rows x 16 x 3/4 / 8 = 3 (the learning rate is too small to move that noticeably in 6 steps).
+    zero_head = {"head": {"kernel": np.zeros((model.feature_dim, 4), np.float32), "bias": np.zeros(4, np.float32)}}
+    grad = f.T @ (np.full((8, 4), 0.25) - np.eye(4)[labels]) / 8
+    assert np.abs(grad).max() == 3.0
+    scaled = train.Trainer(model, tc, kind="features")
+    state = scaled.init(jax.random.key(0), trainable=zero_head)
+    f32max = float(np.finfo(np.float32).max)
+    assert f32max / 2.0**127 * 1.3 < np.abs(grad).max() < f32max / 2.0**126 / 1.3, np.abs(grad).max()
+
+    seen = []  # after every step: scale, good-step count, trainable tree
+    record = lambda st, epoch, i, hist: seen.append(
+        (float(st["loss_scale"]["scale"]), int(st["loss_scale"]["good_steps"]), _numpy_tree(st["trainable"])))
+    initial = _numpy_tree(state["trainable"])
+    state, history = scaled.fit(state, lambda e: iter([batch] * 6), on_step=record)
+    assert [s for s, _, _ in seen] == [2.0**126, 2.0**126, 2.0**127, 2.0**126, 2.0**126, 2.0**127]
+    assert [g for _, g, _ in seen] == [0, 1, 0, 0, 1, 0]
+    assert history[0]["steps"] == 6 and history[0]["skipped_steps"] == 2
+
+    # The applied steps are exactly those of a float32 run without loss scaling on the 4 good steps; the skipped
+    # ones leave the trainables (and the optimiser state) untouched.
+    plain = train.Trainer(model, loop.train_config(c32), kind="features")
+    ref_trees = [initial]
+    ref_state = plain.init(jax.random.key(0), trainable=zero_head)
+    ref_state, ref_history = plain.fit(ref_state, lambda e: iter([batch] * 4),
+                                       on_step=lambda st, *_: ref_trees.append(_numpy_tree(st["trainable"])))
+    applied = np.cumsum([0, 1, 1, 0, 1, 1])  # good steps so far after each of the 6 steps
+    for step, (_, _, tree) in enumerate(seen):
+        for k, v in ref_trees[applied[step]].items():
+            np.testing.assert_array_equal(tree[k], v, err_msg=f"step {step + 1} {k}")
+    assert ref_trees[1]["head/kernel"].tolist() != initial["head/kernel"].tolist()  # a good step does train
+    assert history[0]["loss"] == ref_history[0]["loss"]  # the epoch's mean loss is over the applied steps
 
 
 # ------------------------------------------------------------------------- how often the calibration loss acts
