@@ -1,18 +1,21 @@
-"""The driver end to end: resume after SIGKILL, the CSV labelling round-trip, config checks, reports, the CLI."""
+"""The driver end to end: resume after a stop inside a round (in-process, and after SIGKILL), the CSV labelling
+round-trip, config checks, reports, the CLI."""
 
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from alpeft_jax import loop, report
+from alpeft_jax import checkpoint, loop, report
 from alpeft_jax.oracles import LabelFileError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +58,7 @@ def _state(workdir):
         return None
 
 
-@pytest.mark.slow  # tests/multihost_test.py kills a process mid-round and resumes in the default run
+@pytest.mark.slow  # the default run stops in-process mid-round (the test below) and resumes
 def test_sigkill_mid_round_then_resume_equals_uninterrupted(tmp_path):
     cache = str(tmp_path / "cache")
     arg = f"rounds=3,epochs=6,ckpt=1,cache={cache}"
@@ -113,6 +116,80 @@ def _digits_csv(root, n_train=150, n_test=60):
             lines.append(f"{i}.png,{WORDS[d.target[i]]}")
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return d.target[:n_train]
+
+
+def _host_tree(tree):
+    """A checkpointed pytree as {path: numpy array} (PRNG keys as their key data)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=checkpoint.jnp_is_key)[0]
+    return {jax.tree_util.keystr(k): np.asarray(jax.random.key_data(v) if checkpoint.jnp_is_key(v) else v)
+            for k, v in leaves}
+
+
+def _assert_same_tree(got, expected, what):
+    assert got.keys() == expected.keys(), what
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{what} {k}")
+
+
+def test_stop_inside_a_round_resumes_from_the_in_round_checkpoint(tmp_path, monkeypatch):
+    # Round 1 trains 15 labels in batches of 4: 3 steps an epoch, 2 epochs, a checkpoint after every step. Right after
+    # the checkpoint of epoch 1, batch 1 (step 4 of 6) is committed, the workdir is copied: the copy is exactly what a
+    # kill at that moment leaves (every write before it is synchronous and atomic; nothing is in flight). The run
+    # goes on uninterrupted as the reference, and a new Run (a new process would hold nothing more) resumes the copy.
+    cache = str(tmp_path / "cache")
+    ref_wd, wd = tmp_path / "ref", tmp_path / "stopped"
+
+    def config():
+        c = _tiny(f"rounds=2,epochs=2,ckpt=1,cache={cache}")
+        c.train.batch_size = 4
+        return c
+
+    stop_at = {"round": 1, "epoch": 1, "batch": 1}
+    log = []  # ("save" | "restore", store folder, step, meta, tree on the host), in call order
+    save, restore = checkpoint.TreeStore.save, checkpoint.TreeStore.restore
+
+    def recording_save(store, step, tree, meta=None):
+        save(store, step, tree, meta)
+        log.append(("save", store.directory.name, step, json.loads(json.dumps(meta or {})), _host_tree(tree)))
+        if store.directory.name == "progress" and {k: (meta or {}).get(k) for k in stop_at} == stop_at:
+            shutil.copytree(ref_wd, wd)
+
+    def recording_restore(store, step, like):
+        tree, meta = restore(store, step, like)
+        log.append(("restore", store.directory.name, step, dict(meta), _host_tree(tree)))
+        return tree, meta
+
+    monkeypatch.setattr(checkpoint.TreeStore, "save", recording_save)
+    monkeypatch.setattr(checkpoint.TreeStore, "restore", recording_restore)
+
+    expected = loop.run(config(), str(ref_wd))
+    reference, log[:] = list(log), []
+    assert wd.exists(), "the run never committed the in-round checkpoint to stop after"
+    stopped_at = next(e for e in reference if e[:2] == ("save", "progress") and e[3]["round"] == 1
+                      and (e[3]["epoch"], e[3]["batch"]) == (1, 1))
+    at_stop = _state(wd)
+    assert (at_stop["round"], at_stop["phase"], len(at_stop["results"])) == (1, "train", 1)
+    assert sorted(int(p.name) for p in (wd / "progress").iterdir() if p.name.isdigit()) == [stopped_at[2]]
+
+    results = loop.run(config(), str(wd))
+    # The resume restored the in-round checkpoint (the very arrays saved there) ...
+    progress_restores = [e for e in log if e[:2] == ("restore", "progress")]
+    assert [(e[2], e[3]) for e in progress_restores] == [(stopped_at[2], stopped_at[3])]
+    _assert_same_tree(progress_restores[0][4], stopped_at[4], "restored")
+    # ... and trained on from there: the last 2 steps of round 1, not its 6 from the start.
+    where = lambda entries: [(e[3]["round"], e[3]["epoch"], e[3]["batch"]) for e in entries
+                             if e[:2] == ("save", "progress")]
+    assert where(reference)[-6:] == [(1, e, b) for e in range(2) for b in (1, 2, 3)]
+    assert where(log) == [(1, 1, 2), (1, 1, 3)]
+
+    # The same labels, selections, test metrics and end-of-round state (trainables, optimiser, rng) as the reference.
+    ref_state, final_state = _state(ref_wd), _state(wd)
+    assert final_state["labeled_rows"] == ref_state["labeled_rows"] and final_state["labels"] == ref_state["labels"]
+    assert _comparable(results) == _comparable(expected) and len(results) == 2
+    ends = {e[2]: e[4] for e in reference if e[:2] == ("save", "ckpt")}
+    resumed_ends = {e[2]: e[4] for e in log if e[:2] == ("save", "ckpt")}
+    assert sorted(ends) == [0, 1] and sorted(resumed_ends) == [1]
+    _assert_same_tree(resumed_ends[1], ends[1], "round 1")
 
 
 def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
