@@ -15,13 +15,13 @@ import sys
 import time
 
 import pytest
+from _required import require_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/demo.py:mode=lora,runlocal"
 TOL = 1e-4
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
-                                reason="Fashion-MNIST is installed by `make fmnist`")
+require_fashion_mnist(module=True)  # configs/demo.py reads Fashion-MNIST
 
 
 def _free_port():
@@ -116,7 +116,7 @@ def _state(workdir):
         return None
 
 
-@pytest.mark.slow  # the default run keeps the 2-process equality test and tests/loop_test.py's kill-and-resume
+@pytest.mark.slow  # the default run keeps the 2-process equality test and tests/loop_test.py's stop-and-resume
 def test_kill_one_process_mid_round_then_resume(tmp_path, four_devices):
     wd = str(tmp_path / "killed")
     procs = _start_processes(wd, 2, 2, "first")

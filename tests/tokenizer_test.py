@@ -9,6 +9,7 @@ import unicodedata
 
 import numpy as np
 import pytest
+from _required import require, require_open_clip
 
 from alpeft_jax.tokenizer import Tokenizer, default_bpe_path
 
@@ -171,16 +172,15 @@ def test_openai_cleaning_differs_from_hf_where_expected(hf_tok):
 
 
 def _load_open_clip_tokenizer():
+    require_open_clip()
     spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open_clip is not installed")
     path = os.path.join(spec.submodule_search_locations[0], "tokenizer.py")
     module_spec = importlib.util.spec_from_file_location("_open_clip_tokenizer_reference", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)  # needs ftfy, regex and torch, not the rest of open_clip
     except ImportError as e:
-        pytest.skip(f"open_clip's tokenizer.py cannot be loaded on its own: {e}")
+        require(False, f"open_clip's tokenizer.py cannot be loaded on its own ({e}): run `make install`")
     return module
 
 

@@ -12,8 +12,6 @@ and a TorchScript archive without torch. The reference is open_clip's model code
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import pickle
@@ -21,11 +19,11 @@ import sys
 
 import numpy as np
 import pytest
+from _required import require_open_clip
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
-if importlib.util.find_spec("open_clip") is None:
-    pytest.skip("open_clip (open-clip-torch) is not installed", allow_module_level=True)
+require_open_clip(module=True)
 
 from _open_clip_ref import open_clip_model_module  # noqa: E402
 

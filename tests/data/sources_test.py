@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from _required import require_fashion_mnist
 from PIL import Image
 
 from alpeft_jax.data import classnames, sources
@@ -220,8 +221,8 @@ def test_classname_assets():
 # Fashion-MNIST (Debian package), digits, arrays
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_against_manual_parse():
+    require_fashion_mnist()
     src = get_source("fashion_mnist", "train")
     assert len(src) == 60000
     np.testing.assert_array_equal(np.bincount(src.labels, minlength=10), [6000] * 10)

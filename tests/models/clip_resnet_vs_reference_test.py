@@ -10,18 +10,15 @@ archive (open_clip's `trace_model`, the format of OpenAI's releases) and loaded 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _required import require_open_clip
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
-if importlib.util.find_spec("open_clip") is None:
-    pytest.skip("open_clip (open-clip-torch) is not installed", allow_module_level=True)
+require_open_clip(module=True)
 
 from _open_clip_ref import open_clip_model_module  # noqa: E402
 
