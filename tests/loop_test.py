@@ -131,12 +131,12 @@ def _assert_same_tree(got, expected, what):
         np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{what} {k}")
 
 
-def test_stop_inside_a_round_resumes_from_the_in_round_checkpoint(tmp_path, monkeypatch):
+def test_stop_inside_a_round_resumes_from_the_in_round_checkpoint(tmp_path, tmp_path_factory, monkeypatch):
     # Round 1 trains 15 labels in batches of 4: 3 steps an epoch, 2 epochs, a checkpoint after every step. Right after
     # the checkpoint of epoch 1, batch 1 (step 4 of 6) is committed, the workdir is copied: the copy is exactly what a
     # kill at that moment leaves (every write before it is synchronous and atomic; nothing is in flight). The run
     # goes on uninterrupted as the reference, and a new Run (a new process would hold nothing more) resumes the copy.
-    cache = str(tmp_path / "cache")
+    cache = str(tmp_path_factory.getbasetemp() / "shared_cache")  # the frozen prefix, shared with the tests below
     ref_wd, wd = tmp_path / "ref", tmp_path / "stopped"
 
     def config():
