@@ -1,9 +1,13 @@
 """What the model reads for one split, chosen once per run: cached frozen-prefix rows or decoded images.
 
-`SplitInputs.batches(rows, batch_size, ...)` yields fixed-shape batches of *this process's block* of each global
-batch (`alpeft_jax.parallel`): ``{"inputs", "label", "pos", "_mask"}`` where ``pos`` is the row's position in the
-split (-1 for padding) and ``label`` is ``labels[pos]`` (-1 where unknown or padded). Every process walks the same
-global order and loads only its own rows; `Sharder.put` joins them into global arrays.
+`SplitInputs` is a split of a source (row i is ``source[positions[i]]``) with the kind of input the model reads
+from it. `SplitInputs.batches(rows, batch_size, ...)` yields fixed-shape `Batch`es (`alpeft_jax.batch`) of *this
+process's block* of each global batch (`alpeft_jax.parallel`), where ``pos`` is the row's position in the split
+(-1 for padding) and ``label`` is ``labels[pos]`` (-1 where unknown or padded). Every process walks the same global
+order and loads only its own rows; `Sharder.put` joins them into global arrays.
+
+`RunInputs` holds a run's pool and test splits and the input-kind policy: which kind scoring, evaluation and
+training read (`choose_kinds`), and the frozen-prefix caches, built on first use and kept on disk.
 
 The order of a training epoch (`epoch_rows`) depends only on (seed, epoch), and image augmentation on
 (seed, epoch, example id), so a resumed or re-sharded run sees the same batches.
@@ -11,17 +15,31 @@ The order of a training epoch (`epoch_rows`) depends only on (seed, epoch), and 
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from absl import logging
+from etils import epath
 
 from alpeft_jax import data
+from alpeft_jax.batch import Batch
 from alpeft_jax.data import preprocess as pp
+from alpeft_jax.metrics import bar
+from alpeft_jax.models.adapted import AdaptedModel, InputKind
 from alpeft_jax.parallel import Sharder
 from alpeft_jax.scoring import FeatureCache
 
-Batch = dict[str, np.ndarray]
+
+def subset(n: int, k: int, seed: int) -> np.ndarray:
+    """k of n positions drawn by `seed`, ascending (all n when k is 0 or at least n)."""
+    if not k or k >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, k, replace=False)).astype(np.int64)
 
 
 def epoch_rows(rows: np.ndarray, batch_size: int, seed: int, epoch: int, drop_last: bool) -> np.ndarray:
@@ -56,12 +74,29 @@ class SplitInputs:
         self._ids = np.asarray(source.ids, np.int64)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> InputKind:
         """"images", or the kind of the cached prefix."""
         return "images" if self.cache is None else self.cache.kind
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The dataset's labels of the rows."""
+        return np.asarray(self.source.labels, np.int64)[self.positions]
+
+    def ids(self, rows: np.ndarray) -> list[int]:
+        """Stable dataset ids of rows."""
+        return [int(i) for i in self._ids[self.positions[np.asarray(rows, np.int64)]]]
+
+    def with_cache(self, cache: FeatureCache) -> SplitInputs:
+        """The same rows read from a frozen-prefix cache of them (row i of the cache is row i of the split)."""
+        if len(cache) != len(self):
+            raise ValueError(f"the cache has {len(cache)} rows, the split {len(self)}.")
+        out = copy.copy(self)
+        out.cache = cache
+        return out
 
     def local_rows(self, rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
         """This process's rows of each global batch of `rows` (-1 for padding), in order."""
@@ -80,6 +115,10 @@ class SplitInputs:
         `labels` has one entry per row of the split; `augment=(seed, epoch)` applies the training augmentation
         (images only; cached inputs are never augmented).
         """
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows must lie in [0, {len(self)}) (positions in the split), got [{rows.min()}, "
+                             f"{rows.max()}].")
         local = self.local_rows(rows, batch_size)
         if not local:
             return
@@ -93,7 +132,7 @@ class SplitInputs:
             lab = np.full(len(r), -1, np.int32)
             if label_of is not None:
                 lab[valid] = label_of[r[valid]]
-            yield {"inputs": x, "label": lab, "pos": r, "_mask": valid}
+            yield Batch(inputs=x, label=lab, pos=r, _mask=valid)
 
     def _cached(self, r: np.ndarray) -> np.ndarray:
         valid = r >= 0
@@ -116,3 +155,76 @@ class SplitInputs:
         batches = data.Batches(self.source, src, len(local[0]), fn, spec.image_size, self.num_threads, prefetch=2)
         for b in batches:
             yield b["image"]
+
+
+# -- the input-kind policy and the prefix caches of a run ---------------------------------------------------------
+def choose_kinds(model_kind: InputKind, cache: bool, augment: bool) -> tuple[InputKind, InputKind]:
+    """(kind read by scoring and evaluation, kind read by training) for a model whose prefix is `model_kind`.
+
+    With `cache`, scoring and evaluation read the cached prefix (unless there is none: "images"); training reads it
+    too, unless it augments images.
+    """
+    use_cache = cache and model_kind != "images"
+    eval_kind: InputKind = model_kind if use_cache else "images"
+    train_kind: InputKind = "images" if (augment or not use_cache) else eval_kind
+    return eval_kind, train_kind
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of the parts' text (names a cache file after what it was computed from)."""
+    return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
+
+
+class RunInputs:
+    """A run's pool and test splits, read as the kinds `choose_kinds` picks; prefix caches built on first use.
+
+    A cache is a file ``<which>_<fingerprint>.npy`` in `cache_dir`, named after `cache_key` (what the prefix
+    depends on: backbone, dtype, image size, data) and the split's rows, so runs on the same data share it.
+    """
+
+    def __init__(
+        self,
+        model: AdaptedModel,
+        pool: SplitInputs,
+        test: SplitInputs,
+        *,
+        cache: bool,
+        augment: bool,
+        cache_dir: epath.Path,
+        cache_key: tuple[Any, ...],
+        chunk_size: int,
+        memory_budget_bytes: int,
+    ) -> None:
+        self.model = model
+        self.splits = {"pool": pool, "test": test}
+        self.eval_kind, self.train_kind = choose_kinds(model.input_kind, cache, augment)
+        self.cache_dir, self.cache_key = cache_dir, cache_key
+        self.chunk_size, self.memory_budget_bytes = chunk_size, memory_budget_bytes
+        self._cached: dict[str, SplitInputs] = {}
+
+    def get(self, which: str, for_training: bool = False) -> SplitInputs:
+        """The inputs of the pool or the test split that evaluation and scoring (or training) read."""
+        kind = self.train_kind if for_training else self.eval_kind
+        images = self.splits[which]
+        if kind == "images":
+            return images
+        if which not in self._cached:
+            self._cached[which] = images.with_cache(self._build(images, which))
+        return self._cached[which]
+
+    def _build(self, images: SplitInputs, which: str) -> FeatureCache:
+        model = self.model
+        key = fingerprint(*self.cache_key, which, hashlib.sha1(images.positions.tobytes()).hexdigest())
+        path = self.cache_dir / f"{which}_{key}.npy"
+        chunk = images.sharder.global_size(self.chunk_size)
+        n = len(images)
+        t0 = time.time()
+        with bar(f"caching {which} {model.input_kind}", n, "img") as progress:
+            cache = FeatureCache.build(
+                model, images.batches(np.arange(n), chunk), n, sharder=images.sharder,
+                memory_budget_bytes=self.memory_budget_bytes, path=str(path),
+                progress=lambda done, total: progress.update(done - progress.n),
+            )
+        logging.info("%s cache %s %s ready in %.1fs (%s)", which, model.input_kind, cache.array.shape,
+                     time.time() - t0, path)
+        return cache

@@ -11,16 +11,12 @@ Each round r (METHOD.md §3.3):
   label   the oracle reveals the labels (or a human is asked, and the run stops cleanly until they answer);
   train   a fresh trainable tree (or warm start) trained on every label so far;
   eval    accuracy, NLL, ECE, Brier on the test split; checkpoint; one row in results.jsonl.
-The phases and the labels are recorded in DIR/al_state.json before the next phase starts (see checkpoint.py for
-the resume order), so a killed run resumes where it stopped and ends with the same results.
+The phases and the labels are recorded in DIR/al_state.json before the next phase starts (see workdir.py for
+the layout and the resume order), so a killed run resumes where it stopped and ends with the same results.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import hashlib
-import json
 import sys
 import time
 from typing import Any
@@ -31,45 +27,21 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alpeft_jax import backbones, checkpoint, data, oracles, strategies
-from alpeft_jax.config import diff as config_diff
+from alpeft_jax import backbones, data, oracles, strategies
+from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import parse_options
-from alpeft_jax.inputs import SplitInputs, epoch_rows
+from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
+from alpeft_jax.metrics import Metrics, bar, calibration_activity, write_reports
 from alpeft_jax.models import lora as lora_lib
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
-from alpeft_jax.models.prompts import PromptConfig
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
-from alpeft_jax.scoring import FeatureCache, PoolScorer
+from alpeft_jax.scoring import PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
+from alpeft_jax.workdir import ConfigMismatchError, Workdir
+
+__all__ = ["ConfigMismatchError", "Run", "run", "train_config"]
 
 DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
-STATE_FILE = "al_state.json"
-CONFIG_FILE = "config.json"
-
-
-class ConfigMismatchError(ValueError):
-    """A workdir holds a run made with another config."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Small pieces
-# --------------------------------------------------------------------------------------------------
-
-
-def adapt_config(c: ml_collections.ConfigDict, family: str) -> AdaptConfig:
-    """The AdaptConfig described by `config.adapt`."""
-    a = c.adapt
-    targets = tuple(t.strip() for t in a.lora.targets.split(",") if t.strip())
-    if not targets and a.mode == "lora":
-        if family == "efficientnet":
-            raise ValueError("EfficientNet needs explicit LoRA targets, e.g. --config.adapt.lora.targets="
-                             "'blocks_1[3-5]/.*(expand|project)_conv'.")
-        targets = lora_lib.TOWER_TARGETS["both" if family != "clip" else a.lora.towers]
-    elif not targets:
-        targets = lora_lib.TOWER_TARGETS["both"]  # unused outside lora mode
-    lora_cfg = lora_lib.LoraConfig(a.lora.rank, a.lora.alpha, a.lora.dropout, a.lora.scale_mode, targets)
-    prompt_cfg = PromptConfig(a.prompt.n_ctx, a.prompt.class_specific, a.prompt.init, a.prompt.position)
-    return AdaptConfig(a.mode, lora_cfg, prompt_cfg, a.head, a.n_placeholders, a.template, float(a.head_scale))
 
 
 def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
@@ -78,82 +50,9 @@ def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
                                    float16=c.dtype == "float16")
 
 
-def _subset(n: int, k: int, seed: int) -> np.ndarray:
-    if not k or k >= n:
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng([seed, 7]).choice(n, k, replace=False)).astype(np.int64)
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
-
-
-@dataclasses.dataclass
-class Split:
-    """A split of a source restricted to `positions`; row i is source[positions[i]]."""
-
-    source: Any
-    positions: np.ndarray
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Dataset labels of the rows."""
-        return np.asarray(self.source.labels, np.int64)[self.positions]
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
-
-
-def _bar(desc: str, total: int, unit: str = "it") -> Any:
-    """A tqdm progress bar on process 0 (silent elsewhere)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not is_leader(), mininterval=2.0, dynamic_ncols=True,
-                leave=False)
-
-
-class Metrics:
-    """TensorBoard event files (process 0): per-epoch training metrics of each round, per-round results.
-
-    For a cloud workdir the events are written to a local staging folder and copied to DIR/tensorboard at every
-    flush (TensorBoard reads them from there).
-    """
-
-    def __init__(self, workdir: epath.Path) -> None:
-        self.writer, self.target, self.staging = None, workdir / "tensorboard", None
-        if is_leader():
-            from tensorboardX import SummaryWriter
-
-            logdir = str(self.target)
-            if not _path_is_local(self.target):
-                import tempfile
-
-                self.staging = tempfile.mkdtemp(prefix="alpeft_tb_")
-                logdir = self.staging
-            self.writer = SummaryWriter(logdir, flush_secs=10)
-
-    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
-        """Write the numeric entries of `values` under `prefix/` at `step`."""
-        if self.writer is None:
-            return
-        for k, v in values.items():
-            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-                self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
-
-    def flush(self) -> None:
-        """Push pending events to disk (and to the cloud workdir)."""
-        if self.writer is None:
-            return
-        self.writer.flush()
-        if self.staging is not None:
-            self.target.mkdir(parents=True, exist_ok=True)
-            for f in epath.Path(self.staging).iterdir():
-                f.copy(self.target / f.name, overwrite=True)
 
 
 class Run:
@@ -168,22 +67,19 @@ class Run:
         allow_config_change: bool = False,
     ) -> None:
         c = self.c = config
-        self.workdir = _workdir(workdir)
+        self.workdir = Workdir.open(workdir)
         if c.al.strategy not in strategies.names():
             raise ValueError(f"unknown al.strategy {c.al.strategy!r}; choose one of {', '.join(strategies.names())}.")
         if c.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}.")
         # -- the record: read by process 0, the same on every process ---------------------------------------
-        self._check_config(allow_config_change)
-        fresh = {"round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": []}
-        self.state = broadcast_json(checkpoint.read_json(self.workdir / STATE_FILE) if is_leader() else None) or fresh
+        self.workdir.record_config(c.to_dict(), allow_config_change)
+        self.record = self.workdir.read_record()
         # -- data ------------------------------------------------------------------------------------------
         data_dir = c.data.dir or None
         split_file = c.data.split_file or None
         pool_src = data.get_source(c.data.name, c.data.train_split, data_dir, split_file=split_file)
         test_src = data.get_source(c.data.name, c.data.test_split, data_dir, split_file=split_file)
-        self.pool = Split(pool_src, _subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
-        self.test = Split(test_src, _subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
         names = list(pool_src.class_names)
         if c.data.coop_names:
             try:
@@ -192,53 +88,44 @@ class Run:
                 pass
         self.class_names = names
         self.num_classes = len(names)
-        # -- mesh, model -----------------------------------------------------------------------------------
+        # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
         self.backbone = backbones.load(c.backbone, dtype=DTYPES[c.dtype])
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
-        self.model = AdaptedModel(self.backbone, names, adapt_config(c, self.backbone.family))
+        self.model = AdaptedModel(self.backbone, names, AdaptConfig.from_config(c.adapt, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
-        self.use_cache = c.scoring.cache and self.model.input_kind != "images"
-        self.eval_kind = self.model.input_kind if self.use_cache else "images"
-        self.train_kind = "images" if (c.train.augment or not self.use_cache) else self.eval_kind
-        self.trainer = Trainer(self.model, train_config(c), self.train_kind, sharder=self.sharder)
-        self.scorer = PoolScorer(self.model, self.eval_kind, chunk_size=c.scoring.batch_size, sharder=self.sharder)
+
+        def split(source: Any, positions: np.ndarray) -> SplitInputs:
+            return SplitInputs(source, positions, self.sharder, image_size=self.image_size, mean=self.backbone.mean,
+                               std=self.backbone.std, num_threads=c.data.num_threads or None)
+
+        self.pool = split(pool_src, subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
+        self.test = split(test_src, subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
+        cache_key = (c.backbone, c.dtype, self.image_size, self.model.input_kind, self.model.cache_block, c.data.name,
+                     c.data.dir)
+        self.inputs = RunInputs(self.model, self.pool, self.test, cache=c.scoring.cache, augment=c.train.augment,
+                                cache_dir=self.workdir.cache(c.scoring.cache_dir), cache_key=cache_key,
+                                chunk_size=c.scoring.batch_size,
+                                memory_budget_bytes=int(c.scoring.memory_budget_gb * (1 << 30)))
+        self.trainer = Trainer(self.model, train_config(c), self.inputs.train_kind, sharder=self.sharder)
+        self.scorer = PoolScorer(self.model, self.inputs.eval_kind, chunk_size=c.scoring.batch_size,
+                                 sharder=self.sharder)
+        # -- the round's settings, stores, oracle ------------------------------------------------------------
         self.budget = c.al.budget or self.num_classes
         self.initial = c.al.initial or self.num_classes
         self.gamma_count = strategies.candidate_count(len(self.pool), c.al.gamma)
         self.options = parse_options(c.al.options)
-        self.rounds_store = checkpoint.TreeStore(self.workdir / "ckpt")
-        self.progress_store = checkpoint.TreeStore(self.workdir / "progress", max_to_keep=1)
+        self.rounds_store = TreeStore(self.workdir.rounds)
+        self.progress_store = TreeStore(self.workdir.progress, max_to_keep=1)
         self.oracle = None
         if is_leader():  # only process 0 talks to the oracle; the labels reach the others by broadcast
             pool_view = oracles.PoolView(pool_src, self.pool.positions, names)
-            self.oracle = oracles.make(c, pool_view, self.workdir, labels_file=labels_file, run_name=c.name)
+            self.oracle = oracles.make(c, pool_view, self.workdir.root, labels_file=labels_file, run_name=c.name)
         self.metrics = Metrics(self.workdir)
-        self._inputs: dict[str, dict[str, SplitInputs]] = {}
         self._trainable: Any = None  # the model of the last finished round, when in memory
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
-    def _check_config(self, allow_change: bool) -> None:
-        path = self.workdir / CONFIG_FILE
-        new = json.loads(json.dumps(self.c.to_dict()))
-        if is_leader():
-            started = (self.workdir / STATE_FILE).exists()
-            old = checkpoint.read_json(path) if started else None  # nothing recorded yet: any config may start it
-            diffs = config_diff(old, new) if old is not None and old != new else []
-        else:
-            diffs = []
-        diffs = broadcast_json(diffs)
-        if diffs:
-            if not allow_change:
-                raise ConfigMismatchError(
-                    f"{self.workdir} holds a run with another config ({'; '.join(diffs)}); use a new --workdir, "
-                    "or pass --allow_config_change to continue it with the new config."
-                )
-            logging.warning("continuing %s with a changed config: %s", self.workdir, "; ".join(diffs))
-        if is_leader():  # hosts share the workdir: one writer
-            checkpoint.write_json(path, new)
-
     def _summary(self) -> None:
         trainable = jax.eval_shape(self.model.init, jax.random.key(0))
         n_train = lora_lib.num_params(trainable)
@@ -256,63 +143,15 @@ class Run:
                      self.c.data.name, len(self.pool), len(self.test), self.num_classes, self.image_size,
                      self.budget, self.c.al.rounds)
         logging.info("inputs: scoring/eval on %s, training on %s; mesh: %d devices over %d process(es)",
-                     self.eval_kind, self.train_kind, self.sharder.size, self.sharder.process_count)
-
-    def _save_state(self) -> None:
-        if is_leader():
-            checkpoint.write_json(self.workdir / STATE_FILE, self.state)
-
-    # -- inputs: chosen once (cached prefix or images) ---------------------------------------------------
-    def inputs(self, which: str, for_training: bool = False) -> SplitInputs:
-        """The model inputs of the pool or the test split (training on images when augmenting)."""
-        kind = self.train_kind if for_training else self.eval_kind
-        cached = self._inputs.setdefault(which, {})
-        if kind not in cached:
-            split = self.pool if which == "pool" else self.test
-            c = self.c
-            images = SplitInputs(split.source, split.positions, self.sharder, image_size=self.image_size,
-                                 mean=self.backbone.mean, std=self.backbone.std, num_threads=c.data.num_threads or None)
-            cached["images"] = images
-            if kind != "images":
-                cached[kind] = _with_cache(images, self._cache(images, which))
-        return cached[kind]
-
-    def _cache(self, images: SplitInputs, which: str) -> FeatureCache:
-        c = self.c
-        cache_dir = _path(c.scoring.cache_dir) if c.scoring.cache_dir else self.workdir / "cache"
-        key = _fingerprint(c.backbone, c.dtype, self.image_size, self.model.input_kind, self.model.cache_block,
-                           c.data.name, c.data.dir, which, hashlib.sha1(images.positions.tobytes()).hexdigest())
-        path = cache_dir / f"{which}_{key}.npy"
-        chunk = self.sharder.global_size(c.scoring.batch_size)
-        n = len(images)
-        t0 = time.time()
-        with _bar(f"caching {which} {self.model.input_kind}", n, "img") as bar:
-            cache = FeatureCache.build(
-                self.model, images.batches(np.arange(n), chunk), None, n, sharder=self.sharder,
-                memory_budget_bytes=int(c.scoring.memory_budget_gb * (1 << 30)), path=str(path),
-                progress=lambda done, total: bar.update(done - bar.n),
-            )
-        logging.info("%s cache %s %s ready in %.1fs (%s)", which, self.model.input_kind, cache.array.shape,
-                     time.time() - t0, path)
-        return cache
+                     self.inputs.eval_kind, self.inputs.train_kind, self.sharder.size, self.sharder.process_count)
 
     # -- phases ------------------------------------------------------------------------------------
-    def _labeled(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.state["labeled_rows"], np.int64), np.asarray(self.state["labels"], np.int64)
-
-    def _known(self) -> np.ndarray:
-        """Label of every pool row, -1 where not labelled yet."""
-        rows, labels = self._labeled()
-        known = np.full(len(self.pool), -1, np.int64)
-        known[rows] = labels
-        return known
-
     def _round_seed(self, r: int) -> int:
         return int(self.c.seed) * 1000 + r
 
     def select(self, r: int) -> tuple[np.ndarray, float, float, np.ndarray | None]:
         """Rows to label in round r, the seconds spent scoring and selecting, and the model's probabilities."""
-        known = self._known()
+        known = self.record.known(len(self.pool))
         labeled = known >= 0
         rng = self._round_seed(r)
         strategy = self.c.al.strategy if r > 0 else "random"
@@ -325,12 +164,12 @@ class Run:
             mc = self.c.al.mc_samples if "mc_logits" in strategies.requires(strategy) else 0
             if mc and (self.model.lora_config is None or self.model.lora_config.dropout <= 0):
                 raise ValueError("BALD needs MC dropout: use adapt.mode=lora with adapt.lora.dropout > 0.")
-            inputs = self.inputs("pool")
+            inputs = self.inputs.get("pool")
             n = len(inputs)
-            with _bar(f"round {r} scoring", n, "img") as bar:
-                pool = self.scorer.score(trainable, inputs.batches(np.arange(n), self.scorer.chunk), None, n,
+            with bar(f"round {r} scoring", n, "img") as progress:
+                pool = self.scorer.score(trainable, inputs.batches(np.arange(n), self.scorer.chunk), n,
                                          labels=known, mc_samples=mc, rng=jax.random.key(rng),
-                                         progress=lambda done, total: bar.update(done - bar.n))
+                                         progress=lambda done, total: progress.update(done - progress.n))
             t_score = time.time() - t0
         t0 = time.time()
         chosen = strategies.select_with_pcb(strategy, rng, pool, labeled, budget, self.gamma_count,
@@ -354,8 +193,8 @@ class Run:
 
     def train(self, r: int) -> tuple[Any, list[dict[str, Any]], float]:
         """Train round r's model on all labels so far; resumes from an in-round checkpoint."""
-        rows, _ = self._labeled()
-        known = self._known()
+        rows, _ = self.record.labeled()
+        known = self.record.known(len(self.pool))
         seed = self._round_seed(r)
         c = self.c
         key = jax.random.fold_in(jax.random.key(c.seed), r)
@@ -370,12 +209,12 @@ class Run:
                 history = list(meta.get("history", []))
                 logging.info("round %d: resuming training at epoch %d, batch %d", r, start_epoch, start_batch)
         bs, every = c.train.batch_size, c.train.checkpoint_every_steps
-        inputs = self.inputs("pool", for_training=True)
+        inputs = self.inputs.get("pool", for_training=True)
         augment = c.train.augment and inputs.kind == "images"
         per_epoch = steps_per_epoch(len(rows), bs, c.train.drop_last)
         done0 = per_epoch * start_epoch + start_batch
-        bar = _bar(f"round {r} training", per_epoch * c.train.epochs, "step")
-        bar.update(done0)
+        progress = bar(f"round {r} training", per_epoch * c.train.epochs, "step")
+        progress.update(done0)
         base_step = 1_000_000 * r  # TensorBoard step axis: rounds side by side
 
         def epoch_batches(epoch: int) -> Any:
@@ -384,7 +223,7 @@ class Run:
             return inputs.batches(order[first * bs:], bs, labels=known, augment=(seed, epoch) if augment else None)
 
         def on_step(st: Any, epoch: int, next_batch: int, hist: list[dict]) -> None:
-            bar.update(1)
+            progress.update(1)
             done = per_epoch * epoch + next_batch
             if every and done % every == 0:
                 self.progress_store.save(base_step + done, st,
@@ -392,7 +231,7 @@ class Run:
 
         def on_epoch_end(epoch: int, st: Any, row: dict) -> None:
             self.metrics.scalars(f"round_{r:02d}/train", row, epoch)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}")
+            progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}")
             logging.info("round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
                          r, epoch, row["loss"], row["ce"], row["calibration"], row["calibration_weight"],
                          row["train_accuracy"], row["lr"])
@@ -404,15 +243,15 @@ class Run:
         except NaNLossError as e:
             raise NaNLossError(f"round {r}: {e}") from None
         finally:
-            bar.close()
+            progress.close()
         return state, history, time.time() - t0
 
     def evaluate(self, trainable: Any) -> dict[str, float]:
         """Test metrics of a trainable tree."""
-        inputs = self.inputs("test")
+        inputs = self.inputs.get("test")
         rows = np.arange(len(inputs))
-        return self.trainer.evaluate(trainable, inputs.batches(rows, self.c.eval.batch_size, labels=self.test.labels),
-                                     kind=self.eval_kind)
+        return self.trainer.evaluate(trainable, inputs.batches(rows, self.c.eval.batch_size, labels=inputs.labels),
+                                     kind=inputs.kind)
 
     def label(self, r: int, rows: np.ndarray, predictions: Any) -> tuple[np.ndarray | None, str, dict[str, Any]]:
         """The oracle's labels for `rows` (process 0 asks, every process gets them), or None and why not."""
@@ -440,29 +279,29 @@ class Run:
     # ----------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         """Run every remaining round; returns the per-round results (stops early if labels are pending)."""
-        st = self.state
-        while st["round"] < self.c.al.rounds:
-            r = st["round"]
-            if st["phase"] == "select":
+        rec = self.record
+        while rec.round < self.c.al.rounds:
+            r = rec.round
+            if rec.phase == "select":
                 rows, t_score, t_select, probs = self.select(r)
-                st.update(phase="label", selected=rows.tolist(), t_score=t_score, t_select=t_select,
-                          predictions=None if probs is None else np.round(probs, 6).tolist())
-                self._save_state()
+                rec.phase, rec.selected, rec.t_score, rec.t_select = "label", rows.tolist(), t_score, t_select
+                rec.predictions = None if probs is None else np.round(probs, 6).tolist()
+                self.workdir.write_record(rec)
                 logging.info("round %d: selected %d examples (scoring %.1fs, selection %.2fs)", r, len(rows),
                              t_score, t_select)
-            if st["phase"] == "label":
-                rows = np.asarray(st["selected"], np.int64)
-                labels, pending, info = self.label(r, rows, st.get("predictions"))
+            if rec.phase == "label":
+                rows = np.asarray(rec.selected, np.int64)
+                labels, pending, info = self.label(r, rows, rec.predictions)
                 if labels is None:
                     logging.info("%s", pending)
                     if is_leader():
                         print(pending, file=sys.stderr)
-                    return st["results"]
-                st["labeled_rows"] = st["labeled_rows"] + rows.tolist()
-                st["labels"] = st["labels"] + [int(x) for x in labels]
-                st.update(phase="train", label_info=info)
-                self._save_state()  # the labels are recorded before any training
-            if st["phase"] == "train":
+                    return rec.results
+                rec.labeled_rows = rec.labeled_rows + rows.tolist()
+                rec.labels = rec.labels + [int(x) for x in labels]
+                rec.phase, rec.label_info = "train", info
+                self.workdir.write_record(rec)  # the labels are recorded before any training
+            if rec.phase == "train":
                 state, history, t_train = self.train(r)
                 metrics = self.evaluate(state["trainable"])
                 self.rounds_store.save(r, state, {"round": r, "metrics": metrics})
@@ -470,90 +309,30 @@ class Run:
                 self._finish_round(r, metrics, history, t_train)
                 self.progress_store.clear()
         barrier("run finished")
-        return st["results"]
+        return rec.results
 
     def _finish_round(self, r: int, metrics: dict[str, float], history: list[dict], t_train: float) -> None:
-        st = self.state
-        sel = np.asarray(st["selected"], np.int64)
-        counts = np.bincount(np.asarray(st["labels"], np.int64), minlength=self.num_classes)
+        rec = self.record
+        counts = np.bincount(np.asarray(rec.labels, np.int64), minlength=self.num_classes)
         result = {
-            "round": r, "n_labeled": len(st["labeled_rows"]), **metrics,
-            "seconds_scoring": st.get("t_score", 0.0), "seconds_selection": st.get("t_select", 0.0),
-            "seconds_training": t_train, "selected_ids": self.oracle_ids(sel),
+            "round": r, "n_labeled": len(rec.labeled_rows), **metrics,
+            "seconds_scoring": rec.t_score or 0.0, "seconds_selection": rec.t_select or 0.0,
+            "seconds_training": t_train, "selected_ids": self.pool.ids(np.asarray(rec.selected, np.int64)),
             "classes_covered": int((counts > 0).sum()), "rarest_class_labels": int(counts.min()),
             "strategy": self.c.al.strategy if r else "random",
             "final_train_loss": history[-1]["loss"] if history else None,
             **calibration_activity(history, self.c.train.calibration != "none"),
         }
-        if st.get("label_info"):
-            result["labeling"] = st["label_info"]
-        st["results"] = st["results"] + [result]
-        st.update(round=r + 1, phase="select", selected=[], predictions=None, label_info={})
-        self._save_state()
-        self.write_reports()
+        if rec.label_info:
+            result["labeling"] = rec.label_info
+        rec.results = rec.results + [result]
+        rec.round, rec.phase, rec.selected, rec.predictions, rec.label_info = r + 1, "select", [], None, {}
+        self.workdir.write_record(rec)
+        write_reports(self.workdir, self.c.name, rec.results)
         self.metrics.scalars("results", {k: v for k, v in result.items() if k != "round"}, result["n_labeled"])
         self.metrics.flush()
         logging.info("round %d: %d labels, accuracy %.4f, ECE %.4f, NLL %.4f (train %.1fs)", r,
                      result["n_labeled"], metrics["accuracy"], metrics["ece"], metrics["nll"], t_train)
-
-    def oracle_ids(self, rows: np.ndarray) -> list[int]:
-        """Stable dataset ids of pool rows."""
-        return [int(i) for i in np.asarray(self.pool.source.ids)[self.pool.positions[rows]]]
-
-    def write_reports(self) -> None:
-        """results.jsonl and curves.png from the recorded results (process 0)."""
-        from alpeft_jax import report
-
-        if not is_leader():
-            return
-        rows = self.state["results"]
-        checkpoint.atomic_write(self.workdir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        png = self.workdir / "curves.png"
-        if _path_is_local(png):
-            report.plot_curves({self.c.name: [rows]}, str(png))
-        else:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                report.plot_curves({self.c.name: [rows]}, f"{tmp}/curves.png")
-                epath.Path(f"{tmp}/curves.png").copy(png, overwrite=True)
-
-
-def calibration_activity(history: list[dict[str, Any]], calibration: bool = True) -> dict[str, float]:
-    """The mean misclassified share of the labelled batch over a round's update steps and, for a run with the
-    calibration loss, the share of steps where it was non-zero (it is exactly 0 on a batch classified right)."""
-    steps = sum(int(h["steps"]) for h in history)
-    if not steps or any("calibration_active_steps" not in h for h in history):
-        return {}
-    missed = sum(float(h["misclassified_share"]) * int(h["steps"]) for h in history)
-    out = {"train_misclassified_share": missed / steps}
-    if calibration:
-        out["calibration_active_share"] = sum(int(h["calibration_active_steps"]) for h in history) / steps
-    return out
-
-
-def _path(p: str | epath.PathLike) -> epath.Path:
-    """An epath for a local path (made absolute) or a URL such as gs://bucket/dir (left as it is)."""
-    text = str(p)
-    return epath.Path(text) if "://" in text else epath.Path(text).absolute()
-
-
-def _path_is_local(p: epath.Path) -> bool:
-    return "://" not in str(p)
-
-
-def _workdir(workdir: str | epath.PathLike) -> epath.Path:
-    path = _path(workdir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--workdir {path} is a file; pass a directory (it is created if missing).")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _with_cache(images: SplitInputs, cache: FeatureCache) -> SplitInputs:
-    out = copy.copy(images)
-    out.cache = cache
-    return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike, **kwargs: Any) -> list[dict[str, Any]]:

@@ -26,58 +26,35 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
-from alpeft_jax.models.adapted import AdaptedModel
+from alpeft_jax.batch import Batch
+from alpeft_jax.models.adapted import AdaptedModel, InputKind
 from alpeft_jax.models.heads import LossPredictionHead
 from alpeft_jax.parallel import Sharder, is_leader, make_mesh, round_up
+from alpeft_jax.workdir import is_local
 
 __all__ = ["FeatureCache", "PoolScorer", "Sharder", "make_mesh"]
 
-Batch = dict[str, Any]
 _BF16 = np.dtype(ml_dtypes.bfloat16)
-
-
-def _inputs(batch: Batch) -> np.ndarray:
-    if "inputs" in batch:
-        return batch["inputs"]
-    if "image" in batch:
-        return batch["image"]
-    raise KeyError(f"a scoring batch needs 'inputs' or 'image', got keys {sorted(batch)}.")
 
 
 def _is_global(x: Any) -> bool:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
-def _chunks(
-    batches: Iterable[Batch], positions: np.ndarray | None, chunk: int | None, sharder: Sharder
-) -> Iterator[tuple[jax.Array, jax.Array]]:
+def _chunks(batches: Iterable[Batch], chunk: int | None, sharder: Sharder) -> Iterator[tuple[jax.Array, jax.Array]]:
     """(pool positions, inputs) as global arrays of at most `chunk` rows, padded to the device count (pos -1).
 
-    A batch carries its rows' pool positions in "pos" (-1 for padding); without it, the valid rows of the
-    batches take `positions` in order (single process only). With several processes every batch is this
-    process's block of a global batch (as `alpeft_jax.inputs` makes them) and is used as it is.
+    Each batch carries its rows' pool positions in "pos" (-1 for padding). With several processes every batch is
+    this process's block of a global batch (as `alpeft_jax.inputs` makes them) and is used as it is.
     """
-    offset = 0
     for batch in batches:
-        x = _inputs(batch)
+        x = batch["inputs"]
         if _is_global(x):
             yield batch["pos"], x
             continue
-        if "pos" in batch:
-            pos = np.asarray(batch["pos"], np.int64).reshape(-1)
-        else:
-            if positions is None:
-                raise ValueError("scoring batches need 'pos' (pool positions, -1 for padding) or `positions`.")
-            mask = np.asarray(batch["_mask"], bool).reshape(-1)
-            k = int(mask.sum())
-            if offset + k > len(positions):
-                raise ValueError(f"the batches hold more than the {len(positions)} rows of `positions`; pass the "
-                                 "positions the batches were made from, in the same order.")
-            pos = np.full(mask.shape[0], -1, np.int64)
-            pos[mask] = positions[offset : offset + k]
-            offset += k
+        pos = np.asarray(batch["pos"], np.int64).reshape(-1)
         if x.shape[0] != pos.shape[0]:
-            raise ValueError(f"a batch has {x.shape[0]} input rows but a mask of {pos.shape[0]}.")
+            raise ValueError(f"a batch has {x.shape[0]} input rows but {pos.shape[0]} positions.")
         if sharder.multiprocess:
             yield sharder.put(pos), sharder.put(np.asarray(x))
             continue
@@ -91,9 +68,6 @@ def _chunks(
                 p = np.concatenate([p, np.full(pad, -1, np.int64)])
                 xs = np.concatenate([np.asarray(xs), np.zeros((pad, *xs.shape[1:]), xs.dtype)])
             yield sharder.put(p), sharder.put(np.asarray(xs))
-    if positions is not None and offset and offset != len(positions):
-        raise ValueError(f"the batches hold {offset} rows but `positions` has {len(positions)}; pass the "
-                         "positions the batches were made from, in the same order.")
 
 
 def _assemble_into(out: dict[str, np.ndarray], n: int, pos: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
@@ -141,13 +115,9 @@ def _tmp(path: str) -> str:
     return f"{path}.{jax.process_index()}.{os.getpid()}.tmp"
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in str(path)
-
-
 def _load(path: str) -> np.ndarray | None:
     """A saved cache: memory-mapped when local, read whole from a cloud path; None when absent."""
-    if _is_local(path):
+    if is_local(path):
         return _from_disk(np.load(path, mmap_mode="r")) if os.path.exists(path) else None
     p = epath.Path(path)
     if not p.exists():
@@ -169,7 +139,7 @@ def _save(path: str, array: np.ndarray) -> None:
 class FeatureCache:
     """The frozen-prefix output of every pool example, computed once (in memory, or a .npy memmap on disk)."""
 
-    def __init__(self, array: np.ndarray, kind: str) -> None:
+    def __init__(self, array: np.ndarray, kind: InputKind) -> None:
         self.array = array
         self.kind = kind
 
@@ -181,7 +151,6 @@ class FeatureCache:
         cls,
         model: AdaptedModel,
         batches: Iterable[Batch],
-        positions: np.ndarray | None,
         n: int,
         *,
         sharder: Sharder | None = None,
@@ -192,7 +161,7 @@ class FeatureCache:
     ) -> FeatureCache:
         """Run `model.prefix` over the pool, whole on every process; `batches` hold the preprocessed images.
 
-        Batches carry "pos" (pool positions) or hold the images of `positions` in order (see `_chunks`). With
+        Every pool position is in exactly one batch's "pos" (see `_chunks`). With
         `path`, a complete cache already there is reused, and a new one is saved there by process 0; one larger than
         the memory budget is written (as a .npy memmap; local paths only) instead of held in memory. The model sees
         at most `chunk_size` rows (rounded up to the device count) per call; None: the size of the incoming batches.
@@ -203,7 +172,6 @@ class FeatureCache:
             if arr is not None and arr.shape[0] == n and arr.ndim >= 2:
                 return cls(arr, model.input_kind)
         sharder = sharder or Sharder()
-        positions = None if positions is None else np.asarray(positions, np.int64)
         params = sharder.replicate(model.backbone.params)
         fn = jax.jit(lambda p, x: _prefix_with_params(model, p, x))
         leader = is_leader()
@@ -213,7 +181,7 @@ class FeatureCache:
             pos, y = sharder.to_host((pos_dev, y_dev))
             if state["out"] is None:
                 nbytes = n * int(np.prod(y.shape[1:])) * y.dtype.itemsize
-                if nbytes > memory_budget_bytes and path and _is_local(path):
+                if nbytes > memory_budget_bytes and path and is_local(path):
                     if leader:
                         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                         state["tmp"] = _tmp(path)
@@ -235,7 +203,7 @@ class FeatureCache:
         pending = None
         chunk = sharder.global_size(chunk_size) if chunk_size else None
         try:
-            for pos, x in _chunks(batches, positions, chunk, sharder):
+            for pos, x in _chunks(batches, chunk, sharder):
                 y = fn(params, x)  # dispatched asynchronously; the previous chunk is copied meanwhile
                 if pending is not None:
                     collect(*pending)
@@ -265,27 +233,6 @@ class FeatureCache:
             return cls(_load(path), model.input_kind)
         return cls(state["out"]["x"], model.input_kind)
 
-    def batches(self, positions: np.ndarray, batch_size: int, labels: np.ndarray | None = None) -> Iterator[Batch]:
-        """Fixed-size padded batches {inputs, label, _mask} of the cached rows at `positions`, in order."""
-        positions = np.asarray(positions, np.int64).reshape(-1)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
-            raise IndexError(f"cache positions must lie in [0, {len(self)}), got [{positions.min()}, "
-                             f"{positions.max()}].")
-        if labels is not None and len(labels) != len(self):
-            raise ValueError(f"labels must have one entry per cached row ({len(self)}), got {len(labels)}.")
-        for start in range(0, len(positions), batch_size):
-            pos = positions[start : start + batch_size]
-            k = len(pos)
-            x = np.asarray(self.array[pos])
-            pad = batch_size - k
-            inputs = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-            lab = np.full(batch_size, -1, np.int32)
-            if labels is not None:
-                lab[:k] = labels[pos]
-            yield {"inputs": inputs, "label": lab, "_mask": np.arange(batch_size) < k}
-
 
 def _prefix_with_params(model: AdaptedModel, params: Any, images: jax.Array) -> jax.Array:
     # The frozen params travel as a jit argument rather than a closed-over constant.
@@ -296,7 +243,7 @@ class PoolScorer:
     """Scores the pool with the current trainable tree: logits, features, optional MC-dropout logits and loss."""
 
     def __init__(
-        self, model: AdaptedModel, kind: str, *, chunk_size: int = 256, sharder: Sharder | None = None
+        self, model: AdaptedModel, kind: InputKind, *, chunk_size: int = 256, sharder: Sharder | None = None
     ) -> None:
         if kind not in ("images", model.input_kind):
             raise ValueError(f"this model scores inputs of kind 'images' or {model.input_kind!r}, not {kind!r}.")
@@ -333,7 +280,6 @@ class PoolScorer:
         self,
         trainable: Any,
         batches: Iterable[Batch],
-        positions: np.ndarray | None,
         n: int,
         *,
         labels: np.ndarray | None = None,
@@ -352,7 +298,6 @@ class PoolScorer:
             raise ValueError(f"mc_samples must be >= 0, got {mc_samples}.")
         trainable = self.sharder.replicate(trainable)
         rng = self.sharder.replicate(jax.random.key(0) if rng is None else rng)
-        positions = None if positions is None else np.asarray(positions, np.int64)
         pieces, done = [], 0
 
         def collect(pos: jax.Array, out_dev: dict[str, jax.Array]) -> None:
@@ -364,7 +309,7 @@ class PoolScorer:
                 progress(done, n)
 
         pending = None
-        for pos, x in _chunks(batches, positions, self.chunk, self.sharder):
+        for pos, x in _chunks(batches, self.chunk, self.sharder):
             out = self._score(trainable, x, pos.astype(jnp.int32), rng, int(mc_samples))
             if pending is not None:
                 collect(*pending)  # copy the previous chunk back while this one runs

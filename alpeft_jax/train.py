@@ -9,8 +9,8 @@ Data parallel: batches are global arrays split over the mesh's ``data`` axis (`a
 is replicated, and XLA averages the gradients across devices and hosts; the masked loss is a mean over the valid
 rows of the whole global batch, so the update does not depend on the number of devices.
 
-A batch is ``{"inputs": x, "label": int32[B], "_mask": bool[B]}`` where ``x`` is of the model's input kind
-(images, cached hidden states or cached features; see `alpeft_jax.models.adapted`).
+Batches are `alpeft_jax.batch.Batch`es (training reads ``inputs``, ``label`` and ``_mask``) whose ``inputs`` are of
+the trainer's input kind (images, cached hidden states or cached features; see `alpeft_jax.models.adapted`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import numpy as np
 import optax
 
 from alpeft_jax import evaluate, losses, optim
+from alpeft_jax.batch import Batch
 from alpeft_jax.config import base as base_config
-from alpeft_jax.models.adapted import AdaptedModel
+from alpeft_jax.models.adapted import AdaptedModel, InputKind
 from alpeft_jax.models.heads import LossPredictionHead
 from alpeft_jax.parallel import Sharder
 
 State = dict[str, Any]
-Batch = dict[str, Any]
 
 
 class NaNLossError(FloatingPointError):
@@ -105,7 +105,7 @@ class Trainer:
     """Compile-once, data-parallel update and evaluation steps for an `AdaptedModel` on inputs of one kind."""
 
     def __init__(
-        self, model: AdaptedModel, config: TrainConfig, kind: str = "images", sharder: Sharder | None = None
+        self, model: AdaptedModel, config: TrainConfig, kind: InputKind = "images", sharder: Sharder | None = None
     ) -> None:
         self.model = model
         self.config = config
@@ -214,7 +214,7 @@ class Trainer:
             metrics["skipped_steps"] = 1 - finite
         return new, metrics
 
-    def put(self, batch: Batch) -> Batch:
+    def put(self, batch: Batch) -> dict[str, jax.Array]:
         """A batch as global arrays on the mesh (host arrays are this process's rows; global arrays pass through)."""
         keys = ("inputs", "label", "_mask")
         if all(isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable for k in keys):
@@ -293,12 +293,12 @@ class Trainer:
         return row
 
     # ----------------------------------------------------------------------------------------------
-    def _eval_step_impl(self, trainable: Any, batch: Batch, kind: str) -> tuple[dict, jax.Array, jax.Array]:
+    def _eval_step_impl(self, trainable: Any, batch: Batch, kind: InputKind) -> tuple[dict, jax.Array, jax.Array]:
         self.traces["eval"] += 1
         logits, aux = self.model.logits(trainable, batch["inputs"], kind, train=False)
         return evaluate.batch_stats(logits, batch["label"], batch["_mask"]), logits, aux["features"]
 
-    def evaluate(self, trainable: Any, batches: Iterable[Batch], kind: str | None = None) -> dict[str, float]:
+    def evaluate(self, trainable: Any, batches: Iterable[Batch], kind: InputKind | None = None) -> dict[str, float]:
         """Accuracy, NLL, ECE (15 bins), Brier over padded batches (inputs of `kind`, default the trainer's)."""
         stats = None
         for batch in batches:
@@ -309,7 +309,7 @@ class Trainer:
         return evaluate.finalize(jax.device_get(stats))
 
     def predict(
-        self, trainable: Any, batches: Iterable[Batch], kind: str | None = None
+        self, trainable: Any, batches: Iterable[Batch], kind: InputKind | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, Batch]]:
         """Yield (logits, features, batch) per padded batch (padding rows included; use batch['_mask'])."""
         for batch in batches:

@@ -79,13 +79,14 @@ def _worker(args: argparse.Namespace) -> dict:
     def batches() -> object:
         for s in range(0, args.pool, args.chunk):
             part = pool[s : s + args.chunk]
-            yield {"inputs": part, "_mask": np.ones(len(part), bool), "pos": np.arange(s, s + len(part))}
+            yield {"inputs": part, "label": np.full(len(part), -1, np.int32), "pos": np.arange(s, s + len(part)),
+                   "_mask": np.ones(len(part), bool)}
 
-    scorer.score(state["trainable"], batches(), None, args.pool)  # warm-up (compilation)
+    scorer.score(state["trainable"], batches(), args.pool)  # warm-up (compilation)
     stimes = []
     for _ in range(max(1, args.steps // 3)):
         t0 = time.perf_counter()
-        scorer.score(state["trainable"], batches(), None, args.pool)
+        scorer.score(state["trainable"], batches(), args.pool)
         stimes.append(time.perf_counter() - t0)
     return {"devices": len(devices), "platform": devices[0].platform, "train_steps_s": train,
             "train_img_s": train * args.batch, "score_img_s": args.pool / statistics.median(stimes),

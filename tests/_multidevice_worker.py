@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alpeft_jax import backbones, strategies
+from alpeft_jax import backbones, data, strategies
+from alpeft_jax.inputs import SplitInputs
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.models.heads import LossPredictionHead
 from alpeft_jax.models.lora import LoraConfig
@@ -71,17 +72,24 @@ def pool_images(n: int = N_POOL, seed: int = 0) -> np.ndarray:
 
 
 def image_batches(images: np.ndarray, positions: np.ndarray, batch_size: int, fill: float = 0.0) -> Any:
-    """Padded batches {image, label, _id, _mask} of images[positions] in order, like `data.eval_batches`."""
+    """Padded `Batch`es {inputs, label, pos, _mask} of images[positions] in order (already preprocessed images)."""
     positions = np.asarray(positions, np.int64)
     for start in range(0, len(positions), batch_size):
-        pos = positions[start : start + batch_size]
-        k = len(pos)
+        pos = np.full(batch_size, -1, np.int64)
+        part = positions[start : start + batch_size]
+        k = len(part)
+        pos[:k] = part
         x = np.full((batch_size, *images.shape[1:]), fill, np.float32)
-        x[:k] = images[pos]
-        ids = np.full(batch_size, -1, np.int64)
-        ids[:k] = pos
-        yield {"image": x, "label": np.full(batch_size, -1, np.int32), "_id": ids,
+        x[:k] = images[part]
+        yield {"inputs": x, "label": np.full(batch_size, -1, np.int32), "pos": pos,
                "_mask": np.arange(batch_size) < k}
+
+
+def cached_inputs(cache: FeatureCache, sharder: Sharder | None = None) -> SplitInputs:
+    """The driver's inputs of a pool of len(cache) rows read from `cache` (the images are never decoded)."""
+    n = len(cache)
+    source = data.ArraySource(np.zeros((n, 1, 1, 3), np.uint8), None, CLASSES)
+    return SplitInputs(source, np.arange(n), sharder or Sharder()).with_cache(cache)
 
 
 def selections(pool: dict[str, np.ndarray], seed: int = 3) -> dict[str, np.ndarray]:
@@ -117,11 +125,11 @@ def run_all(ckpt: str, devices: list[Any], state: dict[str, Any] | None = None) 
         if kind == "images":
             batches = image_batches(images, share, CHUNK)
         else:
-            cache = FeatureCache.build(model, image_batches(images, share, CHUNK), share, N_POOL, sharder=sharder,
+            cache = FeatureCache.build(model, image_batches(images, share, CHUNK), N_POOL, sharder=sharder,
                                        chunk_size=CHUNK)
             out[f"{kind}/cache"] = np.asarray(cache.array)
-            batches = cache.batches(share, CHUNK)
-        pool = scorer.score(trainable, batches, share, N_POOL, mc_samples=MC if kind == "images" else 0,
+            batches = cached_inputs(cache, sharder).batches(share, CHUNK)
+        pool = scorer.score(trainable, batches, N_POOL, mc_samples=MC if kind == "images" else 0,
                             rng=jax.random.key(5))
         if state is not None:
             state[kind] = (model, trainable, scorer, cache)

@@ -278,7 +278,7 @@ def test_strategy_names_match_the_registry():
 
 
 def test_efficientnet_linear_needs_no_lora_targets(tmp_path):
-    from alpeft_jax import loop
+    from alpeft_jax.models.adapted import AdaptConfig
 
     c = _tiny()
     c.adapt.lora.targets = ""
@@ -287,7 +287,7 @@ def test_efficientnet_linear_needs_no_lora_targets(tmp_path):
         "--config.adapt.lora.targets='blocks_1[3-5]/.*(expand|project)_conv' (or adapt.mode=linear)"]
     c.adapt.mode = "linear"
     assert preflight.check(c, str(tmp_path / "wd")) == []
-    assert loop.adapt_config(c, "efficientnet").mode == "linear"  # no "needs explicit LoRA targets"
+    assert AdaptConfig.from_config(c.adapt, "efficientnet").mode == "linear"  # no "needs explicit LoRA targets"
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 import _multidevice_worker as w  # noqa: E402
 
 from alpeft_jax import backbones, scoring  # noqa: E402
-from alpeft_jax.scoring import FeatureCache, PoolScorer  # noqa: E402
+from alpeft_jax.scoring import FeatureCache, PoolScorer, Sharder, make_mesh  # noqa: E402
 
 N = w.N_POOL
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -148,7 +148,7 @@ def test_cache_on_disk_is_atomic_reused_and_chunked(ckpt, runs, tmp_path, monkey
         assert not os.path.exists(path), "the cache file appeared before it was complete"
 
     share = np.arange(N)
-    cache = FeatureCache.build(model, w.image_batches(state["pool"], share, 100), share, N, path=path,
+    cache = FeatureCache.build(model, w.image_batches(state["pool"], share, 100), N, path=path,
                                memory_budget_bytes=1, progress=progress, chunk_size=64, sharder=state["sharder"])
     monkeypatch.undo()
     assert seen[-1] == N and max(s[0] for s in shapes) <= 64
@@ -167,7 +167,7 @@ def test_cache_on_disk_is_atomic_reused_and_chunked(ckpt, runs, tmp_path, monkey
             yield b
 
     monkeypatch.setattr(scoring.jax, "jit", jit_counting)
-    again = FeatureCache.build(model, counted_batches(), share, N, path=path, memory_budget_bytes=1)
+    again = FeatureCache.build(model, counted_batches(), N, path=path, memory_budget_bytes=1)
     monkeypatch.undo()
     assert len(calls) == n_calls and not consumed  # reused from disk, nothing recomputed
     np.testing.assert_array_equal(np.asarray(again.array), np.asarray(cache.array))
@@ -185,7 +185,7 @@ def test_cache_interrupted_leaves_no_file(runs, tmp_path):
             yield b
 
     with pytest.raises(OSError, match="went away"):
-        FeatureCache.build(model, failing(), share, N, path=str(tmp_path / "c.npy"), memory_budget_bytes=1,
+        FeatureCache.build(model, failing(), N, path=str(tmp_path / "c.npy"), memory_budget_bytes=1,
                            sharder=state["sharder"])
     assert os.listdir(tmp_path) == []
 
@@ -196,31 +196,36 @@ def test_bfloat16_cache_survives_the_disk(ckpt, tmp_path):
     images = w.pool_images(20)
     pos = np.arange(20)
     path = str(tmp_path / "bf16.npy")
-    first = FeatureCache.build(model, w.image_batches(images, pos, 8), pos, 20, path=path)  # in memory, saved
+    first = FeatureCache.build(model, w.image_batches(images, pos, 8), 20, path=path)  # in memory, saved
     assert first.array.dtype == jnp.bfloat16
-    again = FeatureCache.build(model, iter(()), pos, 20, path=path)
+    again = FeatureCache.build(model, iter(()), 20, path=path)
     assert again.array.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(again.array, np.float32), np.asarray(first.array, np.float32))
     ref = np.asarray(bb16.encode_image(images), np.float32)
     np.testing.assert_allclose(np.asarray(first.array, np.float32), ref, atol=0.05)
 
 
-def test_cache_batches_pad_with_false_mask_and_minus_one_labels():
+def test_cached_inputs_pad_with_false_mask_and_minus_one_labels():
     arr = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
-    cache = FeatureCache(arr, "features")
+    inputs = w.cached_inputs(FeatureCache(arr, "features"), Sharder(make_mesh(jax.devices()[:1])))
+    assert inputs.kind == "features"
     labels = np.arange(10) * 10
-    got = list(cache.batches(np.array([5, 1, 3]), 2, labels))
+    got = list(inputs.batches(np.array([5, 1, 3]), 2, labels=labels))
     assert len(got) == 2
     np.testing.assert_array_equal(got[0]["inputs"], arr[[5, 1]])
     np.testing.assert_array_equal(got[0]["label"], [50, 10])
+    np.testing.assert_array_equal(got[0]["pos"], [5, 1])
     np.testing.assert_array_equal(got[1]["inputs"], np.stack([arr[3], np.zeros(3)]))
     np.testing.assert_array_equal(got[1]["_mask"], [True, False])
     np.testing.assert_array_equal(got[1]["label"], [30, -1])
+    np.testing.assert_array_equal(got[1]["pos"], [3, -1])
     assert all(b["label"].dtype == np.int32 for b in got)
-    unlabeled = list(cache.batches(np.array([0]), 4))[0]
+    unlabeled = list(inputs.batches(np.array([0]), 4))[0]
     np.testing.assert_array_equal(unlabeled["label"], [-1, -1, -1, -1])
     with pytest.raises(IndexError, match="positions"):
-        list(cache.batches(np.array([10]), 2))
+        list(inputs.batches(np.array([10]), 2))
+    with pytest.raises(ValueError, match="rows"):
+        inputs.with_cache(FeatureCache(arr[:9], "features"))  # a cache of other rows
 
 
 # -- rows, order, chunks ----------------------------------------------------------------------------------
@@ -245,20 +250,23 @@ def test_rows_in_pool_order_padding_dropped_and_chunk_bounded(runs):
     scorer = PoolScorer(spy, "images", chunk_size=w.CHUNK, sharder=state["sharder"])
     perm = np.random.default_rng(0).permutation(N)
     batches = w.image_batches(state["pool"], perm, 150, fill=np.nan)  # padding rows are NaN
-    pool = scorer.score(trainable, batches, perm, N)
+    pool = scorer.score(trainable, batches, N)
     assert spy.rows and max(spy.rows) <= w.CHUNK
     assert pool["logits"].shape == (N, len(w.CLASSES)) and np.isfinite(pool["logits"]).all()
     np.testing.assert_allclose(pool["logits"], one["images/logits"], atol=1e-5)
     np.testing.assert_allclose(pool["features"], one["images/features"], atol=1e-5)
 
 
-def test_rows_must_match_positions(runs):
+def test_batches_must_hold_every_pool_row_once(runs):
     _, _, state = runs
     model, trainable, scorer, cache = state["features"]
-    with pytest.raises(ValueError, match="positions"):
-        scorer.score(trainable, cache.batches(np.arange(N), 64), np.arange(N - 1), N)
+    inputs = w.cached_inputs(cache, state["sharder"])
+    with pytest.raises(ValueError, match="outside the pool"):  # more rows than the pool
+        scorer.score(trainable, inputs.batches(np.arange(N), 64), N - 1)
     with pytest.raises(RuntimeError, match="covered"):
-        scorer.score(trainable, cache.batches(np.arange(N - 1), 64), np.arange(N - 1), N)
+        scorer.score(trainable, inputs.batches(np.arange(N - 1), 64), N)
+    with pytest.raises(RuntimeError, match="more than once"):
+        scorer.score(trainable, inputs.batches(np.r_[np.arange(N), 7], 64), N)
     with pytest.raises(ValueError, match="kind"):
         PoolScorer(model, "hidden")
 
@@ -278,15 +286,8 @@ def test_batches_with_positions_in_any_chunking_equal_one(runs):
     _, trainable, scorer, _ = state["images"]
     images = state["pool"]
 
-    def with_pos(order, size):  # batches that carry their pool positions, in a shuffled order
-        for b, start in zip(w.image_batches(images, order, size), range(0, len(order), size)):
-            pos = np.full(size, -1, np.int64)
-            part = order[start : start + size]
-            pos[: len(part)] = part
-            yield {**b, "pos": pos}
-
-    order = np.random.default_rng(1).permutation(N)
-    pool = scorer.score(trainable, with_pos(order, 37), None, N, mc_samples=w.MC, rng=jax.random.key(5))
+    order = np.random.default_rng(1).permutation(N)  # batches of 37 that carry their pool positions, shuffled
+    pool = scorer.score(trainable, w.image_batches(images, order, 37), N, mc_samples=w.MC, rng=jax.random.key(5))
     for k in ("logits", "features", "loss_pred"):
         np.testing.assert_allclose(pool[k], one[f"images/{k}"], atol=1e-6, err_msg=k)
     # MC-dropout samples depend on the row, not on how the pool was split into chunks
@@ -304,7 +305,8 @@ def test_mc_dropout_samples_differ_and_vanish_without_dropout(runs):
     # dropout 0: every sample is the deterministic output (hidden-kind model, from the cache)
     _, trainable, scorer, cache = state["hidden"]
     assert scorer.model.lora_config.dropout == 0.0
-    pool = scorer.score(trainable, cache.batches(np.arange(N), w.CHUNK), np.arange(N), N, mc_samples=2)
+    inputs = w.cached_inputs(cache, state["sharder"])
+    pool = scorer.score(trainable, inputs.batches(np.arange(N), w.CHUNK), N, mc_samples=2)
     assert pool["mc_logits"].shape == (2, N, len(w.CLASSES))
     for s in range(2):
         np.testing.assert_allclose(pool["mc_logits"][s], one["hidden/logits"], atol=1e-5)

@@ -451,7 +451,7 @@ def _numpy_cpeal(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_calibration_activity_counts_steps_and_misclassified_share(dino):
-    from alpeft_jax.loop import calibration_activity
+    from alpeft_jax.metrics import calibration_activity
 
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
     tc = train.TrainConfig(epochs=4, batch_size=8, lr=0.5, calibration="cpeal", calibration_anneal=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from alpeft_jax.models import heads, lora, prompts
 from alpeft_jax.utils import flatten
 
 Trainable = dict[str, Any]
+InputKind = Literal["images", "hidden", "features"]  # what the model reads: see the module docstring
 _BLOCK = re.compile(r"(?:^|/)(?:block|blocks)_(\d+)(?:/|$)")
 # Image-tower parameter prefix per backbone family ("" = the whole model is the image tower).
 IMAGE_PREFIX = {"clip": "img/", "dinov2": "", "efficientnet": ""}
@@ -52,6 +53,21 @@ class AdaptConfig:
             raise ValueError(f"adapt.head must be auto|none|linear|zeroshot, got {self.head!r}.")
         if self.head_scale < 0:
             raise ValueError(f"adapt.head_scale must be >= 0 (0: raw features), got {self.head_scale}.")
+
+    @classmethod
+    def from_config(cls, a: Any, family: str) -> AdaptConfig:
+        """The AdaptConfig of a run config's `adapt` section for a backbone of `family` (default LoRA targets)."""
+        targets = tuple(t.strip() for t in a.lora.targets.split(",") if t.strip())
+        if not targets and a.mode == "lora":
+            if family == "efficientnet":
+                raise ValueError("EfficientNet needs explicit LoRA targets, e.g. --config.adapt.lora.targets="
+                                 "'blocks_1[3-5]/.*(expand|project)_conv'.")
+            targets = lora.TOWER_TARGETS["both" if family != "clip" else a.lora.towers]
+        elif not targets:
+            targets = lora.TOWER_TARGETS["both"]  # unused outside lora mode
+        lora_cfg = lora.LoraConfig(a.lora.rank, a.lora.alpha, a.lora.dropout, a.lora.scale_mode, targets)
+        prompt_cfg = prompts.PromptConfig(a.prompt.n_ctx, a.prompt.class_specific, a.prompt.init, a.prompt.position)
+        return cls(a.mode, lora_cfg, prompt_cfg, a.head, a.n_placeholders, a.template, float(a.head_scale))
 
 
 class AdaptedModel:
@@ -94,6 +110,8 @@ class AdaptedModel:
         prefix = IMAGE_PREFIX.get(backbone.family, "")
         image_targets = [m for m in self._lora_modules if m.startswith(prefix)]
         self.text_adapted = mode == "prompt" or any(m.startswith("txt/") for m in self._lora_modules)
+        self.input_kind: InputKind
+        self.cache_block: int | None
         if not image_targets:
             self.input_kind, self.cache_block = "features", None
         else:
@@ -157,7 +175,13 @@ class AdaptedModel:
         return images
 
     def image_features(
-        self, trainable: Trainable, inputs: jax.Array, kind: str, *, rng: jax.Array | None = None, train: bool = False
+        self,
+        trainable: Trainable,
+        inputs: jax.Array,
+        kind: InputKind,
+        *,
+        rng: jax.Array | None = None,
+        train: bool = False,
     ) -> jax.Array:
         """The (adapted) image embedding from images, a cached hidden state or cached features."""
         if kind == "features":
@@ -193,7 +217,7 @@ class AdaptedModel:
         self,
         trainable: Trainable,
         inputs: jax.Array,
-        kind: str | None = None,
+        kind: InputKind | None = None,
         *,
         rng: jax.Array | None = None,
         train: bool = False,
