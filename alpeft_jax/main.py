@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from alpeft_jax import config as config_lib
+from alpeft_jax import workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, caches and results.")
@@ -171,7 +172,7 @@ def main(argv: list[str]) -> None:
     if results:
         last = results[-1]
         print(f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
-              f"ECE {100 * last['ece']:.2f}% — results in {_WORKDIR.value}/results.jsonl")
+              f"ECE {100 * last['ece']:.2f}% — results in {_WORKDIR.value}/{workdir.RESULTS_FILE}")
 
 
 def run_cli(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 
 from alpeft_jax import config as config_lib
+from alpeft_jax import workdir as workdir_lib
 from alpeft_jax.data import sources, splits
 
 __all__ = ["check", "strategy_names", "DTYPES"]
@@ -344,7 +345,7 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
 
 
 def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> list[str]:
-    if "://" in workdir:
+    if not workdir_lib.is_local(workdir):
         return []  # a bucket: the checkpoint library reports access itself
     path = os.path.abspath(os.path.expanduser(workdir))
     if os.path.exists(path) and not os.path.isdir(path):
@@ -352,7 +353,8 @@ def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> 
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
             return [f"workdir {path} is not writable; pass a directory you can write to"]
-        state, recorded = os.path.join(path, "al_state.json"), os.path.join(path, "config.json")
+        state = os.path.join(path, workdir_lib.STATE_FILE)
+        recorded = os.path.join(path, workdir_lib.CONFIG_FILE)
         if os.path.exists(state) and os.path.exists(recorded) and not allow_change:
             try:
                 with open(recorded, encoding="utf-8") as f:

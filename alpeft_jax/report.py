@@ -22,18 +22,20 @@ from typing import Any
 
 import numpy as np
 
+from alpeft_jax.workdir import CONFIG_FILE, CURVES_FILE, RESULTS_FILE
+
 Rows = list[dict[str, Any]]
 
 
 def load_run(workdir: str) -> tuple[str, Rows]:
     """(group label, per-round rows) of one run directory."""
-    path = os.path.join(workdir, "results.jsonl")
+    path = os.path.join(workdir, RESULTS_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} has no results.jsonl; is it a run directory with a finished round?")
+        raise FileNotFoundError(f"{workdir} has no {RESULTS_FILE}; is it a run directory with a finished round?")
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     label = os.path.basename(os.path.normpath(workdir))
-    cfg_path = os.path.join(workdir, "config.json")
+    cfg_path = os.path.join(workdir, CONFIG_FILE)
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
             cfg = json.load(f)
@@ -45,7 +47,7 @@ def load_run(workdir: str) -> tuple[str, Rows]:
 
 def run_seed(workdir: str) -> int | None:
     """The seed in a run directory's config.json (None without one)."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -241,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.summary:
         print(markdown_table(groups, args.metric, 100.0 if args.metric in ("accuracy", "ece") else 1.0))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.workdirs[0])), "curves.png")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.workdirs[0])), CURVES_FILE)
     print(f"\nplot: {plot_curves(groups, out)}")
     return 0
 
