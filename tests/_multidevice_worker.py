@@ -89,7 +89,9 @@ def cached_inputs(cache: FeatureCache, sharder: Sharder | None = None) -> SplitI
     """The driver's inputs of a pool of len(cache) rows read from `cache` (the images are never decoded)."""
     n = len(cache)
     source = data.ArraySource(np.zeros((n, 1, 1, 3), np.uint8), None, CLASSES)
-    return SplitInputs(source, np.arange(n), sharder or Sharder()).with_cache(cache)
+    # the preprocessing spec is never used: the rows come from the cache
+    inputs = SplitInputs(source, np.arange(n), sharder or Sharder(), image_size=IMAGE, mean=(0.5,) * 3, std=(0.25,) * 3)
+    return inputs.with_cache(cache)
 
 
 def selections(pool: dict[str, np.ndarray], seed: int = 3) -> dict[str, np.ndarray]:
