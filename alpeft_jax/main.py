@@ -17,7 +17,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from alpeft_jax import config as config_lib
-from alpeft_jax import workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, caches and results.")
@@ -159,7 +158,7 @@ def main(argv: list[str]) -> None:
                                runlocal="runlocal" in [a.strip().partition("=")[0] for a in file_args])
     if problems:
         _fail(problems)
-    from alpeft_jax import loop
+    from alpeft_jax import loop, workdir
     from alpeft_jax.convert.common import CheckpointError
     from alpeft_jax.oracles import LabelFileError
 

@@ -27,13 +27,15 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from absl import logging
-from etils import epath
 
 from alpeft_jax.config import diff
+
+if TYPE_CHECKING:
+    from etils import epath
 
 STATE_FILE = "al_state.json"
 CONFIG_FILE = "config.json"
@@ -59,6 +61,8 @@ def is_local(path: str | os.PathLike) -> bool:
 
 def as_path(path: str | os.PathLike) -> epath.Path:
     """An epath for a local path (made absolute) or a URL such as gs://bucket/dir (left as it is)."""
+    from etils import epath  # here: the command line's pre-flight checks read the names above without it
+
     text = str(path)
     return epath.Path(text) if not is_local(text) else epath.Path(os.path.abspath(text))
 
