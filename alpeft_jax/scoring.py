@@ -90,9 +90,8 @@ def _assemble(n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]
     seen = np.zeros(n, np.int64)
     for pos, arrays in pieces:
         pos = np.asarray(pos, np.int64).reshape(-1)
-        keep = pos >= 0
-        np.add.at(seen, pos[keep], 1)
-        _assemble_into(out, n, pos, arrays)
+        _assemble_into(out, n, pos, arrays)  # first: it rejects positions outside the pool
+        np.add.at(seen, pos[pos >= 0], 1)
     if not np.all(seen == 1):
         missing = np.flatnonzero(seen == 0)
         raise RuntimeError(
