@@ -6,15 +6,15 @@ with rows whose ``pos`` is -1, ``label`` -1 and ``_mask`` False (so a jitted ste
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Generic, TypedDict, TypeVar
 
-import numpy as np
+A = TypeVar("A")  # the array type: np.ndarray on the host, jax.Array once on the mesh
 
 
-class Batch(TypedDict):
+class Batch(TypedDict, Generic[A]):
     """One fixed-shape batch of a split's rows."""
 
-    inputs: np.ndarray  # [B, ...] of the inputs' kind: images, cached hidden states or cached image features
-    label: np.ndarray  # int32[B]: the row's label, -1 where unknown or padding
-    pos: np.ndarray  # int64[B]: the row's position in the split, -1 for padding
-    _mask: np.ndarray  # bool[B]: True for real rows
+    inputs: A  # [B, ...] of the inputs' kind: images, cached hidden states or cached image features
+    label: A  # int32[B]: the row's label, -1 where unknown or padding
+    pos: A  # int64[B]: the row's position in the split, -1 for padding
+    _mask: A  # bool[B]: True for real rows

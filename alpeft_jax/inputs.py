@@ -109,7 +109,7 @@ class SplitInputs:
         *,
         labels: np.ndarray | None = None,
         augment: tuple[int, int] | None = None,
-    ) -> Iterator[Batch]:
+    ) -> Iterator[Batch[np.ndarray]]:
         """This process's block of each global batch of `rows` (in the given order), `batch_size` rows per batch.
 
         `labels` has one entry per row of the split; `augment=(seed, epoch)` applies the training augmentation
@@ -124,7 +124,7 @@ class SplitInputs:
             return
         label_of = None if labels is None else np.asarray(labels, np.int64)
         if self.cache is not None:
-            loaded: Iterator[np.ndarray] = (self._cached(r) for r in local)
+            loaded: Iterator[np.ndarray] = (_cached_rows(self.cache, r) for r in local)
         else:
             loaded = self._images(local, augment)
         for r, x in zip(local, loaded):
@@ -132,15 +132,7 @@ class SplitInputs:
             lab = np.full(len(r), -1, np.int32)
             if label_of is not None:
                 lab[valid] = label_of[r[valid]]
-            yield Batch(inputs=x, label=lab, pos=r, _mask=valid)
-
-    def _cached(self, r: np.ndarray) -> np.ndarray:
-        valid = r >= 0
-        x = np.asarray(self.cache.array[np.where(valid, r, 0)])
-        if not valid.all():
-            x = x.copy()
-            x[~valid] = 0
-        return x
+            yield {"inputs": x, "label": lab, "pos": r, "_mask": valid}
 
     def _images(self, local: list[np.ndarray], augment: tuple[int, int] | None) -> Iterator[np.ndarray]:
         order = np.concatenate(local)
@@ -155,6 +147,16 @@ class SplitInputs:
         batches = data.Batches(self.source, src, len(local[0]), fn, spec.image_size, self.num_threads, prefetch=2)
         for b in batches:
             yield b["image"]
+
+
+def _cached_rows(cache: FeatureCache, r: np.ndarray) -> np.ndarray:
+    """Rows `r` of a cache, zeros where r is -1 (padding)."""
+    valid = r >= 0
+    x = np.asarray(cache.array[np.where(valid, r, 0)])
+    if not valid.all():
+        x = x.copy()
+        x[~valid] = 0
+    return x
 
 
 # -- the input-kind policy and the prefix caches of a run ---------------------------------------------------------

@@ -314,7 +314,7 @@ class Run:
     def _finish_round(self, r: int, metrics: dict[str, float], history: list[dict], t_train: float) -> None:
         rec = self.record
         counts = np.bincount(np.asarray(rec.labels, np.int64), minlength=self.num_classes)
-        result = {
+        result: dict[str, Any] = {
             "round": r, "n_labeled": len(rec.labeled_rows), **metrics,
             "seconds_scoring": rec.t_score or 0.0, "seconds_selection": rec.t_select or 0.0,
             "seconds_training": t_train, "selected_ids": self.pool.ids(np.asarray(rec.selected, np.int64)),

@@ -41,7 +41,7 @@ def _is_global(x: Any) -> bool:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
-def _chunks(batches: Iterable[Batch], chunk: int | None, sharder: Sharder) -> Iterator[tuple[jax.Array, jax.Array]]:
+def _chunks(batches: Iterable[Batch[Any]], chunk: int | None, sharder: Sharder) -> Iterator[tuple[Any, Any]]:
     """(pool positions, inputs) as global arrays of at most `chunk` rows, padded to the device count (pos -1).
 
     Each batch carries its rows' pool positions in "pos" (-1 for padding). With several processes every batch is
@@ -149,7 +149,7 @@ class FeatureCache:
     def build(
         cls,
         model: AdaptedModel,
-        batches: Iterable[Batch],
+        batches: Iterable[Batch[Any]],
         n: int,
         *,
         sharder: Sharder | None = None,
@@ -278,7 +278,7 @@ class PoolScorer:
     def score(
         self,
         trainable: Any,
-        batches: Iterable[Batch],
+        batches: Iterable[Batch[Any]],
         n: int,
         *,
         labels: np.ndarray | None = None,

@@ -170,7 +170,9 @@ class Trainer:
         return losses.calibration_weight(epoch, c.epochs, c.calibration_weight, anneal=c.calibration_anneal)
 
     # ----------------------------------------------------------------------------------------------
-    def _loss(self, trainable: Any, batch: Batch, rng: jax.Array, lam: jax.Array) -> tuple[jax.Array, dict]:
+    def _loss(
+        self, trainable: Any, batch: dict[str, jax.Array], rng: jax.Array, lam: jax.Array
+    ) -> tuple[jax.Array, dict]:
         logits, _ = self.model.logits(trainable, batch["inputs"], self.kind, rng=rng, train=True)
         mask = batch["_mask"]
         ce = losses.cross_entropy(logits, batch["label"], mask=mask, label_smoothing=self.config.label_smoothing)
@@ -190,7 +192,7 @@ class Trainer:
         return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": n,
                        "calibration_active": (cal != 0).astype(jnp.int32), "misclassified_share": missed}
 
-    def _train_step_impl(self, state: State, batch: Batch, epoch: jax.Array) -> tuple[State, dict]:
+    def _train_step_impl(self, state: State, batch: dict[str, jax.Array], epoch: jax.Array) -> tuple[State, dict]:
         self.traces["train"] += 1
         rng, sub = jax.random.split(state["rng"])
         epoch = jnp.clip(epoch, 0, self.config.epochs - 1)
@@ -214,23 +216,24 @@ class Trainer:
             metrics["skipped_steps"] = 1 - finite
         return new, metrics
 
-    def put(self, batch: Batch) -> dict[str, jax.Array]:
-        """A batch as global arrays on the mesh (host arrays are this process's rows; global arrays pass through)."""
-        keys = ("inputs", "label", "_mask")
-        if all(isinstance(batch[k], jax.Array) and not batch[k].is_fully_addressable for k in keys):
-            return {k: batch[k] for k in keys}
-        if not self.sharder.multiprocess and all(isinstance(batch[k], jax.Array) for k in keys):
-            return {k: batch[k] for k in keys}
-        return self.sharder.put({k: np.asarray(batch[k]) for k in keys})
+    def put(self, batch: Batch[Any]) -> dict[str, jax.Array]:
+        """What training reads of a batch (inputs, label, _mask) as global arrays on the mesh (host arrays are this
+        process's rows; global arrays pass through)."""
+        part = {"inputs": batch["inputs"], "label": batch["label"], "_mask": batch["_mask"]}
+        if all(isinstance(x, jax.Array) and not x.is_fully_addressable for x in part.values()):
+            return part
+        if not self.sharder.multiprocess and all(isinstance(x, jax.Array) for x in part.values()):
+            return part
+        return self.sharder.put({k: np.asarray(x) for k, x in part.items()})
 
-    def train_step(self, state: State, batch: Batch, epoch: int) -> tuple[State, dict]:
+    def train_step(self, state: State, batch: Batch[Any], epoch: int) -> tuple[State, dict]:
         """One update on a padded batch; lr and calibration weight follow `epoch`."""
         return self._train_step(state, self.put(batch), jnp.asarray(epoch, jnp.int32))
 
     def fit(
         self,
         state: State,
-        epoch_batches: Callable[[int], Iterable[Batch]],
+        epoch_batches: Callable[[int], Iterable[Batch[Any]]],
         *,
         start_epoch: int = 0,
         start_batch: int = 0,
@@ -293,12 +296,16 @@ class Trainer:
         return row
 
     # ----------------------------------------------------------------------------------------------
-    def _eval_step_impl(self, trainable: Any, batch: Batch, kind: InputKind) -> tuple[dict, jax.Array, jax.Array]:
+    def _eval_step_impl(
+        self, trainable: Any, batch: dict[str, jax.Array], kind: InputKind
+    ) -> tuple[dict, jax.Array, jax.Array]:
         self.traces["eval"] += 1
         logits, aux = self.model.logits(trainable, batch["inputs"], kind, train=False)
         return evaluate.batch_stats(logits, batch["label"], batch["_mask"]), logits, aux["features"]
 
-    def evaluate(self, trainable: Any, batches: Iterable[Batch], kind: InputKind | None = None) -> dict[str, float]:
+    def evaluate(
+        self, trainable: Any, batches: Iterable[Batch[Any]], kind: InputKind | None = None
+    ) -> dict[str, float]:
         """Accuracy, NLL, ECE (15 bins), Brier over padded batches (inputs of `kind`, default the trainer's)."""
         stats = None
         for batch in batches:
@@ -309,8 +316,8 @@ class Trainer:
         return evaluate.finalize(jax.device_get(stats))
 
     def predict(
-        self, trainable: Any, batches: Iterable[Batch], kind: InputKind | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, Batch]]:
+        self, trainable: Any, batches: Iterable[Batch[Any]], kind: InputKind | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, Batch[Any]]]:
         """Yield (logits, features, batch) per padded batch (padding rows included; use batch['_mask'])."""
         for batch in batches:
             _, logits, feats = self._eval_step(trainable, self.put(batch), kind or self.kind)
