@@ -60,11 +60,11 @@ def test_clip_modes_run_two_rounds(tmp_path, clip_dir, mode, adapt, kind):
     like = run.trainer.init(jax.random.key(0))
     for r, res in enumerate(results):
         state, _ = run.rounds_store.restore(r, like)
-        test = run.inputs("test")
+        test = run.inputs.get("test")
         logits, labels = [], []
         for lg, _, batch in run.trainer.predict(state["trainable"], test.batches(np.arange(len(test)), 16,
                                                                                 labels=run.test.labels),
-                                                  kind=run.eval_kind):
+                                                  kind=test.kind):
             keep = np.asarray(batch["_mask"], bool)
             logits.append(np.asarray(lg, np.float64)[keep])
             labels.append(np.asarray(batch["label"])[keep])
