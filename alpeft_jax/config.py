@@ -1,11 +1,11 @@
 """The full set of run settings with their defaults; every file in configs/ starts from `base()`.
 
 `base()` holds every default (learning rate, epochs, loss weights, loss scaling ...), derived from their one
-declaration in `alpeft_jax.schema`; the driver reads them from the config and holds no defaults of its own. Every comparison of the papers is a
-`--config.x=y` away: strategy (`al.strategy`), calibration on/off (`train.calibration`), backbone, dataset,
-seed, rounds, budget. The calibration loss is off unless a run asks for it (the papers' baselines run without
-it; only "ours", `configs/coop.py:ours` / `configs/lora.py:ours`, has it), and `run_name` names a run by its
-strategy, loss and PCB.
+declaration in `alpeft_jax.schema`; the driver reads them from the config and holds no defaults of its own.
+Every comparison of the papers is a `--config.x=y` away: strategy (`al.strategy`), calibration on/off
+(`train.calibration`), backbone, dataset, seed, rounds, budget. The calibration loss is off unless a run asks
+for it (the papers' baselines run without it; only "ours", `configs/coop.py:ours` / `configs/lora.py:ours`, has
+it), and `run_name` names a run by its strategy, loss and PCB.
 
 Config files take a comma-separated argument string (`--config=configs/lora.py:dataset=eurosat,ours`):
 `parse_arg(arg, spec)` parses it against the arguments the file declares, typed and strict.
