@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alpeft_jax import backbones, checkpoint, data, oracles, strategies
+from alpeft_jax import backbones, checkpoint, data, oracles, schema, strategies
 from alpeft_jax.config import diff as config_diff
 from alpeft_jax.config import parse_options
 from alpeft_jax.inputs import SplitInputs, epoch_rows
@@ -42,7 +42,6 @@ from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import FeatureCache, PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
 
-DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
 STATE_FILE = "al_state.json"
 CONFIG_FILE = "config.json"
 
@@ -74,7 +73,7 @@ def adapt_config(c: ml_collections.ConfigDict, family: str) -> AdaptConfig:
 
 def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
     """The TrainConfig described by `config.train` (loss scaling where the compute dtype is float16)."""
-    return TrainConfig.from_config(c.train, loss_prediction=c.al.strategy == "learning_loss",
+    return TrainConfig.from_config(c.train, loss_prediction=strategies.facts(c.al.strategy).trains_loss_head,
                                    float16=c.dtype == "float16")
 
 
@@ -169,10 +168,7 @@ class Run:
     ) -> None:
         c = self.c = config
         self.workdir = _workdir(workdir)
-        if c.al.strategy not in strategies.names():
-            raise ValueError(f"unknown al.strategy {c.al.strategy!r}; choose one of {', '.join(strategies.names())}.")
-        if c.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}.")
+        schema.raise_problems(schema.validate(c, strategies=strategies.REGISTRY))  # what preflight checks too
         # -- the record: read by process 0, the same on every process ---------------------------------------
         self._check_config(allow_config_change)
         fresh = {"round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": []}
@@ -194,7 +190,7 @@ class Run:
         self.num_classes = len(names)
         # -- mesh, model -----------------------------------------------------------------------------------
         self.sharder = Sharder()
-        self.backbone = backbones.load(c.backbone, dtype=DTYPES[c.dtype])
+        self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
         self.model = AdaptedModel(self.backbone, names, adapt_config(c, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
@@ -319,12 +315,11 @@ class Run:
         budget = self.budget if r > 0 else self.initial
         t_score = 0.0
         pool: dict[str, Any] = {"labels": known}
-        if strategy != "random":
+        facts = strategies.facts(strategy)
+        if facts.needs_model:
             trainable = self._model_of_round(r - 1)
             t0 = time.time()
-            mc = self.c.al.mc_samples if "mc_logits" in strategies.requires(strategy) else 0
-            if mc and (self.model.lora_config is None or self.model.lora_config.dropout <= 0):
-                raise ValueError("BALD needs MC dropout: use adapt.mode=lora with adapt.lora.dropout > 0.")
+            mc = self.c.al.mc_samples if facts.needs_dropout else 0  # MC dropout: checked by schema.validate
             inputs = self.inputs("pool")
             n = len(inputs)
             with _bar(f"round {r} scoring", n, "img") as bar:

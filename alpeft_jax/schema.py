@@ -137,7 +137,7 @@ class Adapt(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class Train(_Checked):
-    """`config.train`: optimisation and losses of every round (METHOD.md §3.2)."""
+    """`config.train`: optimisation and losses of every round (METHOD.md §3.2); `train.TrainConfig` is this class."""
 
     epochs: int = setting(10, "epochs per round", range=AT_LEAST_ONE)
     batch_size: int = setting(32, "labelled examples per update step", range=AT_LEAST_ONE)
@@ -168,6 +168,15 @@ class Train(_Checked):
     loss_scale_init: float = setting(2.0**15, "dynamic loss scaling: initial scale", range=POSITIVE)
     loss_scale_growth_interval: int = setting(2000, "steps without overflow before the scale doubles",
                                               range=AT_LEAST_ONE)
+
+    @classmethod
+    def from_config(cls, train: Any, *, loss_prediction: bool = False, float16: bool = False) -> Train:
+        """The settings of a run config's `train` section (loss scaling only where the compute is float16)."""
+        values = {f.name: train[f.name] for f in dataclasses.fields(cls) if f.name in train}
+        values["loss_prediction"] = bool(values.get("loss_prediction")) or loss_prediction
+        if not float16:
+            values["loss_scale"] = "none"
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,10 +453,11 @@ def _mc_dropout(v: _View, strategies: Mapping[str, StrategyFacts] | None, family
 def _needs_clip(v: _View, strategies: Any, family: str | None) -> list[str]:
     out, mode, head = [], v["adapt.mode"], v["adapt.head"]
     if family is not None and family != "clip":
+        what = f"{family} ({v['backbone']})" if v.has("backbone") else family
         if mode == "prompt":
-            out.append(f"adapt.mode=prompt needs a CLIP backbone, not {family}; use lora or linear")
+            out.append(f"adapt.mode=prompt needs a CLIP backbone, not {what}; use lora or linear")
         if head in ("zeroshot", "none"):
-            out.append(f"adapt.head={head} needs a CLIP backbone, not {family}; use adapt.head=linear")
+            out.append(f"adapt.head={head} needs a CLIP backbone, not {what}; use adapt.head=linear")
     if mode == "prompt" and head in ("linear", "zeroshot"):
         out.append(f"adapt.head={head} with adapt.mode=prompt: prompts classify through the text tower; use "
                    "adapt.head=auto")
