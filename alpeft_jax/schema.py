@@ -37,6 +37,12 @@ class Range:
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
+    def interval(self) -> str:
+        """'>= 1', '> 0', 'in (0, 1]', ..."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
     def describe(self) -> str:
         """'must be at least 1', 'must lie in (0, 1]', ... (with the reason, if any)."""
         if self.high is None:
@@ -45,7 +51,7 @@ class Range:
             else:
                 text = "must not be negative" if self.low == 0 else f"must be at least {self.low}"
         else:
-            text = f"must lie in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+            text = f"must lie {self.interval()}"
         return f"{text}: {self.why}" if self.why else text
 
 
@@ -323,7 +329,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
             for f in dataclasses.fields(obj)}
 
 
-def help_lines() -> list[str]:
+def help_lines(strategy_names: list[str] | None = None) -> list[str]:
     """One line per setting: 'name = default  # comment [choices or range]', sections as headings."""
     out, section_docs = [], {k: v.__doc__.splitlines()[0] for k, v in _sections().items() if k}
     shown: set[str] = set()
@@ -332,10 +338,11 @@ def help_lines() -> list[str]:
         if parent and parent not in shown:
             shown.add(parent)
             out.append(f"\n# {section_docs[parent]}")
-        if f.choices:
-            accepted = " [" + " | ".join(map(str, f.choices)) + "]"
+        choices = strategy_names if name == "al.strategy" else f.choices
+        if choices:
+            accepted = " [" + " | ".join(map(str, choices)) + "]"
         elif f.range:
-            accepted = f" [{f.range.describe().removeprefix('must ')}]"
+            accepted = f" [{f.range.interval()}]"
         else:
             accepted = ""
         out.append(f"{name} = {f.default!r}  # {f.doc}{accepted}")

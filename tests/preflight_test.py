@@ -103,8 +103,8 @@ def test_misspelt_key_is_one_line_with_the_suggestion(tmp_path):
     rc, err, _ = _cli(f"--config={TINY}", f"--workdir={wd}", "--config.al.rounds=abc", "--config.zzz=1",
                       "--config.al.pcb", "--noconfig.train.augment")
     assert rc == 2 and err == ["error: --config.al.rounds=abc: expected an integer",
-                               "error: --config.zzz: no such config key; the keys and their defaults are in "
-                               "alpeft_jax/config.py base()"]
+                               "error: --config.zzz: no such config key; `python -m alpeft_jax.main --settings` "
+                               "lists every key with its default"]
     assert not wd.exists()
 
 
