@@ -59,18 +59,11 @@ class AdaptedModel:
         self.config = config
         self.num_classes = len(self.class_names)
         is_clip = backbone.has_text
-        mode = config.mode
-        if mode == "prompt" and not is_clip:
-            raise ValueError(f"Prompt learning needs a CLIP backbone, not {backbone.family}; use 'lora' or 'linear'.")
-        head = config.head
+        # prompts and the text-tower or zero-shot heads need CLIP: the rules preflight checks (schema.validate)
+        schema.raise_problems(schema.validate(config, "adapt", family="clip" if is_clip else backbone.family))
+        mode, head = config.mode, config.head
         if head == "auto":
             head = "none" if (is_clip and mode in ("lora", "prompt")) else ("zeroshot" if is_clip else "linear")
-        if head == "zeroshot" and not is_clip:
-            raise ValueError("A zero-shot head needs a CLIP backbone; use adapt.head='linear'.")
-        if mode == "prompt" and head in ("linear", "zeroshot"):
-            raise ValueError("Prompt learning classifies through the text tower; use adapt.head='auto' or 'none'.")
-        if head == "none" and not is_clip:
-            raise ValueError(f"A {backbone.family} backbone needs a head to classify; use adapt.head='linear'.")
         self.head_kind = head
         self.lora_config = (config.lora or lora.LoraConfig()) if mode == "lora" else None
         self.prompt_learner = None

@@ -112,11 +112,13 @@ def test_bad_configs(tiny_dinov2):
         AdaptConfig(mode="adapter")
     with pytest.raises(ValueError, match="adapt.head"):
         AdaptConfig(head="mlp")
-    with pytest.raises(ValueError, match="Prompt learning needs a CLIP backbone"):
+    with pytest.raises(ValueError, match="adapt.head=linear with adapt.mode=prompt: prompts classify through the text"):
+        AdaptConfig(mode="prompt", head="linear")
+    with pytest.raises(ValueError, match="adapt.mode=prompt needs a CLIP backbone, not dinov2; use lora or linear"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="prompt"))
-    with pytest.raises(ValueError, match="zero-shot head needs a CLIP"):
+    with pytest.raises(ValueError, match="adapt.head=zeroshot needs a CLIP backbone, not dinov2; use adapt.head=lin"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="linear", head="zeroshot"))
-    with pytest.raises(ValueError, match="needs a head"):
+    with pytest.raises(ValueError, match="adapt.head=none needs a CLIP backbone, not dinov2; use adapt.head=linear"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="lora", head="none"))
     with pytest.raises(ValueError, match="matched no"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="lora", lora=lora.LoraConfig(targets=("txt/.*",))))
