@@ -28,9 +28,9 @@ class Strategy(StrategyFacts):
 REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str, requires: tuple[str, ...] = (), *, needs_model: bool = True,
-             candidates: bool = True) -> Callable[[SelectFn], SelectFn]:
-    """Decorator adding a select function to the registry under `name`, with its facts (`schema.StrategyFacts`).
+def register(name: str, requires: tuple[str, ...] = (), **facts: bool) -> Callable[[SelectFn], SelectFn]:
+    """Decorator adding a select function to the registry under `name`, with its facts (`schema.StrategyFacts`:
+    needs_model, candidates; both True unless said).
 
     Write the facts as literals: preflight reads them from the decorator's source without importing JAX.
     """
@@ -38,8 +38,7 @@ def register(name: str, requires: tuple[str, ...] = (), *, needs_model: bool = T
     def deco(fn: SelectFn) -> SelectFn:
         if name in REGISTRY:
             raise ValueError(f"strategy {name!r} registered twice; pick a unique name")
-        REGISTRY[name] = Strategy(name=name, select=fn, requires=frozenset(requires), needs_model=needs_model,
-                                  candidates=candidates)
+        REGISTRY[name] = Strategy(name=name, select=fn, requires=frozenset(requires), **facts)
         return fn
 
     return deco
