@@ -1,6 +1,7 @@
 """Everything a run needs, checked before any compute: `check(config, workdir) -> list[str]`.
 
-One line per problem, every problem at once, naming the field to change and how: the config's values, the data
+One line per problem, every problem at once, naming the field to change and how: the config's values (the
+choices, ranges and cross-setting rules of `schema.validate`, with the strategies' registered facts), the data
 (present, split names the dataset really has, class count), the backbone weights (found, or the `hf download`
 command that gets them), the label schedule against the pool (`al.initial`, `al.budget`, `al.rounds`,
 `al.gamma`), and the workdir (a file, not writable, or a run of another config). Cheap and read-only: no model
