@@ -271,6 +271,16 @@ def test_values_all_at_once(tmp_path):
         "adapt.head=linear with adapt.mode=prompt: prompts classify through the text tower; use adapt.head=auto"]
 
 
+def test_prompt_without_context_is_refused_before_the_run(tmp_path):
+    c = _tiny()
+    c.adapt.prompt.n_ctx = 0  # PromptConfig (built for every adapt.mode) refuses it: preflight says so first
+    assert preflight.check(c, str(tmp_path / "wd")) == [
+        "adapt.prompt.n_ctx=0: the prompt needs at least 1 context token; raise adapt.prompt.n_ctx or set "
+        "adapt.prompt.init (its words set the context)"]
+    c.adapt.prompt.init = "a photo of a"
+    assert preflight.check(c, str(tmp_path / "wd")) == []
+
+
 def test_strategy_names_match_the_registry():
     from alpeft_jax import strategies
 
