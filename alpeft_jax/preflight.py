@@ -81,7 +81,7 @@ def _family(backbone: str) -> str | None:
 def strategy_facts() -> dict[str, schema.StrategyFacts]:
     """The strategies' registry (name -> facts), read from their `@register(...)` decorators without importing JAX."""
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "strategies")
-    out = {}
+    out: dict[str, schema.StrategyFacts] = {}
     for file in sorted(os.listdir(folder)):
         if not file.endswith(".py"):
             continue
@@ -96,7 +96,7 @@ def strategy_facts() -> dict[str, schema.StrategyFacts]:
                         if len(d.args) > 1:
                             facts["requires"] = ast.literal_eval(d.args[1])
                         facts["requires"] = frozenset(facts.get("requires", ()))
-                        out[d.args[0].value] = schema.StrategyFacts(**facts)
+                        out[str(d.args[0].value)] = schema.StrategyFacts(**facts)
     return dict(sorted(out.items()))
 
 

@@ -331,7 +331,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def help_lines(strategy_names: list[str] | None = None) -> list[str]:
     """One line per setting: 'name = default  # comment [choices or range]', sections as headings."""
-    out, section_docs = [], {k: v.__doc__.splitlines()[0] for k, v in _sections().items() if k}
+    out, section_docs = [], {k: (v.__doc__ or k).splitlines()[0] for k, v in _sections().items() if k}
     shown: set[str] = set()
     for name, f in settings_fields().items():
         parent = name.rpartition(".")[0]
