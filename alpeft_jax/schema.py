@@ -218,6 +218,10 @@ class Eval(_Checked):
     batch_size: int = setting(100, "images per evaluation step", range=AT_LEAST_ONE)
 
 
+LabelStudioImages = Literal["inline", "local", "url"]
+LabelStudioMultiple = Literal["latest", "majority"]
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelStudio(_Checked):
     """`config.label_studio`: oracle=label_studio (oracles/label_studio.py)."""
@@ -225,14 +229,14 @@ class LabelStudio(_Checked):
     url: str = setting("", "the server, e.g. http://127.0.0.1:8080; the token is read from $token_env")
     project: str = setting("", 'id or title of a project; "": one made (or found again) for this run')
     token_env: str = setting("LABEL_STUDIO_API_KEY", "holds a personal access token or a legacy token")
-    images: Literal["inline", "local", "url"] = setting("inline", "inline (PNG data URIs) | local (Label Studio "
+    images: LabelStudioImages = setting("inline", "inline (PNG data URIs) | local (Label Studio "
                                                         "local storage) | url")
     thumbnail: int = setting(256, "images=inline: longest side in pixels")
     local_root: str = setting("", "images=local: the server's LOCAL_FILES_DOCUMENT_ROOT")
     image_url_prefix: str = setting("", "images=url: tasks point at prefix + the image's file path")
     wait_seconds: float = setting(0.0, "0: stop, rerun when labelled; >0: poll this long first; <0: no limit")
     poll_seconds: float = setting(10.0, "seconds between polls while waiting")
-    multiple: Literal["latest", "majority"] = setting("latest", "several annotations of a task: latest | majority")
+    multiple: LabelStudioMultiple = setting("latest", "several annotations of a task: latest | majority")
     request_timeout: float = setting(60.0, "seconds per HTTP request")
 
 
