@@ -1,11 +1,11 @@
 """The full set of run settings with their defaults; every file in configs/ starts from `base()`.
 
-`base()` is the one place where defaults live (learning rate, epochs, loss weights, loss scaling ...); the
-driver reads them from the config and holds no defaults of its own. Every comparison of the papers is a
-`--config.x=y` away: strategy (`al.strategy`), calibration on/off (`train.calibration`), backbone, dataset,
-seed, rounds, budget. The calibration loss is off unless a run asks for it (the papers' baselines run without
-it; only "ours", `configs/coop.py:ours` / `configs/lora.py:ours`, has it), and `run_name` names a run by its
-strategy, loss and PCB.
+`base()` holds every default (learning rate, epochs, loss weights, loss scaling ...), derived from their one
+declaration in `alpeft_jax.schema`; the driver reads them from the config and holds no defaults of its own.
+Every comparison of the papers is a `--config.x=y` away: strategy (`al.strategy`), calibration on/off
+(`train.calibration`), backbone, dataset, seed, rounds, budget. The calibration loss is off unless a run asks
+for it (the papers' baselines run without it; only "ours", `configs/coop.py:ours` / `configs/lora.py:ours`, has
+it), and `run_name` names a run by its strategy, loss and PCB.
 
 Config files take a comma-separated argument string (`--config=configs/lora.py:dataset=eurosat,ours`):
 `parse_arg(arg, spec)` parses it against the arguments the file declares, typed and strict.
@@ -21,126 +21,22 @@ from typing import Any
 
 import ml_collections
 
+from alpeft_jax import schema
 from alpeft_jax.data import classnames
+from alpeft_jax.schema import parse_options
+
+__all__ = ["base", "parse_options", "apply_runlocal", "run_name", "rename_after_overrides", "parse_arg",
+           "load_config_file", "Weights", "CLIP_BACKBONES", "DINOV2_BACKBONES", "known_weights", "CPEAL_DATASETS",
+           "LAYOUTS", "set_cpeal_data", "PEAL_DATASETS", "set_peal_data", "RUN_CONTROL", "diff"]
 
 
 def base() -> ml_collections.ConfigDict:
-    """Defaults: C-PEAL's LoRA recipe (METHOD.md §3, §5) on DTD with CLIP ViT-B/16, no calibration loss."""
-    c = ml_collections.ConfigDict()
-    c.name = "run"  # a label for reports; the experiment configs set run_name(c), e.g. "entropy+calib+pcb"
-    c.seed = 1
-    c.backbone = "openai/clip-vit-base-patch16"  # HF directory / hub id, state-dict file, or "efficientnet-lite0"
-    c.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (with train.loss_scale; for GPUs)
+    """Defaults: C-PEAL's LoRA recipe (METHOD.md §3, §5) on DTD with CLIP ViT-B/16, no calibration loss.
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "dtd"  # TFDS name, "fashion_mnist", "digits", "folder", "csv", "coop:<dataset>"
-    c.data.dir = ""  # TFDS data_dir / image-folder root / CSV path / Fashion-MNIST directory / CoOp DATA root
-    c.data.train_split = "train"  # a split name or a TFDS-style slice: "train[:80%]", "train+validation"
-    c.data.test_split = "test"
-    c.data.split_file = ""  # CoOp split_zhou_*.json: over TFDS records (by file name) or a CoOp folder
-    c.data.image_size = 0  # 0: the backbone's own
-    c.data.max_pool = 0  # >0: a fixed random subset of the pool (the same for every seed and strategy)
-    c.data.max_test = 0
-    c.data.subset_seed = 0
-    c.data.coop_names = True  # CoOp's class names where the package has them (EuroSAT renames)
-    c.data.num_threads = 0  # 0: all cores
-
-    c.adapt = ml_collections.ConfigDict()
-    c.adapt.mode = "lora"  # lora | prompt | linear
-    c.adapt.head = "auto"  # auto | none | linear | zeroshot
-    c.adapt.n_placeholders = 16  # the frozen "X" tokens of CLIP's LoRA-mode prompts
-    c.adapt.template = ""
-    c.adapt.head_scale = 0.0  # >0: the linear head reads L2-normalised features x this scale (a cosine head)
-    c.adapt.lora = ml_collections.ConfigDict()
-    c.adapt.lora.rank = 4
-    c.adapt.lora.alpha = 4.0
-    c.adapt.lora.dropout = 0.25
-    c.adapt.lora.scale_mode = "sqrt"  # sqrt: alpha/sqrt(r) as the authors ran it; linear: alpha/r
-    c.adapt.lora.towers = "both"  # CLIP: both | vision | text (ignored when targets is set)
-    c.adapt.lora.targets = ""  # comma-separated regexes over module paths; "" = q,k,v of the chosen towers
-    c.adapt.prompt = ml_collections.ConfigDict()
-    c.adapt.prompt.n_ctx = 16
-    c.adapt.prompt.class_specific = True
-    c.adapt.prompt.init = ""
-    c.adapt.prompt.position = "end"
-
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 10
-    c.train.batch_size = 32
-    c.train.optimizer = "sgd"  # sgd (coupled weight decay, as the authors) | adamw
-    c.train.lr = 0.002
-    c.train.momentum = 0.9
-    c.train.weight_decay = 5e-4
-    c.train.warmup_epochs = 1
-    c.train.warmup_lr = 1e-5
-    c.train.label_smoothing = 0.0
-    c.train.calibration = "none"  # none | cpeal | avuc; the papers' "ours" is entropy + cpeal
-    c.train.calibration_weight = 1.0
-    c.train.calibration_anneal = True
-    c.train.calibration_weighting = "balanced"  # balanced | none | effective_number
-    c.train.drop_last = True
-    c.train.augment = True  # random resized crop + flip (needs the full forward; no prefix cache for training)
-    c.train.warm_start = False  # the authors re-initialise every round
-    c.train.checkpoint_every_steps = 0  # >0: also checkpoint inside a round
-    c.train.loss_prediction = False  # train the learning-loss head (set automatically for al.strategy=learning_loss)
-    c.train.loss_prediction_weight = 0.01  # METHOD.md §3.5 "LL": CE + 0.01 x loss-prediction loss
-    c.train.loss_prediction_lr = 0.1  # the loss-prediction module's own SGD
-    c.train.loss_scale = "dynamic"  # dtype=float16 only: dynamic | none
-    c.train.loss_scale_init = 2.0**15  # dynamic loss scaling: initial scale
-    c.train.loss_scale_growth_interval = 2000  # steps without overflow before the scale doubles
-
-    c.al = ml_collections.ConfigDict()
-    c.al.strategy = "entropy"
-    c.al.rounds = 10
-    c.al.budget = 0  # labels per round; 0: the number of classes K
-    c.al.initial = 0  # round-0 random labels; 0: K
-    c.al.gamma = 0.1  # candidate pool = int(gamma * initial pool size)
-    c.al.pcb = True
-    c.al.authors_quirk = False  # reproduce the reference code's idx[-K:] cut when PCB is off
-    c.al.mc_samples = 10  # BALD: MC-dropout passes through the LoRA dropout
-    c.al.options = ""  # extra strategy options as "key=value,key=value"
-
-    c.scoring = ml_collections.ConfigDict()
-    c.scoring.batch_size = 256
-    c.scoring.cache = True  # cache the frozen prefix of pool and test images once
-    c.scoring.cache_dir = ""  # "" = DIR/cache; share it between runs of the same backbone and data
-    c.scoring.memory_budget_gb = 4.0
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 100
-
-    c.oracle = "simulated"  # simulated | file | label_studio
-    c.label_studio = ml_collections.ConfigDict()  # oracle=label_studio (oracles/label_studio.py)
-    c.label_studio.url = ""  # the server, e.g. http://127.0.0.1:8080; the token is read from $token_env
-    c.label_studio.project = ""  # id or title of a project; "": one made (or found again) for this run
-    c.label_studio.token_env = "LABEL_STUDIO_API_KEY"  # holds a personal access token or a legacy token
-    c.label_studio.images = "inline"  # inline (PNG data URIs) | local (Label Studio local storage) | url
-    c.label_studio.thumbnail = 256  # images=inline: longest side in pixels
-    c.label_studio.local_root = ""  # images=local: the server's LOCAL_FILES_DOCUMENT_ROOT
-    c.label_studio.image_url_prefix = ""  # images=url: tasks point at prefix + the image's file path
-    c.label_studio.wait_seconds = 0.0  # 0: stop, rerun when labelled; >0: poll this long first; <0: no limit
-    c.label_studio.poll_seconds = 10.0
-    c.label_studio.multiple = "latest"  # several annotations of a task: latest | majority
-    c.label_studio.request_timeout = 60.0  # seconds per HTTP request
-    return c
-
-
-def parse_options(text: str) -> dict[str, Any]:
-    """'k=v,k2=v2' -> {'k': v, 'k2': v2} with ints, floats and booleans recognised."""
-    out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ValueError(f"al.options entry {part!r} is not key=value.")
-        k, v = (s.strip() for s in part.split("=", 1))
-        for cast in (int, float):
-            try:
-                out[k] = cast(v)
-                break
-            except ValueError:
-                continue
-        else:
-            out[k] = {"true": True, "false": False}.get(v.lower(), v)
-    return out
+    Every key, default, comment and accepted value is declared in `alpeft_jax.schema` (`python -m alpeft_jax.main
+    --settings` lists them); this is `schema.Settings()` as a ConfigDict.
+    """
+    return ml_collections.ConfigDict(schema.to_dict(schema.Settings()))
 
 
 def apply_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

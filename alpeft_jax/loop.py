@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alpeft_jax import backbones, data, oracles, strategies
+from alpeft_jax import backbones, data, oracles, schema, strategies
 from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import parse_options
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
@@ -41,12 +41,11 @@ from alpeft_jax.workdir import ConfigMismatchError, Workdir
 
 __all__ = ["ConfigMismatchError", "Run", "run", "train_config"]
 
-DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
 
 
 def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
     """The TrainConfig described by `config.train` (loss scaling where the compute dtype is float16)."""
-    return TrainConfig.from_config(c.train, loss_prediction=c.al.strategy == "learning_loss",
+    return TrainConfig.from_config(c.train, loss_prediction=strategies.facts(c.al.strategy).trains_loss_head,
                                    float16=c.dtype == "float16")
 
 
@@ -68,10 +67,7 @@ class Run:
     ) -> None:
         c = self.c = config
         self.workdir = Workdir.open(workdir)
-        if c.al.strategy not in strategies.names():
-            raise ValueError(f"unknown al.strategy {c.al.strategy!r}; choose one of {', '.join(strategies.names())}.")
-        if c.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}.")
+        schema.raise_problems(schema.validate(c, strategies=strategies.REGISTRY))  # what preflight checks too
         # -- the record: read by process 0, the same on every process ---------------------------------------
         self.workdir.record_config(c.to_dict(), allow_config_change)
         self.record = self.workdir.read_record()
@@ -90,7 +86,7 @@ class Run:
         self.num_classes = len(names)
         # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
-        self.backbone = backbones.load(c.backbone, dtype=DTYPES[c.dtype])
+        self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
         self.model = AdaptedModel(self.backbone, names, AdaptConfig.from_config(c.adapt, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
@@ -158,12 +154,11 @@ class Run:
         budget = self.budget if r > 0 else self.initial
         t_score = 0.0
         pool: dict[str, Any] = {"labels": known}
-        if strategy != "random":
+        facts = strategies.facts(strategy)
+        if facts.needs_model:
             trainable = self._model_of_round(r - 1)
             t0 = time.time()
-            mc = self.c.al.mc_samples if "mc_logits" in strategies.requires(strategy) else 0
-            if mc and (self.model.lora_config is None or self.model.lora_config.dropout <= 0):
-                raise ValueError("BALD needs MC dropout: use adapt.mode=lora with adapt.lora.dropout > 0.")
+            mc = self.c.al.mc_samples if facts.needs_dropout else 0  # MC dropout: checked by schema.validate
             inputs = self.inputs.get("pool")
             n = len(inputs)
             with bar(f"round {r} scoring", n, "img") as progress:

@@ -4,7 +4,7 @@ Before any compute the whole run is checked: the config file's arguments, every 
 (a misspelt key is one line with the closest real one), then `preflight.check` (data, weights, label schedule,
 workdir). Every problem is printed as one `error:` line and the command exits with status 2, having written
 nothing. Rerunning the same command with the same workdir resumes the run; `--labels=FILE` hands in the labels
-a human filled in (oracle=file).
+a human filled in (oracle=file). `--settings` lists every setting with its default and comment.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from alpeft_jax import config as config_lib
+from alpeft_jax import schema
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, caches and results.")
@@ -28,6 +29,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a multi-process run by hand.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
+flags.DEFINE_bool("settings", False, "Print every setting (--config.KEY=VALUE) with its default, comment and "
+                  "accepted values, then exit (needs no --config or --workdir).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -113,8 +116,8 @@ def command_line_problems(argv: list[str]) -> list[str]:
         key, has_value, value = a.split(".", 1)[1].partition("=")
         if key not in types:
             close = difflib.get_close_matches(key, list(types), n=1, cutoff=0.6)
-            hint = f"; did you mean --config.{close[0]}?" if close else "; the keys and their defaults are in " \
-                "alpeft_jax/config.py base()"
+            hint = f"; did you mean --config.{close[0]}?" if close else "; `python -m alpeft_jax.main --settings` " \
+                "lists every key with its default"
             problems.append(f"--config.{key}: no such config key{hint}")
             continue
         if negated or (not has_value and types[key] is bool):
@@ -174,9 +177,21 @@ def main(argv: list[str]) -> None:
               f"ECE {100 * last['ece']:.2f}% — results in {_WORKDIR.value}/{workdir.RESULTS_FILE}")
 
 
+def settings_help() -> str:
+    """Every setting with its default, comment and accepted values (`--settings`), from `alpeft_jax.schema`."""
+    from alpeft_jax import preflight
+
+    return "\n".join(["Settings: --config.KEY=VALUE overrides a config file's value; the defaults are config.base()'s "
+                      "(alpeft_jax/schema.py declares them; configs/*.py change some).",
+                      *schema.help_lines(preflight.strategy_names())])
+
+
 def run_cli(argv: list[str] | None = None) -> None:
     """The command line: argument checks (exit 2 with one line per problem), then absl and `main`."""
     argv = list(sys.argv if argv is None else argv)
+    if "--settings" in argv[1:]:
+        print(settings_help())
+        return
     problems = command_line_problems(argv)
     if problems:
         _fail(problems)

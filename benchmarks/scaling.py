@@ -60,7 +60,8 @@ def _worker(args: argparse.Namespace) -> dict:
         size = 224
     bb.params = sharder.replicate(bb.params)
     model = AdaptedModel(bb, names, AdaptConfig(mode="lora", lora=lora, head="linear"))
-    trainer = Trainer(model, TrainConfig(epochs=2, batch_size=args.batch, calibration="cpeal"), "images", sharder)
+    tc = TrainConfig(epochs=2, batch_size=args.batch, calibration="cpeal", loss_scale="none")
+    trainer = Trainer(model, tc, "images", sharder)
     g = np.random.default_rng(0)
     x = g.normal(size=(args.batch, size, size, 3)).astype(np.float32)
     batch = {"inputs": x, "label": g.integers(0, 10, args.batch).astype(np.int32), "_mask": np.ones(args.batch, bool)}

@@ -249,7 +249,7 @@ def test_file_oracle_round_trip_and_bad_label_files(tmp_path):
 
 def test_changed_config_is_refused_naming_the_fields(tmp_path):
     wd = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="unknown al.strategy 'entropyy'"):
+    with pytest.raises(ValueError, match="al.strategy='entropyy' is not one of badge, bald, coreset"):
         loop.run(_tiny("rounds=1,epochs=1,strategy=entropyy"), wd)
     loop.run(_tiny("rounds=1,epochs=1"), wd)  # nothing was recorded yet, so the corrected config starts it
     changed = _tiny("rounds=1,epochs=2")

@@ -103,8 +103,8 @@ def test_misspelt_key_is_one_line_with_the_suggestion(tmp_path):
     rc, err, _ = _cli(f"--config={TINY}", f"--workdir={wd}", "--config.al.rounds=abc", "--config.zzz=1",
                       "--config.al.pcb", "--noconfig.train.augment")
     assert rc == 2 and err == ["error: --config.al.rounds=abc: expected an integer",
-                               "error: --config.zzz: no such config key; the keys and their defaults are in "
-                               "alpeft_jax/config.py base()"]
+                               "error: --config.zzz: no such config key; `python -m alpeft_jax.main --settings` "
+                               "lists every key with its default"]
     assert not wd.exists()
 
 
@@ -269,6 +269,16 @@ def test_values_all_at_once(tmp_path):
     assert preflight.check(c, str(tmp_path / "wd")) == [
         "adapt.mode=prompt needs a CLIP backbone, not efficientnet (efficientnet-lite0); use lora or linear",
         "adapt.head=linear with adapt.mode=prompt: prompts classify through the text tower; use adapt.head=auto"]
+
+
+def test_prompt_without_context_is_refused_before_the_run(tmp_path):
+    c = _tiny()
+    c.adapt.prompt.n_ctx = 0  # PromptConfig (built for every adapt.mode) refuses it: preflight says so first
+    assert preflight.check(c, str(tmp_path / "wd")) == [
+        "adapt.prompt.n_ctx=0: the prompt needs at least 1 context token; raise adapt.prompt.n_ctx or set "
+        "adapt.prompt.init (its words set the context)"]
+    c.adapt.prompt.init = "a photo of a"
+    assert preflight.check(c, str(tmp_path / "wd")) == []
 
 
 def test_strategy_names_match_the_registry():

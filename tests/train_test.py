@@ -82,7 +82,7 @@ def _shapes(tree: Any) -> list[tuple[int, ...]]:
 def test_steps_compile_once_across_growing_rounds(dino):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="lora", lora=lora.LoraConfig(rank=2, dropout=0.1)))
     assert model.input_kind == "images"
-    trainer = train.Trainer(model, train.TrainConfig(epochs=2, batch_size=32, calibration="cpeal"))
+    trainer = train.Trainer(model, train.TrainConfig(epochs=2, batch_size=32, calibration="cpeal", loss_scale="none"))
     pool_x, pool_y = colour_images(70, seed=1)
     test_x, test_y = colour_images(37, seed=2)
     for round_, n in enumerate((5, 17, 40, 70)):
@@ -121,11 +121,12 @@ def _run_toy(backbone, config, kind_of_inputs, train_config, n=32):
 @pytest.mark.parametrize("mode", ["lora", "prompt"])
 def test_clip_toy_task(clip_bb, mode):
     if mode == "lora":  # LoRA on the image tower; the text tower (frozen "X"*16 prompts) is encoded once
-        config = AdaptConfig(mode="lora", lora=lora.LoraConfig(rank=4, alpha=4.0, targets=lora.TOWER_TARGETS["vision"]))
-        tc = train.TrainConfig(epochs=12, batch_size=16, lr=0.1, calibration="none")
+        cfg = lora.LoraConfig(rank=4, alpha=4.0, dropout=0.0, targets=lora.TOWER_TARGETS["vision"])
+        config = AdaptConfig(mode="lora", lora=cfg)
+        tc = train.TrainConfig(epochs=12, batch_size=16, lr=0.1, calibration="none", loss_scale="none")
     else:
         config = AdaptConfig(mode="prompt", prompt=prompts.PromptConfig(n_ctx=4))
-        tc = train.TrainConfig(epochs=20, batch_size=16, lr=0.005, calibration="none")
+        tc = train.TrainConfig(epochs=20, batch_size=16, lr=0.005, calibration="none", loss_scale="none")
     model = AdaptedModel(clip_bb, NAMES, config)
     kind = model.input_kind
     assert kind == ("images" if mode == "lora" else "features")
@@ -138,15 +139,15 @@ def test_clip_toy_task(clip_bb, mode):
 
 def test_linear_head_toy_task_and_gradients_only_for_trainable(dino):
     config = AdaptConfig(mode="linear")
-    tc = train.TrainConfig(epochs=10, batch_size=16, lr=1.0, calibration="avuc")
+    tc = train.TrainConfig(epochs=10, batch_size=16, lr=1.0, calibration="avuc", loss_scale="none")
     model, trainer, state, history, metrics, initial, final = _run_toy(dino, config, "features", tc)
     assert model.input_kind == "features" and set(state["trainable"]) == {"head"}
     assert history[-1]["loss"] < 0.5 * history[0]["loss"], [h["loss"] for h in history]
     assert metrics["accuracy"] == 1.0
 
     # Gradients: exactly the trainable tree, non-zero; the backbone is a constant of the loss.
-    lora_model = AdaptedModel(dino, NAMES, AdaptConfig(mode="lora", head="linear"))
-    lora_trainer = train.Trainer(lora_model, train.TrainConfig(calibration="none"))
+    lora_model = AdaptedModel(dino, NAMES, AdaptConfig(mode="lora", lora=lora.LoraConfig(dropout=0.0), head="linear"))
+    lora_trainer = train.Trainer(lora_model, train.TrainConfig(calibration="none", loss_scale="none"))
     trainable = lora_model.init(jax.random.key(1))
     trainable["lora"] = jax.tree.map(lambda x: x + 0.1, trainable["lora"])  # B != 0: A gets gradients too
     batch = next(padded_batches(*colour_images(8), 8))
@@ -165,7 +166,7 @@ def test_lr_sequence_and_optimizer_match_torch(dino, optimizer):
     images, labels = colour_images(20, seed=4)
     feats = np.asarray(jax.jit(model.prefix)(images))
     tc = train.TrainConfig(epochs=epochs, batch_size=8, lr=base_lr, calibration="none", weight_decay=wd,
-                           optimizer=optimizer)
+                           optimizer=optimizer, loss_scale="none")
     trainer = train.Trainer(model, tc, kind="features")
     seen: list[float] = []
     step = trainer._train_step
@@ -214,7 +215,8 @@ def test_lr_sequence_and_optimizer_match_torch(dino, optimizer):
 # ------------------------------------------------------------------------------------------- bad input
 def test_nan_loss_raises(dino):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    trainer = train.Trainer(model, train.TrainConfig(epochs=2, batch_size=8, calibration="none"), kind="features")
+    tc = train.TrainConfig(epochs=2, batch_size=8, calibration="none", loss_scale="none")
+    trainer = train.Trainer(model, tc, kind="features")
     feats = np.full((8, 16), np.nan, np.float32)
     state = trainer.init(jax.random.key(0))
     with pytest.raises(train.NaNLossError, match=r"training loss is nan in epoch 0.*lower train.lr"):
@@ -224,7 +226,8 @@ def test_nan_loss_raises(dino):
 # ----------------------------------------------------------------------------------------------- masks
 def test_padding_rows_do_not_change_the_update(dino):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    tc = train.TrainConfig(epochs=3, calibration="cpeal", calibration_anneal=False, loss_prediction=True, lr=0.3)
+    tc = train.TrainConfig(epochs=3, calibration="cpeal", calibration_anneal=False, loss_prediction=True, lr=0.3,
+                           loss_scale="none")
     trainer = train.Trainer(model, tc, kind="features")
     images, labels = colour_images(6, seed=5)
     feats = np.asarray(jax.jit(model.prefix)(images))
@@ -260,7 +263,7 @@ def test_masked_ranking_loss_equals_reference_on_prefix(n):
 
 def test_loss_prediction_head_trains(dino):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    tc = train.TrainConfig(epochs=8, batch_size=16, lr=0.5, calibration="none", loss_prediction=True)
+    tc = train.TrainConfig(epochs=8, batch_size=16, lr=0.5, calibration="none", loss_prediction=True, loss_scale="none")
     trainer = train.Trainer(model, tc, kind="features")
     images, labels = colour_images(32, seed=6)
     feats = np.asarray(jax.jit(model.prefix)(images))
@@ -304,7 +307,7 @@ def before_tree(flat: dict[str, np.ndarray]) -> Any:
 # ------------------------------------------------------------------------------------------ evaluation
 def test_evaluation_on_padded_batches_equals_unpadded_metrics(dino):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    trainer = train.Trainer(model, train.TrainConfig(calibration="none"), kind="features")
+    trainer = train.Trainer(model, train.TrainConfig(calibration="none", loss_scale="none"), kind="features")
     trainable = model.init(jax.random.key(0))
     images, labels = colour_images(37, seed=7)
     labels[::5] = (labels[::5] + 1) % 4  # some wrong predictions
@@ -349,7 +352,8 @@ def test_loss_scaling_is_exact_without_overflow(dino):
     tc = dict(epochs=6, batch_size=16, lr=1.0, calibration="cpeal")
     _, _, scaled, hist, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features",
                                            train.TrainConfig(**tc, loss_scale="dynamic", loss_scale_growth_interval=3))
-    _, _, plain, _, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features", train.TrainConfig(**tc))
+    _, _, plain, _, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features",
+                                       train.TrainConfig(**tc, loss_scale="none"))
     a, b = _numpy_tree(scaled["trainable"]), _numpy_tree(plain["trainable"])
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -454,7 +458,8 @@ def test_calibration_activity_counts_steps_and_misclassified_share(dino):
     from alpeft_jax.metrics import calibration_activity
 
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    tc = train.TrainConfig(epochs=4, batch_size=8, lr=0.5, calibration="cpeal", calibration_anneal=False)
+    tc = train.TrainConfig(epochs=4, batch_size=8, lr=0.5, calibration="cpeal", calibration_anneal=False,
+                           loss_scale="none")
     trainer = train.Trainer(model, tc, kind="features")
     images, labels = colour_images(20, seed=6)
     feats = np.asarray(jax.jit(model.prefix)(images))
@@ -493,5 +498,5 @@ def test_cosine_head_reads_normalised_features_times_scale(dino):
     np.testing.assert_allclose(np.asarray(logits), 16.0 * unit @ k + b, rtol=1e-5, atol=1e-5)
     raw, _ = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear")).logits(trainable, jnp.asarray(feats), "features")
     np.testing.assert_allclose(np.asarray(raw), feats @ k + b, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="head_scale must be >= 0"):
+    with pytest.raises(ValueError, match=r"adapt.head_scale=-1.0 must not be negative"):
         AdaptConfig(mode="linear", head_scale=-1.0)

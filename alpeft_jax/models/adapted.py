@@ -24,6 +24,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from alpeft_jax import schema
 from alpeft_jax.models import heads, lora, prompts
 from alpeft_jax.utils import flatten
 
@@ -36,23 +37,18 @@ IMAGE_PREFIX = {"clip": "img/", "dinov2": "", "efficientnet": ""}
 
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
-    """How a backbone is adapted."""
+    """How a backbone is adapted; the defaults are `config.base().adapt`'s (declared in `alpeft_jax.schema`)."""
 
-    mode: str = "lora"  # "lora" | "prompt" | "linear"
-    lora: lora.LoraConfig | None = None
-    prompt: prompts.PromptConfig | None = None
-    head: str = "auto"  # "auto" | "none" | "linear" | "zeroshot"
-    n_placeholders: int = 16  # the frozen "X" tokens of CLIP's LoRA-mode prompts
-    template: str = ""  # instead of "X"*n: e.g. "a photo of a {}." (CLIP LoRA mode / zero-shot head)
-    head_scale: float = 0.0  # >0: a linear head reads L2-normalised features times this scale (cosine head)
+    mode: str = schema.default("adapt.mode")  # "lora" | "prompt" | "linear"
+    lora: lora.LoraConfig | None = dataclasses.field(default_factory=lora.LoraConfig)  # None: LoraConfig()
+    prompt: prompts.PromptConfig | None = dataclasses.field(default_factory=prompts.PromptConfig)  # None: idem
+    head: str = schema.default("adapt.head")  # "auto" | "none" | "linear" | "zeroshot"
+    n_placeholders: int = schema.default("adapt.n_placeholders")  # the frozen "X" tokens of CLIP's LoRA-mode prompts
+    template: str = schema.default("adapt.template")  # instead of "X"*n: e.g. "a photo of a {}."
+    head_scale: float = schema.default("adapt.head_scale")  # >0: a linear head reads L2-normalised features x this
 
     def __post_init__(self) -> None:
-        if self.mode not in ("lora", "prompt", "linear"):
-            raise ValueError(f"adapt.mode must be 'lora', 'prompt' or 'linear', got {self.mode!r}.")
-        if self.head not in ("auto", "none", "linear", "zeroshot"):
-            raise ValueError(f"adapt.head must be auto|none|linear|zeroshot, got {self.head!r}.")
-        if self.head_scale < 0:
-            raise ValueError(f"adapt.head_scale must be >= 0 (0: raw features), got {self.head_scale}.")
+        schema.raise_problems(schema.validate(self, "adapt"))
 
     @classmethod
     def from_config(cls, a: Any, family: str) -> AdaptConfig:
@@ -79,18 +75,11 @@ class AdaptedModel:
         self.config = config
         self.num_classes = len(self.class_names)
         is_clip = backbone.has_text
-        mode = config.mode
-        if mode == "prompt" and not is_clip:
-            raise ValueError(f"Prompt learning needs a CLIP backbone, not {backbone.family}; use 'lora' or 'linear'.")
-        head = config.head
+        # prompts and the text-tower or zero-shot heads need CLIP: the rules preflight checks (schema.validate)
+        schema.raise_problems(schema.validate(config, "adapt", family="clip" if is_clip else backbone.family))
+        mode, head = config.mode, config.head
         if head == "auto":
             head = "none" if (is_clip and mode in ("lora", "prompt")) else ("zeroshot" if is_clip else "linear")
-        if head == "zeroshot" and not is_clip:
-            raise ValueError("A zero-shot head needs a CLIP backbone; use adapt.head='linear'.")
-        if mode == "prompt" and head in ("linear", "zeroshot"):
-            raise ValueError("Prompt learning classifies through the text tower; use adapt.head='auto' or 'none'.")
-        if head == "none" and not is_clip:
-            raise ValueError(f"A {backbone.family} backbone needs a head to classify; use adapt.head='linear'.")
         self.head_kind = head
         self.lora_config = (config.lora or lora.LoraConfig()) if mode == "lora" else None
         self.prompt_learner = None

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from alpeft_jax import schema
 from alpeft_jax.utils import flatten, unflatten
 
 LoraTree = dict[str, Any]  # nested like the params: {..., "attn": {"q": {"a": [in, r], "b": [r, out]}}}
@@ -40,24 +41,24 @@ TOWER_TARGETS = {
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """Rank, scale, dropout and target modules (regexes over module paths) of a LoRA adaptation."""
+    """Rank, scale, dropout and target modules (regexes over module paths) of a LoRA adaptation.
 
-    rank: int = 4
-    alpha: float = 4.0
-    dropout: float = 0.0
+    The defaults are `config.base().adapt.lora`'s (declared in `alpeft_jax.schema`); `targets` defaults to q, k, v
+    of every attention block, what the driver makes of `adapt.lora.targets=""` with `towers=both`.
+    """
+
+    rank: int = schema.default("adapt.lora.rank")
+    alpha: float = schema.default("adapt.lora.alpha")
+    dropout: float = schema.default("adapt.lora.dropout")
     # "sqrt": alpha / sqrt(rank) (rsLoRA, as the authors ran it); "linear": alpha / rank.
-    scale_mode: str = "sqrt"
-    targets: tuple[str, ...] = (QKV,)
+    scale_mode: str = schema.default("adapt.lora.scale_mode")
+    targets: tuple[str, ...] = TOWER_TARGETS[schema.default("adapt.lora.towers")]
 
     def __post_init__(self) -> None:
-        if int(self.rank) != self.rank or self.rank <= 0:
-            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank}; set lora.rank >= 1.")
-        if self.scale_mode not in ("sqrt", "linear"):
-            raise ValueError(f"LoRA scale_mode must be 'sqrt' or 'linear', got {self.scale_mode!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+        problems = schema.validate(self, "adapt.lora")
         if not self.targets:
-            raise ValueError("LoRA needs at least one target regex (lora.targets).")
+            problems.append("adapt.lora.targets: LoRA needs at least one target regex")
+        schema.raise_problems(problems)
 
     @property
     def scale(self) -> float:

@@ -16,22 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alpeft_jax import schema
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
-    """CoOp prompt settings."""
+    """CoOp prompt settings; the defaults are `config.base().adapt.prompt`'s (declared in `alpeft_jax.schema`)."""
 
-    n_ctx: int = 16
-    class_specific: bool = True  # CoOp's CSC: one context per class
-    init: str = ""  # words to initialise the context from, e.g. "a photo of a"; "" -> N(0, 0.02^2)
-    position: str = "end"  # class token position: "end" | "middle" | "front"
+    n_ctx: int = schema.default("adapt.prompt.n_ctx")
+    class_specific: bool = schema.default("adapt.prompt.class_specific")  # CoOp's CSC: one context per class
+    init: str = schema.default("adapt.prompt.init")  # words to initialise the context from; "" -> N(0, 0.02^2)
+    position: str = schema.default("adapt.prompt.position")  # class token position: "end" | "middle" | "front"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.position not in ("end", "middle", "front"):
-            raise ValueError(f"prompt.position must be 'end', 'middle' or 'front', got {self.position!r}.")
-        if self.n_ctx <= 0 and not self.init:
-            raise ValueError(f"prompt.n_ctx must be >= 1, got {self.n_ctx}.")
+        schema.raise_problems(schema.validate(self, "adapt.prompt"))
 
 
 def class_prompt(name: str, n_ctx: int, placeholder: str = "X") -> str:

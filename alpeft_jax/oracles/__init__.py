@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from alpeft_jax import schema
 from alpeft_jax.oracles.base import LabelFileError, Oracle, PendingLabels, PoolView
 from alpeft_jax.oracles.file import FileOracle
 from alpeft_jax.oracles.label_studio import LabelStudioOracle
@@ -27,7 +28,7 @@ __all__ = [
     "FileOracle", "LabelFileError", "LabelStudioOracle", "Oracle", "PendingLabels", "PoolView", "SimulatedOracle",
     "make",
 ]
-KINDS = ("simulated", "file", "label_studio")
+KINDS = schema.settings_fields()["oracle"].choices  # config.oracle's choices: "simulated", "file", "label_studio"
 
 
 def make(config: ml_collections.ConfigDict | str, pool: PoolView, workdir: str | os.PathLike, *,

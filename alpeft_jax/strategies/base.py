@@ -10,30 +10,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alpeft_jax.schema import StrategyFacts
 from alpeft_jax.strategies import spmd
 
 SelectFn = Callable[..., np.ndarray]
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """A registered strategy: its select function and the pool keys it reads."""
+@dataclass(frozen=True, kw_only=True)
+class Strategy(StrategyFacts):
+    """A registered strategy: its name, its select function and its facts (the pool keys it reads, whether it needs
+    a model and proposes candidates; see `schema.StrategyFacts`)."""
 
     name: str
     select: SelectFn
-    requires: frozenset[str]
 
 
 REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str, requires: tuple[str, ...] = ()) -> Callable[[SelectFn], SelectFn]:
-    """Decorator adding a select function to the registry under `name`."""
+def register(name: str, requires: tuple[str, ...] = (), **facts: bool) -> Callable[[SelectFn], SelectFn]:
+    """Decorator adding a select function to the registry under `name`, with its facts (`schema.StrategyFacts`:
+    needs_model, candidates; both True unless said).
+
+    Write the facts as literals: preflight reads them from the decorator's source without importing JAX.
+    """
 
     def deco(fn: SelectFn) -> SelectFn:
         if name in REGISTRY:
             raise ValueError(f"strategy {name!r} registered twice; pick a unique name")
-        REGISTRY[name] = Strategy(name, fn, frozenset(requires))
+        REGISTRY[name] = Strategy(name=name, select=fn, requires=frozenset(requires), **facts)
         return fn
 
     return deco

@@ -88,7 +88,7 @@ def _select(feat: jax.Array, logits: jax.Array, labels: jax.Array, labeled: jax.
     return spmd.spmd(local, mesh, (spmd.ROWS,) * 4 + (rep, rep), rep)(feat, logits, labels, labeled, lab_ids, n_lab)
 
 
-@register("featdist", requires=("logits", "labels"))
+@register("featdist", requires=("logits", "labels"), candidates=False)
 def select_featdist(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
                     feature_key: str = "logits", sharded: bool | None = None, **_: object) -> np.ndarray:
     """Unlabelled examples sorted by featdist distance, descending; unknown-class ones fill any shortfall.

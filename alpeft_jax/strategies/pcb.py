@@ -91,8 +91,8 @@ def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.n
     """One AL round's query (METHOD 3.3): `strategy` proposes candidates, PCB (or a cut) keeps `budget`.
 
     gamma_count is n_cand = int(gamma * initial pool size) (`candidate_count`), raised to `budget` if smaller;
-    fewer remaining examples means all of them. `random` is pure random and `featdist` proposes `budget`
-    directly (PCB only permutes).
+    fewer remaining examples means all of them. A strategy registered with `needs_model=False` (`random`) is pure
+    random; one with `candidates=False` (`featdist`) proposes `budget` directly (PCB only permutes).
     Without PCB the first `budget` candidates (the most informative) are kept. The reference code keeps
     idx[-budget:], right for its ascending entropy list but the least informative of the candidates for
     margin/least-confidence/learning-loss and the last-chosen centres for BADGE/Coreset;
@@ -103,10 +103,10 @@ def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.n
     labeled, _n = check_inputs(pool, labeled, budget, REGISTRY[strategy].requires)
     k_sel, k_pcb = jax.random.split(as_key(rng))
     select = REGISTRY[strategy].select
-    if strategy == "random":
+    if not REGISTRY[strategy].needs_model:  # pure random: no pseudo-labels for PCB
         return select(k_sel, pool, labeled, budget, **options)
     n_unl = int((~labeled).sum())
-    n_cand = budget if strategy == "featdist" else min(max(int(gamma_count), budget), n_unl)
+    n_cand = min(max(int(gamma_count), budget), n_unl) if REGISTRY[strategy].candidates else budget
     cand = np.asarray(select(k_sel, pool, labeled, n_cand, **options), np.int64)
     if use_pcb:
         if "logits" not in pool or "labels" not in pool:

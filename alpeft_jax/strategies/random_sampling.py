@@ -53,7 +53,7 @@ def _permuted_unlabeled(key: jax.Array, labeled: jax.Array, budget: int) -> jax.
     return unl[:budget]
 
 
-@register("random")
+@register("random", needs_model=False, candidates=False)
 def select_random(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
                   **_: object) -> np.ndarray:
     """`budget` unlabelled examples drawn uniformly without replacement.

@@ -41,7 +41,7 @@ def images():
      (lora.TOWER_TARGETS["both"], "images")],
 )
 def test_clip_lora_logits_equal_merged_reference_for_every_input_kind(vocab_clip, images, targets, kind):
-    cfg = lora.LoraConfig(rank=2, alpha=4.0, targets=targets)
+    cfg = lora.LoraConfig(rank=2, alpha=4.0, targets=targets, dropout=0.0)
     model = AdaptedModel(vocab_clip, NAMES, AdaptConfig(mode="lora", lora=cfg))
     assert model.input_kind == kind and model.head_kind == "none"
     assert model.cache_block == (1 if kind == "hidden" else None)
@@ -95,7 +95,7 @@ def test_dinov2_lora_and_linear(tiny_dinov2, images):
     bound = 1 / np.sqrt(16)
     assert np.abs(head["kernel"]).max() <= bound and np.abs(head["bias"]).max() <= bound
 
-    cfg = lora.LoraConfig(rank=2, targets=(r"encoder/block_1/(attn/(q|v)|mlp/fc1)",))
+    cfg = lora.LoraConfig(rank=2, targets=(r"encoder/block_1/(attn/(q|v)|mlp/fc1)",), dropout=0.0)
     model = AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="lora", lora=cfg))
     assert model.input_kind == "hidden" and model.cache_block == 1 and model.head_kind == "linear"
     trainable = _random_b(model.init(jax.random.key(1)))
@@ -112,11 +112,13 @@ def test_bad_configs(tiny_dinov2):
         AdaptConfig(mode="adapter")
     with pytest.raises(ValueError, match="adapt.head"):
         AdaptConfig(head="mlp")
-    with pytest.raises(ValueError, match="Prompt learning needs a CLIP backbone"):
+    with pytest.raises(ValueError, match="adapt.head=linear with adapt.mode=prompt: prompts classify through the text"):
+        AdaptConfig(mode="prompt", head="linear")
+    with pytest.raises(ValueError, match="adapt.mode=prompt needs a CLIP backbone, not dinov2; use lora or linear"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="prompt"))
-    with pytest.raises(ValueError, match="zero-shot head needs a CLIP"):
+    with pytest.raises(ValueError, match="adapt.head=zeroshot needs a CLIP backbone, not dinov2; use adapt.head=lin"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="linear", head="zeroshot"))
-    with pytest.raises(ValueError, match="needs a head"):
+    with pytest.raises(ValueError, match="adapt.head=none needs a CLIP backbone, not dinov2; use adapt.head=linear"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="lora", head="none"))
     with pytest.raises(ValueError, match="matched no"):
         AdaptedModel(tiny_dinov2, NAMES, AdaptConfig(mode="lora", lora=lora.LoraConfig(targets=("txt/.*",))))

@@ -150,7 +150,8 @@ def test_bfloat16_compute_close_to_float32_reference(reference, inputs):
 
 
 def test_lora_targets_1x1_convs_and_attention_pool(bb, inputs):
-    cfg = lora.LoraConfig(rank=2, alpha=2.0, targets=(r"img/blocks_[3-4]/conv(1|3)", r"img/attnpool/attn/(q|v)"))
+    cfg = lora.LoraConfig(rank=2, alpha=2.0, targets=(r"img/blocks_[3-4]/conv(1|3)", r"img/attnpool/attn/(q|v)"),
+                          dropout=0.0)
     found = lora.target_modules(bb.params, cfg.targets)
     assert set(found) == {"img/blocks_3/conv1", "img/blocks_3/conv3", "img/blocks_4/conv1", "img/blocks_4/conv3",
                           "img/attnpool/attn/q", "img/attnpool/attn/v"}

@@ -66,7 +66,7 @@ def _clip_shapes(name: str) -> dict:
 # ------------------------------------------------------------------------------------------- counts
 def test_clip_b16_qkv_rank4_count():
     shapes = _clip_shapes("B/16")
-    cfg = lora.LoraConfig(rank=4)
+    cfg = lora.LoraConfig(rank=4, dropout=0.0)
     tree = jax.eval_shape(lambda p: lora.init(jax.random.key(0), p, cfg), shapes)
     assert lora.num_params(tree) == 368_640  # 12*3*(2*768*4) + 12*3*(2*512*4)
     flat = flatten(tree)
@@ -85,7 +85,7 @@ def test_dense_matches_numpy(scale_mode, rank, alpha):
     model = TwoDense()
     x = jax.random.normal(jax.random.key(0), (6, 3))
     params = model.init(jax.random.key(1), x)["params"]
-    cfg = lora.LoraConfig(rank=rank, alpha=alpha, scale_mode=scale_mode, targets=(r"body/fc\d",))
+    cfg = lora.LoraConfig(rank=rank, alpha=alpha, scale_mode=scale_mode, targets=(r"body/fc\d",), dropout=0.0)
     tree = _random_b(lora.init(jax.random.key(2), params, cfg))
     out = lora.apply(model, params, tree, cfg, x)
 
@@ -106,7 +106,7 @@ def test_only_targets_are_adapted():
     model = TwoDense()
     x = jax.random.normal(jax.random.key(0), (4, 3))
     params = model.init(jax.random.key(1), x)["params"]
-    cfg = lora.LoraConfig(rank=2, targets=("body/fc2",))
+    cfg = lora.LoraConfig(rank=2, targets=("body/fc2",), dropout=0.0)
     tree = _random_b(lora.init(jax.random.key(2), params, cfg))
     assert set(flatten(tree)) == {"body/fc2/a", "body/fc2/b"}
     p = jax.tree.map(np.asarray, params)["body"]
@@ -120,7 +120,7 @@ def test_pointwise_conv_matches_numpy_and_spatial_conv_is_rejected():
     model = PointwiseConv()
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
     params = model.init(jax.random.key(1), x)["params"]
-    cfg = lora.LoraConfig(rank=2, alpha=3.0, targets=("pw",))
+    cfg = lora.LoraConfig(rank=2, alpha=3.0, targets=("pw",), dropout=0.0)
     tree = _random_b(lora.init(jax.random.key(2), params, cfg))
     assert tree["pw"]["a"].shape == (3, 2) and tree["pw"]["b"].shape == (2, 6)
     # The intermediate 1x1 output, by NumPy.
@@ -141,7 +141,7 @@ def test_strided_pointwise_conv_is_rejected_clearly():
     model = StridedPointwise()
     x = jnp.ones((1, 4, 4, 3))
     params = model.init(jax.random.key(0), x)["params"]
-    cfg = lora.LoraConfig(rank=2, targets=("down",))
+    cfg = lora.LoraConfig(rank=2, targets=("down",), dropout=0.0)
     tree = lora.init(jax.random.key(1), params, cfg)
     with pytest.raises(ValueError, match=r"LoRA target down maps .* stride 1.*remove it from lora.targets"):
         lora.apply(model, params, tree, cfg, x)
@@ -167,7 +167,7 @@ def _towers(model, params, tree, cfg, images, ids):
 
 def test_zero_b_is_the_base_model(vocab_clip, clip_inputs):
     images, ids = clip_inputs
-    cfg = lora.LoraConfig(rank=4)
+    cfg = lora.LoraConfig(rank=4, dropout=0.0)
     tree = lora.init(jax.random.key(0), vocab_clip.params, cfg)
     assert all(not np.any(np.asarray(t["b"])) for t in lora.modules(tree).values())
     img, txt = _towers(vocab_clip.model, vocab_clip.params, tree, cfg, images, ids)
@@ -178,7 +178,7 @@ def test_zero_b_is_the_base_model(vocab_clip, clip_inputs):
 @pytest.mark.parametrize("scale_mode", ["sqrt", "linear"])
 def test_merged_equals_unmerged_and_unmerge_restores(vocab_clip, clip_inputs, scale_mode):
     images, ids = clip_inputs
-    cfg = lora.LoraConfig(rank=4, alpha=8.0, scale_mode=scale_mode)
+    cfg = lora.LoraConfig(rank=4, alpha=8.0, scale_mode=scale_mode, dropout=0.0)
     tree = _random_b(lora.init(jax.random.key(0), vocab_clip.params, cfg))
     img, txt = _towers(vocab_clip.model, vocab_clip.params, tree, cfg, images, ids)
     base_img = vocab_clip.encode_image(images)
@@ -268,7 +268,7 @@ class Fc1Body(nn.Module):
 # ---------------------------------------------------------------------------------------------- init
 def test_a_init_is_uniform_within_one_over_sqrt_fan_in():
     params = {"enc": {"wide": {"kernel": jnp.zeros((400, 30))}, "narrow": {"kernel": jnp.zeros((9, 30))}}}
-    tree = lora.init(jax.random.key(0), params, lora.LoraConfig(rank=64, targets=("enc/.*",)))
+    tree = lora.init(jax.random.key(0), params, lora.LoraConfig(rank=64, targets=("enc/.*",), dropout=0.0))
     for fan_in, name in ((400, "wide"), (9, "narrow")):
         a = np.asarray(tree["enc"][name]["a"])
         bound = 1 / math.sqrt(fan_in)
@@ -301,7 +301,7 @@ def test_efficientnet_pointwise_targets():
     rng = np.random.default_rng(0)
     shapes = jax.eval_shape(model.init, jax.random.key(1), x)["params"]
     params = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), jnp.float32), shapes)
-    cfg = lora.LoraConfig(rank=2, targets=(r"blocks_15/(expand|project)_conv",))
+    cfg = lora.LoraConfig(rank=2, targets=(r"blocks_15/(expand|project)_conv",), dropout=0.0)
     tree = _random_b(lora.init(jax.random.key(2), params, cfg), std=0.5)
     assert set(lora.modules(tree)) == {"blocks_15/expand_conv", "blocks_15/project_conv"}
     out = jax.jit(lambda p, t: lora.apply(model, p, t, cfg, x))(params, tree)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast, get_args
 
-Images = Literal["inline", "local", "url"]
-Multiple = Literal["latest", "majority"]
+from alpeft_jax.schema import LabelStudioImages as Images  # the choices, declared once with the setting
+from alpeft_jax.schema import LabelStudioMultiple as Multiple
 
 
 @dataclasses.dataclass(frozen=True)
