@@ -51,6 +51,8 @@ label-studio-server: $(STAMP)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check alpeft_jax configs tests benchmarks launch
+	$(PYTHON) -m ruff format --check alpeft_jax configs tests benchmarks launch
+	$(PYTHON) -m mypy  # alpeft_jax/, settings in pyproject.toml
 
 # Test files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker, sharing its fixtures).
 # ALPEFT_REQUIRE_ALL=1: a test whose reference (open_clip) or data (Fashion-MNIST) is missing fails, never skips.

@@ -251,7 +251,7 @@ class Run:
     def label(self, r: int, rows: np.ndarray, predictions: Any) -> tuple[np.ndarray | None, str, dict[str, Any]]:
         """The oracle's labels for `rows` (process 0 asks, every process gets them), or None and why not."""
         answer: dict[str, Any] = {}
-        if is_leader():
+        if is_leader() and self.oracle is not None:  # process 0 always has an oracle
             try:
                 probs = None if predictions is None else np.asarray(predictions, np.float32)
                 labels = self.oracle.request(r, rows, probs)

@@ -154,10 +154,11 @@ def main(argv: list[str]) -> None:
 
     del argv
     config = _CONFIG.value
+    run_dir = _WORKDIR.value or ""  # a required flag
     spec = config_flags.get_config_filename(flags.FLAGS["config"])  # "path[:args]", as given
     config.name = config_lib.rename_after_overrides(config_lib.load_config_file(spec), config)
     file_args = spec.partition(":")[2].split(",")
-    problems = preflight.check(config, _WORKDIR.value, allow_config_change=_ALLOW.value,
+    problems = preflight.check(config, run_dir, allow_config_change=_ALLOW.value,
                                runlocal="runlocal" in [a.strip().partition("=")[0] for a in file_args])
     if problems:
         _fail(problems)
@@ -168,13 +169,13 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     try:
-        results = loop.run(config, _WORKDIR.value, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
+        results = loop.run(config, run_dir, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
     except (LabelFileError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
         _fail([str(e)])
     if results:
         last = results[-1]
         print(f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
-              f"ECE {100 * last['ece']:.2f}% — results in {_WORKDIR.value}/{workdir.RESULTS_FILE}")
+              f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}")
 
 
 def settings_help() -> str:

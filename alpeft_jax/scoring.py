@@ -218,7 +218,7 @@ class FeatureCache:
         if state["done"] != n:
             raise RuntimeError(f"the prefix cache covered {state['done']} of {n} rows; the batches must hold every "
                                "pool position exactly once.")
-        if state["disk"] is not None:
+        if state["disk"] is not None and path:  # a disk cache is only made where there is a path
             state["disk"].flush()
             state["out"], state["disk"] = None, None
             os.replace(state["tmp"], path)
@@ -228,8 +228,12 @@ class FeatureCache:
             from alpeft_jax.parallel import barrier
 
             barrier(f"feature cache {path}")
-        if state["out"] is None or not state["keep"]:
-            return cls(_load(path), model.input_kind)
+        if (state["out"] is None or not state["keep"]) and path:  # on disk: process 0 wrote it
+            array = _load(path)
+            if array is None:
+                raise RuntimeError(f"the prefix cache {path} was not written; check that every process sees the "
+                                   "same cache directory (scoring.cache_dir).")
+            return cls(array, model.input_kind)
         return cls(state["out"]["x"], model.input_kind)
 
 
@@ -257,7 +261,7 @@ class PoolScorer:
         ) -> dict[str, jax.Array]:
             self.traces += 1
             logits, aux = model.logits(trainable, inputs, kind)
-            out = {"logits": logits, "features": aux["features"]}
+            out: dict[str, Any] = {"logits": logits, "features": aux["features"]}
             if mc_samples:
                 rows = jnp.maximum(pos, 0)
 

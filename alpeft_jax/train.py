@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,7 @@ class Trainer:
             )
         else:
             self.tx = main
+        self._calibration: Callable[..., jax.Array] | None
         if config.calibration == "cpeal":
             self._calibration = losses.get("cpeal", weighting=config.calibration_weighting)
         elif config.calibration == "avuc":
@@ -133,7 +134,7 @@ class Trainer:
             total = total + lam * cal
         if self.config.loss_prediction:
             per_example = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(batch["label"], 0))
-            pred = LossPredictionHead().apply({"params": trainable["loss_pred"]}, logits)
+            pred = cast(jax.Array, LossPredictionHead().apply({"params": trainable["loss_pred"]}, logits))
             total = total + self.config.loss_prediction_weight * masked_ranking_loss(pred, per_example, mask)
         correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
         n = mask.sum()

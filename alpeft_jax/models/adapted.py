@@ -104,9 +104,10 @@ class AdaptedModel:
         if not image_targets:
             self.input_kind, self.cache_block = "features", None
         else:
-            blocks = [_BLOCK.search(m[len(prefix):]) for m in image_targets]
-            if all(blocks) and min(int(b.group(1)) for b in blocks) > 0:
-                self.input_kind, self.cache_block = "hidden", min(int(b.group(1)) for b in blocks)
+            found = [_BLOCK.search(m[len(prefix):]) for m in image_targets]
+            blocks = [int(b.group(1)) for b in found if b is not None]
+            if len(blocks) == len(found) and min(blocks) > 0:
+                self.input_kind, self.cache_block = "hidden", min(blocks)
             else:
                 self.input_kind, self.cache_block = "images", None
         self._frozen_text = None

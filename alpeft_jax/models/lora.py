@@ -155,7 +155,7 @@ def interceptor(
         path = "/".join(module.path)
         y = next_fun(*args, **kwargs)
         x = args[0] if args else kwargs["inputs"]
-        if use_dropout:
+        if use_dropout and rng is not None:  # rng is checked above
             keep = 1.0 - config.dropout
             mask = jax.random.bernoulli(jax.random.fold_in(rng, _path_seed(path)), keep, x.shape)
             x = jnp.where(mask, x / keep, 0).astype(x.dtype)
@@ -187,6 +187,8 @@ def apply(
         kwargs["method"] = method
     if not lora:
         return model.apply({"params": params}, *args, **kwargs)
+    if config is None:
+        raise ValueError("LoRA factors were given without their LoraConfig; pass the config they were made with.")
     with nn.intercept_methods(interceptor(lora, config, rng, train)):
         return model.apply({"params": params}, *args, **kwargs)
 
