@@ -50,6 +50,7 @@ def resolve(source: str) -> str:
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise CheckpointError(f"Checkpoint '{source}' not found: no such file or directory.")
     from huggingface_hub import snapshot_download  # a dependency
+
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import time
     for local_only in (True, False):
@@ -86,6 +87,5 @@ def load(source: str, dtype: Any = jnp.float32) -> Backbone:
     if path.endswith(_STATE_DICT_SUFFIXES):
         return importlib.import_module("alpeft_jax.convert.openai_clip").load(path, dtype=dtype)
     raise CheckpointError(
-        f"Don't know how to load {path}: expected a directory with config.json or a "
-        ".safetensors/.pt/.bin state dict."
+        f"Don't know how to load {path}: expected a directory with config.json or a .safetensors/.pt/.bin state dict."
     )

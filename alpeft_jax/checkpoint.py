@@ -19,9 +19,7 @@ __all__ = ["TreeStore", "atomic_write", "jnp_is_key", "read_json", "write_json"]
 
 def _to_savable(tree: Any) -> Any:
     """Typed PRNG keys -> their uint32 data, so Orbax's standard handler can store them."""
-    return jax.tree.map(
-        lambda x: jax.random.key_data(x) if jnp_is_key(x) else x, tree, is_leaf=jnp_is_key
-    )
+    return jax.tree.map(lambda x: jax.random.key_data(x) if jnp_is_key(x) else x, tree, is_leaf=jnp_is_key)
 
 
 def jnp_is_key(x: Any) -> bool:

@@ -25,9 +25,26 @@ from alpeft_jax import schema
 from alpeft_jax.data import classnames
 from alpeft_jax.schema import parse_options
 
-__all__ = ["base", "parse_options", "apply_runlocal", "run_name", "rename_after_overrides", "parse_arg",
-           "load_config_file", "Weights", "CLIP_BACKBONES", "DINOV2_BACKBONES", "known_weights", "CPEAL_DATASETS",
-           "LAYOUTS", "set_cpeal_data", "PEAL_DATASETS", "set_peal_data", "RUN_CONTROL", "diff"]
+__all__ = [
+    "base",
+    "parse_options",
+    "apply_runlocal",
+    "run_name",
+    "rename_after_overrides",
+    "parse_arg",
+    "load_config_file",
+    "Weights",
+    "CLIP_BACKBONES",
+    "DINOV2_BACKBONES",
+    "known_weights",
+    "CPEAL_DATASETS",
+    "LAYOUTS",
+    "set_cpeal_data",
+    "PEAL_DATASETS",
+    "set_peal_data",
+    "RUN_CONTROL",
+    "diff",
+]
 
 
 def base() -> ml_collections.ConfigDict:
@@ -188,17 +205,27 @@ class Weights:
 
 _HF_FILES = ("*.json", "*.txt", "*.safetensors")
 CLIP_BACKBONES = {
-    "rn50": Weights("weights/clip-rn50/open_clip_model.safetensors", "timm/resnet50_clip.openai",
-                    ("open_clip_model.safetensors", "open_clip_config.json"), pattern=False,
-                    target="open_clip_model.safetensors"),
-    "rn101": Weights("weights/clip-rn101/open_clip_model.safetensors", "timm/resnet101_clip.openai",
-                     ("open_clip_model.safetensors", "open_clip_config.json"), pattern=False,
-                     target="open_clip_model.safetensors"),
+    "rn50": Weights(
+        "weights/clip-rn50/open_clip_model.safetensors",
+        "timm/resnet50_clip.openai",
+        ("open_clip_model.safetensors", "open_clip_config.json"),
+        pattern=False,
+        target="open_clip_model.safetensors",
+    ),
+    "rn101": Weights(
+        "weights/clip-rn101/open_clip_model.safetensors",
+        "timm/resnet101_clip.openai",
+        ("open_clip_model.safetensors", "open_clip_config.json"),
+        pattern=False,
+        target="open_clip_model.safetensors",
+    ),
     "vit_b32": Weights("openai/clip-vit-base-patch32", "openai/clip-vit-base-patch32", _HF_FILES),
     "vit_b16": Weights("openai/clip-vit-base-patch16", "openai/clip-vit-base-patch16", _HF_FILES),
 }
-DINOV2_BACKBONES = {v: Weights(f"facebook/dinov2-{v}", f"facebook/dinov2-{v}", ("*.json", "*.safetensors"))
-                    for v in ("small", "base", "large", "giant")}
+DINOV2_BACKBONES = {
+    v: Weights(f"facebook/dinov2-{v}", f"facebook/dinov2-{v}", ("*.json", "*.safetensors"))
+    for v in ("small", "base", "large", "giant")
+}
 
 
 def known_weights(source: str) -> Weights | None:
@@ -227,8 +254,10 @@ def set_cpeal_data(c: ml_collections.ConfigDict, dataset: str, layout: str) -> N
     """CoOp's split of a C-PEAL dataset: its split_zhou JSON over TFDS records, or the CoOp folder layout."""
     key, tfds_name = CPEAL_DATASETS[dataset]
     if layout == "tfds" and tfds_name is None:
-        raise ValueError(f"{dataset} has no TFDS records to apply CoOp's split to; use layout=coop with "
-                         "--config.data.dir=DATA (the CoOp DATA root)")
+        raise ValueError(
+            f"{dataset} has no TFDS records to apply CoOp's split to; use layout=coop with "
+            "--config.data.dir=DATA (the CoOp DATA root)"
+        )
     info = classnames.dataset_info(key)
     if layout == "tfds":
         c.data.name = tfds_name
@@ -256,10 +285,18 @@ def set_peal_data(c: ml_collections.ConfigDict, dataset: str) -> None:
 
 
 # Settings that steer how a run proceeds, not what it computes: a resumed run may change them freely.
-RUN_CONTROL = frozenset({
-    "label_studio.url", "label_studio.wait_seconds", "label_studio.poll_seconds", "label_studio.request_timeout",
-    "label_studio.token_env", "scoring.cache_dir", "data.num_threads", "train.checkpoint_every_steps",
-})
+RUN_CONTROL = frozenset(
+    {
+        "label_studio.url",
+        "label_studio.wait_seconds",
+        "label_studio.poll_seconds",
+        "label_studio.request_timeout",
+        "label_studio.token_env",
+        "scoring.cache_dir",
+        "data.num_threads",
+        "train.checkpoint_every_steps",
+    }
+)
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -25,9 +25,7 @@ def batch_stats(
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(
-            f"expected logits [batch, classes] and labels [batch], got {logits.shape} and {labels.shape}"
-        )
+        raise ValueError(f"expected logits [batch, classes] and labels [batch], got {logits.shape} and {labels.shape}")
     m = jnp.ones(logits.shape[:1], jnp.float32) if mask is None else jnp.asarray(mask).astype(jnp.float32)
     if m.shape != logits.shape[:1]:
         raise ValueError(f"mask must be [batch]={logits.shape[:1]}, got shape {m.shape}")

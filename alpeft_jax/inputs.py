@@ -75,7 +75,7 @@ class SplitInputs:
 
     @property
     def kind(self) -> InputKind:
-        """"images", or the kind of the cached prefix."""
+        """ "images", or the kind of the cached prefix."""
         return "images" if self.cache is None else self.cache.kind
 
     def __len__(self) -> int:
@@ -117,8 +117,9 @@ class SplitInputs:
         """
         rows = np.asarray(rows, np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"rows must lie in [0, {len(self)}) (positions in the split), got [{rows.min()}, "
-                             f"{rows.max()}].")
+            raise IndexError(
+                f"rows must lie in [0, {len(self)}) (positions in the split), got [{rows.min()}, {rows.max()}]."
+            )
         local = self.local_rows(rows, batch_size)
         if not local:
             return
@@ -223,10 +224,15 @@ class RunInputs:
         t0 = time.time()
         with bar(f"caching {which} {model.input_kind}", n, "img") as progress:
             cache = FeatureCache.build(
-                model, images.batches(np.arange(n), chunk), n, sharder=images.sharder,
-                memory_budget_bytes=self.memory_budget_bytes, path=str(path),
+                model,
+                images.batches(np.arange(n), chunk),
+                n,
+                sharder=images.sharder,
+                memory_budget_bytes=self.memory_budget_bytes,
+                path=str(path),
                 progress=lambda done, total: progress.update(done - progress.n),
             )
-        logging.info("%s cache %s %s ready in %.1fs (%s)", which, model.input_kind, cache.array.shape,
-                     time.time() - t0, path)
+        logging.info(
+            "%s cache %s %s ready in %.1fs (%s)", which, model.input_kind, cache.array.shape, time.time() - t0, path
+        )
         return cache

@@ -42,11 +42,11 @@ from alpeft_jax.workdir import ConfigMismatchError, Workdir
 __all__ = ["ConfigMismatchError", "Run", "run", "train_config"]
 
 
-
 def train_config(c: ml_collections.ConfigDict) -> TrainConfig:
     """The TrainConfig described by `config.train` (loss scaling where the compute dtype is float16)."""
-    return TrainConfig.from_config(c.train, loss_prediction=strategies.facts(c.al.strategy).trains_loss_head,
-                                   float16=c.dtype == "float16")
+    return TrainConfig.from_config(
+        c.train, loss_prediction=strategies.facts(c.al.strategy).trains_loss_head, float16=c.dtype == "float16"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,20 +92,42 @@ class Run:
         self.image_size = c.data.image_size or self.backbone.image_size
 
         def split(source: Any, positions: np.ndarray) -> SplitInputs:
-            return SplitInputs(source, positions, self.sharder, image_size=self.image_size, mean=self.backbone.mean,
-                               std=self.backbone.std, num_threads=c.data.num_threads or None)
+            return SplitInputs(
+                source,
+                positions,
+                self.sharder,
+                image_size=self.image_size,
+                mean=self.backbone.mean,
+                std=self.backbone.std,
+                num_threads=c.data.num_threads or None,
+            )
 
         self.pool = split(pool_src, subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
         self.test = split(test_src, subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
-        cache_key = (c.backbone, c.dtype, self.image_size, self.model.input_kind, self.model.cache_block, c.data.name,
-                     c.data.dir)
-        self.inputs = RunInputs(self.model, self.pool, self.test, cache=c.scoring.cache, augment=c.train.augment,
-                                cache_dir=self.workdir.cache(c.scoring.cache_dir), cache_key=cache_key,
-                                chunk_size=c.scoring.batch_size,
-                                memory_budget_bytes=int(c.scoring.memory_budget_gb * (1 << 30)))
+        cache_key = (
+            c.backbone,
+            c.dtype,
+            self.image_size,
+            self.model.input_kind,
+            self.model.cache_block,
+            c.data.name,
+            c.data.dir,
+        )
+        self.inputs = RunInputs(
+            self.model,
+            self.pool,
+            self.test,
+            cache=c.scoring.cache,
+            augment=c.train.augment,
+            cache_dir=self.workdir.cache(c.scoring.cache_dir),
+            cache_key=cache_key,
+            chunk_size=c.scoring.batch_size,
+            memory_budget_bytes=int(c.scoring.memory_budget_gb * (1 << 30)),
+        )
         self.trainer = Trainer(self.model, train_config(c), self.inputs.train_kind, sharder=self.sharder)
-        self.scorer = PoolScorer(self.model, self.inputs.eval_kind, chunk_size=c.scoring.batch_size,
-                                 sharder=self.sharder)
+        self.scorer = PoolScorer(
+            self.model, self.inputs.eval_kind, chunk_size=c.scoring.batch_size, sharder=self.sharder
+        )
         # -- the round's settings, stores, oracle ------------------------------------------------------------
         self.budget = c.al.budget or self.num_classes
         self.initial = c.al.initial or self.num_classes
@@ -126,20 +148,41 @@ class Run:
         trainable = jax.eval_shape(self.model.init, jax.random.key(0))
         n_train = lora_lib.num_params(trainable)
         n_frozen = lora_lib.num_params(self.backbone.params)
-        logging.info("backbone %s (%s, %s), %s frozen parameters", self.c.backbone, self.backbone.family,
-                     self.c.dtype, f"{n_frozen:,}")
-        logging.info("adaptation %s: %s trainable parameters (%.3f%% of the backbone)", self.c.adapt.mode,
-                     f"{n_train:,}", 100.0 * n_train / max(1, n_frozen))
+        logging.info(
+            "backbone %s (%s, %s), %s frozen parameters",
+            self.c.backbone,
+            self.backbone.family,
+            self.c.dtype,
+            f"{n_frozen:,}",
+        )
+        logging.info(
+            "adaptation %s: %s trainable parameters (%.3f%% of the backbone)",
+            self.c.adapt.mode,
+            f"{n_train:,}",
+            100.0 * n_train / max(1, n_frozen),
+        )
         names = self.model.describe(trainable)
         for name, shape in names[:12]:
             logging.info("  trainable %s %s", name, shape)
         if len(names) > 12:
             logging.info("  ... %d trainable arrays in all", len(names))
-        logging.info("data %s: pool %d, test %d, %d classes; image size %d; budget %d per round, %d rounds",
-                     self.c.data.name, len(self.pool), len(self.test), self.num_classes, self.image_size,
-                     self.budget, self.c.al.rounds)
-        logging.info("inputs: scoring/eval on %s, training on %s; mesh: %d devices over %d process(es)",
-                     self.inputs.eval_kind, self.inputs.train_kind, self.sharder.size, self.sharder.process_count)
+        logging.info(
+            "data %s: pool %d, test %d, %d classes; image size %d; budget %d per round, %d rounds",
+            self.c.data.name,
+            len(self.pool),
+            len(self.test),
+            self.num_classes,
+            self.image_size,
+            self.budget,
+            self.c.al.rounds,
+        )
+        logging.info(
+            "inputs: scoring/eval on %s, training on %s; mesh: %d devices over %d process(es)",
+            self.inputs.eval_kind,
+            self.inputs.train_kind,
+            self.sharder.size,
+            self.sharder.process_count,
+        )
 
     # -- phases ------------------------------------------------------------------------------------
     def _round_seed(self, r: int) -> int:
@@ -162,14 +205,28 @@ class Run:
             inputs = self.inputs.get("pool")
             n = len(inputs)
             with bar(f"round {r} scoring", n, "img") as progress:
-                pool = self.scorer.score(trainable, inputs.batches(np.arange(n), self.scorer.chunk), n,
-                                         labels=known, mc_samples=mc, rng=jax.random.key(rng),
-                                         progress=lambda done, total: progress.update(done - progress.n))
+                pool = self.scorer.score(
+                    trainable,
+                    inputs.batches(np.arange(n), self.scorer.chunk),
+                    n,
+                    labels=known,
+                    mc_samples=mc,
+                    rng=jax.random.key(rng),
+                    progress=lambda done, total: progress.update(done - progress.n),
+                )
             t_score = time.time() - t0
         t0 = time.time()
-        chosen = strategies.select_with_pcb(strategy, rng, pool, labeled, budget, self.gamma_count,
-                                            use_pcb=self.c.al.pcb, authors_quirk=self.c.al.authors_quirk,
-                                            **self.options)
+        chosen = strategies.select_with_pcb(
+            strategy,
+            rng,
+            pool,
+            labeled,
+            budget,
+            self.gamma_count,
+            use_pcb=self.c.al.pcb,
+            authors_quirk=self.c.al.authors_quirk,
+            **self.options,
+        )
         chosen = np.asarray(chosen, np.int64)
         probs = None
         if "logits" in pool:
@@ -215,26 +272,42 @@ class Run:
         def epoch_batches(epoch: int) -> Any:
             order = epoch_rows(rows, bs, seed, epoch, c.train.drop_last)
             first = start_batch if epoch == start_epoch else 0
-            return inputs.batches(order[first * bs:], bs, labels=known, augment=(seed, epoch) if augment else None)
+            return inputs.batches(order[first * bs :], bs, labels=known, augment=(seed, epoch) if augment else None)
 
         def on_step(st: Any, epoch: int, next_batch: int, hist: list[dict]) -> None:
             progress.update(1)
             done = per_epoch * epoch + next_batch
             if every and done % every == 0:
-                self.progress_store.save(base_step + done, st,
-                                         {"round": r, "epoch": epoch, "batch": next_batch, "history": hist})
+                self.progress_store.save(
+                    base_step + done, st, {"round": r, "epoch": epoch, "batch": next_batch, "history": hist}
+                )
 
         def on_epoch_end(epoch: int, st: Any, row: dict) -> None:
             self.metrics.scalars(f"round_{r:02d}/train", row, epoch)
             progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}")
-            logging.info("round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
-                         r, epoch, row["loss"], row["ce"], row["calibration"], row["calibration_weight"],
-                         row["train_accuracy"], row["lr"])
+            logging.info(
+                "round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
+                r,
+                epoch,
+                row["loss"],
+                row["ce"],
+                row["calibration"],
+                row["calibration_weight"],
+                row["train_accuracy"],
+                row["lr"],
+            )
 
         t0 = time.time()
         try:
-            state, history = self.trainer.fit(state, epoch_batches, start_epoch=start_epoch, start_batch=start_batch,
-                                              history=history, on_step=on_step, on_epoch_end=on_epoch_end)
+            state, history = self.trainer.fit(
+                state,
+                epoch_batches,
+                start_epoch=start_epoch,
+                start_batch=start_batch,
+                history=history,
+                on_step=on_step,
+                on_epoch_end=on_epoch_end,
+            )
         except NaNLossError as e:
             raise NaNLossError(f"round {r}: {e}") from None
         finally:
@@ -245,8 +318,9 @@ class Run:
         """Test metrics of a trainable tree."""
         inputs = self.inputs.get("test")
         rows = np.arange(len(inputs))
-        return self.trainer.evaluate(trainable, inputs.batches(rows, self.c.eval.batch_size, labels=inputs.labels),
-                                     kind=inputs.kind)
+        return self.trainer.evaluate(
+            trainable, inputs.batches(rows, self.c.eval.batch_size, labels=inputs.labels), kind=inputs.kind
+        )
 
     def label(self, r: int, rows: np.ndarray, predictions: Any) -> tuple[np.ndarray | None, str, dict[str, Any]]:
         """The oracle's labels for `rows` (process 0 asks, every process gets them), or None and why not."""
@@ -282,8 +356,9 @@ class Run:
                 rec.phase, rec.selected, rec.t_score, rec.t_select = "label", rows.tolist(), t_score, t_select
                 rec.predictions = None if probs is None else np.round(probs, 6).tolist()
                 self.workdir.write_record(rec)
-                logging.info("round %d: selected %d examples (scoring %.1fs, selection %.2fs)", r, len(rows),
-                             t_score, t_select)
+                logging.info(
+                    "round %d: selected %d examples (scoring %.1fs, selection %.2fs)", r, len(rows), t_score, t_select
+                )
             if rec.phase == "label":
                 rows = np.asarray(rec.selected, np.int64)
                 labels, pending, info = self.label(r, rows, rec.predictions)
@@ -310,10 +385,15 @@ class Run:
         rec = self.record
         counts = np.bincount(np.asarray(rec.labels, np.int64), minlength=self.num_classes)
         result: dict[str, Any] = {
-            "round": r, "n_labeled": len(rec.labeled_rows), **metrics,
-            "seconds_scoring": rec.t_score or 0.0, "seconds_selection": rec.t_select or 0.0,
-            "seconds_training": t_train, "selected_ids": self.pool.ids(np.asarray(rec.selected, np.int64)),
-            "classes_covered": int((counts > 0).sum()), "rarest_class_labels": int(counts.min()),
+            "round": r,
+            "n_labeled": len(rec.labeled_rows),
+            **metrics,
+            "seconds_scoring": rec.t_score or 0.0,
+            "seconds_selection": rec.t_select or 0.0,
+            "seconds_training": t_train,
+            "selected_ids": self.pool.ids(np.asarray(rec.selected, np.int64)),
+            "classes_covered": int((counts > 0).sum()),
+            "rarest_class_labels": int(counts.min()),
             "strategy": self.c.al.strategy if r else "random",
             "final_train_loss": history[-1]["loss"] if history else None,
             **calibration_activity(history, self.c.train.calibration != "none"),
@@ -326,8 +406,15 @@ class Run:
         write_reports(self.workdir, self.c.name, rec.results)
         self.metrics.scalars("results", {k: v for k, v in result.items() if k != "round"}, result["n_labeled"])
         self.metrics.flush()
-        logging.info("round %d: %d labels, accuracy %.4f, ECE %.4f, NLL %.4f (train %.1fs)", r,
-                     result["n_labeled"], metrics["accuracy"], metrics["ece"], metrics["nll"], t_train)
+        logging.info(
+            "round %d: %d labels, accuracy %.4f, ECE %.4f, NLL %.4f (train %.1fs)",
+            r,
+            result["n_labeled"],
+            metrics["accuracy"],
+            metrics["ece"],
+            metrics["nll"],
+            t_train,
+        )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike, **kwargs: Any) -> list[dict[str, Any]]:

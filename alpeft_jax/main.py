@@ -24,13 +24,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, cach
 _LABELS = flags.DEFINE_string("labels", None, "A filled-in labels CSV for the pending round (oracle=file).")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False, "Continue a workdir made with a different config.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() with what the environment says (Cloud TPU pods, "
-    "Slurm, Open MPI, JAX_COORDINATOR_ADDRESS).")
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() with what the environment says (Cloud TPU pods, "
+    "Slurm, Open MPI, JAX_COORDINATOR_ADDRESS).",
+)
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0, for a multi-process run by hand.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
-flags.DEFINE_bool("settings", False, "Print every setting (--config.KEY=VALUE) with its default, comment and "
-                  "accepted values, then exit (needs no --config or --workdir).")
+flags.DEFINE_bool(
+    "settings",
+    False,
+    "Print every setting (--config.KEY=VALUE) with its default, comment and "
+    "accepted values, then exit (needs no --config or --workdir).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -116,8 +123,11 @@ def command_line_problems(argv: list[str]) -> list[str]:
         key, has_value, value = a.split(".", 1)[1].partition("=")
         if key not in types:
             close = difflib.get_close_matches(key, list(types), n=1, cutoff=0.6)
-            hint = f"; did you mean --config.{close[0]}?" if close else "; `python -m alpeft_jax.main --settings` " \
-                "lists every key with its default"
+            hint = (
+                f"; did you mean --config.{close[0]}?"
+                if close
+                else "; `python -m alpeft_jax.main --settings` lists every key with its default"
+            )
             problems.append(f"--config.{key}: no such config key{hint}")
             continue
         if negated or (not has_value and types[key] is bool):
@@ -158,8 +168,12 @@ def main(argv: list[str]) -> None:
     spec = config_flags.get_config_filename(flags.FLAGS["config"])  # "path[:args]", as given
     config.name = config_lib.rename_after_overrides(config_lib.load_config_file(spec), config)
     file_args = spec.partition(":")[2].split(",")
-    problems = preflight.check(config, run_dir, allow_config_change=_ALLOW.value,
-                               runlocal="runlocal" in [a.strip().partition("=")[0] for a in file_args])
+    problems = preflight.check(
+        config,
+        run_dir,
+        allow_config_change=_ALLOW.value,
+        runlocal="runlocal" in [a.strip().partition("=")[0] for a in file_args],
+    )
     if problems:
         _fail(problems)
     from alpeft_jax import loop, workdir
@@ -174,17 +188,23 @@ def main(argv: list[str]) -> None:
         _fail([str(e)])
     if results:
         last = results[-1]
-        print(f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
-              f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}")
+        print(
+            f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
+            f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
+        )
 
 
 def settings_help() -> str:
     """Every setting with its default, comment and accepted values (`--settings`), from `alpeft_jax.schema`."""
     from alpeft_jax import preflight
 
-    return "\n".join(["Settings: --config.KEY=VALUE overrides a config file's value; the defaults are config.base()'s "
-                      "(alpeft_jax/schema.py declares them; configs/*.py change some).",
-                      *schema.help_lines(preflight.strategy_names())])
+    return "\n".join(
+        [
+            "Settings: --config.KEY=VALUE overrides a config file's value; the defaults are config.base()'s "
+            "(alpeft_jax/schema.py declares them; configs/*.py change some).",
+            *schema.help_lines(preflight.strategy_names()),
+        ]
+    )
 
 
 def run_cli(argv: list[str] | None = None) -> None:

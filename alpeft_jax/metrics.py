@@ -20,8 +20,9 @@ def bar(desc: str, total: int, unit: str = "it") -> Any:
     """A tqdm progress bar on process 0 (silent elsewhere)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not is_leader(), mininterval=2.0, dynamic_ncols=True,
-                leave=False)
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not is_leader(), mininterval=2.0, dynamic_ncols=True, leave=False
+    )
 
 
 class Metrics:

@@ -51,8 +51,9 @@ def epoch_schedule(
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-    table = np.asarray([lr_at_epoch(e, num_epochs, lr, warmup_epochs, warmup_lr, schedule) for e in range(num_epochs)],
-                       np.float32)
+    table = np.asarray(
+        [lr_at_epoch(e, num_epochs, lr, warmup_epochs, warmup_lr, schedule) for e in range(num_epochs)], np.float32
+    )
 
     def fn(epoch: jax.Array) -> jax.Array:
         return jnp.asarray(table)[jnp.clip(jnp.asarray(epoch, jnp.int32), 0, num_epochs - 1)]
@@ -67,8 +68,9 @@ def scale_by_epoch_schedule(schedule: optax.Schedule) -> optax.GradientTransform
         del params
         return optax.EmptyState()
 
-    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None, *, epoch: jax.Array | None = None,
-                  **extra: Any) -> tuple[Any, optax.EmptyState]:
+    def update_fn(
+        updates: Any, state: optax.EmptyState, params: Any = None, *, epoch: jax.Array | None = None, **extra: Any
+    ) -> tuple[Any, optax.EmptyState]:
         del params, extra
         if epoch is None:
             raise ValueError("this optimiser follows an epoch schedule: call tx.update(..., epoch=EPOCH).")

@@ -36,8 +36,9 @@ _NAMED_BACKBONES = {  # name -> (module that ships the weights, pip requirement)
 _STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def check(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
-          runlocal: bool = False) -> list[str]:
+def check(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False, runlocal: bool = False
+) -> list[str]:
     """Every problem that would stop or spoil the run of `config` in `workdir`, one line each; [] if none."""
     problems = _values(config)
     data_problems, pool, num_classes = _data(config)
@@ -46,8 +47,10 @@ def check(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
     problems += _schedule(config, pool, num_classes)
     problems += _workdir(config, workdir, allow_config_change)
     if runlocal and (data_problems or weight_problems):
-        problems.append("runlocal shrinks the run but still reads the config's data and weights (above); "
-                        "`configs/demo.py:runlocal` runs offline on what `make install` brings")
+        problems.append(
+            "runlocal shrinks the run but still reads the config's data and weights (above); "
+            "`configs/demo.py:runlocal` runs offline on what `make install` brings"
+        )
     return list(dict.fromkeys(problems))
 
 
@@ -91,8 +94,12 @@ def strategy_facts() -> dict[str, schema.StrategyFacts]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 for d in node.decorator_list:
-                    if (isinstance(d, ast.Call) and getattr(d.func, "id", getattr(d.func, "attr", "")) == "register"
-                            and d.args and isinstance(d.args[0], ast.Constant)):
+                    if (
+                        isinstance(d, ast.Call)
+                        and getattr(d.func, "id", getattr(d.func, "attr", "")) == "register"
+                        and d.args
+                        and isinstance(d.args[0], ast.Constant)
+                    ):
                         facts = {k.arg: ast.literal_eval(k.value) for k in d.keywords if k.arg}
                         if len(d.args) > 1:
                             facts["requires"] = ast.literal_eval(d.args[1])
@@ -122,8 +129,10 @@ def _split_name_problems(c: ml_collections.ConfigDict, kind: str, dataset: str) 
             try:
                 names = splits.builder_split_names(dataset)
             except KeyError:
-                return [f"data.name={c.data.name!r}: TFDS has no dataset named {dataset!r}; check the name (e.g. "
-                        "'dtd', 'eurosat/rgb', 'oxford_flowers102') or use folder / csv / coop:<dataset>"]
+                return [
+                    f"data.name={c.data.name!r}: TFDS has no dataset named {dataset!r}; check the name (e.g. "
+                    "'dtd', 'eurosat/rgb', 'oxford_flowers102') or use folder / csv / coop:<dataset>"
+                ]
             except RuntimeError:
                 continue  # the builder's split code needs its data: the prepared metadata decides below
             out += splits.check_split_names(spec, names, f"TFDS {dataset!r}", field)
@@ -166,8 +175,10 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
         if info is not None and info.size == 0:
             out.append(f"{field}={_get(c, field)!r} of {c.data.name} holds no examples")
     if pool and test and pool.num_classes != test.num_classes:
-        out.append(f"data: the pool ({c.data.train_split}) has {pool.num_classes} classes but the test split "
-                   f"({c.data.test_split}) has {test.num_classes}; use splits of the same dataset")
+        out.append(
+            f"data: the pool ({c.data.train_split}) has {pool.num_classes} classes but the test split "
+            f"({c.data.test_split}) has {test.num_classes}; use splits of the same dataset"
+        )
     num_classes = pool.num_classes if pool else (test.num_classes if test else None)
     if num_classes is not None and num_classes < 2:
         out.append(f"data: {c.data.name} has {num_classes} class; classification needs at least 2")
@@ -185,8 +196,10 @@ def _download_hint(source: str) -> str:
     if known is None:
         return "pass an existing Hugging Face directory or state-dict file as --config.backbone"
     if known.target:  # a file inside a download folder: download into that folder and the default works
-        return (f"run `{known.download_command(os.path.dirname(known.source))}` (or download it elsewhere and "
-                f"pass --config.backbone=DIR/{known.target})")
+        return (
+            f"run `{known.download_command(os.path.dirname(known.source))}` (or download it elsewhere and "
+            f"pass --config.backbone=DIR/{known.target})"
+        )
     return f"on a machine with network run `{known.download_command()}`, copy DIR here, then --config.backbone=DIR"
 
 
@@ -204,15 +217,19 @@ def _backbone(c: ml_collections.ConfigDict) -> list[str]:
             return []
         inside = [f for f in sorted(os.listdir(path)) if f.endswith(_STATE_DICT_SUFFIXES)]
         hint = f"; pass the weights file, e.g. --config.backbone={os.path.join(source, inside[0])}" if inside else ""
-        return [f"backbone {source}: a directory without config.json (not a Hugging Face save_pretrained folder)"
-                + hint]
+        return [
+            f"backbone {source}: a directory without config.json (not a Hugging Face save_pretrained folder)" + hint
+        ]
     if os.path.isfile(path):
         if low.endswith(_STATE_DICT_SUFFIXES):
             return []
-        return [f"backbone {source}: unknown file type; pass a .safetensors/.pt/.pth/.bin state dict or a "
-                "Hugging Face directory"]
-    is_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not low.endswith(
-        _STATE_DICT_SUFFIXES)
+        return [
+            f"backbone {source}: unknown file type; pass a .safetensors/.pt/.pth/.bin state dict or a "
+            "Hugging Face directory"
+        ]
+    is_hub_id = (
+        source.count("/") == 1 and not source.startswith((".", "/", "~")) and not low.endswith(_STATE_DICT_SUFFIXES)
+    )
     if not is_hub_id:
         return [f"backbone {source}: no such file or directory; {_download_hint(source)}"]
     if _in_hf_cache(source):
@@ -220,10 +237,11 @@ def _backbone(c: ml_collections.ConfigDict) -> list[str]:
     reason = _hub_unreachable(source)
     if reason is None:
         return []  # the run downloads it
-    known = config_lib.known_weights(source) or config_lib.Weights(source, source, ("*.json", "*.txt",
-                                                                                    "*.safetensors"))
-    return [f"backbone {source}: not a local path, not in the Hugging Face cache, and {reason}; on a machine with "
-            f"network run `{known.download_command()}`, copy DIR here, then --config.backbone=DIR"]
+    known = config_lib.known_weights(source) or config_lib.Weights(source, source, ("*.json", "*.txt", "*.safetensors"))
+    return [
+        f"backbone {source}: not a local path, not in the Hugging Face cache, and {reason}; on a machine with "
+        f"network run `{known.download_command()}`, copy DIR here, then --config.backbone=DIR"
+    ]
 
 
 def _in_hf_cache(repo: str) -> bool:
@@ -270,23 +288,29 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
     raise_pool = ", or raise data.max_pool" if 0 < c.data.max_pool <= pool else ""
     out = []
     if initial is not None and initial > pool:
-        out.append(f"al.initial={al.initial}{k_note if not al.initial else ''}: {initial} round-0 labels exceed the "
-                   f"pool of {pool} ({where}); lower al.initial{raise_pool}")
+        out.append(
+            f"al.initial={al.initial}{k_note if not al.initial else ''}: {initial} round-0 labels exceed the "
+            f"pool of {pool} ({where}); lower al.initial{raise_pool}"
+        )
         return out
     if initial is None or budget is None or al.rounds < 2:
         return out
     total = initial + budget * (al.rounds - 1)
     if total > pool:
-        out.append(f"al.budget={al.budget}{k_note if not al.budget else ''}: al.initial + al.budget x (al.rounds - 1) "
-                   f"= {initial} + {budget} x {al.rounds - 1} = {total} labels exceed the pool of {pool} ({where}); "
-                   f"lower al.budget or al.rounds{raise_pool}")
+        out.append(
+            f"al.budget={al.budget}{k_note if not al.budget else ''}: al.initial + al.budget x (al.rounds - 1) "
+            f"= {initial} + {budget} x {al.rounds - 1} = {total} labels exceed the pool of {pool} ({where}); "
+            f"lower al.budget or al.rounds{raise_pool}"
+        )
     n_cand = int(al.gamma * pool)
     facts = strategy_facts().get(al.strategy)
     if (facts is None or facts.candidates) and 0 < al.gamma <= 1 and n_cand < budget:
         need = math.ceil(budget / pool * 100) / 100
         fix = f"raise al.gamma to {need:.2f} or lower al.budget" if need <= 1 else "lower al.budget"
-        out.append(f"al.gamma={al.gamma}: int(al.gamma x pool) = int({al.gamma} x {pool}) = {n_cand} candidates, "
-                   f"fewer than al.budget={budget} per round; {fix}")
+        out.append(
+            f"al.gamma={al.gamma}: int(al.gamma x pool) = int({al.gamma} x {pool}) = {n_cand} candidates, "
+            f"fewer than al.budget={budget} per round; {fix}"
+        )
     return out
 
 
@@ -313,8 +337,10 @@ def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> 
             diffs = config_lib.diff(old, json.loads(json.dumps(c.to_dict())))
             if diffs:
                 shown = "; ".join(diffs[:6]) + (f"; ... {len(diffs) - 6} more" if len(diffs) > 6 else "")
-                return [f"workdir {path} holds a run with another config ({shown}); use a new --workdir, or pass "
-                        "--allow_config_change to continue it with the new config"]
+                return [
+                    f"workdir {path} holds a run with another config ({shown}); use a new --workdir, or pass "
+                    "--allow_config_change to continue it with the new config"
+                ]
         return []
     parent = path
     while not os.path.exists(parent):

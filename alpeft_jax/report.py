@@ -39,8 +39,10 @@ def load_run(workdir: str) -> tuple[str, Rows]:
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
             cfg = json.load(f)
-        label = cfg.get("name") if cfg.get("name") not in (None, "", "run") else (
-            f"{cfg['al']['strategy']}" + ("+calib" if cfg["train"]["calibration"] != "none" else "")
+        label = (
+            cfg.get("name")
+            if cfg.get("name") not in (None, "", "run")
+            else (f"{cfg['al']['strategy']}" + ("+calib" if cfg["train"]["calibration"] != "none" else ""))
         )
     return label, rows
 
@@ -235,8 +237,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             against = [a for a in args.against.split(",") if a]
             print(summary_table(by_seed, against=against))
             print()
-            print(summary_table(by_seed, columns=("AUC ECE", "classes labelled", "rarest class", "scoring s/round",
-                                                  "selection s/round", "calibration active", "train misclassified")))
+            print(
+                summary_table(
+                    by_seed,
+                    columns=(
+                        "AUC ECE",
+                        "classes labelled",
+                        "rarest class",
+                        "scoring s/round",
+                        "selection s/round",
+                        "calibration active",
+                        "train misclassified",
+                    ),
+                )
+            )
         groups = group_runs(args.workdirs)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

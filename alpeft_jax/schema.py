@@ -17,8 +17,20 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-__all__ = ["DTYPES", "Range", "Settings", "StrategyFacts", "default", "help_lines", "parse_options", "section",
-           "settings_fields", "to_dict", "validate", "raise_problems"]
+__all__ = [
+    "DTYPES",
+    "Range",
+    "Settings",
+    "StrategyFacts",
+    "default",
+    "help_lines",
+    "parse_options",
+    "section",
+    "settings_fields",
+    "to_dict",
+    "validate",
+    "raise_problems",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +99,15 @@ class Data(_Checked):
 
     name: str = setting("dtd", 'TFDS name, "fashion_mnist", "digits", "folder", "csv", "coop:<dataset>"')
     dir: str = setting("", "TFDS data_dir / image-folder root / CSV path / Fashion-MNIST directory / CoOp DATA root")
-    train_split: str = setting("train", 'the pool: a split name or a TFDS-style slice: "train[:80%]", '
-                               '"train+validation"')
+    train_split: str = setting(
+        "train", 'the pool: a split name or a TFDS-style slice: "train[:80%]", "train+validation"'
+    )
     test_split: str = setting("test", "the test split, named like train_split")
     split_file: str = setting("", "CoOp split_zhou_*.json: over TFDS records (by file name) or a CoOp folder")
     image_size: int = setting(0, "0: the backbone's own", range=NOT_NEGATIVE)
-    max_pool: int = setting(0, ">0: a fixed random subset of the pool (the same for every seed and strategy)",
-                            range=NOT_NEGATIVE)
+    max_pool: int = setting(
+        0, ">0: a fixed random subset of the pool (the same for every seed and strategy)", range=NOT_NEGATIVE
+    )
     max_test: int = setting(0, ">0: a fixed random subset of the test split", range=NOT_NEGATIVE)
     subset_seed: int = setting(0, "seeds the max_pool and max_test subsets")
     coop_names: bool = setting(True, "CoOp's class names where the package has them (EuroSAT renames)")
@@ -106,10 +120,12 @@ class Lora(_Checked):
 
     rank: int = setting(4, "rank r of each update", range=AT_LEAST_ONE)
     alpha: float = setting(4.0, "the update is scaled by alpha/sqrt(r) or alpha/r (scale_mode)")
-    dropout: float = setting(0.25, "dropout on the input of each update (BALD's MC dropout too)",
-                             range=Range(0, 1, high_open=True))
-    scale_mode: Literal["sqrt", "linear"] = setting("sqrt", "sqrt: alpha/sqrt(r) as the authors ran it; linear: "
-                                                    "alpha/r")
+    dropout: float = setting(
+        0.25, "dropout on the input of each update (BALD's MC dropout too)", range=Range(0, 1, high_open=True)
+    )
+    scale_mode: Literal["sqrt", "linear"] = setting(
+        "sqrt", "sqrt: alpha/sqrt(r) as the authors ran it; linear: alpha/r"
+    )
     towers: Literal["both", "vision", "text"] = setting("both", "CLIP towers to adapt (ignored when targets is set)")
     targets: str = setting("", 'comma-separated regexes over module paths; "" = q,k,v of the chosen towers')
 
@@ -120,8 +136,7 @@ class Prompt(_Checked):
 
     n_ctx: int = setting(16, "learned context tokens (at least 1, unless init sets them)", range=NOT_NEGATIVE)
     class_specific: bool = setting(True, "CoOp's CSC: one context per class (else one shared)")
-    init: str = setting("", 'words to start the context from, e.g. "a photo of a" (their tokens set n_ctx); "": '
-                        "random")
+    init: str = setting("", 'words to start the context from, e.g. "a photo of a" (their tokens set n_ctx); "": random')
     position: Literal["end", "middle", "front"] = setting("end", "where the class name sits after the context")
 
 
@@ -131,12 +146,13 @@ class Adapt(_Checked):
 
     mode: Literal["lora", "prompt", "linear"] = setting("lora", "LoRA, CoOp prompts (CLIP) or a linear probe")
     head: Literal["auto", "none", "linear", "zeroshot"] = setting(
-        "auto", "auto: CLIP classifies through its text tower (lora, prompt) or zero-shot (linear); others linear")
+        "auto", "auto: CLIP classifies through its text tower (lora, prompt) or zero-shot (linear); others linear"
+    )
     n_placeholders: int = setting(16, 'the frozen "X" tokens of CLIP\'s LoRA-mode prompts')
-    template: str = setting("", 'instead of the "X" tokens: e.g. "a photo of a {}." (CLIP LoRA mode / zero-shot '
-                            "head)")
-    head_scale: float = setting(0.0, ">0: the linear head reads L2-normalised features x this scale (a cosine head)",
-                                range=NOT_NEGATIVE)
+    template: str = setting("", 'instead of the "X" tokens: e.g. "a photo of a {}." (CLIP LoRA mode / zero-shot head)')
+    head_scale: float = setting(
+        0.0, ">0: the linear head reads L2-normalised features x this scale (a cosine head)", range=NOT_NEGATIVE
+    )
     lora: Lora = _section(Lora, "adapt.mode=lora")
     prompt: Prompt = _section(Prompt, "adapt.mode=prompt")
 
@@ -154,26 +170,30 @@ class Train(_Checked):
     warmup_epochs: int = setting(1, "epochs at the constant warmup_lr first", range=NOT_NEGATIVE)
     warmup_lr: float = setting(1e-5, "learning rate of the warm-up epochs", range=NOT_NEGATIVE)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", range=NOT_NEGATIVE)
-    calibration: Literal["none", "cpeal", "avuc"] = setting("none", "the calibration loss; the papers' \"ours\" is "
-                                                            "entropy + cpeal")
+    calibration: Literal["none", "cpeal", "avuc"] = setting(
+        "none", 'the calibration loss; the papers\' "ours" is entropy + cpeal'
+    )
     calibration_weight: float = setting(1.0, "weight of the calibration loss", range=NOT_NEGATIVE)
     calibration_anneal: bool = setting(True, "anneal the calibration weight over the epochs, as the authors")
     calibration_weighting: Literal["balanced", "none", "effective_number"] = setting(
-        "balanced", "class weighting of the cpeal loss")
+        "balanced", "class weighting of the cpeal loss"
+    )
     drop_last: bool = setting(True, "drop the last partial batch once the labelled set holds a full one (Dassl)")
-    augment: bool = setting(True, "random resized crop + flip (needs the full forward; no prefix cache for "
-                            "training)")
+    augment: bool = setting(True, "random resized crop + flip (needs the full forward; no prefix cache for training)")
     warm_start: bool = setting(False, "start each round from the last round's model; the authors re-initialise")
     checkpoint_every_steps: int = setting(0, ">0: also checkpoint inside a round", range=NOT_NEGATIVE)
-    loss_prediction: bool = setting(False, "train the learning-loss head (set automatically for "
-                                    "al.strategy=learning_loss)")
+    loss_prediction: bool = setting(
+        False, "train the learning-loss head (set automatically for al.strategy=learning_loss)"
+    )
     loss_prediction_weight: float = setting(0.01, 'METHOD.md §3.5 "LL": CE + 0.01 x loss-prediction loss')
     loss_prediction_lr: float = setting(0.1, "the loss-prediction module's own SGD")
-    loss_scale: Literal["dynamic", "none"] = setting("dynamic", "loss scaling; the driver applies it where dtype="
-                                                     "float16")
+    loss_scale: Literal["dynamic", "none"] = setting(
+        "dynamic", "loss scaling; the driver applies it where dtype=float16"
+    )
     loss_scale_init: float = setting(2.0**15, "dynamic loss scaling: initial scale", range=POSITIVE)
-    loss_scale_growth_interval: int = setting(2000, "steps without overflow before the scale doubles",
-                                              range=AT_LEAST_ONE)
+    loss_scale_growth_interval: int = setting(
+        2000, "steps without overflow before the scale doubles", range=AT_LEAST_ONE
+    )
 
     @classmethod
     def from_config(cls, train: Any, *, loss_prediction: bool = False, float16: bool = False) -> Train:
@@ -193,8 +213,11 @@ class AL(_Checked):
     rounds: int = setting(10, "rounds, round 0 (random labels) included", range=AT_LEAST_ONE)
     budget: int = setting(0, "labels per round; 0: the number of classes K", range=NOT_NEGATIVE)
     initial: int = setting(0, "round-0 random labels; 0: K", range=NOT_NEGATIVE)
-    gamma: float = setting(0.1, "candidate pool = int(gamma * initial pool size)",
-                           range=Range(0, 1, low_open=True, why="the candidate pool is int(al.gamma x pool)"))
+    gamma: float = setting(
+        0.1,
+        "candidate pool = int(gamma * initial pool size)",
+        range=Range(0, 1, low_open=True, why="the candidate pool is int(al.gamma x pool)"),
+    )
     pcb: bool = setting(True, "PCB's class-balanced pick among the candidates (else the top al.budget)")
     authors_quirk: bool = setting(False, "reproduce the reference code's idx[-K:] cut when PCB is off")
     mc_samples: int = setting(10, "BALD: MC-dropout passes through the LoRA dropout")
@@ -229,8 +252,7 @@ class LabelStudio(_Checked):
     url: str = setting("", "the server, e.g. http://127.0.0.1:8080; the token is read from $token_env")
     project: str = setting("", 'id or title of a project; "": one made (or found again) for this run')
     token_env: str = setting("LABEL_STUDIO_API_KEY", "holds a personal access token or a legacy token")
-    images: LabelStudioImages = setting("inline", "inline (PNG data URIs) | local (Label Studio "
-                                                        "local storage) | url")
+    images: LabelStudioImages = setting("inline", "inline (PNG data URIs) | local (Label Studio local storage) | url")
     thumbnail: int = setting(256, "images=inline: longest side in pixels")
     local_root: str = setting("", "images=local: the server's LOCAL_FILES_DOCUMENT_ROOT")
     image_url_prefix: str = setting("", "images=url: tasks point at prefix + the image's file path")
@@ -244,21 +266,23 @@ class LabelStudio(_Checked):
 class Settings(_Checked):
     """Every setting of a run: `config.base()` is this, as a ConfigDict."""
 
-    name: str = setting("run", 'a label for reports; the experiment configs set run_name(c), e.g. '
-                        '"entropy+calib+pcb"')
+    name: str = setting("run", 'a label for reports; the experiment configs set run_name(c), e.g. "entropy+calib+pcb"')
     seed: int = setting(1, "seeds the model init, the training order and every round's pick")
-    backbone: str = setting("openai/clip-vit-base-patch16", 'HF directory / hub id, state-dict file, or '
-                            '"efficientnet-lite0"')
-    dtype: Literal["float32", "bfloat16", "float16"] = setting("float32", "compute dtype (float16 with "
-                                                               "train.loss_scale; for GPUs)")
+    backbone: str = setting(
+        "openai/clip-vit-base-patch16", 'HF directory / hub id, state-dict file, or "efficientnet-lite0"'
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = setting(
+        "float32", "compute dtype (float16 with train.loss_scale; for GPUs)"
+    )
     data: Data = _section(Data, "the dataset")
     adapt: Adapt = _section(Adapt, "how the backbone is adapted")
     train: Train = _section(Train, "training of each round")
     al: AL = _section(AL, "the active-learning schedule")
     scoring: Scoring = _section(Scoring, "pool scoring")
     eval: Eval = _section(Eval, "evaluation")
-    oracle: Literal["simulated", "file", "label_studio"] = setting("simulated", "who labels: the dataset's labels, "
-                                                                   "a CSV a human fills in, or Label Studio")
+    oracle: Literal["simulated", "file", "label_studio"] = setting(
+        "simulated", "who labels: the dataset's labels, a CSV a human fills in, or Label Studio"
+    )
     label_studio: LabelStudio = _section(LabelStudio, "oracle=label_studio (oracles/label_studio.py)")
 
 
@@ -310,8 +334,9 @@ def settings_fields() -> dict[str, Field]:
             hint = hints[f.name]
             choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
             kind = type(choices[0]) if choices else hint
-            out[prefix + f.name] = Field(prefix + f.name, kind, f.default, f.metadata["doc"], choices,
-                                         f.metadata.get("range"))
+            out[prefix + f.name] = Field(
+                prefix + f.name, kind, f.default, f.metadata["doc"], choices, f.metadata.get("range")
+            )
 
     walk(Settings, "")
     return out
@@ -329,8 +354,10 @@ def default(name: str) -> Any:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """A settings dataclass as a nested dict in declaration order (sections as dicts)."""
-    return {f.name: (to_dict(getattr(obj, f.name)) if f.metadata.get("section") else getattr(obj, f.name))
-            for f in dataclasses.fields(obj)}
+    return {
+        f.name: (to_dict(getattr(obj, f.name)) if f.metadata.get("section") else getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+    }
 
 
 def help_lines(strategy_names: list[str] | None = None) -> list[str]:
@@ -410,7 +437,7 @@ class _View:
         if self.prefix and not name.startswith(self.prefix + "."):
             return False, None
         node = self.values
-        for part in (name[len(self.prefix) + 1:] if self.prefix else name).split("."):
+        for part in (name[len(self.prefix) + 1 :] if self.prefix else name).split("."):
             if isinstance(node, Mapping) or hasattr(node, "keys"):
                 if part not in node:
                     return False, None
@@ -470,8 +497,9 @@ def _needs_clip(v: _View, strategies: Any, family: str | None) -> list[str]:
         if head in ("zeroshot", "none"):
             out.append(f"adapt.head={head} needs a CLIP backbone, not {what}; use adapt.head=linear")
     if mode == "prompt" and head in ("linear", "zeroshot"):
-        out.append(f"adapt.head={head} with adapt.mode=prompt: prompts classify through the text tower; use "
-                   "adapt.head=auto")
+        out.append(
+            f"adapt.head={head} with adapt.mode=prompt: prompts classify through the text tower; use adapt.head=auto"
+        )
     return out
 
 
@@ -481,16 +509,20 @@ def _efficientnet_targets(v: _View, strategies: Any, family: str | None) -> list
         return []
     targets = v["adapt.lora.targets"]  # a config's comma-separated text or LoraConfig's tuple
     if not [t for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]:
-        return ["adapt.lora.targets is empty: EfficientNet needs explicit LoRA targets, e.g. "
-                "--config.adapt.lora.targets='blocks_1[3-5]/.*(expand|project)_conv' (or adapt.mode=linear)"]
+        return [
+            "adapt.lora.targets is empty: EfficientNet needs explicit LoRA targets, e.g. "
+            "--config.adapt.lora.targets='blocks_1[3-5]/.*(expand|project)_conv' (or adapt.mode=linear)"
+        ]
     return []
 
 
 @_rule("adapt.prompt.n_ctx", "adapt.prompt.init")
 def _prompt_context(v: _View, strategies: Any, family: Any) -> list[str]:
     if v["adapt.prompt.n_ctx"] == 0 and not v["adapt.prompt.init"].strip():
-        return ["adapt.prompt.n_ctx=0: the prompt needs at least 1 context token; raise adapt.prompt.n_ctx or set "
-                "adapt.prompt.init (its words set the context)"]
+        return [
+            "adapt.prompt.n_ctx=0: the prompt needs at least 1 context token; raise adapt.prompt.n_ctx or set "
+            "adapt.prompt.init (its words set the context)"
+        ]
     return []
 
 
@@ -510,8 +542,9 @@ def _is_integer(value: Any) -> bool:
         return False
 
 
-def validate(values: Any, prefix: str = "", *, strategies: Mapping[str, StrategyFacts] | None = None,
-             family: str | None = None) -> list[str]:
+def validate(
+    values: Any, prefix: str = "", *, strategies: Mapping[str, StrategyFacts] | None = None, family: str | None = None
+) -> list[str]:
     """Every problem with the settings in `values`, one line each naming the setting and the fix; [] if none.
 
     `values` is a whole config (ConfigDict, nested dict or `Settings`) or, with `prefix` ('adapt.lora'), one

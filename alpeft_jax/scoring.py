@@ -83,8 +83,9 @@ def _assemble_into(out: dict[str, np.ndarray], n: int, pos: np.ndarray, arrays: 
         out[k][pos[keep]] = v[keep]
 
 
-def _assemble(n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]],
-              out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def _assemble(
+    n: int, pieces: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], out: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Per-chunk outputs (pool positions, row-first arrays) placed into arrays of n rows; every row exactly once."""
     out = {} if out is None else out
     seen = np.zeros(n, np.int64)
@@ -185,7 +186,8 @@ class FeatureCache:
                         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                         state["tmp"] = _tmp(path)
                         state["disk"] = np.lib.format.open_memmap(
-                            state["tmp"], mode="w+", dtype=_to_disk(y[:0]).dtype, shape=(n, *y.shape[1:]))
+                            state["tmp"], mode="w+", dtype=_to_disk(y[:0]).dtype, shape=(n, *y.shape[1:])
+                        )
                         state["out"] = {"x": _from_disk(state["disk"])}
                     else:
                         state["keep"] = False  # the others open process 0's file once it is complete
@@ -216,8 +218,10 @@ class FeatureCache:
         if state["out"] is None:
             raise ValueError("the pool is empty: nothing to cache.")
         if state["done"] != n:
-            raise RuntimeError(f"the prefix cache covered {state['done']} of {n} rows; the batches must hold every "
-                               "pool position exactly once.")
+            raise RuntimeError(
+                f"the prefix cache covered {state['done']} of {n} rows; the batches must hold every "
+                "pool position exactly once."
+            )
         if state["disk"] is not None and path:  # a disk cache is only made where there is a path
             state["disk"].flush()
             state["out"], state["disk"] = None, None
@@ -231,8 +235,10 @@ class FeatureCache:
         if (state["out"] is None or not state["keep"]) and path:  # on disk: process 0 wrote it
             array = _load(path)
             if array is None:
-                raise RuntimeError(f"the prefix cache {path} was not written; check that every process sees the "
-                                   "same cache directory (scoring.cache_dir).")
+                raise RuntimeError(
+                    f"the prefix cache {path} was not written; check that every process sees the "
+                    "same cache directory (scoring.cache_dir)."
+                )
             return cls(array, model.input_kind)
         return cls(state["out"]["x"], model.input_kind)
 

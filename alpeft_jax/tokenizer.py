@@ -165,11 +165,14 @@ class Tokenizer:
             merges = [_parse_merge(line, merges_path) for line in lines if line.strip()]
         elif fast.get("model", {}).get("type") == "BPE":
             encoder = dict(fast["model"]["vocab"])
-            merges = [tuple(m) if isinstance(m, list) else _parse_merge(m, "tokenizer.json")
-                      for m in fast["model"]["merges"]]
+            merges = [
+                tuple(m) if isinstance(m, list) else _parse_merge(m, "tokenizer.json") for m in fast["model"]["merges"]
+            ]
         else:
-            raise ValueError(f"{directory!r} has neither vocab.json + merges.txt nor a BPE tokenizer.json; "
-                             "pass a CLIP checkpoint directory.")
+            raise ValueError(
+                f"{directory!r} has neither vocab.json + merges.txt nor a BPE tokenizer.json; "
+                "pass a CLIP checkpoint directory."
+            )
         for added in fast.get("added_tokens", []):
             encoder.setdefault(added["content"], added["id"])
 
@@ -187,8 +190,14 @@ class Tokenizer:
         # transformers matches every special and added token verbatim in the raw text (LAION's pad "!" too).
         added = {pad, *(a["content"] for a in fast.get("added_tokens", []))}
         added |= {c for c in (_token_content(config.get("unk_token")),) if c in encoder}
-        options = {"sot": sot, "eot": eot, "pad_token_id": encoder[pad], "context_length": length, "clean": "hf",
-                   "added_tokens": tuple(sorted(added))}
+        options = {
+            "sot": sot,
+            "eot": eot,
+            "pad_token_id": encoder[pad],
+            "context_length": length,
+            "clean": "hf",
+            "added_tokens": tuple(sorted(added)),
+        }
         return cls(encoder, merges, **{**options, **kwargs})
 
     @classmethod
@@ -303,8 +312,10 @@ class Tokenizer:
         return data.decode("utf-8", errors="replace").strip()
 
     def __repr__(self) -> str:
-        return (f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
-                f"clean={self.clean!r}, pad_token_id={self.pad_token_id})")
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
+            f"clean={self.clean!r}, pad_token_id={self.pad_token_id})"
+        )
 
 
 def default_bpe_path() -> str | None:

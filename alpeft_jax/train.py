@@ -62,13 +62,22 @@ class Trainer:
         self.kind = kind
         self.sharder = sharder or Sharder()
         c = config
-        main = optim.make_optimizer(c.optimizer, c.epochs, lr=c.lr, momentum=c.momentum,
-                                    weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
+        main = optim.make_optimizer(
+            c.optimizer,
+            c.epochs,
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            warmup_epochs=c.warmup_epochs,
+            warmup_lr=c.warmup_lr,
+        )
         if config.loss_prediction:
             # The loss-prediction module has its own SGD (train.loss_prediction_lr; momentum and coupled decay as the
             # main optimiser's defaults, as the reference code: 0.9 and 5e-4).
-            head_tx = optax.chain(optax.add_decayed_weights(schema.default("train.weight_decay")),
-                                  optax.sgd(config.loss_prediction_lr, momentum=schema.default("train.momentum")))
+            head_tx = optax.chain(
+                optax.add_decayed_weights(schema.default("train.weight_decay")),
+                optax.sgd(config.loss_prediction_lr, momentum=schema.default("train.momentum")),
+            )
             self.tx = optax.multi_transform(
                 {"main": main, "loss_pred": optax.with_extra_args_support(head_tx)},
                 lambda tree: {k: ("loss_pred" if k == "loss_pred" else "main") for k in tree},
@@ -96,11 +105,17 @@ class Trainer:
         if self.config.loss_prediction and "loss_pred" not in trainable:
             dummy = jnp.zeros((1, self.model.num_classes), jnp.float32)
             trainable["loss_pred"] = LossPredictionHead().init(jax.random.fold_in(k_init, 7), dummy)["params"]
-        state = {"trainable": trainable, "opt_state": self.tx.init(trainable), "rng": k_state,
-                 "step": jnp.zeros((), jnp.int32)}
+        state = {
+            "trainable": trainable,
+            "opt_state": self.tx.init(trainable),
+            "rng": k_state,
+            "step": jnp.zeros((), jnp.int32),
+        }
         if self.config.loss_scale == "dynamic":
-            state["loss_scale"] = {"scale": jnp.asarray(self.config.loss_scale_init, jnp.float32),
-                                   "good_steps": jnp.zeros((), jnp.int32)}
+            state["loss_scale"] = {
+                "scale": jnp.asarray(self.config.loss_scale_init, jnp.float32),
+                "good_steps": jnp.zeros((), jnp.int32),
+            }
         return state
 
     def init(self, rng: jax.Array, trainable: Any = None) -> State:
@@ -140,8 +155,15 @@ class Trainer:
         n = mask.sum()
         # How often the calibration loss can act: it is exactly 0 on a batch the model already classifies right.
         missed = (n - correct.sum()) / jnp.maximum(n, 1)
-        return total, {"loss": total, "ce": ce, "calibration": cal, "correct": correct.sum(), "n": n,
-                       "calibration_active": (cal != 0).astype(jnp.int32), "misclassified_share": missed}
+        return total, {
+            "loss": total,
+            "ce": ce,
+            "calibration": cal,
+            "correct": correct.sum(),
+            "n": n,
+            "calibration_active": (cal != 0).astype(jnp.int32),
+            "misclassified_share": missed,
+        }
 
     def _train_step_impl(self, state: State, batch: dict[str, jax.Array], epoch: jax.Array) -> tuple[State, dict]:
         self.traces["train"] += 1
@@ -161,9 +183,10 @@ class Trainer:
         if scaling is not None:
             new.update(_loss_scale_step(state, new, grads, scaling, self.config.loss_scale_growth_interval))
             finite = new.pop("_finite")
-            metrics = {k: (jnp.where(finite > 0, v, 0) if k in ("loss", "ce", "calibration", "calibration_active")
-                           else v)
-                       for k, v in metrics.items()}
+            metrics = {
+                k: (jnp.where(finite > 0, v, 0) if k in ("loss", "ce", "calibration", "calibration_active") else v)
+                for k, v in metrics.items()
+            }
             metrics["skipped_steps"] = 1 - finite
         return new, metrics
 
@@ -288,12 +311,15 @@ def _loss_scale_step(old: State, new: State, grads: Any, scaling: dict, interval
     keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
     good = jnp.where(finite, scaling["good_steps"] + 1, 0)
     grow = good >= interval
-    scale = jnp.where(finite, jnp.where(grow, scaling["scale"] * 2.0, scaling["scale"]),
-                      jnp.maximum(scaling["scale"] / 2.0, 1.0))
-    return {"trainable": keep(new["trainable"], old["trainable"]),
-            "opt_state": keep(new["opt_state"], old["opt_state"]),
-            "loss_scale": {"scale": scale, "good_steps": jnp.where(grow, 0, good)},
-            "_finite": finite.astype(jnp.int32)}
+    scale = jnp.where(
+        finite, jnp.where(grow, scaling["scale"] * 2.0, scaling["scale"]), jnp.maximum(scaling["scale"] / 2.0, 1.0)
+    )
+    return {
+        "trainable": keep(new["trainable"], old["trainable"]),
+        "opt_state": keep(new["opt_state"], old["opt_state"]),
+        "loss_scale": {"scale": scale, "good_steps": jnp.where(grow, 0, good)},
+        "_finite": finite.astype(jnp.int32),
+    }
 
 
 def masked_ranking_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, margin: float = 1.0) -> jax.Array:

@@ -250,9 +250,14 @@ def _theirs(family: str, variant: str, dtype: str, size: int):
     if family == "clip":
         vision, _, embed = clip.variant(variant)
         config = CLIPVisionConfig(
-            hidden_size=vision.width, intermediate_size=vision.hidden, num_hidden_layers=vision.depth,
-            num_attention_heads=vision.heads, image_size=vision.image_size, patch_size=vision.patch_size,
-            projection_dim=embed, hidden_act=vision.activation,
+            hidden_size=vision.width,
+            intermediate_size=vision.hidden,
+            num_hidden_layers=vision.depth,
+            num_attention_heads=vision.heads,
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            projection_dim=embed,
+            hidden_act=vision.activation,
         )
         cls = CLIPVisionModelWithProjection
     else:
@@ -260,8 +265,11 @@ def _theirs(family: str, variant: str, dtype: str, size: int):
         if d["swiglu"]:
             raise ValueError(f"DINOv2 {variant} uses the SwiGLU MLP; this benchmark covers the GELU variants S/B/L.")
         config = Dinov2Config(
-            hidden_size=d["width"], num_hidden_layers=d["depth"], num_attention_heads=d["num_heads"],
-            mlp_ratio=d["mlp_dim"] // d["width"], patch_size=d["patch_size"],
+            hidden_size=d["width"],
+            num_hidden_layers=d["depth"],
+            num_attention_heads=d["num_heads"],
+            mlp_ratio=d["mlp_dim"] // d["width"],
+            patch_size=d["patch_size"],
             image_size=d["pos_grid"] * d["patch_size"],
         )
         cls = Dinov2Model
@@ -313,7 +321,8 @@ def _compare(
     gflop = _shape(family, variant).gflop_per_image(size)
     return [
         Row(name, batch / t["ours"], batch / t[ref], f"{ref}; peak: {side}^2 matmul", dtype, gflop, peak, attention)
-        for ref in fns if ref.startswith("torch")
+        for ref in fns
+        if ref.startswith("torch")
     ]
 
 
@@ -343,13 +352,21 @@ DEFAULT = ["efficientnet-lite0@224", "efficientnet-lite0@112", *TRANSFORMERS]  #
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=",".join(DEFAULT),
-                    help=f"comma-separated case names or groups ({', '.join(GROUPS)})")
-    ap.add_argument("--batch", type=int, default=None,
-                    help="images per call (default: 64 EfficientNet; 16 CPU / 128 accelerator for transformers)")
+    ap.add_argument(
+        "--cases", default=",".join(DEFAULT), help=f"comma-separated case names or groups ({', '.join(GROUPS)})"
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images per call (default: 64 EfficientNet; 16 CPU / 128 accelerator for transformers)",
+    )
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--device-report", action="store_true",
-                    help="transformers also in bf16; torch.compile on GPU; for a GPU/TPU run")
+    ap.add_argument(
+        "--device-report",
+        action="store_true",
+        help="transformers also in bf16; torch.compile on GPU; for a GPU/TPU run",
+    )
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile, even on CPU")
     ap.add_argument("--no-torch-compile", action="store_true", help="never time torch.compile (saves its compile time)")
     args = ap.parse_args()
@@ -365,19 +382,26 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     load = "n/a" if not hasattr(os, "getloadavg") else " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"jax {jax.__version__} ({jax.default_backend()}: {jax.devices()[0].device_kind}), torch {torch.__version__} "
-          f"({_torch_device()}, {torch.get_num_threads()} threads), median of {args.iters} interleaved calls, "
-          f"load average {load}")
-    print(f"{'case':<24}{'dtype':>6}{'ours img/s':>12}{'ref img/s':>11}{'ratio':>7}{'GFLOP/s':>9}{'peak':>8}"
-          f"{'%peak':>7}{'ceiling':>8}  {'attention':<20} reference")
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}: {jax.devices()[0].device_kind}), torch {torch.__version__} "
+        f"({_torch_device()}, {torch.get_num_threads()} threads), median of {args.iters} interleaved calls, "
+        f"load average {load}"
+    )
+    print(
+        f"{'case':<24}{'dtype':>6}{'ours img/s':>12}{'ref img/s':>11}{'ratio':>7}{'GFLOP/s':>9}{'peak':>8}"
+        f"{'%peak':>7}{'ceiling':>8}  {'attention':<20} reference"
+    )
     for name in names:
         result = known[name].run(args)
         for row in result if isinstance(result, list) else [result]:
             flops = " " * 32
             if row.gflops is not None and row.peak:
                 flops = f"{row.gflops:>9.1f}{row.peak:>8.1f}{100 * row.gflops / row.peak:>6.1f}%{row.ceiling:>8.2f}"
-            print(f"{row.case:<24}{row.dtype:>6}{row.ours:>12.1f}{row.reference:>11.1f}{row.ratio:>7.2f}{flops}  "
-                  f"{row.attention or '-':<20} {row.reference_name}", flush=True)
+            print(
+                f"{row.case:<24}{row.dtype:>6}{row.ours:>12.1f}{row.reference:>11.1f}{row.ratio:>7.2f}{flops}  "
+                f"{row.attention or '-':<20} {row.reference_name}",
+                flush=True,
+            )
     if hasattr(os, "getloadavg"):
         print("load average after:", " ".join(f"{v:.2f}" for v in os.getloadavg()))
 

@@ -72,8 +72,10 @@ def main() -> None:
                 dt, n = time_pass(batches)
                 rows.append((pname, mode, n, dt, n / dt))
 
-    print(f"\ninput pipeline, {args.size} px, batch {args.batch}, threads {args.threads or 'default'}, "
-          f"{os.cpu_count()} CPUs visible")
+    print(
+        f"\ninput pipeline, {args.size} px, batch {args.batch}, threads {args.threads or 'default'}, "
+        f"{os.cpu_count()} CPUs visible"
+    )
     print(f"{'pool':<15} {'mode':<20} {'images':>7} {'seconds':>8} {'images/s':>9}")
     for pname, mode, n, dt, rate in rows:
         print(f"{pname:<15} {mode:<20} {n:>7d} {dt:>8.2f} {rate:>9.1f}")

@@ -50,8 +50,9 @@ def _worker(args: argparse.Namespace) -> dict:
         import torch
         import transformers
 
-        cfg = transformers.Dinov2Config(num_hidden_layers=12, hidden_size=384, num_attention_heads=6, mlp_ratio=4,
-                                        image_size=224, patch_size=16)
+        cfg = transformers.Dinov2Config(
+            num_hidden_layers=12, hidden_size=384, num_attention_heads=6, mlp_ratio=4, image_size=224, patch_size=16
+        )
         torch.manual_seed(0)
         path = tempfile.mkdtemp()
         transformers.Dinov2Model(cfg).save_pretrained(path)
@@ -80,8 +81,12 @@ def _worker(args: argparse.Namespace) -> dict:
     def batches() -> object:
         for s in range(0, args.pool, args.chunk):
             part = pool[s : s + args.chunk]
-            yield {"inputs": part, "label": np.full(len(part), -1, np.int32), "pos": np.arange(s, s + len(part)),
-                   "_mask": np.ones(len(part), bool)}
+            yield {
+                "inputs": part,
+                "label": np.full(len(part), -1, np.int32),
+                "pos": np.arange(s, s + len(part)),
+                "_mask": np.ones(len(part), bool),
+            }
 
     scorer.score(state["trainable"], batches(), args.pool)  # warm-up (compilation)
     stimes = []
@@ -89,9 +94,14 @@ def _worker(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         scorer.score(state["trainable"], batches(), args.pool)
         stimes.append(time.perf_counter() - t0)
-    return {"devices": len(devices), "platform": devices[0].platform, "train_steps_s": train,
-            "train_img_s": train * args.batch, "score_img_s": args.pool / statistics.median(stimes),
-            "per_device_batch": args.batch / len(devices)}
+    return {
+        "devices": len(devices),
+        "platform": devices[0].platform,
+        "train_steps_s": train,
+        "train_img_s": train * args.batch,
+        "score_img_s": args.pool / statistics.median(stimes),
+        "per_device_batch": args.batch / len(devices),
+    }
 
 
 def main() -> None:
@@ -121,25 +131,43 @@ def main() -> None:
         elif d > len(jax.devices()):
             print(f"{d} devices: only {len(jax.devices())} here, skipped")
             continue
-        cmd = [sys.executable, __file__, "--worker", str(d), "--model", args.model, "--batch", str(args.batch),
-               "--chunk", str(args.chunk), "--pool", str(args.pool), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            str(d),
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--chunk",
+            str(args.chunk),
+            "--pool",
+            str(args.pool),
+            "--steps",
+            str(args.steps),
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         if out.returncode or not line:
             print(f"{d} devices failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
             continue
-        rows.append(json.loads(line[0][len("RESULT "):]))
+        rows.append(json.loads(line[0][len("RESULT ") :]))
     if not rows:
         sys.exit(1)
     base = rows[0]
-    print(f"model {args.model}, global batch {args.batch}, pool {args.pool} in chunks of {args.chunk}, "
-          f"platform {base['platform']}")
+    print(
+        f"model {args.model}, global batch {args.batch}, pool {args.pool} in chunks of {args.chunk}, "
+        f"platform {base['platform']}"
+    )
     print("| devices | per-device batch | train steps/s | train img/s | vs 1st | scoring img/s | vs 1st |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['devices']} | {r['per_device_batch']:.0f} | {r['train_steps_s']:.2f} | {r['train_img_s']:.1f} | "
-              f"{r['train_img_s'] / base['train_img_s']:.2f}x | {r['score_img_s']:.1f} | "
-              f"{r['score_img_s'] / base['score_img_s']:.2f}x |")
+        print(
+            f"| {r['devices']} | {r['per_device_batch']:.0f} | {r['train_steps_s']:.2f} | {r['train_img_s']:.1f} | "
+            f"{r['train_img_s'] / base['train_img_s']:.2f}x | {r['score_img_s']:.1f} | "
+            f"{r['score_img_s'] / base['score_img_s']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def run_peer(strategy: str, data: dict, budget: int) -> object:
         clf = FixedProba(p, classes=np.arange(k)).fit(idx, y)
         method = "entropy" if strategy == "entropy" else "margin_sampling"
         return UncertaintySampling(method=method, missing_label=-1, random_state=0).query(
-            idx, y, clf, fit_clf=False, batch_size=budget)
+            idx, y, clf, fit_clf=False, batch_size=budget
+        )
     feats = data["features"].astype(np.float64)
     fn = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     if strategy == "coreset":
@@ -114,7 +115,8 @@ def run_peer(strategy: str, data: dict, budget: int) -> object:
     if strategy == "badge":
         clf = FixedProba(p, fn, classes=np.arange(k)).fit(idx, y)
         return Badge(clf_embedding_flag_name="return_embeddings", missing_label=-1, random_state=0).query(
-            idx, y, clf, fit_clf=False, batch_size=budget)
+            idx, y, clf, fit_clf=False, batch_size=budget
+        )
     if strategy == "typiclust":
         return TypiClust(missing_label=-1, random_state=0, k=20).query(fn, y, batch_size=budget)
     if strategy == "probcover":
@@ -183,28 +185,46 @@ def main() -> None:
     ap.add_argument("--peer-max-gb", type=float, default=8.0, help="skip peer cases estimated above this")
     ap.add_argument("--peer-max-n", type=int, default=10**9, help="skip peer cases with more examples")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
-    ap.add_argument("--on-device", action="store_true",
-                    help="place features and logits on the default device before timing ours (GPU anchors)")
-    ap.add_argument("--single-call", action="store_true",
-                    help="time our first call only (compilation included), for cases too long to run twice")
+    ap.add_argument(
+        "--on-device",
+        action="store_true",
+        help="place features and logits on the default device before timing ours (GPU anchors)",
+    )
+    ap.add_argument(
+        "--single-call",
+        action="store_true",
+        help="time our first call only (compilation included), for cases too long to run twice",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"cpu count {os.cpu_count()}; load average {load}; times in s ('first' includes JAX compilation), "
-          "peak RSS in GB")
-    head = (f"{'strategy':10} {'N':>8} {'K':>4} {'b':>5} | {'ours':>8} {'first':>8} {'peakGB':>7} | "
-            f"{'skal':>8} {'first':>8} {'peakGB':>7} | {'speedup':>7}  note")
+    print(
+        f"cpu count {os.cpu_count()}; load average {load}; times in s ('first' includes JAX compilation), "
+        "peak RSS in GB"
+    )
+    head = (
+        f"{'strategy':10} {'N':>8} {'K':>4} {'b':>5} | {'ours':>8} {'first':>8} {'peakGB':>7} | "
+        f"{'skal':>8} {'first':>8} {'peakGB':>7} | {'speedup':>7}  note"
+    )
     print(head)
     print("-" * len(head))
     for strategy in args.strategies:
         for n in args.n:
             for k in args.k:
                 for budget in args.budget:
-                    spec = dict(strategy=strategy, n=n, d=args.d, k=k, budget=budget, n_labeled=args.n_labeled,
-                                single_call=args.single_call, on_device=args.on_device)
+                    spec = dict(
+                        strategy=strategy,
+                        n=n,
+                        d=args.d,
+                        k=k,
+                        budget=budget,
+                        n_labeled=args.n_labeled,
+                        single_call=args.single_call,
+                        on_device=args.on_device,
+                    )
                     ours = run_case({**spec, "lib": "ours"}, args.timeout)
                     note = ours.get("note", "")
                     est = peer_memory_gb(strategy, n, args.d, k)
@@ -217,10 +237,11 @@ def main() -> None:
                     else:
                         peer = run_case({**spec, "lib": "peer"}, args.timeout)
                     note = "; ".join(x for x in (note, peer.get("note", "")) if x)
-                    speed = (f"{peer['time'] / ours['time']:7.1f}x" if "time" in ours and "time" in peer
-                             else f"{'-':>8}")
-                    print(f"{strategy:10} {n:8d} {k:4d} {budget:5d} | {fmt(ours)} | {fmt(peer)} | {speed}  {note}",
-                          flush=True)
+                    speed = f"{peer['time'] / ours['time']:7.1f}x" if "time" in ours and "time" in peer else f"{'-':>8}"
+                    print(
+                        f"{strategy:10} {n:8d} {k:4d} {budget:5d} | {fmt(ours)} | {fmt(peer)} | {speed}  {note}",
+                        flush=True,
+                    )
     print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 

@@ -49,8 +49,9 @@ def child(spec: dict) -> None:
 
     def fresh_pool() -> dict:
         # placed anew before every call: a jax.Array keeps its host copy once made, which would hide the gather
-        return {k: jax.block_until_ready(jax.device_put(v, NamedSharding(mesh, spmd.row_spec(k))))
-                for k, v in data.items()}
+        return {
+            k: jax.block_until_ready(jax.device_put(v, NamedSharding(mesh, spmd.row_spec(k)))) for k, v in data.items()
+        }
 
     select = strategies.get(spec["strategy"])
     reads = sorted(strategies.requires(spec["strategy"]))
@@ -74,8 +75,11 @@ def child(spec: dict) -> None:
 
 def run_case(spec: dict, timeout: float) -> dict:
     """`child(spec)` in a fresh interpreter with the fake device count; its JSON or an error note."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={spec['devices']}")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={spec['devices']}",
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))  # runs from a checkout
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     try:
@@ -98,37 +102,60 @@ def main() -> None:
     ap.add_argument("--n-labeled", type=int, default=100)
     ap.add_argument("--devices", type=int, default=8)
     ap.add_argument("--strategies", nargs="+", default=ALL, choices=ALL)
-    ap.add_argument("--single-call", nargs="*", default=["typiclust", "probcover"], choices=ALL,
-                    help="strategies timed on their first call only (long ones)")
+    ap.add_argument(
+        "--single-call",
+        nargs="*",
+        default=["typiclust", "probcover"],
+        choices=ALL,
+        help="strategies timed on their first call only (long ones)",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per strategy")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
-    print(f"{args.devices} fake CPU devices on {os.cpu_count()} cores; load average "
-          + " ".join(f"{v:.2f}" for v in os.getloadavg())
-          + f"; D = {args.d}, K = {args.k}, budget {args.budget}, {args.n_labeled} labelled; times in s "
-          "(* first call, compilation included)")
-    head = (f"{'strategy':10} {'N':>8} | {'gather':>8} {'(copy)':>8} | {'sharded':>8} | {'ratio':>6} | "
-            f"{'faster':8} {'same ids':8}  note")
+    print(
+        f"{args.devices} fake CPU devices on {os.cpu_count()} cores; load average "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
+        + f"; D = {args.d}, K = {args.k}, budget {args.budget}, {args.n_labeled} labelled; times in s "
+        "(* first call, compilation included)"
+    )
+    head = (
+        f"{'strategy':10} {'N':>8} | {'gather':>8} {'(copy)':>8} | {'sharded':>8} | {'ratio':>6} | "
+        f"{'faster':8} {'same ids':8}  note"
+    )
     print(head)
     print("-" * len(head))
     for strategy in args.strategies:
         n = args.probcover_n if strategy == "probcover" else args.n
         single = strategy in args.single_call
-        spec = dict(strategy=strategy, n=n, d=args.d, k=args.k, budget=args.budget, n_labeled=args.n_labeled,
-                    devices=args.devices, single_call=single)
+        spec = dict(
+            strategy=strategy,
+            n=n,
+            d=args.d,
+            k=args.k,
+            budget=args.budget,
+            n_labeled=args.n_labeled,
+            devices=args.devices,
+            single_call=single,
+        )
         res = run_case(spec, args.timeout)
         mark = "*" if single else " "
         if "gather" not in res:
-            print(f"{strategy:10} {n:8d} | {'-':>8} {'-':>8} | {'-':>8} | {'-':>6} | {'-':8} {'-':8}  "
-                  f"{res.get('note', '')}", flush=True)
+            print(
+                f"{strategy:10} {n:8d} | {'-':>8} {'-':>8} | {'-':>8} | {'-':>6} | {'-':8} {'-':8}  "
+                f"{res.get('note', '')}",
+                flush=True,
+            )
             continue
         ratio = res["gather"] / res["sharded"]
         faster = "sharded" if ratio > 1 else "gather"
-        print(f"{strategy:10} {n:8d} | {res['gather']:7.3f}{mark} {res['copy']:8.3f} | {res['sharded']:7.3f}{mark} | "
-              f"{ratio:5.2f}x | {faster:8} {str(res['same_ids']):8}", flush=True)
+        print(
+            f"{strategy:10} {n:8d} | {res['gather']:7.3f}{mark} {res['copy']:8.3f} | {res['sharded']:7.3f}{mark} | "
+            f"{ratio:5.2f}x | {faster:8} {str(res['same_ids']):8}",
+            flush=True,
+        )
     print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 

@@ -68,8 +68,18 @@ PARTS: dict[str, dict[str, str]] = {
 PART_SEEDS = {"probe": 3}  # seeds 1..n only
 # The groups run first (`--groups core`): what the reading of RESULTS.md rests on; then the rest (`--groups extra`).
 CORE = {
-    "linear": ["random", "entropy+pcb", "margin+pcb", "least_confidence+pcb", "coreset+pcb", "featdist+pcb",
-               "badge+pcb", "entropy", "entropy+calib+pcb", "raw-head:random"],
+    "linear": [
+        "random",
+        "entropy+pcb",
+        "margin+pcb",
+        "least_confidence+pcb",
+        "coreset+pcb",
+        "featdist+pcb",
+        "badge+pcb",
+        "entropy",
+        "entropy+calib+pcb",
+        "raw-head:random",
+    ],
     "lora": ["random", "entropy+pcb", "entropy+calib+pcb"],
     "probe": list(PARTS["probe"]),
 }
@@ -96,8 +106,9 @@ def select_groups(part: str, which: str) -> list[str]:
     return [g for g in which.split(",") if g in PARTS[part]]
 
 
-def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR,
-         groups: str = "all") -> list[tuple[str, list[str]]]:
+def plan(
+    parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR, groups: str = "all"
+) -> list[tuple[str, list[str]]]:
     """(workdir, command) of every run, seed-major."""
     out = []
     for seed in seeds:
@@ -107,8 +118,13 @@ def plan(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR,
             for group in select_groups(part, groups):
                 args = PARTS[part][group]
                 workdir = os.path.join(root, part, group, f"s{seed}")
-                cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config=configs/study.py:{args},seed={seed}",
-                       f"--workdir={workdir}"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "alpeft_jax.main",
+                    f"--config=configs/study.py:{args},seed={seed}",
+                    f"--workdir={workdir}",
+                ]
                 out.append((workdir, cmd))
     return out
 
@@ -151,16 +167,29 @@ def load_part(part: str, seeds: Sequence[int], root: str = WORKDIR) -> dict[str,
     return out
 
 
-COST = ("final ECE", "AUC ECE", "final NLL", "classes labelled", "rarest class", "scoring s/round",
-        "selection s/round", "calibration active", "train misclassified")
+COST = (
+    "final ECE",
+    "AUC ECE",
+    "final NLL",
+    "classes labelled",
+    "rarest class",
+    "scoring s/round",
+    "selection s/round",
+    "calibration active",
+    "train misclassified",
+)
 PROBE = ("final accuracy", "AUC accuracy", "final ECE", "AUC ECE", "final NLL")
 
 
 def load_all(seeds: Sequence[int], root: str = WORKDIR) -> tuple[dict, dict]:
     """Every part's finished runs, and the groups LoRA and the probe both ran (named part:group)."""
     parts = {part: load_part(part, seeds, root) for part in PARTS}
-    both = {f"{p}:{g}": runs for p in ("linear", "lora") for g, runs in parts[p].items()
-            if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]}
+    both = {
+        f"{p}:{g}": runs
+        for p in ("linear", "lora")
+        for g, runs in parts[p].items()
+        if g in CORE["lora"] and g in parts["linear"] and g in parts["lora"]
+    }
     return parts, both
 
 
@@ -169,11 +198,18 @@ def _acc_table(by_seed: dict, against: Sequence[str]) -> str:
 
 
 def _part_tables(by_seed: dict[str, dict[int, list[dict]]], against: Sequence[str]) -> list[str]:
-    return ["Accuracy (%): mean ± std over seeds; Δ: the difference paired by seed, mean ± standard error.", "",
-            _acc_table(by_seed, against), "",
-            "Calibration and cost (per selecting round; calibration active: share of update steps with a non-zero "
-            "calibration loss; train misclassified: share of the labelled batch the model gets wrong while "
-            "training).", "", report.summary_table(by_seed, columns=COST), ""]
+    return [
+        "Accuracy (%): mean ± std over seeds; Δ: the difference paired by seed, mean ± standard error.",
+        "",
+        _acc_table(by_seed, against),
+        "",
+        "Calibration and cost (per selecting round; calibration active: share of update steps with a non-zero "
+        "calibration loss; train misclassified: share of the labelled batch the model gets wrong while "
+        "training).",
+        "",
+        report.summary_table(by_seed, columns=COST),
+        "",
+    ]
 
 
 def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> str:
@@ -183,25 +219,49 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
     titles = {"linear": "Linear probe (cosine head)", "lora": "LoRA on the last block + cosine head"}
     probe = parts.pop("probe")
     if probe:
-        sections += ["## Choosing the linear probe's head (random sampling, seeds 1-3)", "",
-                     report.summary_table(probe, columns=PROBE), ""]
+        sections += [
+            "## Choosing the linear probe's head (random sampling, seeds 1-3)",
+            "",
+            report.summary_table(probe, columns=PROBE),
+            "",
+        ]
     for part, by_seed in parts.items():
         if not by_seed:
             continue
         groups = {k: list(report.complete_runs(v).values()) for k, v in by_seed.items()}
-        sections += [f"## {titles[part]}", "", *_part_tables(by_seed, ["random", "entropy+pcb"]),
-                     "Accuracy by round:", "", report.markdown_table(groups, "accuracy"), "",
-                     "ECE by round:", "", report.markdown_table(groups, "ece"), "",
-                     "NLL by round:", "", report.markdown_table(groups, "nll", 1.0), ""]
+        sections += [
+            f"## {titles[part]}",
+            "",
+            *_part_tables(by_seed, ["random", "entropy+pcb"]),
+            "Accuracy by round:",
+            "",
+            report.markdown_table(groups, "accuracy"),
+            "",
+            "ECE by round:",
+            "",
+            report.markdown_table(groups, "ece"),
+            "",
+            "NLL by round:",
+            "",
+            report.markdown_table(groups, "nll", 1.0),
+            "",
+        ]
         os.makedirs(out_dir, exist_ok=True)
-        report.plot_curves({k: v for k, v in groups.items() if not k.startswith("raw-head")},
-                           os.path.join(out_dir, f"study_{part}.png"))
+        report.plot_curves(
+            {k: v for k, v in groups.items() if not k.startswith("raw-head")},
+            os.path.join(out_dir, f"study_{part}.png"),
+        )
         if "raw-head:random" in groups:
-            report.plot_curves({k: groups[k] for k in ("random", "raw-head:random") if k in groups},
-                               os.path.join(out_dir, "study_linear_heads.png"))
+            report.plot_curves(
+                {k: groups[k] for k in ("random", "raw-head:random") if k in groups},
+                os.path.join(out_dir, "study_linear_heads.png"),
+            )
     if both:
-        sections += ["## LoRA against the linear probe (the same pool, seeds and initial labels)", "",
-                     *_part_tables(both, ["linear:random", "linear:entropy+pcb"])]
+        sections += [
+            "## LoRA against the linear probe (the same pool, seeds and initial labels)",
+            "",
+            *_part_tables(both, ["linear:random", "linear:entropy+pcb"]),
+        ]
     text = "\n".join(sections)
     with open(os.path.join(out_dir, "study_tables.md"), "w") as f:
         f.write("<!-- written by `python benchmarks/study.py tables`; do not edit -->\n\n" + text)
@@ -239,15 +299,21 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
         f = m.group(1).split("|")
         if len(f) == 1:
             return tables_[f[0]]()
-        named = [(f[2], f[3]), (f[4], f[5])] if f[1] == "both" else [(f[1], g) for g in f[2:4 if f[0] == "d" else 3]]
+        named = [(f[2], f[3]), (f[4], f[5])] if f[1] == "both" else [(f[1], g) for g in f[2 : 4 if f[0] == "d" else 3]]
         if any(g not in parts[p] for p, g in named):
             return "(not run)"
         if f[0] == "d" and f[1] == "both":
             return _fmt_diff(parts[f[2]][f[3]], parts[f[4]][f[5]], f[6], len(seeds))
         if f[0] == "d":
             return _fmt_diff(parts[f[1]][f[2]], parts[f[1]][f[3]], f[4], len(seeds))
-        col = {"active": "calibration active", "miss": "train misclassified", "sel": "selection s/round",
-               "score": "scoring s/round", "classes": "classes labelled", "rarest": "rarest class"}[f[0]]
+        col = {
+            "active": "calibration active",
+            "miss": "train misclassified",
+            "sel": "selection s/round",
+            "score": "scoring s/round",
+            "classes": "classes labelled",
+            "rarest": "rarest class",
+        }[f[0]]
         value = report.group_stat(parts[f[1]][f[2]], col)[0]
         return f"{value:.1f}" + (" %" if report.SUMMARY_STATS[col][1] == 100.0 else "")
 

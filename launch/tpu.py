@@ -81,15 +81,18 @@ def parse_accelerator(accelerator: str) -> tuple[str, int]:
     """'v4-8' -> ('v4', 8); 'v5e-16' is read as 'v5litepod-16'."""
     m = re.fullmatch(r"(v2|v3|v4|v5p|v5e|v5litepod|v6e)-(\d+)", accelerator.strip())
     if not m:
-        raise LaunchError(f"ACCELERATOR={accelerator!r} is not a TPU type; use one of v2/v3/v4/v5p/v5litepod/v6e-"
-                          "<size>, e.g. v4-8, v5litepod-16, v5p-8, v6e-8")
+        raise LaunchError(
+            f"ACCELERATOR={accelerator!r} is not a TPU type; use one of v2/v3/v4/v5p/v5litepod/v6e-"
+            "<size>, e.g. v4-8, v5litepod-16, v5p-8, v6e-8"
+        )
     gen, size = m.group(1), int(m.group(2))
     gen = "v5litepod" if gen == "v5e" else gen
     counts, _, _ = GENERATIONS[gen]
     if (counts == "chips" and size not in CHIP_SIZES) or (counts == "cores" and (size < 8 or size % 8)):
         sizes = "one of " + ", ".join(str(s) for s in CHIP_SIZES) if counts == "chips" else "a multiple of 8"
-        raise LaunchError(f"ACCELERATOR={accelerator!r}: a {gen} size counts {counts} and is {sizes} "
-                          f"(e.g. {gen}-8, {gen}-16)")
+        raise LaunchError(
+            f"ACCELERATOR={accelerator!r}: a {gen} size counts {counts} and is {sizes} (e.g. {gen}-8, {gen}-16)"
+        )
     return gen, size
 
 
@@ -168,8 +171,10 @@ class Launcher:
         """ACCELERATOR, required and valid in every mode: it decides the runtime and the number of hosts."""
         acc = self.env.get("ACCELERATOR", "")
         if not acc:
-            raise LaunchError("set ACCELERATOR (the TPU type, e.g. v4-8, v5litepod-16, v6e-8): it decides the "
-                              "runtime image and the number of hosts")
+            raise LaunchError(
+                "set ACCELERATOR (the TPU type, e.g. v4-8, v5litepod-16, v6e-8): it decides the "
+                "runtime image and the number of hosts"
+            )
         return accelerator_name(acc)
 
     def tpu(self) -> tuple[str, list[str]]:
@@ -215,16 +220,27 @@ class Launcher:
         try:
             rc = subprocess.call(argv)
         except FileNotFoundError:
-            raise LaunchError(f"{argv[0]} is not on PATH" + (" (install the Google Cloud CLI and run `gcloud auth "
-                                                             "login`)" if argv[0] == "gcloud" else "")) from None
+            raise LaunchError(
+                f"{argv[0]} is not on PATH"
+                + (" (install the Google Cloud CLI and run `gcloud auth login`)" if argv[0] == "gcloud" else "")
+            ) from None
         if rc and check:
             raise LaunchError(f"`{render(argv)[:200]}` failed with exit code {rc}")
         return rc
 
     def ssh(self, name: str, flags: list[str], worker: str, command: str) -> list[str]:
         """gcloud ssh running `command` on one worker or all."""
-        return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, *flags, f"--worker={worker}",
-                f"--command={command}"]
+        return [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            name,
+            *flags,
+            f"--worker={worker}",
+            f"--command={command}",
+        ]
 
     # ----- subcommands
     def create(self, args: list[str]) -> None:
@@ -237,14 +253,42 @@ class Launcher:
         runtime = self.env.get("RUNTIME") or runtime_for(acc)
         extra = ["--spot"] if spot else []
         if self.queued(acc):
-            self.emit(["gcloud", "compute", "tpus", "queued-resources", "create", f"{name}-qr", f"--node-id={name}",
-                       *flags, f"--accelerator-type={acc}", f"--runtime-version={runtime}", *extra])
+            self.emit(
+                [
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "queued-resources",
+                    "create",
+                    f"{name}-qr",
+                    f"--node-id={name}",
+                    *flags,
+                    f"--accelerator-type={acc}",
+                    f"--runtime-version={runtime}",
+                    *extra,
+                ]
+            )
             if not self.dry:
-                print(f"queued {acc} ({num_hosts(acc)} hosts) as {name}-qr; `launch/tpu_vm.sh status` shows when it "
-                      "is ACTIVE, then run `launch/tpu_vm.sh setup`", file=sys.stderr)
+                print(
+                    f"queued {acc} ({num_hosts(acc)} hosts) as {name}-qr; `launch/tpu_vm.sh status` shows when it "
+                    "is ACTIVE, then run `launch/tpu_vm.sh setup`",
+                    file=sys.stderr,
+                )
         else:
-            self.emit(["gcloud", "compute", "tpus", "tpu-vm", "create", name, *flags, f"--accelerator-type={acc}",
-                       f"--version={runtime}", *extra])
+            self.emit(
+                [
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "tpu-vm",
+                    "create",
+                    name,
+                    *flags,
+                    f"--accelerator-type={acc}",
+                    f"--version={runtime}",
+                    *extra,
+                ]
+            )
 
     def setup_script(self, acc: str, clone: bool) -> str:
         """The shell script each worker runs: the code, uv, Python, the package and the matching jax[tpu]."""
@@ -253,8 +297,10 @@ class Launcher:
         if clone:
             repo = shlex.quote(self.env["REPO"])
             ref = shlex.quote(self.env.get("REF", "") or "HEAD")
-            lines += [f"rm -rf {CODE_DIR} && git clone --quiet {repo} {CODE_DIR}",
-                      f"git -C {CODE_DIR} checkout --quiet {ref}"]
+            lines += [
+                f"rm -rf {CODE_DIR} && git clone --quiet {repo} {CODE_DIR}",
+                f"git -C {CODE_DIR} checkout --quiet {ref}",
+            ]
         else:
             lines += [f"rm -rf {CODE_DIR} && mkdir {CODE_DIR}", f"tar -xzf {CODE_DIR}.tar.gz -C {CODE_DIR}"]
         data = self.env.get("DATA", "").rstrip("/")
@@ -290,8 +336,19 @@ class Launcher:
             self.emit(["git", "-C", self.root, "archive", "--format=tar.gz", f"--output={archive}", ref])
             if not self.dry and subprocess.run(["git", "-C", self.root, "diff", "--quiet", "HEAD"]).returncode:
                 print(f"note: setup copies the committed {ref}; uncommitted changes stay here", file=sys.stderr)
-            self.emit(["gcloud", "compute", "tpus", "tpu-vm", "scp", archive, f"{name}:{CODE_DIR}.tar.gz", *flags,
-                       "--worker=all"])
+            self.emit(
+                [
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "tpu-vm",
+                    "scp",
+                    archive,
+                    f"{name}:{CODE_DIR}.tar.gz",
+                    *flags,
+                    "--worker=all",
+                ]
+            )
         self.emit(self.ssh(name, flags, "all", self.setup_script(acc, clone)))
 
     def run(self, args: list[str]) -> None:
@@ -303,26 +360,30 @@ class Launcher:
         self.check()
         hosts = num_hosts(acc)
         if hosts > 1 and not workdir.startswith(("gs://", "\0")) and not self.dry:
-            print(f"note: {acc} has {hosts} hosts; WORKDIR={workdir} must be storage they all share (gs://...)",
-                  file=sys.stderr)
+            print(
+                f"note: {acc} has {hosts} hosts; WORKDIR={workdir} must be storage they all share (gs://...)",
+                file=sys.stderr,
+            )
         argv = [f"--config={config}", f"--workdir={workdir}", *(["--distributed"] if hosts > 1 else []), *args]
         rname = self.env.get("RUN_NAME") or (run_name(workdir) if not isinstance(workdir, Guard) else "run")
         rname = run_name(rname)
         cmd = " ".join([self.venv_python(), "-m", "alpeft_jax.main", *(shlex.quote(a) for a in argv)])
-        script = "\n".join([
-            'cd "$HOME"',
-            f"mkdir -p {LOG_DIR}",
-            f'p=$(cat {LOG_DIR}/latest.pid 2>/dev/null || true)',
-            f'if [ -n "$p" ] && {ALIVE}; then',
-            '  echo "$(hostname): a run is still going (launch/tpu_vm.sh stop ends it)" >&2; exit 3',
-            "fi",
-            f'log="$HOME/{LOG_DIR}/{rname}.$(hostname).log"',
-            f"cd {CODE_DIR}",
-            f'PYTHONUNBUFFERED=1 setsid nohup {cmd} > "$log" 2>&1 < /dev/null &',
-            f'echo $! > "$HOME/{LOG_DIR}/latest.pid"',
-            f'ln -sfn "$log" "$HOME/{LOG_DIR}/latest.log"',
-            'echo "$(hostname): started, log $log"',
-        ])
+        script = "\n".join(
+            [
+                'cd "$HOME"',
+                f"mkdir -p {LOG_DIR}",
+                f"p=$(cat {LOG_DIR}/latest.pid 2>/dev/null || true)",
+                f'if [ -n "$p" ] && {ALIVE}; then',
+                '  echo "$(hostname): a run is still going (launch/tpu_vm.sh stop ends it)" >&2; exit 3',
+                "fi",
+                f'log="$HOME/{LOG_DIR}/{rname}.$(hostname).log"',
+                f"cd {CODE_DIR}",
+                f'PYTHONUNBUFFERED=1 setsid nohup {cmd} > "$log" 2>&1 < /dev/null &',
+                f'echo $! > "$HOME/{LOG_DIR}/latest.pid"',
+                f'ln -sfn "$log" "$HOME/{LOG_DIR}/latest.log"',
+                'echo "$(hostname): started, log $log"',
+            ]
+        )
         self.emit(self.ssh(name, flags, "all", script))
 
     def stop(self, args: list[str]) -> None:
@@ -330,8 +391,10 @@ class Launcher:
         self.only("stop", args)
         name, flags = self.tpu()
         self.check()
-        script = (f'p=$(cat "$HOME/{LOG_DIR}/latest.pid" 2>/dev/null) && kill -- -"$p" 2>/dev/null '
-                  '&& echo "$(hostname): stopped" || echo "$(hostname): no run going"')
+        script = (
+            f'p=$(cat "$HOME/{LOG_DIR}/latest.pid" 2>/dev/null) && kill -- -"$p" 2>/dev/null '
+            '&& echo "$(hostname): stopped" || echo "$(hostname): no run going"'
+        )
         self.emit(self.ssh(name, flags, "all", script))
 
     def status(self, args: list[str]) -> None:
@@ -341,13 +404,37 @@ class Launcher:
         name, flags = self.tpu()
         self.check()
         if self.queued(acc):
-            self.emit(["gcloud", "compute", "tpus", "queued-resources", "describe", f"{name}-qr", *flags,
-                       "--format=value(state.state)"], check=False)
-        self.emit(["gcloud", "compute", "tpus", "tpu-vm", "describe", name, *flags,
-                   "--format=value(state,health,acceleratorType)"], check=False)
-        script = (f'p=$(cat "$HOME/{LOG_DIR}/latest.pid" 2>/dev/null); '
-                  f'if [ -n "$p" ] && {ALIVE}; then s=running; else s="not running"; fi; '
-                  f'echo "== $(hostname): $s"; tail -n 3 "$HOME/{LOG_DIR}/latest.log" 2>/dev/null; true')
+            self.emit(
+                [
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "queued-resources",
+                    "describe",
+                    f"{name}-qr",
+                    *flags,
+                    "--format=value(state.state)",
+                ],
+                check=False,
+            )
+        self.emit(
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "describe",
+                name,
+                *flags,
+                "--format=value(state,health,acceleratorType)",
+            ],
+            check=False,
+        )
+        script = (
+            f'p=$(cat "$HOME/{LOG_DIR}/latest.pid" 2>/dev/null); '
+            f'if [ -n "$p" ] && {ALIVE}; then s=running; else s="not running"; fi; '
+            f'echo "== $(hostname): $s"; tail -n 3 "$HOME/{LOG_DIR}/latest.log" 2>/dev/null; true'
+        )
         self.emit(self.ssh(name, flags, "all", script), check=False)
 
     def logs(self, args: list[str]) -> None:
@@ -359,7 +446,7 @@ class Launcher:
             raise LaunchError(f"LOG_LINES={raw!r} is not a number of lines; e.g. LOG_LINES=200")
         name, flags = self.tpu()
         self.check()
-        tail = f"tail -n {raw}{' -F' if follow else ''} \"$HOME/{LOG_DIR}/latest.log\""
+        tail = f'tail -n {raw}{" -F" if follow else ""} "$HOME/{LOG_DIR}/latest.log"'
         self.emit(self.ssh(name, flags, self.env.get("WORKER", "") or "0", tail))
 
     def fetch(self, args: list[str]) -> None:
@@ -367,8 +454,9 @@ class Launcher:
         name, flags = self.tpu()
         workdirs = args or [self.need("WORKDIR", "the run's workdir, or pass the workdirs as arguments")]
         self.check()
-        dest = self.env.get("DEST") or os.path.join("workdirs", "fetched", name if not isinstance(name, Guard)
-                                                    else "tpu")
+        dest = self.env.get("DEST") or os.path.join(
+            "workdirs", "fetched", name if not isinstance(name, Guard) else "tpu"
+        )
         lines = ["set -e", 'cd "$HOME"', f"rm -rf {FETCH_DIR} && mkdir {FETCH_DIR}"]
         dirs = []
         for i, wd in enumerate(workdirs):
@@ -377,16 +465,33 @@ class Launcher:
             src = shlex.quote(wd.rstrip("/")) if not isinstance(wd, Guard) else f'"{wd}"'
             copy = "gcloud storage cp" if wd.startswith("gs://") else "cp"
             lines += [f"mkdir -p {sub}", f"{copy} {src}/results.jsonl {src}/config.json {sub}/"]
-        lines.append(f"cd {CODE_DIR} && {self.venv_python()} -m alpeft_jax.report "
-                     + " ".join(f'"$HOME/{d}"' for d in dirs)
-                     + f' --out "$HOME/{FETCH_DIR}/curves.png" | tee "$HOME/{FETCH_DIR}/report.md"')
+        lines.append(
+            f"cd {CODE_DIR} && {self.venv_python()} -m alpeft_jax.report "
+            + " ".join(f'"$HOME/{d}"' for d in dirs)
+            + f' --out "$HOME/{FETCH_DIR}/curves.png" | tee "$HOME/{FETCH_DIR}/report.md"'
+        )
         self.emit(self.ssh(name, flags, "0", "\n".join(lines)))
         self.emit(["mkdir", "-p", dest])
-        self.emit(["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", f"{name}:{FETCH_DIR}", dest, *flags,
-                   "--worker=0"])
+        self.emit(
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "scp",
+                "--recurse",
+                f"{name}:{FETCH_DIR}",
+                dest,
+                *flags,
+                "--worker=0",
+            ]
+        )
         if not self.dry:
-            print(f"report: {os.path.join(dest, FETCH_DIR, 'report.md')}, plot: "
-                  f"{os.path.join(dest, FETCH_DIR, 'curves.png')}", file=sys.stderr)
+            print(
+                f"report: {os.path.join(dest, FETCH_DIR, 'report.md')}, plot: "
+                f"{os.path.join(dest, FETCH_DIR, 'curves.png')}",
+                file=sys.stderr,
+            )
 
     def delete(self, args: list[str]) -> None:
         """Delete the TPU VM, or its queued resource (which deletes the VM with it)."""
@@ -395,8 +500,9 @@ class Launcher:
         name, flags = self.tpu()
         self.check()
         if self.queued(acc):
-            self.emit(["gcloud", "compute", "tpus", "queued-resources", "delete", f"{name}-qr", *flags, "--force",
-                       "--quiet"])
+            self.emit(
+                ["gcloud", "compute", "tpus", "queued-resources", "delete", f"{name}-qr", *flags, "--force", "--quiet"]
+            )
         else:
             self.emit(["gcloud", "compute", "tpus", "tpu-vm", "delete", name, *flags, "--quiet"])
 

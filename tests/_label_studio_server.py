@@ -138,12 +138,21 @@ def _env(base: Path, data_dir: Path, files_root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
     env.pop("HOST", None)  # Label Studio reads $HOST as its public URL
     env.update(
-        HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"), XDG_CONFIG_HOME=str(home / ".config"),
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        XDG_CONFIG_HOME=str(home / ".config"),
         XDG_CACHE_HOME=str(home / ".cache"),
-        LABEL_STUDIO_USERNAME=USERNAME, LABEL_STUDIO_PASSWORD=PASSWORD, LABEL_STUDIO_USER_TOKEN=TOKEN,
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false", SECRET_KEY=SECRET_KEY, DJANGO_DB="sqlite",
-        LOCAL_FILES_SERVING_ENABLED="true", LOCAL_FILES_DOCUMENT_ROOT=str(files_root),
+        LABEL_STUDIO_USERNAME=USERNAME,
+        LABEL_STUDIO_PASSWORD=PASSWORD,
+        LABEL_STUDIO_USER_TOKEN=TOKEN,
+        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
+        LATEST_VERSION_CHECK="false",
+        COLLECT_ANALYTICS="false",
+        SECRET_KEY=SECRET_KEY,
+        DJANGO_DB="sqlite",
+        LOCAL_FILES_SERVING_ENABLED="true",
+        LOCAL_FILES_DOCUMENT_ROOT=str(files_root),
     )
     return env
 
@@ -154,11 +163,28 @@ def _launch(base: Path, files_root: Path, timeout: float) -> Server:
         d.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = base / "label_studio.log"
-    cmd = [str(executable()), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-           "--data-dir", str(data_dir), "--log-level", "WARNING"]
+    cmd = [
+        str(executable()),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "WARNING",
+    ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=_env(base, data_dir, files_root), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=str(base))
+        proc = subprocess.Popen(
+            cmd,
+            env=_env(base, data_dir, files_root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(base),
+        )
     server = Server(f"http://127.0.0.1:{port}", TOKEN, proc, data_dir, files_root, log_path)
     deadline = time.time() + timeout
     while time.time() < deadline:

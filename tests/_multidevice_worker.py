@@ -36,8 +36,15 @@ def make_checkpoint(path: str) -> str:
     import torch
     import transformers
 
-    cfg = transformers.Dinov2Config(num_hidden_layers=3, hidden_size=24, num_attention_heads=3, mlp_ratio=2,
-                                    image_size=IMAGE, patch_size=7, layerscale_value=0.5)
+    cfg = transformers.Dinov2Config(
+        num_hidden_layers=3,
+        hidden_size=24,
+        num_attention_heads=3,
+        mlp_ratio=2,
+        image_size=IMAGE,
+        patch_size=7,
+        layerscale_value=0.5,
+    )
     torch.manual_seed(0)
     model = transformers.Dinov2Model(cfg).eval()
     with torch.no_grad():
@@ -81,8 +88,7 @@ def image_batches(images: np.ndarray, positions: np.ndarray, batch_size: int, fi
         pos[:k] = part
         x = np.full((batch_size, *images.shape[1:]), fill, np.float32)
         x[:k] = images[part]
-        yield {"inputs": x, "label": np.full(batch_size, -1, np.int32), "pos": pos,
-               "_mask": np.arange(batch_size) < k}
+        yield {"inputs": x, "label": np.full(batch_size, -1, np.int32), "pos": pos, "_mask": np.arange(batch_size) < k}
 
 
 def cached_inputs(cache: FeatureCache, sharder: Sharder | None = None) -> SplitInputs:
@@ -102,8 +108,9 @@ def selections(pool: dict[str, np.ndarray], seed: int = 3) -> dict[str, np.ndarr
     labeled[g.choice(n, 10, replace=False)] = True
     labels = np.where(labeled, g.integers(0, len(CLASSES), n), -1)
     pool = dict(pool, labels=labels)
-    return {s: np.asarray(strategies.select_with_pcb(s, 11, pool, labeled, 8, 30)) for s in ("entropy", "coreset",
-                                                                                             "badge")}
+    return {
+        s: np.asarray(strategies.select_with_pcb(s, 11, pool, labeled, 8, 30)) for s in ("entropy", "coreset", "badge")
+    }
 
 
 def run_all(ckpt: str, devices: list[Any], state: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -127,12 +134,12 @@ def run_all(ckpt: str, devices: list[Any], state: dict[str, Any] | None = None) 
         if kind == "images":
             batches = image_batches(images, share, CHUNK)
         else:
-            cache = FeatureCache.build(model, image_batches(images, share, CHUNK), N_POOL, sharder=sharder,
-                                       chunk_size=CHUNK)
+            cache = FeatureCache.build(
+                model, image_batches(images, share, CHUNK), N_POOL, sharder=sharder, chunk_size=CHUNK
+            )
             out[f"{kind}/cache"] = np.asarray(cache.array)
             batches = cached_inputs(cache, sharder).batches(share, CHUNK)
-        pool = scorer.score(trainable, batches, N_POOL, mc_samples=MC if kind == "images" else 0,
-                            rng=jax.random.key(5))
+        pool = scorer.score(trainable, batches, N_POOL, mc_samples=MC if kind == "images" else 0, rng=jax.random.key(5))
         if state is not None:
             state[kind] = (model, trainable, scorer, cache)
         for k, v in pool.items():

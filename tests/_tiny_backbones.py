@@ -35,8 +35,16 @@ def random_params(shapes: Any, seed: int) -> Any:
 
 
 def make_clip_backbone(
-    text_width: int = 16, vision_width: int = 16, depth: int = 2, text_depth: int = 1, heads: int = 2,
-    image_size: int = 16, patch_size: int = 8, embed_dim: int = 12, seed: int = 0, zeros: bool = False,
+    text_width: int = 16,
+    vision_width: int = 16,
+    depth: int = 2,
+    text_depth: int = 1,
+    heads: int = 2,
+    image_size: int = 16,
+    patch_size: int = 8,
+    embed_dim: int = 12,
+    seed: int = 0,
+    zeros: bool = False,
     logit_scale: float = 1 / 0.07,
 ) -> backbones.Backbone:
     """A CLIP backbone with the real CLIP tokenizer (vocab 49,408, context 77) and small towers."""
@@ -52,18 +60,30 @@ def make_clip_backbone(
         params = random_params(shapes, seed)
     params["logit_scale"] = jnp.asarray(np.log(logit_scale), jnp.float32)
     return backbones.Backbone(
-        family="clip", model=model, params=params, image_size=image_size, mean=(0.5,) * 3, std=(0.25,) * 3,
-        embed_dim=embed_dim, tokenizer=Tokenizer.default(),
+        family="clip",
+        model=model,
+        params=params,
+        image_size=image_size,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        embed_dim=embed_dim,
+        tokenizer=Tokenizer.default(),
     )
 
 
-def make_dinov2_backbone(width: int = 16, depth: int = 2, heads: int = 2, patch_size: int = 8,
-                         seed: int = 0) -> backbones.Backbone:
+def make_dinov2_backbone(
+    width: int = 16, depth: int = 2, heads: int = 2, patch_size: int = 8, seed: int = 0
+) -> backbones.Backbone:
     """A small DINOv2 backbone (16x16 images -> 2x2 patches)."""
     model = DinoV2(width=width, depth=depth, num_heads=heads, mlp_dim=2 * width, patch_size=patch_size, pos_grid=2)
     shapes = jax.eval_shape(model.init, jax.random.key(seed), jnp.zeros((1, 16, 16, 3), jnp.float32))["params"]
     params = random_params(shapes, seed)
     return backbones.Backbone(
-        family="dinov2", model=model, params=params, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3,
+        family="dinov2",
+        model=model,
+        params=params,
+        image_size=16,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
         embed_dim=width,
     )

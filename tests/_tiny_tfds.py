@@ -28,8 +28,7 @@ def write(data_dir: str, name: str, splits: dict[str, list[dict]]) -> str:
 
     builder = tfds.builder(name, data_dir=str(data_dir), file_format="array_record")
     os.makedirs(builder.info.data_dir, exist_ok=True)
-    writer = tfds.core.SequentialWriter(ds_info=builder.info, max_examples_per_shard=10_000,
-                                        file_format="array_record")
+    writer = tfds.core.SequentialWriter(ds_info=builder.info, max_examples_per_shard=10_000, file_format="array_record")
     writer.initialize_splits(list(splits))
     writer.add_examples(splits)
     writer.close_splits(list(splits))

@@ -38,11 +38,11 @@ def fake_gcs(root):
 
     def local(p):
         s = os.fspath(p)
-        return os.path.join(root, s[len("gs://"):]) if s.startswith("gs://") else s
+        return os.path.join(root, s[len("gs://") :]) if s.startswith("gs://") else s
 
     def remote(p):
         s = os.fspath(p)
-        return "gs://" + s[len(root) + 1:] if s.startswith(root + os.sep) else s
+        return "gs://" + s[len(root) + 1 :] if s.startswith(root + os.sep) else s
 
     def one(orig, path, *a, **k):
         return orig(local(path), *a, **k)
@@ -63,12 +63,15 @@ def fake_gcs(root):
     def normalize(path):
         return os.path.normpath(local(path))
 
-    fns = {name: one for name in ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rmtree",
-                                  "stat")}
-    with epath_testing.mock_epath(**fns, copy=two, rename=two, replace=two, glob=glob, walk=walk), \
-            mock.patch.object(ts_utils, "_use_gcs_driver", lambda d: False), \
-            mock.patch.object(ts_utils, "_normalize_path", normalize), \
-            mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False):
+    fns = {
+        name: one for name in ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rmtree", "stat")
+    }
+    with (
+        epath_testing.mock_epath(**fns, copy=two, rename=two, replace=two, glob=glob, walk=walk),
+        mock.patch.object(ts_utils, "_use_gcs_driver", lambda d: False),
+        mock.patch.object(ts_utils, "_normalize_path", normalize),
+        mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False),
+    ):
         yield
 
 

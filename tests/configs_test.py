@@ -12,13 +12,31 @@ from alpeft_jax.convert.common import flatten
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     "demo.py": ["", "random", "runlocal", "random,seed=2", "pcb=false", "mode=lora,runlocal", "strategy=badge,calib"],
-    "lora.py": ["", "ours", "runlocal", "seed=3,dataset=eurosat", "backbone=vit_b32,layout=coop,ours",
-                "dataset=fgvc_aircraft", "dataset=stanford_cars,runlocal"],
+    "lora.py": [
+        "",
+        "ours",
+        "runlocal",
+        "seed=3,dataset=eurosat",
+        "backbone=vit_b32,layout=coop,ours",
+        "dataset=fgvc_aircraft",
+        "dataset=stanford_cars,runlocal",
+    ],
     "coop.py": ["", "ours", "backbone=vit_b16,runlocal", "backbone=rn101,dataset=oxford_pets"],
-    "peal.py": ["", "mode=linear", "strategy=featdist", "variant=small,runlocal", "dataset=aptos,mode=linear",
-                "dataset=colorectal_histology,strategy=random,seed=2"],
-    "study.py": ["", "runlocal", "mode=lora,strategy=bald,calib", "strategy=entropy,pcb=false,head_scale=0,seed=4",
-                 "mode=lora,epochs=5,runlocal"],
+    "peal.py": [
+        "",
+        "mode=linear",
+        "strategy=featdist",
+        "variant=small,runlocal",
+        "dataset=aptos,mode=linear",
+        "dataset=colorectal_histology,strategy=random,seed=2",
+    ],
+    "study.py": [
+        "",
+        "runlocal",
+        "mode=lora,strategy=bald,calib",
+        "strategy=entropy,pcb=false,head_scale=0,seed=4",
+        "mode=lora,epochs=5,runlocal",
+    ],
 }
 
 
@@ -109,9 +127,17 @@ def test_base_defaults():
     c = base()
     assert c.train.calibration == "none"
     assert (c.train.lr, c.train.momentum, c.train.weight_decay, c.train.epochs, c.train.batch_size) == (
-        0.002, 0.9, 5e-4, 10, 32)
+        0.002,
+        0.9,
+        5e-4,
+        10,
+        32,
+    )
     assert (c.train.loss_scale, c.train.loss_scale_init, c.train.loss_scale_growth_interval) == (
-        "dynamic", 2.0**15, 2000)
+        "dynamic",
+        2.0**15,
+        2000,
+    )
     assert (c.train.loss_prediction_weight, c.train.loss_prediction_lr) == (0.01, 0.1)
 
 
@@ -150,8 +176,10 @@ def test_parse_arg_types_choices_and_errors():
     with pytest.raises(ValueError) as e:
         parse_arg("sead=2,mode=lin,lr=fast,seed=1,seed=2,runlocal=maybe,tag", spec, where="x.py")
     lines = str(e.value).splitlines()
-    assert lines[0] == ("x.py: unknown argument 'sead' (did you mean 'seed'?); accepted: runlocal, seed=INT, "
-                        "lr=FLOAT, tag=STR, mode=lora|linear")
+    assert lines[0] == (
+        "x.py: unknown argument 'sead' (did you mean 'seed'?); accepted: runlocal, seed=INT, "
+        "lr=FLOAT, tag=STR, mode=lora|linear"
+    )
     assert lines[1] == "x.py: argument 'mode=lin': 'lin' is not one of lora, linear (did you mean 'linear'?)"
     assert lines[2] == "x.py: argument 'lr=fast': expected a number, got 'fast'"
     assert lines[3] == "x.py: argument 'seed' given twice"
@@ -173,10 +201,12 @@ def test_known_weights_download_commands():
     rn50 = config_lib.CLIP_BACKBONES["rn50"]
     assert rn50.download_command("weights/clip-rn50") == (
         'hf download timm/resnet50_clip.openai "open_clip_model.safetensors" "open_clip_config.json" '
-        "--local-dir weights/clip-rn50")
+        "--local-dir weights/clip-rn50"
+    )
     b16 = config_lib.known_weights("openai/clip-vit-base-patch16")
-    assert b16.download_command() == ('hf download openai/clip-vit-base-patch16 --include "*.json" "*.txt" '
-                                      '"*.safetensors" --local-dir DIR')
+    assert b16.download_command() == (
+        'hf download openai/clip-vit-base-patch16 --include "*.json" "*.txt" "*.safetensors" --local-dir DIR'
+    )
     assert config_lib.known_weights("facebook/dinov2-large").hub == "facebook/dinov2-large"
     assert config_lib.known_weights("./my/own.safetensors") is None
 

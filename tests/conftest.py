@@ -12,12 +12,25 @@ import pytest
 # eos_token_id 60 is not the largest id, so first-EOS pooling and argmax pooling disagree.
 TINY_CLIP = dict(
     text_config=dict(
-        vocab_size=99, hidden_size=36, intermediate_size=50, num_hidden_layers=3, num_attention_heads=3,
-        max_position_embeddings=16, hidden_act="quick_gelu", bos_token_id=97, eos_token_id=60, pad_token_id=1,
+        vocab_size=99,
+        hidden_size=36,
+        intermediate_size=50,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        max_position_embeddings=16,
+        hidden_act="quick_gelu",
+        bos_token_id=97,
+        eos_token_id=60,
+        pad_token_id=1,
     ),
     vision_config=dict(
-        hidden_size=24, intermediate_size=37, num_hidden_layers=2, num_attention_heads=3, image_size=40,
-        patch_size=8, hidden_act="quick_gelu",
+        hidden_size=24,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        image_size=40,
+        patch_size=8,
+        hidden_act="quick_gelu",
     ),
     projection_dim=20,
 )

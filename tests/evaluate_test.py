@@ -62,7 +62,7 @@ def test_padding_and_batching_invariance():
         z = np.full((bs, 10), 1e3, np.float32)
         y = np.full(bs, -1, np.int32)  # padding label out of range on purpose
         real = min(bs, 250 - s)
-        z[:real], y[:real] = logits[s:s + real], labels[s:s + real]
+        z[:real], y[:real] = logits[s : s + real], labels[s : s + real]
         mask = np.arange(bs) < real
         stats = evaluate.merge(stats, evaluate.batch_stats(jnp.asarray(z), jnp.asarray(y), jnp.asarray(mask)))
     batched = evaluate.finalize(stats)
@@ -85,7 +85,6 @@ def test_saturated_confidence_goes_to_last_bin():
 
 def test_errors():
     with pytest.raises(ValueError, match="no real rows"):
-        evaluate.finalize(evaluate.batch_stats(np.zeros((2, 3), np.float32), np.zeros(2, np.int32),
-                                               np.zeros(2, bool)))
+        evaluate.finalize(evaluate.batch_stats(np.zeros((2, 3), np.float32), np.zeros(2, np.int32), np.zeros(2, bool)))
     with pytest.raises(ValueError, match="labels"):
         evaluate.metrics(np.zeros((2, 3), np.float32), np.zeros(3, np.int32))

@@ -90,11 +90,23 @@ def fakes(tmp_path):
     _script(bin_dir / "gcloud", FAKE_GCLOUD)
     _script(bin_dir / "uv", FAKE_UV)
     fake_python = _script(tmp_path / "fake_python", FAKE_PYTHON)
-    env = {k: v for k, v in os.environ.items() if k not in ("DRY_RUN", "QUEUED", "SPOT", "RUNTIME", "PROJECT", "REPO",
-                                                           "REF", "VENV", "RUN_NAME", "WORKER", "DEST")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", HOME=str(home), TMPDIR=str(dirs["tmp"]),
-               FAKE_CALLS=str(dirs["calls"]), FAKE_PYTHON_LOG=str(dirs["python_log"]),
-               FAKE_UV_LOG=str(dirs["uv_log"]), FAKE_PYTHON=fake_python, TPU_NAME="al-test", ZONE="us-east5-b")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("DRY_RUN", "QUEUED", "SPOT", "RUNTIME", "PROJECT", "REPO", "REF", "VENV", "RUN_NAME", "WORKER", "DEST")
+    }
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        HOME=str(home),
+        TMPDIR=str(dirs["tmp"]),
+        FAKE_CALLS=str(dirs["calls"]),
+        FAKE_PYTHON_LOG=str(dirs["python_log"]),
+        FAKE_UV_LOG=str(dirs["uv_log"]),
+        FAKE_PYTHON=fake_python,
+        TPU_NAME="al-test",
+        ZONE="us-east5-b",
+    )
     return dict(env=env, home=home, **dirs)
 
 
@@ -123,8 +135,7 @@ def _launch_and_dry_run(fakes, *args, **env):
     e.pop("FAKE_EXEC", None)
     for f in os.listdir(fakes["dry_calls"]):
         os.remove(os.path.join(fakes["dry_calls"], f))
-    replay = subprocess.run(["bash", "-euc", dry.stdout], env=e, cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    replay = subprocess.run(["bash", "-euc", dry.stdout], env=e, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stderr
     assert _records(fakes["dry_calls"]) == calls
     return calls, real
@@ -139,16 +150,30 @@ def _flag(call, name):
 # ------------------------------------------------------------------------------------------------------------
 # Hosts and runtimes per accelerator type (the Cloud TPU documentation's tables, written out by hand)
 
-@pytest.mark.parametrize("accelerator, hosts, runtime", [
-    ("v2-8", 1, "tpu-ubuntu2204-base"), ("v3-32", 4, "tpu-ubuntu2204-base"),
-    ("v4-8", 1, "tpu-ubuntu2204-base"), ("v4-16", 2, "tpu-ubuntu2204-base"), ("v4-64", 8, "tpu-ubuntu2204-base"),
-    ("v5p-8", 1, "v2-alpha-tpuv5"), ("v5p-16", 2, "v2-alpha-tpuv5"), ("v5p-128", 16, "v2-alpha-tpuv5"),
-    ("v5litepod-1", 1, "v2-alpha-tpuv5-lite"), ("v5litepod-4", 1, "v2-alpha-tpuv5-lite"),
-    ("v5litepod-8", 1, "v2-alpha-tpuv5-lite"), ("v5litepod-16", 4, "v2-alpha-tpuv5-lite"),
-    ("v5e-32", 8, "v2-alpha-tpuv5-lite"), ("v5litepod-256", 64, "v2-alpha-tpuv5-lite"),
-    ("v6e-1", 1, "v2-alpha-tpuv6e"), ("v6e-8", 1, "v2-alpha-tpuv6e"), ("v6e-16", 4, "v2-alpha-tpuv6e"),
-    ("v6e-256", 64, "v2-alpha-tpuv6e"),
-])
+
+@pytest.mark.parametrize(
+    "accelerator, hosts, runtime",
+    [
+        ("v2-8", 1, "tpu-ubuntu2204-base"),
+        ("v3-32", 4, "tpu-ubuntu2204-base"),
+        ("v4-8", 1, "tpu-ubuntu2204-base"),
+        ("v4-16", 2, "tpu-ubuntu2204-base"),
+        ("v4-64", 8, "tpu-ubuntu2204-base"),
+        ("v5p-8", 1, "v2-alpha-tpuv5"),
+        ("v5p-16", 2, "v2-alpha-tpuv5"),
+        ("v5p-128", 16, "v2-alpha-tpuv5"),
+        ("v5litepod-1", 1, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-4", 1, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-8", 1, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-16", 4, "v2-alpha-tpuv5-lite"),
+        ("v5e-32", 8, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-256", 64, "v2-alpha-tpuv5-lite"),
+        ("v6e-1", 1, "v2-alpha-tpuv6e"),
+        ("v6e-8", 1, "v2-alpha-tpuv6e"),
+        ("v6e-16", 4, "v2-alpha-tpuv6e"),
+        ("v6e-256", 64, "v2-alpha-tpuv6e"),
+    ],
+)
 def test_hosts_and_runtime_follow_from_the_accelerator(accelerator, hosts, runtime):
     assert tpu.num_hosts(accelerator) == hosts
     assert tpu.runtime_for(accelerator) == runtime
@@ -174,12 +199,15 @@ def test_missing_settings_are_named_in_one_line_and_nothing_runs(fakes):
     assert r.returncode == 2 and "set ACCELERATOR" in r.stderr
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["setup", "now"], {}, "setup takes no arguments, not now"),
-    (["create", "--preemptible"], {}, "create takes only --spot, not --preemptible"),
-    (["logs"], {"LOG_LINES": "many"}, "LOG_LINES='many' is not a number"),
-    (["deploy"], {}, "unknown command 'deploy'"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["setup", "now"], {}, "setup takes no arguments, not now"),
+        (["create", "--preemptible"], {}, "create takes only --spot, not --preemptible"),
+        (["logs"], {"LOG_LINES": "many"}, "LOG_LINES='many' is not a number"),
+        (["deploy"], {}, "unknown command 'deploy'"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(fakes, args, env, message):
     r = _launch(fakes, *args, ACCELERATOR="v4-8", **env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr
@@ -190,12 +218,16 @@ def test_missing_gcloud_is_one_clear_error(fakes, tmp_path):
     only = tmp_path / "only"  # a PATH with bash and Python but no gcloud
     only.mkdir()
     os.symlink(sys.executable, only / "python3")
-    os.symlink(subprocess.run(["bash", "-c", "command -v bash"], capture_output=True, text=True).stdout.strip(),
-               only / "bash")
-    r = subprocess.run([TPU_VM, "delete"], env=dict(fakes["env"], PATH=str(only), ACCELERATOR="v4-8"),
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr == "error: gcloud is not on PATH (install the Google Cloud CLI and run " \
-        "`gcloud auth login`)\n"
+    os.symlink(
+        subprocess.run(["bash", "-c", "command -v bash"], capture_output=True, text=True).stdout.strip(), only / "bash"
+    )
+    r = subprocess.run(
+        [TPU_VM, "delete"], env=dict(fakes["env"], PATH=str(only), ACCELERATOR="v4-8"), capture_output=True, text=True
+    )
+    assert (
+        r.returncode == 2
+        and r.stderr == "error: gcloud is not on PATH (install the Google Cloud CLI and run `gcloud auth login`)\n"
+    )
 
 
 def test_venv_can_be_moved(fakes):
@@ -212,8 +244,9 @@ def test_dry_run_guards_what_is_missing(fakes):
         assert "${" + name + "?}" in r.stdout
     assert "${ZONE?}" not in r.stdout and "us-east5-b" in r.stdout
     assert not os.listdir(fakes["calls"])  # a dry run calls nothing
-    replay = subprocess.run(["bash", "-c", r.stdout], env=dict(fakes["env"], CONFIG="c.py"), capture_output=True,
-                            text=True)  # TPU_NAME set now, WORKDIR still not: the shell stops before gcloud
+    replay = subprocess.run(
+        ["bash", "-c", r.stdout], env=dict(fakes["env"], CONFIG="c.py"), capture_output=True, text=True
+    )  # TPU_NAME set now, WORKDIR still not: the shell stops before gcloud
     assert replay.returncode != 0 and "WORKDIR" in replay.stderr
     assert not os.listdir(fakes["calls"])
 
@@ -322,8 +355,14 @@ def test_run_keeps_every_argument_whole_and_logs_per_worker(fakes, accelerator, 
     _wait_for(fakes["python_log"] / "*.json")
     (started,) = _records(fakes["python_log"])
     dist = ["--distributed"] if hosts > 1 else []
-    assert started["argv"] == ["-m", "alpeft_jax.main", "--config=configs/lora.py",
-                               "--workdir=gs://bucket/runs/lora s1", *dist, *extra]
+    assert started["argv"] == [
+        "-m",
+        "alpeft_jax.main",
+        "--config=configs/lora.py",
+        "--workdir=gs://bucket/runs/lora s1",
+        *dist,
+        *extra,
+    ]
     assert started["cwd"] == str(fakes["home"] / "alpeft_jax")
     logs = glob.glob(str(fakes["home"] / "alpeft_logs" / "lora_s1.*.log"))
     assert len(logs) == 1 and os.path.realpath(fakes["home"] / "alpeft_logs" / "latest.log") == logs[0]
@@ -407,11 +446,12 @@ def test_fetch_gathers_results_and_makes_the_report(fakes, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # The README's Launch commands are these tested ones: its TPU blocks, run as they are in a dry run
 
+
 def _readme_launch_blocks():
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
-    section = text[text.index("\n## Launch\n"):]
-    section = section[:section.index("\n## ", 5)]
+    section = text[text.index("\n## Launch\n") :]
+    section = section[: section.index("\n## ", 5)]
     return re.findall(r"```\n(.*?)```", section, re.S)
 
 
@@ -419,12 +459,17 @@ def _readme_launch_blocks():
 def test_readme_tpu_commands_dry_run(fakes, tmp_path, accelerator, runtime, hosts):
     (block,) = [b for b in _readme_launch_blocks() if f"ACCELERATOR={accelerator}" in b]
     env = {k: v for k, v in fakes["env"].items() if k not in ("TPU_NAME", "ZONE")}  # the block sets them
-    r = subprocess.run(["bash", "-euc", block], env=dict(env, DRY_RUN="1", DEST=str(tmp_path / "fetched")),
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["bash", "-euc", block],
+        env=dict(env, DRY_RUN="1", DEST=str(tmp_path / "fetched")),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert not os.listdir(fakes["calls"])
-    replay = subprocess.run(["bash", "-euc", r.stdout], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    replay = subprocess.run(["bash", "-euc", r.stdout], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stderr
     calls = _records(fakes["calls"])
     (create,) = [c for c in calls if "create" in c[:6]]
@@ -481,22 +526,40 @@ def test_slurm_batch_file_runs_one_process_per_gpu_with_arguments_intact(tmp_pat
     _script(bin_dir / "srun", FAKE_SRUN)
     fake_python = _script(tmp_path / "python", FAKE_MAIN)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_CALLS=str(calls), CONFIG="configs/lora.py",
-               WORKDIR="/shared/runs/lora s1", PYTHON=fake_python, LOGDIR=str(tmp_path / "logs"))
-    r = subprocess.run(["sbatch", SBATCH, "--config.name=my run", "--config.seed=2"], env=env, capture_output=True,
-                       text=True, timeout=120)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        FAKE_CALLS=str(calls),
+        CONFIG="configs/lora.py",
+        WORKDIR="/shared/runs/lora s1",
+        PYTHON=fake_python,
+        LOGDIR=str(tmp_path / "logs"),
+    )
+    r = subprocess.run(
+        ["sbatch", SBATCH, "--config.name=my run", "--config.seed=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
 
     with open(SBATCH) as f:
-        directives = dict(line[len("#SBATCH --"):].strip().split("=", 1) for line in f if line.startswith("#SBATCH"))
+        directives = dict(line[len("#SBATCH --") :].strip().split("=", 1) for line in f if line.startswith("#SBATCH"))
     assert directives["nodes"] == "2" and directives["ntasks-per-node"] == directives["gpus-per-node"] == "8"
     assert "gpus-per-task" not in directives  # every task sees all GPUs of its node and takes one
 
     srun = json.loads((calls / "srun.json").read_text())
     assert "--kill-on-bad-exit=1" in srun and f"--output={tmp_path / 'logs'}/alpeft-%j.%t.log" in srun  # log per task
     ran = json.loads((calls / "python.json").read_text())
-    assert ran["argv"] == ["-m", "alpeft_jax.main", "--config=configs/lora.py", "--workdir=/shared/runs/lora s1",
-                           "--distributed", "--config.name=my run", "--config.seed=2"]
+    assert ran["argv"] == [
+        "-m",
+        "alpeft_jax.main",
+        "--config=configs/lora.py",
+        "--workdir=/shared/runs/lora s1",
+        "--distributed",
+        "--config.name=my run",
+        "--config.seed=2",
+    ]
     coordinator, num_processes, process_id, local_devices = ran["detected"]
     assert coordinator == f"gpu07:{4242 % 4096 + 65535 - 4096 + 1}" and num_processes == 16 and process_id == 11
     assert local_devices == [3]
@@ -509,14 +572,25 @@ def test_readme_slurm_command(tmp_path):
     _script(bin_dir / "sbatch", FAKE_SBATCH)
     _script(bin_dir / "srun", FAKE_SRUN)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_CALLS=str(calls), FAKE_SRUN_RECORD_ONLY="1",
-               LOGDIR=str(tmp_path / "logs"))
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        FAKE_CALLS=str(calls),
+        FAKE_SRUN_RECORD_ONLY="1",
+        LOGDIR=str(tmp_path / "logs"),
+    )
     r = subprocess.run(["bash", "-euc", block], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     srun = json.loads((calls / "srun.json").read_text())
-    assert srun[2:] == ["/shared/venvs/alpeft/bin/python", "-m", "alpeft_jax.main", "--config=configs/lora.py:ours",
-                        "--workdir=/shared/runs/lora_dtd_ours_s1", "--distributed",
-                        "--config.data.dir=/shared/tensorflow_datasets", "--config.dtype=bfloat16"]
+    assert srun[2:] == [
+        "/shared/venvs/alpeft/bin/python",
+        "-m",
+        "alpeft_jax.main",
+        "--config=configs/lora.py:ours",
+        "--workdir=/shared/runs/lora_dtd_ours_s1",
+        "--distributed",
+        "--config.data.dir=/shared/tensorflow_datasets",
+        "--config.dtype=bfloat16",
+    ]
 
 
 def test_slurm_batch_file_names_what_is_missing(tmp_path):

@@ -8,10 +8,24 @@ from alpeft_jax import loop
 from alpeft_jax.config import base
 
 TINY_CLIP_STD_VOCAB = dict(  # the released 49,408-token vocabulary, so real prompts tokenize
-    text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                     num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu"),
-    vision_config=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8, hidden_act="quick_gelu"),
+    text_config=dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+    ),
+    vision_config=dict(
+        hidden_size=24,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        hidden_act="quick_gelu",
+    ),
     projection_dim=16,
 )
 
@@ -62,9 +76,9 @@ def test_clip_modes_run_two_rounds(tmp_path, clip_dir, mode, adapt, kind):
         state, _ = run.rounds_store.restore(r, like)
         test = run.inputs.get("test")
         logits, labels = [], []
-        for lg, _, batch in run.trainer.predict(state["trainable"], test.batches(np.arange(len(test)), 16,
-                                                                                labels=run.test.labels),
-                                                  kind=test.kind):
+        for lg, _, batch in run.trainer.predict(
+            state["trainable"], test.batches(np.arange(len(test)), 16, labels=run.test.labels), kind=test.kind
+        ):
             keep = np.asarray(batch["_mask"], bool)
             logits.append(np.asarray(lg, np.float64)[keep])
             labels.append(np.asarray(batch["label"])[keep])

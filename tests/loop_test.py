@@ -32,8 +32,14 @@ def _tiny(arg=""):
 
 
 def _cli(workdir, arg="", *extra, **popen):
-    cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config={TINY}" + (f":{arg}" if arg else ""),
-           f"--workdir={workdir}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpeft_jax.main",
+        f"--config={TINY}" + (f":{arg}" if arg else ""),
+        f"--workdir={workdir}",
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -75,8 +81,13 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         st = _state(run)
         progress = run / "progress"
-        if (st and st["round"] >= 1 and st["phase"] == "train" and progress.exists()
-                and any(p.name.isdigit() for p in progress.iterdir())):
+        if (
+            st
+            and st["round"] >= 1
+            and st["phase"] == "train"
+            and progress.exists()
+            and any(p.name.isdigit() for p in progress.iterdir())
+        ):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed_state = _state(run)
@@ -121,8 +132,10 @@ def _digits_csv(root, n_train=150, n_test=60):
 def _host_tree(tree):
     """A checkpointed pytree as {path: numpy array} (PRNG keys as their key data)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=checkpoint.jnp_is_key)[0]
-    return {jax.tree_util.keystr(k): np.asarray(jax.random.key_data(v) if checkpoint.jnp_is_key(v) else v)
-            for k, v in leaves}
+    return {
+        jax.tree_util.keystr(k): np.asarray(jax.random.key_data(v) if checkpoint.jnp_is_key(v) else v)
+        for k, v in leaves
+    }
 
 
 def _assert_same_tree(got, expected, what):
@@ -165,8 +178,11 @@ def test_stop_inside_a_round_resumes_from_the_in_round_checkpoint(tmp_path, tmp_
     expected = loop.run(config(), str(ref_wd))
     reference, log[:] = list(log), []
     assert wd.exists(), "the run never committed the in-round checkpoint to stop after"
-    stopped_at = next(e for e in reference if e[:2] == ("save", "progress") and e[3]["round"] == 1
-                      and (e[3]["epoch"], e[3]["batch"]) == (1, 1))
+    stopped_at = next(
+        e
+        for e in reference
+        if e[:2] == ("save", "progress") and e[3]["round"] == 1 and (e[3]["epoch"], e[3]["batch"]) == (1, 1)
+    )
     at_stop = _state(wd)
     assert (at_stop["round"], at_stop["phase"], len(at_stop["results"])) == (1, "train", 1)
     assert sorted(int(p.name) for p in (wd / "progress").iterdir() if p.name.isdigit()) == [stopped_at[2]]
@@ -177,8 +193,9 @@ def test_stop_inside_a_round_resumes_from_the_in_round_checkpoint(tmp_path, tmp_
     assert [(e[2], e[3]) for e in progress_restores] == [(stopped_at[2], stopped_at[3])]
     _assert_same_tree(progress_restores[0][4], stopped_at[4], "restored")
     # ... and trained on from there: the last 2 steps of round 1, not its 6 from the start.
-    where = lambda entries: [(e[3]["round"], e[3]["epoch"], e[3]["batch"]) for e in entries
-                             if e[:2] == ("save", "progress")]
+    where = lambda entries: [
+        (e[3]["round"], e[3]["epoch"], e[3]["batch"]) for e in entries if e[:2] == ("save", "progress")
+    ]
     assert where(reference)[-6:] == [(1, e, b) for e in range(2) for b in (1, 2, 3)]
     assert where(log) == [(1, 1, 2), (1, 1, 3)]
 
@@ -264,11 +281,18 @@ def test_report_aggregates_runs(tmp_path):
         for s, accs in enumerate(seed_rows):
             d = tmp_path / f"{name}{s}"
             d.mkdir()
-            (d / "config.json").write_text(json.dumps({"name": name, "al": {"strategy": "x"},
-                                                       "train": {"calibration": "none"}}))
-            (d / "results.jsonl").write_text("".join(
-                json.dumps({"round": i, "n_labeled": 10 * (i + 1), "accuracy": a, "ece": 0.1, "nll": 1.0,
-                            "brier": 0.5}) + "\n" for i, a in enumerate(accs)))
+            (d / "config.json").write_text(
+                json.dumps({"name": name, "al": {"strategy": "x"}, "train": {"calibration": "none"}})
+            )
+            (d / "results.jsonl").write_text(
+                "".join(
+                    json.dumps(
+                        {"round": i, "n_labeled": 10 * (i + 1), "accuracy": a, "ece": 0.1, "nll": 1.0, "brier": 0.5}
+                    )
+                    + "\n"
+                    for i, a in enumerate(accs)
+                )
+            )
     groups = report.group_runs([str(tmp_path / d) for d in ("a0", "a1", "b0")])
     table = report.markdown_table(groups)
     # a: mean of 0.5/0.7 = 60.00 ± 10.00 at 10 labels; 70.00 ± 10.00 at 20
@@ -290,16 +314,26 @@ def test_cli_rejects_misspelt_key_and_bad_labels_file(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runlocal_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "alpeft_jax.main", "--config=configs/demo.py:runlocal",
-                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alpeft_jax.main", "--config=configs/demo.py:runlocal", f"--workdir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = _results(tmp_path)
     assert [r["n_labeled"] for r in rows] == [10, 20]
     assert os.path.exists(tmp_path / "curves.png")
 
 
-@pytest.mark.parametrize("strategy", ["badge", "bald", "learning_loss"] + [  # the rest: strategy tests cover them
-    pytest.param(s, marks=pytest.mark.slow) for s in ("coreset", "featdist", "typiclust", "probcover", "margin")])
+@pytest.mark.parametrize(
+    "strategy",
+    ["badge", "bald", "learning_loss"]
+    + [  # the rest: strategy tests cover them
+        pytest.param(s, marks=pytest.mark.slow) for s in ("coreset", "featdist", "typiclust", "probcover", "margin")
+    ],
+)
 def test_every_strategy_runs_in_the_driver(tmp_path_factory, strategy):
     cache = str(tmp_path_factory.getbasetemp() / "shared_cache")  # the frozen prefix is computed once for all
     wd = str(tmp_path_factory.mktemp(strategy))

@@ -32,16 +32,32 @@ def _free_port():
 
 def _start(workdir, devices, *flags, log=None):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
-           "--config.train.checkpoint_every_steps=1", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpeft_jax.main",
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        "--config.train.checkpoint_every_steps=1",
+        *flags,
+    ]
     out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _start_processes(workdir, n, devices_each, tag):
     port = _free_port()
-    return [_start(workdir, devices_each, f"--coordinator=127.0.0.1:{port}", f"--num_processes={n}",
-                   f"--process_id={i}", log=f"{workdir}.{tag}.p{i}.log") for i in range(n)]
+    return [
+        _start(
+            workdir,
+            devices_each,
+            f"--coordinator=127.0.0.1:{port}",
+            f"--num_processes={n}",
+            f"--process_id={i}",
+            log=f"{workdir}.{tag}.p{i}.log",
+        )
+        for i in range(n)
+    ]
 
 
 def _wait(procs, timeout=900):
@@ -125,8 +141,13 @@ def test_kill_one_process_mid_round_then_resume(tmp_path, four_devices):
     while time.time() < deadline and all(p.poll() is None for p in procs):
         st = _state(wd)
         # Round 1 is training and its first in-round checkpoint is committed: kill the second process now.
-        if st and st["round"] == 1 and st["phase"] == "train" and os.path.isdir(os.path.join(wd, "progress")) and \
-                any(n.isdigit() for n in os.listdir(os.path.join(wd, "progress"))):
+        if (
+            st
+            and st["round"] == 1
+            and st["phase"] == "train"
+            and os.path.isdir(os.path.join(wd, "progress"))
+            and any(n.isdigit() for n in os.listdir(os.path.join(wd, "progress")))
+        ):
             procs[1].send_signal(signal.SIGKILL)
             killed = True
             break

@@ -28,9 +28,8 @@ def _execute(name, workdir, monkeypatch, until=None):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alpeft_notebooks_jax_cache"))
     nb = nbformat.read(os.path.join(COLAB, name), as_version=4)
     if until:
-        nb.cells = nb.cells[:next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and until in c.source)]
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": COLAB}})
+        nb.cells = nb.cells[: next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and until in c.source)]
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": COLAB}})
     client.execute()
     return nb
 

@@ -98,8 +98,7 @@ def test_sgd_matches_torch(weight_decay):
     assert np.abs(wj - w0).max() > 1e-2  # the parameters actually moved
     # Decoupled decay (applied after momentum) is measurably different: the comparison above can fail.
     step_lr = lambda count: optim.epoch_schedule(e, lr, warmup_lr=wlr)(count // spe)
-    decoupled = optax.chain(optax.sgd(step_lr, momentum=0.9),
-                            optax.add_decayed_weights(-lr * weight_decay))
+    decoupled = optax.chain(optax.sgd(step_lr, momentum=0.9), optax.add_decayed_weights(-lr * weight_decay))
     wd_, _ = _run_jax(decoupled, x, y, w0, b0, e * spe)
     assert np.abs(wd_ - wt).max() > 1e-5
 

@@ -33,23 +33,52 @@ PARSE = PoolView(None, np.arange(0), NAMES).parse_label  # class names, case-ins
 
 def ann(aid, choices, updated, *, cancelled=False, user=1, lead=2.0, from_name="label", task=9):
     """An annotation as the server lists it inside a task (the fields a 1.23 server sends)."""
-    result = [] if choices is None else [{
-        "from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": choices}}]
-    return {"id": aid, "created_username": f" annotator@example.com, {user}", "created_ago": "0\u00a0minutes",
-            "completed_by": user, "result": result, "was_cancelled": cancelled, "ground_truth": False,
-            "created_at": updated, "updated_at": updated, "draft_created_at": None, "lead_time": lead,
-            "import_id": None, "last_action": None, "bulk_created": False, "task": task, "project": 7,
-            "updated_by": user, "parent_prediction": None, "parent_annotation": None, "last_created_by": None}
+    result = (
+        []
+        if choices is None
+        else [{"from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": choices}}]
+    )
+    return {
+        "id": aid,
+        "created_username": f" annotator@example.com, {user}",
+        "created_ago": "0\u00a0minutes",
+        "completed_by": user,
+        "result": result,
+        "was_cancelled": cancelled,
+        "ground_truth": False,
+        "created_at": updated,
+        "updated_at": updated,
+        "draft_created_at": None,
+        "lead_time": lead,
+        "import_id": None,
+        "last_action": None,
+        "bulk_created": False,
+        "task": task,
+        "project": 7,
+        "updated_by": user,
+        "parent_prediction": None,
+        "parent_annotation": None,
+        "last_created_by": None,
+    }
 
 
 def task(tid, *annotations, ident=100, run="k1", round_index=0):
     """A task of this run as the server lists it (annotations included with fields=all)."""
-    return {"id": tid, "data": {"image": "data:image/png;base64,AA", "alpeft_id": ident, "alpeft_round": round_index,
-                                "alpeft_run": run},
-            "annotations": list(annotations), "predictions": [],
-            "is_labeled": any(not a["was_cancelled"] for a in annotations),
-            "total_annotations": sum(not a["was_cancelled"] for a in annotations),
-            "cancelled_annotations": sum(bool(a["was_cancelled"]) for a in annotations), "project": 7}
+    return {
+        "id": tid,
+        "data": {
+            "image": "data:image/png;base64,AA",
+            "alpeft_id": ident,
+            "alpeft_round": round_index,
+            "alpeft_run": run,
+        },
+        "annotations": list(annotations),
+        "predictions": [],
+        "is_labeled": any(not a["was_cancelled"] for a in annotations),
+        "total_annotations": sum(not a["was_cancelled"] for a in annotations),
+        "cancelled_annotations": sum(bool(a["was_cancelled"]) for a in annotations),
+        "project": 7,
+    }
 
 
 def t(second):
@@ -101,8 +130,13 @@ def test_majority_is_the_most_frequent_class_and_counts_every_vote():
 
 def test_majority_tie_goes_to_the_tied_class_annotated_last():
     # dog at 1s, bird at 2s, dog at 3s, bird at 4s, cat at 5s: dog 2, bird 2, cat 1; of the tied, bird is last (4s)
-    anns = [ann(1, ["dog"], t(1)), ann(2, ["bird"], t(2)), ann(3, ["dog"], t(3)), ann(4, ["bird"], t(4)),
-            ann(5, ["cat"], t(5))]
+    anns = [
+        ann(1, ["dog"], t(1)),
+        ann(2, ["bird"], t(2)),
+        ann(3, ["dog"], t(3)),
+        ann(4, ["bird"], t(4)),
+        ann(5, ["cat"], t(5)),
+    ]
     assert label([task(9, *anns)], "majority") == BIRD
     # listed in another order, with ids against the times: the times decide (dog now last, at 6s)
     anns = [ann(9, ["dog"], t(6)), ann(2, ["bird"], t(2)), ann(8, ["dog"], t(1)), ann(1, ["bird"], t(4))]
@@ -152,8 +186,11 @@ def test_not_annotated_yet():
 
 def test_an_unknown_class_names_the_task_example_annotation_and_link():
     tasks = [task(9, ann(1, ["dog"], t(1)), ann(4, ["eel"], t(2)))]
-    with pytest.raises(LabelFileError, match=r"^Label Studio task 9 \(example id 100\), annotation 4 "
-                       r"\(http://ls:8080/projects/7/data\?task=9\): unknown class 'eel'"):
+    with pytest.raises(
+        LabelFileError,
+        match=r"^Label Studio task 9 \(example id 100\), annotation 4 "
+        r"\(http://ls:8080/projects/7/data\?task=9\): unknown class 'eel'",
+    ):
         decide(tasks, "latest")
     # even when the rule would not pick it: an older unknown class is still an error
     with pytest.raises(LabelFileError, match="unknown class 'eel'"):
@@ -192,18 +229,30 @@ def test_deleted_are_the_recorded_tasks_no_longer_listed():
 
 def test_round_query_filters_on_the_run_and_the_round():
     q = json.loads(rules.round_query("k1", 3))
-    assert q == {"filters": {"conjunction": "and", "items": [
-        {"filter": "filter:tasks:data.alpeft_run", "operator": "equal", "type": "String", "value": "k1"},
-        {"filter": "filter:tasks:data.alpeft_round", "operator": "equal", "type": "Number", "value": 3}]}}
+    assert q == {
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {"filter": "filter:tasks:data.alpeft_run", "operator": "equal", "type": "String", "value": "k1"},
+                {"filter": "filter:tasks:data.alpeft_round", "operator": "equal", "type": "Number", "value": 3},
+            ],
+        }
+    }
 
 
 def test_new_task_carries_our_ids_and_the_models_guess_as_a_prediction():
     names = {"image": "img", "choices": "cls", "key": "picture"}
     assert rules.new_task(names, "http://x/1.png", 104, 2, "k1") == {
-        "data": {"picture": "http://x/1.png", "alpeft_id": 104, "alpeft_round": 2, "alpeft_run": "k1"}}
+        "data": {"picture": "http://x/1.png", "alpeft_id": 104, "alpeft_round": 2, "alpeft_run": "k1"}
+    }
     with_guess = rules.new_task(names, "u", 104, 2, "k1", ("bird", np.float32(0.75), "run-round2"))
-    assert with_guess["predictions"] == [{"model_version": "run-round2", "score": 0.75, "result": [
-        {"from_name": "cls", "to_name": "img", "type": "choices", "value": {"choices": ["bird"]}}]}]
+    assert with_guess["predictions"] == [
+        {
+            "model_version": "run-round2",
+            "score": 0.75,
+            "result": [{"from_name": "cls", "to_name": "img", "type": "choices", "value": {"choices": ["bird"]}}],
+        }
+    ]
     assert type(with_guess["predictions"][0]["score"]) is float  # JSON-able
 
 
@@ -212,13 +261,23 @@ def test_new_task_carries_our_ids_and_the_models_guess_as_a_prediction():
 
 def test_label_config_is_read_back_and_every_class_must_be_a_choice():
     assert rules.read_label_config(rules.label_config(NAMES), NAMES, "p") == {
-        "image": "image", "choices": "label", "key": "image", "classes": NAMES}
-    own = ('<View><Text name="t" value="$caption"/><Choices name="topic" toName="t"><Choice value="cat"/></Choices>'
-           '<Image name="img" value="$picture"/><Choices name="cls" toName="img"><Choice value="bird"/>'
-           '<Choice value="dog"/><Choice value="cat"/><Choice value="other"/></Choices></View>')
+        "image": "image",
+        "choices": "label",
+        "key": "image",
+        "classes": NAMES,
+    }
+    own = (
+        '<View><Text name="t" value="$caption"/><Choices name="topic" toName="t"><Choice value="cat"/></Choices>'
+        '<Image name="img" value="$picture"/><Choices name="cls" toName="img"><Choice value="bird"/>'
+        '<Choice value="dog"/><Choice value="cat"/><Choice value="other"/></Choices></View>'
+    )
     # the Choices over a Text are passed over; the ones over the Image are the classes, extra choices allowed
     assert rules.read_label_config(own, NAMES, "p") == {
-        "image": "img", "choices": "cls", "key": "picture", "classes": ["bird", "dog", "cat", "other"]}
+        "image": "img",
+        "choices": "cls",
+        "key": "picture",
+        "classes": ["bird", "dog", "cat", "other"],
+    }
     with pytest.raises(LabelFileError, match=r"^p: its choices lack the classes \['bird'\]"):
         rules.read_label_config(rules.label_config(["cat", "dog"]), NAMES, "p")
     with pytest.raises(LabelFileError, match="^p: cannot parse"):
@@ -232,14 +291,22 @@ def test_label_config_is_read_back_and_every_class_must_be_a_choice():
 
 
 def test_facts_of_a_round():
-    counted = [ann(1, ["cat"], t(1), user=1, lead=1.5), ann(2, ["dog"], t(2), user=2, lead=4.0),
-               ann(3, ["bird"], t(3), user=1, lead=None)]
+    counted = [
+        ann(1, ["cat"], t(1), user=1, lead=1.5),
+        ann(2, ["dog"], t(2), user=2, lead=4.0),
+        ann(3, ["bird"], t(3), user=1, lead=None),
+    ]
     predicted = {"100": [0, 0.9], "101": [2, 0.6]}  # 102 was asked without a prediction (round 0 style)
     names = {1: "a@x", 2: "b@x"}
     got = rules.facts([100, 101, 102], np.array([0, 1, 2]), counted, predicted, lambda u: names[u])
-    assert got == {"annotators": ["a@x", "b@x"], "annotations": 3, "lead_time_total_s": 5.5,
-                   "lead_time_mean_s": 2.75,  # over the two annotations that report a lead time
-                   "predictions_sent": 2, "predictions_accepted": 1}  # 100: cat predicted, cat; 101: bird vs dog
+    assert got == {
+        "annotators": ["a@x", "b@x"],
+        "annotations": 3,
+        "lead_time_total_s": 5.5,
+        "lead_time_mean_s": 2.75,  # over the two annotations that report a lead time
+        "predictions_sent": 2,
+        "predictions_accepted": 1,
+    }  # 100: cat predicted, cat; 101: bird vs dog
     none = rules.facts([100], [0], [ann(1, ["cat"], t(1), lead=None)], {}, str)
     assert none["lead_time_total_s"] == 0 and none["lead_time_mean_s"] is None and none["predictions_sent"] == 0
 
@@ -256,7 +323,9 @@ def test_storages_to_add():
     assert rules.storages_to_add(rels, root, ["/srv/files/alpeft_jax", "", "/srv/files/my data/"]) == []
     # a storage over one subfolder does not cover its sibling: the common folder is registered
     assert rules.storages_to_add(rels, root, ["/srv/files/my data/bird"]) == [
-        "/srv/files/alpeft_jax/k1", "/srv/files/my data"]
+        "/srv/files/alpeft_jax/k1",
+        "/srv/files/my data",
+    ]
     assert rules.storages_to_add(rels[:1], root, ["/srv/files/alpeft_jax/k"]) == ["/srv/files/alpeft_jax/k1"]
 
 
@@ -274,8 +343,17 @@ def test_settings_read_every_config_value_and_take_the_configs_defaults():
 
 
 def test_settings_normalise_and_none_means_the_default():
-    s = settings.resolve({"url": "https://h", "project": 0, "poll_seconds": 0.001, "thumbnail": None,
-                          "images": "local", "local_root": "~/ls-files", "multiple": None})
+    s = settings.resolve(
+        {
+            "url": "https://h",
+            "project": 0,
+            "poll_seconds": 0.001,
+            "thumbnail": None,
+            "images": "local",
+            "local_root": "~/ls-files",
+            "multiple": None,
+        }
+    )
     assert s.project == "" and s.poll_seconds == 0.05 and s.multiple == base().label_studio.multiple
     assert s.thumbnail == base().label_studio.thumbnail
     assert s.local_root == os.path.join(os.path.expanduser("~"), "ls-files")

@@ -60,10 +60,17 @@ def project_tasks(server, pid):
 
 
 def annotate(server, task_id, choice=None, lead_time=2.0, cancelled=False, choices=None):
-    result = [] if cancelled else [{"from_name": "label", "to_name": "image", "type": "choices",
-                                    "value": {"choices": choices or [choice]}}]
-    return api(server, "POST", f"/api/tasks/{task_id}/annotations/",
-               {"result": result, "lead_time": lead_time, "was_cancelled": cancelled})
+    result = (
+        []
+        if cancelled
+        else [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": choices or [choice]}}]
+    )
+    return api(
+        server,
+        "POST",
+        f"/api/tasks/{task_id}/annotations/",
+        {"result": result, "lead_time": lead_time, "was_cancelled": cancelled},
+    )
 
 
 def answer_all(server, pid, truth):
@@ -243,7 +250,8 @@ def test_server_down_wrong_token_and_projects(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_LS_TOKEN", server.token)  # the token comes from the environment variable named
     with pytest.raises(oracles.PendingLabels):
         oracles.LabelStudioOracle(_pool(), str(tmp_path / "c"), url=server.url, token_env="MY_LS_TOKEN").request(
-            0, rows)
+            0, rows
+        )
     with pytest.raises(oracles.LabelFileError, match="has no project 99999"):
         _oracle(server, str(tmp_path / "d"), project="99999").request(0, rows)
     for d in "abd":  # the failures recorded nothing about the round
@@ -253,19 +261,38 @@ def test_server_down_wrong_token_and_projects(server, tmp_path, monkeypatch):
     p = api(server, "POST", "/api/projects/", {"title": "two classes", "label_config": cfg})
     with pytest.raises(oracles.LabelFileError, match=r"lack the classes \['bird'\]"):
         _oracle(server, str(tmp_path / "e"), project=str(p["id"])).request(0, rows)
-    mine = api(server, "POST", "/api/projects/", {
-        "title": "my own labels", "label_config": '<View><Image name="img" value="$picture"/>'
-        '<Choices name="cls" toName="img"><Choice value="bird"/><Choice value="dog"/><Choice value="cat"/>'
-        '<Choice value="other"/></Choices></View>'})
+    mine = api(
+        server,
+        "POST",
+        "/api/projects/",
+        {
+            "title": "my own labels",
+            "label_config": '<View><Image name="img" value="$picture"/>'
+            '<Choices name="cls" toName="img"><Choice value="bird"/><Choice value="dog"/><Choice value="cat"/>'
+            '<Choice value="other"/></Choices></View>',
+        },
+    )
     o = _oracle(server, str(tmp_path / "f"), project="my own labels")
     with pytest.raises(oracles.PendingLabels):
         o.request(0, rows, np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]], np.float32))
     (t,) = project_tasks(server, mine["id"])[:1]
     assert "picture" in t["data"] and t["predictions"][0]["result"][0]["from_name"] == "cls"
     for t in project_tasks(server, mine["id"]):
-        api(server, "POST", f"/api/tasks/{t['id']}/annotations/", {"result": [
-            {"from_name": "cls", "to_name": "img", "type": "choices",
-             "value": {"choices": [_truth(t["data"]["alpeft_id"])]}}]})
+        api(
+            server,
+            "POST",
+            f"/api/tasks/{t['id']}/annotations/",
+            {
+                "result": [
+                    {
+                        "from_name": "cls",
+                        "to_name": "img",
+                        "type": "choices",
+                        "value": {"choices": [_truth(t["data"]["alpeft_id"])]},
+                    }
+                ]
+            },
+        )
     assert o.request(0, rows).tolist() == [0, 1]
     # Another run in the same project: its own tasks, whatever the other run's tasks of the same examples say.
     other = _oracle(server, str(tmp_path / "g"), project="my own labels")
@@ -308,13 +335,16 @@ def test_local_storage_images(server, tmp_path):
         f.request(0, np.array([0, 2]))
     fid = f.project()["id"]
     assert [s["path"] for s in api(server, "GET", f"/api/storages/localfiles?project={fid}")] == [
-        os.path.join(root, "my data")]
+        os.path.join(root, "my data")
+    ]
     t0, t2 = project_tasks(server, fid)
     assert t2["data"]["image"] == "/data/local-files/?d=my%20data/bird/2.png"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(server.request("GET", t2["data"]["image"])))),
-                          np.full((6, 7, 3), 80, np.uint8))
-    outside = _oracle(server, str(tmp_path / "out"), pool=_file_pool(str(tmp_path / "elsewhere")), images="local",
-                      local_root=root)
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(server.request("GET", t2["data"]["image"])))), np.full((6, 7, 3), 80, np.uint8)
+    )
+    outside = _oracle(
+        server, str(tmp_path / "out"), pool=_file_pool(str(tmp_path / "elsewhere")), images="local", local_root=root
+    )
     with pytest.raises(oracles.LabelFileError, match="not in a folder under label_studio.local_root"):
         outside.request(0, np.array([0]))
     wrong_root = _oracle(server, str(tmp_path / "x"), images="local", local_root=str(tmp_path / "not_the_root"))
@@ -421,7 +451,8 @@ def test_driver_stop_and_resume_equals_simulated(server, simulated_run, tmp_path
     assert r0["predictions_sent"] == 0 and r1["predictions_sent"] == 5  # round 1 carries the model's guesses
     assert r1["annotators"] == [ls_server.USERNAME] and r1["tasks"] == 5
     assert {t["predictions"][0]["model_version"] for t in project_tasks(server, pid) if t["predictions"]} == {
-        f"{c.name}-round1"}
+        f"{c.name}-round1"
+    }
 
 
 @pytest.mark.slow
@@ -464,10 +495,18 @@ def test_cli_killed_while_waiting_resumes_without_duplicates(server, simulated_r
     cache, expected, expected_state = simulated_run
     wd = str(tmp_path / "ls")
     env = {**os.environ, "LABEL_STUDIO_API_KEY": server.token}
-    cmd = [sys.executable, "-m", "alpeft_jax.main", f"--config={TINY}:rounds=2,epochs=1", f"--workdir={wd}",
-           f"--config.scoring.cache_dir={cache}", "--config.oracle=label_studio",
-           f"--config.label_studio.url={server.url}", "--config.label_studio.wait_seconds=600",
-           "--config.label_studio.poll_seconds=0.5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpeft_jax.main",
+        f"--config={TINY}:rounds=2,epochs=1",
+        f"--workdir={wd}",
+        f"--config.scoring.cache_dir={cache}",
+        "--config.oracle=label_studio",
+        f"--config.label_studio.url={server.url}",
+        "--config.label_studio.wait_seconds=600",
+        "--config.label_studio.poll_seconds=0.5",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     pid = None

@@ -40,7 +40,9 @@ def test_file_oracle_writes_request_with_thumbnails_and_predictions_and_reads_na
     with open(tmp_path / "round_3" / "to_label.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["id"], r["label"], r["predicted"], r["confidence"]) for r in rows] == [
-        ("104", "", "bird", "0.7000"), ("101", "", "cat", "0.6000")]
+        ("104", "", "bird", "0.7000"),
+        ("101", "", "cat", "0.6000"),
+    ]
     assert all(os.path.exists(r["path"]) for r in rows)
     assert o.info(3) == {}
     (tmp_path / "round_3" / "labels.csv").write_text("id,label\n101,DOG\n104,0\n")
@@ -113,10 +115,26 @@ def test_label_config_escapes_class_names_and_is_accepted_back(tmp_path):
 
 
 def _ann(aid, choice, when, cancelled=False, user=1, lead=1.0):
-    result = [] if choice is None else [{"from_name": "label", "to_name": "image", "type": "choices",
-                                         "value": {"choices": choice if isinstance(choice, list) else [choice]}}]
-    return {"id": aid, "result": result, "was_cancelled": cancelled, "updated_at": when, "completed_by": user,
-            "lead_time": lead}
+    result = (
+        []
+        if choice is None
+        else [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": choice if isinstance(choice, list) else [choice]},
+            }
+        ]
+    )
+    return {
+        "id": aid,
+        "result": result,
+        "was_cancelled": cancelled,
+        "updated_at": when,
+        "completed_by": user,
+        "lead_time": lead,
+    }
 
 
 @pytest.mark.parametrize("rule", ["latest", "majority"])
@@ -131,8 +149,10 @@ def test_annotation_rules(tmp_path, rule):
     tie = task(_ann(1, "bird", t1), _ann(2, "dog", t2))  # majority: a tie goes to the class annotated last
     assert o._decide(100, [tie])[0] == 1
     # Two tasks of one example (imported twice by hand): their annotations are pooled.
-    assert o._decide(100, [task(_ann(1, "bird", t1)), task(_ann(2, "bird", t2), _ann(3, "cat", t3))])[0] == {
-        "latest": 0, "majority": 2}[rule]
+    assert (
+        o._decide(100, [task(_ann(1, "bird", t1)), task(_ann(2, "bird", t2), _ann(3, "cat", t3))])[0]
+        == {"latest": 0, "majority": 2}[rule]
+    )
     assert o._decide(100, [task(_ann(1, None, t1, cancelled=True))]) == (None, [], True)  # skipped
     assert o._decide(100, [task(_ann(1, None, t1))]) == (None, [], True)  # submitted with no class
     assert o._decide(100, [task()]) == (None, [], False)  # not annotated yet

@@ -23,18 +23,33 @@ def _study():
     return mod
 
 
-def _write_run(path, name: str, seed: int, acc: list[float], ece: float = 0.1, active: float | None = None,
-               labels: list[int] | None = None) -> str:
+def _write_run(
+    path,
+    name: str,
+    seed: int,
+    acc: list[float],
+    ece: float = 0.1,
+    active: float | None = None,
+    labels: list[int] | None = None,
+) -> str:
     os.makedirs(path, exist_ok=True)
     counts = np.bincount(labels or [], minlength=10)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"name": name, "seed": seed, "al": {"strategy": "x"}, "train": {"calibration": "none"}}, f)
     with open(os.path.join(path, "results.jsonl"), "w") as f:
         for r, a in enumerate(acc):
-            row = {"round": r, "n_labeled": 10 * (r + 1), "accuracy": a, "ece": ece, "nll": 1.0 - a,
-                   "seconds_scoring": 2.0, "seconds_selection": 0.5 + seed, "train_misclassified_share": 0.25,
-                   "classes_covered": len(set(labels or [])) if r == len(acc) - 1 else 0,
-                   "rarest_class_labels": int(counts.min()) if r == len(acc) - 1 else 0}
+            row = {
+                "round": r,
+                "n_labeled": 10 * (r + 1),
+                "accuracy": a,
+                "ece": ece,
+                "nll": 1.0 - a,
+                "seconds_scoring": 2.0,
+                "seconds_selection": 0.5 + seed,
+                "train_misclassified_share": 0.25,
+                "classes_covered": len(set(labels or [])) if r == len(acc) - 1 else 0,
+                "rarest_class_labels": int(counts.min()) if r == len(acc) - 1 else 0,
+            }
             if active is not None:
                 row["calibration_active_share"] = active
             f.write(json.dumps(row) + "\n")
@@ -44,8 +59,9 @@ def _write_run(path, name: str, seed: int, acc: list[float], ece: float = 0.1, a
 def test_paired_differences_and_auc_against_a_hand_computation(tmp_path):
     rng = np.random.default_rng(0)
     curves = {(g, s): list(np.round(rng.uniform(0.4, 0.9, 4), 4)) for g in ("a", "b") for s in (1, 2, 3, 4)}
-    dirs = [_write_run(tmp_path / g / str(s), g, s, c, active=0.5 if g == "a" else None)
-            for (g, s), c in curves.items()]
+    dirs = [
+        _write_run(tmp_path / g / str(s), g, s, c, active=0.5 if g == "a" else None) for (g, s), c in curves.items()
+    ]
     dirs.append(_write_run(tmp_path / "b" / "5", "b", 5, [0.5, 0.6, 0.7, 0.8]))  # seed 5: b only, not paired
     groups = report.group_runs_by_seed(dirs)
     assert set(groups) == {"a", "b"} and sorted(groups["b"]) == [1, 2, 3, 4, 5]
@@ -53,7 +69,8 @@ def test_paired_differences_and_auc_against_a_hand_computation(tmp_path):
     # AUC: mean height of the piecewise-linear curve over 10..40 labels
     c = curves[("a", 1)]
     assert report.area_under_curve(groups["a"][1]) == pytest.approx(
-        ((c[0] + c[1]) / 2 + (c[1] + c[2]) / 2 + (c[2] + c[3]) / 2) / 3)
+        ((c[0] + c[1]) / 2 + (c[1] + c[2]) / 2 + (c[2] + c[3]) / 2) / 3
+    )
 
     diffs = [curves[("a", s)][-1] - curves[("b", s)][-1] for s in (1, 2, 3, 4)]
     mean, se, n = report.paired_difference(groups["a"], groups["b"], lambda rows: rows[-1]["accuracy"])
@@ -111,12 +128,21 @@ def test_results_template_numbers_come_from_the_runs(tmp_path):
     # seed 1 labels every class but 9 (rarest: 0 labels, 9 classes); seed 2 all ten, class 3 once (rarest: 1)
     labels = {1: [c for c in range(9) for _ in range(2)], 2: [c for c in range(10) for _ in range(1 if c == 3 else 2)]}
     for (group, seed), acc in finals.items():
-        _write_run(tmp_path / "linear" / group / f"s{seed}", f"linear:{group}", seed,
-                   [0.5] * (study.ROUNDS - 1) + [acc], active=0.25, labels=labels[seed])
-    text = study.fill_template("Δ {{d|linear|entropy+pcb|random|final}}; active {{active|linear|random}}; "
-                               "sel {{sel|linear|random}}; score {{score|linear|random}}; "
-                               "classes {{classes|linear|random}}; rarest {{rarest|linear|random}}; {{linear_acc}}",
-                               [1, 2], root=str(tmp_path))
+        _write_run(
+            tmp_path / "linear" / group / f"s{seed}",
+            f"linear:{group}",
+            seed,
+            [0.5] * (study.ROUNDS - 1) + [acc],
+            active=0.25,
+            labels=labels[seed],
+        )
+    text = study.fill_template(
+        "Δ {{d|linear|entropy+pcb|random|final}}; active {{active|linear|random}}; "
+        "sel {{sel|linear|random}}; score {{score|linear|random}}; "
+        "classes {{classes|linear|random}}; rarest {{rarest|linear|random}}; {{linear_acc}}",
+        [1, 2],
+        root=str(tmp_path),
+    )
     diffs = [0.75 - 0.70, 0.74 - 0.72]
     assert f"Δ {100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs) / math.sqrt(2):.1f};" in text
     assert "active 25.0 %;" in text and "| entropy+pcb | 2 |" in text and "{{" not in text

@@ -22,8 +22,20 @@ def _flat(d, prefix=""):
 
 def test_base_keeps_its_layout_and_is_the_schema():
     c = config.base()
-    assert set(c) == {"name", "seed", "backbone", "dtype", "data", "adapt", "train", "al", "scoring", "eval",
-                      "oracle", "label_studio"}
+    assert set(c) == {
+        "name",
+        "seed",
+        "backbone",
+        "dtype",
+        "data",
+        "adapt",
+        "train",
+        "al",
+        "scoring",
+        "eval",
+        "oracle",
+        "label_studio",
+    }
     assert set(c.adapt) == {"mode", "head", "n_placeholders", "template", "head_scale", "lora", "prompt"}
     assert set(c.adapt.lora) == {"rank", "alpha", "dropout", "scale_mode", "towers", "targets"}
     flat = _flat(c.to_dict())
@@ -45,8 +57,12 @@ def test_every_constructor_default_is_what_a_config_file_gets():
 
     b = config.base()
     # (constructor's defaults, the config section, its fields that are not settings of that section)
-    cases = [(TrainConfig(), b.train, set()), (lora.LoraConfig(), b.adapt.lora, {"targets"}),
-             (PromptConfig(), b.adapt.prompt, {"init_std"}), (AdaptConfig(), b.adapt, {"lora", "prompt"})]
+    cases = [
+        (TrainConfig(), b.train, set()),
+        (lora.LoraConfig(), b.adapt.lora, {"targets"}),
+        (PromptConfig(), b.adapt.prompt, {"init_std"}),
+        (AdaptConfig(), b.adapt, {"lora", "prompt"}),
+    ]
     for made, section, not_settings in cases:
         names = {f.name for f in dataclasses.fields(made)}
         assert names - not_settings <= set(section), type(made).__name__
@@ -92,19 +108,22 @@ def test_choices_are_the_literals():
         assert schema.validate(c) == [f"{name}='bogus' is not one of {', '.join(allowed)}"]
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("train.epochs", 0, "train.epochs=0 must be at least 1"),
-    ("adapt.lora.rank", 0, "adapt.lora.rank=0 must be at least 1"),
-    ("train.loss_scale_growth_interval", 0, "train.loss_scale_growth_interval=0 must be at least 1"),
-    ("al.budget", -1, "al.budget=-1 must not be negative"),
-    ("adapt.prompt.n_ctx", -1, "adapt.prompt.n_ctx=-1 must not be negative"),
-    ("adapt.head_scale", -1.0, "adapt.head_scale=-1.0 must not be negative"),
-    ("train.lr", 0.0, "train.lr=0.0 must be positive"),
-    ("train.loss_scale_init", 0.0, "train.loss_scale_init=0.0 must be positive"),
-    ("al.gamma", 0.0, "al.gamma=0.0 must lie in (0, 1]: the candidate pool is int(al.gamma x pool)"),
-    ("al.gamma", 1.5, "al.gamma=1.5 must lie in (0, 1]: the candidate pool is int(al.gamma x pool)"),
-    ("adapt.lora.dropout", 1.0, "adapt.lora.dropout=1.0 must lie in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("train.epochs", 0, "train.epochs=0 must be at least 1"),
+        ("adapt.lora.rank", 0, "adapt.lora.rank=0 must be at least 1"),
+        ("train.loss_scale_growth_interval", 0, "train.loss_scale_growth_interval=0 must be at least 1"),
+        ("al.budget", -1, "al.budget=-1 must not be negative"),
+        ("adapt.prompt.n_ctx", -1, "adapt.prompt.n_ctx=-1 must not be negative"),
+        ("adapt.head_scale", -1.0, "adapt.head_scale=-1.0 must not be negative"),
+        ("train.lr", 0.0, "train.lr=0.0 must be positive"),
+        ("train.loss_scale_init", 0.0, "train.loss_scale_init=0.0 must be positive"),
+        ("al.gamma", 0.0, "al.gamma=0.0 must lie in (0, 1]: the candidate pool is int(al.gamma x pool)"),
+        ("al.gamma", 1.5, "al.gamma=1.5 must lie in (0, 1]: the candidate pool is int(al.gamma x pool)"),
+        ("adapt.lora.dropout", 1.0, "adapt.lora.dropout=1.0 must lie in [0, 1)"),
+    ],
+)
 def test_ranges(name, value, message):
     c = config.base()
     section, leaf = name.rsplit(".", 1)
@@ -123,12 +142,14 @@ def test_constructors_say_what_preflight_says():
     from alpeft_jax.models.prompts import PromptConfig
     from alpeft_jax.train import TrainConfig
 
-    for make, name, value in [(lambda: lora.LoraConfig(rank=0), "adapt.lora.rank", 0),
-                              (lambda: lora.LoraConfig(dropout=1.0), "adapt.lora.dropout", 1.0),
-                              (lambda: PromptConfig(position="start"), "adapt.prompt.position", "start"),
-                              (lambda: AdaptConfig(head="mlp"), "adapt.head", "mlp"),
-                              (lambda: TrainConfig(loss_scale="static"), "train.loss_scale", "static"),
-                              (lambda: TrainConfig(epochs=0), "train.epochs", 0)]:
+    for make, name, value in [
+        (lambda: lora.LoraConfig(rank=0), "adapt.lora.rank", 0),
+        (lambda: lora.LoraConfig(dropout=1.0), "adapt.lora.dropout", 1.0),
+        (lambda: PromptConfig(position="start"), "adapt.prompt.position", "start"),
+        (lambda: AdaptConfig(head="mlp"), "adapt.head", "mlp"),
+        (lambda: TrainConfig(loss_scale="static"), "train.loss_scale", "static"),
+        (lambda: TrainConfig(epochs=0), "train.epochs", 0),
+    ]:
         c = config.base()
         node = c
         *parents, leaf = name.split(".")
@@ -167,21 +188,25 @@ def test_strategy_facts_live_in_the_registry():
     # preflight reads the same facts from the decorators' source
     assert preflight.strategy_facts() == {
         n: schema.StrategyFacts(requires=s.requires, needs_model=s.needs_model, candidates=s.candidates)
-        for n, s in sorted(reg.items())}
+        for n, s in sorted(reg.items())
+    }
     facts = {n: dataclasses.asdict(f) for n, f in preflight.strategy_facts().items()}
     assert facts["bald"] == {"requires": frozenset({"mc_logits"}), "needs_model": True, "candidates": True}
 
 
 def test_preflight_reads_the_settings_and_strategies_without_jax():
-    code = ("import sys; from alpeft_jax import config, preflight; "
-            "assert preflight._values(config.base()) == []; assert preflight.strategy_facts()['random']; "
-            "assert 'jax' not in sys.modules, 'jax imported'")
+    code = (
+        "import sys; from alpeft_jax import config, preflight; "
+        "assert preflight._values(config.base()) == []; assert preflight.strategy_facts()['random']; "
+        "assert 'jax' not in sys.modules, 'jax imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_settings_help_lists_every_setting_with_its_default_and_comment():
-    out = subprocess.run([sys.executable, "-m", "alpeft_jax.main", "--settings"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "alpeft_jax.main", "--settings"], capture_output=True, text=True, check=True
+    ).stdout
     lines = {line.split(" = ", 1)[0]: line for line in out.splitlines() if " = " in line}
     base = _flat(config.base().to_dict())
     assert set(lines) == set(base)

@@ -38,8 +38,13 @@ def runs(ckpt, tmp_path_factory):
     """(1-device arrays, 8-device arrays, 1-device state); the 8-device run goes on in a subprocess meanwhile."""
     out = str(tmp_path_factory.mktemp("md") / "eight.npz")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_multidevice_worker.py"), ckpt, out], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_multidevice_worker.py"), ckpt, out],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     state: dict = {}
     one = w.run_all(ckpt, jax.devices()[:1], state)
     log, _ = proc.communicate(timeout=600)
@@ -108,8 +113,9 @@ def test_hidden_cache_is_the_blocks_below_the_first_adapted_one(runs):
     bb, images = state["bb"], state["pool"]
     model, trainable, _, cache = state["hidden"]
     assert (model.input_kind, model.cache_block, cache.kind) == ("hidden", 1, "hidden")
-    ref = bb.model.apply({"params": bb.params}, jnp.asarray(images[:40]),
-                         method=lambda m, x: m.image_blocks(m.image_stem(x), 0, 1))
+    ref = bb.model.apply(
+        {"params": bb.params}, jnp.asarray(images[:40]), method=lambda m, x: m.image_blocks(m.image_stem(x), 0, 1)
+    )
     np.testing.assert_allclose(one["hidden/cache"][:40], np.asarray(ref), atol=1e-5)
     # the point of the cache: adapted logits from the cached hidden state equal those from the images
     from_cache = model.logits(trainable, jnp.asarray(cache.array[:40]), kind="hidden")[0]
@@ -148,8 +154,16 @@ def test_cache_on_disk_is_atomic_reused_and_chunked(ckpt, runs, tmp_path, monkey
         assert not os.path.exists(path), "the cache file appeared before it was complete"
 
     share = np.arange(N)
-    cache = FeatureCache.build(model, w.image_batches(state["pool"], share, 100), N, path=path,
-                               memory_budget_bytes=1, progress=progress, chunk_size=64, sharder=state["sharder"])
+    cache = FeatureCache.build(
+        model,
+        w.image_batches(state["pool"], share, 100),
+        N,
+        path=path,
+        memory_budget_bytes=1,
+        progress=progress,
+        chunk_size=64,
+        sharder=state["sharder"],
+    )
     monkeypatch.undo()
     assert seen[-1] == N and max(s[0] for s in shapes) <= 64
     assert isinstance(cache.array, np.memmap) and os.path.exists(path)
@@ -185,8 +199,9 @@ def test_cache_interrupted_leaves_no_file(runs, tmp_path):
             yield b
 
     with pytest.raises(OSError, match="went away"):
-        FeatureCache.build(model, failing(), N, path=str(tmp_path / "c.npy"), memory_budget_bytes=1,
-                           sharder=state["sharder"])
+        FeatureCache.build(
+            model, failing(), N, path=str(tmp_path / "c.npy"), memory_budget_bytes=1, sharder=state["sharder"]
+        )
     assert os.listdir(tmp_path) == []
 
 

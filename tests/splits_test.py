@@ -90,31 +90,43 @@ def test_config_reads_splits_the_dataset_defines(name, arg):
             assert kind == "folder" and wanted == ["train"]
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("eurosat/rgb", ("train",)), ("colorectal_histology", ("train",)), ("dtd", ("test", "train", "validation")),
-    ("caltech101", ("test", "train")), ("oxford_iiit_pet", ("test", "train")),
-    ("oxford_flowers102", ("test", "train", "validation")),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("eurosat/rgb", ("train",)),
+        ("colorectal_histology", ("train",)),
+        ("dtd", ("test", "train", "validation")),
+        ("caltech101", ("test", "train")),
+        ("oxford_iiit_pet", ("test", "train")),
+        ("oxford_flowers102", ("test", "train", "validation")),
+    ],
+)
 def test_builder_split_names(name, expected):
     assert splits.builder_split_names(name) == expected == tuple(_defined_splits(name))
 
 
 def test_a_split_the_dataset_lacks_is_named_with_the_fix():
     # what configs/dinov2_*.py used to read: EuroSAT has only 'train'
-    problems = splits.check_split_names("test", splits.builder_split_names("eurosat/rgb"), "TFDS 'eurosat/rgb'",
-                                        "data.test_split")
-    assert problems == ["data.test_split='test': TFDS 'eurosat/rgb' has no split 'test' (its splits: train); it has "
-                        "one split: cut it, e.g. data.train_split='train[:80%]' and data.test_split='train[80%:]'"]
+    problems = splits.check_split_names(
+        "test", splits.builder_split_names("eurosat/rgb"), "TFDS 'eurosat/rgb'", "data.test_split"
+    )
+    assert problems == [
+        "data.test_split='test': TFDS 'eurosat/rgb' has no split 'test' (its splits: train); it has "
+        "one split: cut it, e.g. data.train_split='train[:80%]' and data.test_split='train[80%:]'"
+    ]
     assert splits.check_split_names("train[80%:]", ("train",), "x", "data.test_split") == []
     assert splits.check_split_names("train[:5]+validation", ("train",), "x", "f")[0].startswith(
-        "f='train[:5]+validation': x has no split 'validation'")
+        "f='train[:5]+validation': x has no split 'validation'"
+    )
     with pytest.raises(KeyError):
         splits.builder_split_names("no_such_dataset_xyz")
 
 
 def test_parse_and_positions():
-    assert splits.parse("train[:80%] + validation") == [splits.SplitPart("train", None, "80%"),
-                                                       splits.SplitPart("validation")]
+    assert splits.parse("train[:80%] + validation") == [
+        splits.SplitPart("train", None, "80%"),
+        splits.SplitPart("validation"),
+    ]
     assert str(splits.parse("train[-10:]")[0]) == "train[-10:]"
     pos = lambda spec, n: splits.positions(splits.parse(spec)[0], n).tolist()  # noqa: E731
     assert pos("train", 5) == [0, 1, 2, 3, 4]

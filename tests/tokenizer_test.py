@@ -229,7 +229,8 @@ def test_batch_shapes_and_errors(dirs):
 
 
 def test_default_uses_shipped_vocabulary():
-    shipped = os.path.join(os.path.dirname(importlib.util.find_spec("alpeft_jax").origin), "data", "assets",
-                           "bpe_simple_vocab_16e6.txt.gz")
+    shipped = os.path.join(
+        os.path.dirname(importlib.util.find_spec("alpeft_jax").origin), "data", "assets", "bpe_simple_vocab_16e6.txt.gz"
+    )
     assert os.path.isfile(shipped)
     assert default_bpe_path() == shipped

@@ -50,7 +50,11 @@ def colour_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def padded_batches(
-    inputs: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None, drop_last: bool = True,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int | None = None,
+    drop_last: bool = True,
     garbage: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-shape batches {"inputs", "label", "_mask"}; padding rows are zeros (or random garbage)."""
@@ -60,12 +64,12 @@ def padded_batches(
     for s in range(train.steps_per_epoch(n, batch_size, drop_last)):
         idx = order[s * batch_size : (s + 1) * batch_size]
         pad = batch_size - len(idx)
-        filler = (5 * rng.standard_normal((pad, *inputs.shape[1:])) if garbage
-                  else np.zeros((pad, *inputs.shape[1:])))
+        filler = 5 * rng.standard_normal((pad, *inputs.shape[1:])) if garbage else np.zeros((pad, *inputs.shape[1:]))
         yield {
             "inputs": np.concatenate([inputs[idx], filler.astype(inputs.dtype)]),
             "label": np.concatenate([labels[idx], rng.integers(0, 4, pad) if garbage else np.zeros(pad)]).astype(
-                np.int32),
+                np.int32
+            ),
             "_mask": np.arange(batch_size) < len(idx),
         }
 
@@ -88,7 +92,8 @@ def test_steps_compile_once_across_growing_rounds(dino):
     for round_, n in enumerate((5, 17, 40, 70)):
         state = trainer.init(jax.random.key(round_))
         state, history = trainer.fit(
-            state, lambda e, n=n: padded_batches(pool_x[:n], pool_y[:n], 32, seed=e)  # noqa: B023
+            state,
+            lambda e, n=n: padded_batches(pool_x[:n], pool_y[:n], 32, seed=e),  # noqa: B023
         )
         assert [h["steps"] for h in history] == [train.steps_per_epoch(n, 32)] * 2
         metrics = trainer.evaluate(state["trainable"], padded_batches(test_x, test_y, 32, drop_last=False))
@@ -165,8 +170,15 @@ def test_lr_sequence_and_optimizer_match_torch(dino, optimizer):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
     images, labels = colour_images(20, seed=4)
     feats = np.asarray(jax.jit(model.prefix)(images))
-    tc = train.TrainConfig(epochs=epochs, batch_size=8, lr=base_lr, calibration="none", weight_decay=wd,
-                           optimizer=optimizer, loss_scale="none")
+    tc = train.TrainConfig(
+        epochs=epochs,
+        batch_size=8,
+        lr=base_lr,
+        calibration="none",
+        weight_decay=wd,
+        optimizer=optimizer,
+        loss_scale="none",
+    )
     trainer = train.Trainer(model, tc, kind="features")
     seen: list[float] = []
     step = trainer._train_step
@@ -226,8 +238,9 @@ def test_nan_loss_raises(dino):
 # ----------------------------------------------------------------------------------------------- masks
 def test_padding_rows_do_not_change_the_update(dino):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    tc = train.TrainConfig(epochs=3, calibration="cpeal", calibration_anneal=False, loss_prediction=True, lr=0.3,
-                           loss_scale="none")
+    tc = train.TrainConfig(
+        epochs=3, calibration="cpeal", calibration_anneal=False, loss_prediction=True, lr=0.3, loss_scale="none"
+    )
     trainer = train.Trainer(model, tc, kind="features")
     images, labels = colour_images(6, seed=5)
     feats = np.asarray(jax.jit(model.prefix)(images))
@@ -280,8 +293,9 @@ def test_loss_prediction_head_trains(dino):
     for part, lr in (("head", 1e-5), ("loss_pred", 0.1)):
         w, g, new = (_numpy_tree(t[part]) for t in (state["trainable"], grads, stepped["trainable"]))
         for k in w:
-            np.testing.assert_allclose(new[k], w[k] - lr * (g[k] + 5e-4 * w[k]), rtol=1e-5, atol=1e-7,
-                                       err_msg=f"{part}/{k}")
+            np.testing.assert_allclose(
+                new[k], w[k] - lr * (g[k] + 5e-4 * w[k]), rtol=1e-5, atol=1e-7, err_msg=f"{part}/{k}"
+            )
     state, history = trainer.fit(state, lambda e: padded_batches(feats, labels, 16, seed=e))
     after = _numpy_tree(state["trainable"]["loss_pred"])
     # Every weight moves; fc2's bias gets no gradient (the ranking loss sees only differences of predictions).
@@ -319,8 +333,10 @@ def test_evaluation_on_padded_batches_equals_unpadded_metrics(dino):
     assert got["n"] == ref["n"] == 37
     for k in ("accuracy", "nll", "ece", "brier"):
         assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
-    rows = [(lg[b["_mask"]], f[b["_mask"]]) for lg, f, b in trainer.predict(
-        trainable, padded_batches(feats, labels, 16, drop_last=False, garbage=True))]
+    rows = [
+        (lg[b["_mask"]], f[b["_mask"]])
+        for lg, f, b in trainer.predict(trainable, padded_batches(feats, labels, 16, drop_last=False, garbage=True))
+    ]
     np.testing.assert_allclose(np.concatenate([r[0] for r in rows]), logits, atol=1e-4)
     np.testing.assert_array_equal(np.concatenate([r[1] for r in rows]), feats)
     assert trainer.traces["eval"] == 1
@@ -335,8 +351,13 @@ def test_float16_lora_with_dynamic_loss_scaling_trains_the_toy_task_like_float32
         bb = _dinov2()
         if dtype == "float16":
             bb.model = bb.model.clone(dtype=jnp.float16)
-        tc = train.TrainConfig(epochs=12, batch_size=16, lr=0.5, calibration="cpeal",
-                               loss_scale="dynamic" if dtype == "float16" else "none")
+        tc = train.TrainConfig(
+            epochs=12,
+            batch_size=16,
+            lr=0.5,
+            calibration="cpeal",
+            loss_scale="dynamic" if dtype == "float16" else "none",
+        )
         _, _, state, history, metrics, _, _ = _run_toy(bb, cfg, "images", tc)
         results[dtype] = (state, history, metrics)
     state16, hist16, m16 = results["float16"]
@@ -350,10 +371,15 @@ def test_float16_lora_with_dynamic_loss_scaling_trains_the_toy_task_like_float32
 def test_loss_scaling_is_exact_without_overflow(dino):
     # Scaling by a power of two and back is exact in float32: the same trainables as an unscaled run.
     tc = dict(epochs=6, batch_size=16, lr=1.0, calibration="cpeal")
-    _, _, scaled, hist, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features",
-                                           train.TrainConfig(**tc, loss_scale="dynamic", loss_scale_growth_interval=3))
-    _, _, plain, _, _, _, _ = _run_toy(dino, AdaptConfig(mode="linear"), "features",
-                                       train.TrainConfig(**tc, loss_scale="none"))
+    _, _, scaled, hist, _, _, _ = _run_toy(
+        dino,
+        AdaptConfig(mode="linear"),
+        "features",
+        train.TrainConfig(**tc, loss_scale="dynamic", loss_scale_growth_interval=3),
+    )
+    _, _, plain, _, _, _, _ = _run_toy(
+        dino, AdaptConfig(mode="linear"), "features", train.TrainConfig(**tc, loss_scale="none")
+    )
     a, b = _numpy_tree(scaled["trainable"]), _numpy_tree(plain["trainable"])
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -375,10 +401,10 @@ def test_loss_scale_step_skips_an_overflow_and_halves_the_scale():
     good = train._loss_scale_step(old, new, {"w": jnp.ones(3)}, scaling, interval=2)  # 2nd good step: grow
     np.testing.assert_array_equal(good["trainable"]["w"], 2.0)
     assert float(good["loss_scale"]["scale"]) == 2048.0 and int(good["loss_scale"]["good_steps"]) == 0
-    floor = train._loss_scale_step(old, new, {"w": jnp.full(3, jnp.inf)},
-                                   {"scale": jnp.float32(1.0), "good_steps": jnp.int32(0)}, interval=2)
+    floor = train._loss_scale_step(
+        old, new, {"w": jnp.full(3, jnp.inf)}, {"scale": jnp.float32(1.0), "good_steps": jnp.int32(0)}, interval=2
+    )
     assert float(floor["loss_scale"]["scale"]) == 1.0
-
 
 
 def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
@@ -390,8 +416,15 @@ def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
     # second), step 4 overflows again at 2^127, and so on.
     c = config.base()
     c.dtype = "float16"
-    c.train.update(epochs=1, batch_size=8, lr=1e-3, calibration="none", label_smoothing=0.0,
-                   loss_scale_init=2.0**127, loss_scale_growth_interval=2)
+    c.train.update(
+        epochs=1,
+        batch_size=8,
+        lr=1e-3,
+        calibration="none",
+        label_smoothing=0.0,
+        loss_scale_init=2.0**127,
+        loss_scale_growth_interval=2,
+    )
     tc = loop.train_config(c)
     assert tc.loss_scale == "dynamic" and tc.loss_scale_init == 2.0**127 and tc.loss_scale_growth_interval == 2
     c32 = config.base()
@@ -419,7 +452,8 @@ def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
 
     seen = []  # after every step: scale, good-step count, trainable tree
     record = lambda st, epoch, i, hist: seen.append(
-        (float(st["loss_scale"]["scale"]), int(st["loss_scale"]["good_steps"]), _numpy_tree(st["trainable"])))
+        (float(st["loss_scale"]["scale"]), int(st["loss_scale"]["good_steps"]), _numpy_tree(st["trainable"]))
+    )
     initial = _numpy_tree(state["trainable"])
     state, history = scaled.fit(state, lambda e: iter([batch] * 6), on_step=record)
     assert [s for s, _, _ in seen] == [2.0**126, 2.0**126, 2.0**127, 2.0**126, 2.0**126, 2.0**127]
@@ -431,8 +465,9 @@ def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
     plain = train.Trainer(model, loop.train_config(c32), kind="features")
     ref_trees = [initial]
     ref_state = plain.init(jax.random.key(0), trainable=zero_head)
-    ref_state, ref_history = plain.fit(ref_state, lambda e: iter([batch] * 4),
-                                       on_step=lambda st, *_: ref_trees.append(_numpy_tree(st["trainable"])))
+    ref_state, ref_history = plain.fit(
+        ref_state, lambda e: iter([batch] * 4), on_step=lambda st, *_: ref_trees.append(_numpy_tree(st["trainable"]))
+    )
     applied = np.cumsum([0, 1, 1, 0, 1, 1])  # good steps so far after each of the 6 steps
     for step, (_, _, tree) in enumerate(seen):
         for k, v in ref_trees[applied[step]].items():
@@ -458,8 +493,9 @@ def test_calibration_activity_counts_steps_and_misclassified_share(dino):
     from alpeft_jax.metrics import calibration_activity
 
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
-    tc = train.TrainConfig(epochs=4, batch_size=8, lr=0.5, calibration="cpeal", calibration_anneal=False,
-                           loss_scale="none")
+    tc = train.TrainConfig(
+        epochs=4, batch_size=8, lr=0.5, calibration="cpeal", calibration_anneal=False, loss_scale="none"
+    )
     trainer = train.Trainer(model, tc, kind="features")
     images, labels = colour_images(20, seed=6)
     feats = np.asarray(jax.jit(model.prefix)(images))

@@ -15,10 +15,25 @@ from alpeft_jax.inputs import choose_kinds
 FRESH = {"round": 0, "phase": "select", "labeled_rows": [], "labels": [], "selected": [], "results": []}
 SELECTED = {**FRESH, "phase": "label", "selected": [4, 1], "t_score": 0.0, "t_select": 0.01, "predictions": None}
 LABELLED = {**SELECTED, "phase": "train", "labeled_rows": [4, 1], "labels": [2, 0], "label_info": {}}
-FINISHED = {**LABELLED, "round": 1, "phase": "select", "selected": [], "predictions": None, "label_info": {},
-            "results": [{"round": 0, "n_labeled": 2, "accuracy": 0.5}]}
-SCORED = {**FINISHED, "round": 1, "phase": "label", "selected": [3], "t_score": 1.5, "t_select": 0.2,
-          "predictions": [[0.25, 0.75, 0.0]], "label_info": {"source": "file"}}
+FINISHED = {
+    **LABELLED,
+    "round": 1,
+    "phase": "select",
+    "selected": [],
+    "predictions": None,
+    "label_info": {},
+    "results": [{"round": 0, "n_labeled": 2, "accuracy": 0.5}],
+}
+SCORED = {
+    **FINISHED,
+    "round": 1,
+    "phase": "label",
+    "selected": [3],
+    "t_score": 1.5,
+    "t_select": 0.2,
+    "predictions": [[0.25, 0.75, 0.0]],
+    "label_info": {"source": "file"},
+}
 
 
 @pytest.mark.parametrize("state", [FRESH, SELECTED, LABELLED, FINISHED, SCORED])
@@ -45,10 +60,17 @@ def test_fresh_record_and_known_labels(tmp_path):
 
 def test_layout_names_and_paths(tmp_path):
     w = wd.Workdir.open(tmp_path / "run")
-    names = {p.name for p in (w.state, w.config, w.results, w.curves, w.tensorboard, w.rounds, w.progress,
-                              w.cache())}
-    assert names == {"al_state.json", "config.json", "results.jsonl", "curves.png", "tensorboard", "ckpt",
-                     "progress", "cache"}
+    names = {p.name for p in (w.state, w.config, w.results, w.curves, w.tensorboard, w.rounds, w.progress, w.cache())}
+    assert names == {
+        "al_state.json",
+        "config.json",
+        "results.jsonl",
+        "curves.png",
+        "tensorboard",
+        "ckpt",
+        "progress",
+        "cache",
+    }
     assert str(w.cache("gs://bucket/c")) == "gs://bucket/c" and w.cache(str(tmp_path / "c")) == tmp_path / "c"
     assert wd.as_path("gs://b/x").as_uri().startswith("gs://") and not wd.is_local("gs://b/x")
     assert wd.as_path("rel").is_absolute() and wd.is_local("rel")
@@ -68,12 +90,15 @@ def test_config_change_is_refused_once_started(tmp_path):
     assert json.loads(w.config.read_text()) == {"a": 6}
 
 
-@pytest.mark.parametrize("model_kind, cache, augment, expected", [
-    ("features", True, False, ("features", "features")),
-    ("hidden", True, False, ("hidden", "hidden")),
-    ("hidden", True, True, ("hidden", "images")),  # augmentation needs the images
-    ("hidden", False, False, ("images", "images")),  # no cache: everything from images
-    ("images", True, False, ("images", "images")),  # nothing to cache
-])
+@pytest.mark.parametrize(
+    "model_kind, cache, augment, expected",
+    [
+        ("features", True, False, ("features", "features")),
+        ("hidden", True, False, ("hidden", "hidden")),
+        ("hidden", True, True, ("hidden", "images")),  # augmentation needs the images
+        ("hidden", False, False, ("images", "images")),  # no cache: everything from images
+        ("images", True, False, ("images", "images")),  # nothing to cache
+    ],
+)
 def test_input_kinds(model_kind, cache, augment, expected):
     assert choose_kinds(model_kind, cache, augment) == expected

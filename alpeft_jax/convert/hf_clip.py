@@ -36,12 +36,26 @@ __all__ = ["CLIP_MEAN", "CLIP_STD", "expected_params", "hooks", "load", "model_f
 # transformers' CLIPVisionConfig / CLIPTextConfig / CLIPConfig defaults: save_pretrained writes only the
 # values that differ from these, so a missing key means the default.
 _VISION_DEFAULTS: dict[str, Any] = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-    image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
 )
 _TEXT_DEFAULTS: dict[str, Any] = dict(
-    vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407,
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    eos_token_id=49407,
 )
 _PROJECTION_DIM = 512
 STANDARD_VOCAB_SIZE = 49408  # the released CLIP BPE vocabulary
@@ -121,14 +135,25 @@ def model_from_config(config: dict[str, Any], dtype: Any = jnp.float32) -> CLIP:
             f"patch_size {v['patch_size']}."
         )
     vision = VisionConfig(
-        width=v["hidden_size"], depth=v["num_hidden_layers"], heads=v["num_attention_heads"],
-        patch_size=v["patch_size"], image_size=v["image_size"], mlp_dim=v["intermediate_size"],
-        activation=v["hidden_act"], ln_eps=float(v["layer_norm_eps"]),
+        width=v["hidden_size"],
+        depth=v["num_hidden_layers"],
+        heads=v["num_attention_heads"],
+        patch_size=v["patch_size"],
+        image_size=v["image_size"],
+        mlp_dim=v["intermediate_size"],
+        activation=v["hidden_act"],
+        ln_eps=float(v["layer_norm_eps"]),
     )
     text = TextConfig(
-        width=t["hidden_size"], depth=t["num_hidden_layers"], heads=t["num_attention_heads"],
-        vocab_size=t["vocab_size"], context_length=t["max_position_embeddings"], mlp_dim=t["intermediate_size"],
-        activation=t["hidden_act"], ln_eps=float(t["layer_norm_eps"]), eos_token_id=int(t["eos_token_id"]),
+        width=t["hidden_size"],
+        depth=t["num_hidden_layers"],
+        heads=t["num_attention_heads"],
+        vocab_size=t["vocab_size"],
+        context_length=t["max_position_embeddings"],
+        mlp_dim=t["intermediate_size"],
+        activation=t["hidden_act"],
+        ln_eps=float(t["layer_norm_eps"]),
+        eos_token_id=int(t["eos_token_id"]),
     )
     for name, act in (("vision_config", vision.activation), ("text_config", text.activation)):
         if act not in ACTIVATIONS:
@@ -136,7 +161,10 @@ def model_from_config(config: dict[str, Any], dtype: Any = jnp.float32) -> CLIP:
                 f"config.json: {name}.hidden_act {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}."
             )
     return CLIP(
-        vision, text, int(config.get("projection_dim", _PROJECTION_DIM)), dtype,
+        vision,
+        text,
+        int(config.get("projection_dim", _PROJECTION_DIM)),
+        dtype,
         float(config.get("logit_scale_init_value", _LOGIT_SCALE_INIT)),
     )
 

@@ -50,8 +50,14 @@ from alpeft_jax.models.clip import CLIP, CLIP_MEAN, CLIP_STD, TextConfig, Vision
 from alpeft_jax.models.clip_resnet import CLIPResNet, ResNetConfig
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "hooks_for", "infer_model", "load", "read_config_beside",
-    "read_state_dict", "rules_for",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "hooks_for",
+    "infer_model",
+    "load",
+    "read_config_beside",
+    "read_state_dict",
+    "rules_for",
 ]
 
 HEAD_WIDTH = 64  # OpenAI: heads = width // 64 (ResNet attention pool: width * 32 // 64)
@@ -101,9 +107,9 @@ def read_state_dict(path: str) -> dict[str, Array]:
     else:
         state = torch_pickle.load_state_dict(path)
     if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     # open_clip's CustomTextCLIP keeps the text tower under `text.`; the layout below it is the same.
-    return {k[len("text."):] if k.startswith("text.") else k: v for k, v in state.items()}
+    return {k[len("text.") :] if k.startswith("text.") else k: v for k, v in state.items()}
 
 
 def read_config_beside(path: str) -> dict[str, Any] | None:
@@ -140,21 +146,44 @@ def _get(state: Mapping[str, Array], name: str, source: str) -> Array:
 
 def _count(state: Mapping[str, Array], prefix: str) -> int:
     """Number of distinct `<prefix><index>.` entries (blocks of a stage or transformer)."""
-    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+    return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
 
 
 # open_clip config fields this loader cannot honour, with their neutral values.
 _UNSUPPORTED_VISION = {
-    "timm_model_name": None, "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
-    "final_ln_after_pool": False, "pool_type": "tok", "pos_embed_type": "learnable", "act_kwargs": None,
-    "norm_kwargs": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
-    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "timm_model_name": None,
+    "ls_init_value": None,
+    "attentional_pool": False,
+    "no_ln_pre": False,
+    "final_ln_after_pool": False,
+    "pool_type": "tok",
+    "pos_embed_type": "learnable",
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
 }
 _UNSUPPORTED_TEXT = {
-    "hf_model_name": None, "ls_init_value": None, "embed_cls": False, "no_causal_mask": False,
-    "final_ln_after_pool": False, "pool_type": "argmax", "proj_bias": False, "proj_type": "linear",
-    "act_kwargs": None, "norm_kwargs": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
-    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "hf_model_name": None,
+    "ls_init_value": None,
+    "embed_cls": False,
+    "no_causal_mask": False,
+    "final_ln_after_pool": False,
+    "pool_type": "argmax",
+    "proj_bias": False,
+    "proj_type": "linear",
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
 }
 
 
@@ -196,7 +225,9 @@ def _agree(where: str, name: str, config_value: Any, found: Any) -> None:
 
 
 def infer_model(
-    state: Mapping[str, Array], config: Mapping[str, Any] | None = None, dtype: Any = jnp.float32,
+    state: Mapping[str, Array],
+    config: Mapping[str, Any] | None = None,
+    dtype: Any = jnp.float32,
     source: str = "checkpoint",
 ) -> Model:
     """Build the CLIP module (ResNet or ViT image tower) that an OpenAI/open_clip state dict describes."""
@@ -219,8 +250,14 @@ def infer_model(
     for name, found in (("width", t_width), ("layers", t_layers), ("context_length", context), ("vocab_size", vocab)):
         _agree(f"{cfg_path}: text_cfg", name, tcfg.get(name), found)
     text = TextConfig(
-        width=t_width, depth=t_layers, heads=_heads(t_width, tcfg, f"{source}: text tower"), vocab_size=vocab,
-        context_length=context, mlp_dim=t_mlp, activation=activation, eos_token_id=2,  # OpenAI pools at argmax(ids)
+        width=t_width,
+        depth=t_layers,
+        heads=_heads(t_width, tcfg, f"{source}: text tower"),
+        vocab_size=vocab,
+        context_length=context,
+        mlp_dim=t_mlp,
+        activation=activation,
+        eos_token_id=2,  # OpenAI pools at argmax(ids)
     )
 
     if "visual.layer1.0.conv1.weight" in state:
@@ -256,8 +293,13 @@ def infer_model(
         for name, found in (("layers", depth), ("width", width), ("patch_size", patch), ("image_size", grid * patch)):
             _agree(f"{cfg_path}: vision_cfg", name, vcfg.get(name), found)
         vision = VisionConfig(
-            width=width, depth=depth, heads=_heads(width, vcfg, f"{source}: ViT image tower"), patch_size=patch,
-            image_size=grid * patch, mlp_dim=mlp, activation=activation,
+            width=width,
+            depth=depth,
+            heads=_heads(width, vcfg, f"{source}: ViT image tower"),
+            patch_size=patch,
+            image_size=grid * patch,
+            mlp_dim=mlp,
+            activation=activation,
         )
         return CLIP(vision, text, embed_dim, dtype)
     raise CheckpointError(
@@ -367,8 +409,10 @@ def _split_qkv(attn: str, kind: str) -> Callable[[Array], dict[str, Array]]:
                 f"{'[3*W, W]' if kind == 'kernel' else '[3*W]'}; the checkpoint is corrupt or not CLIP."
             )
         parts = np.split(x, 3, axis=0)
-        return {f"{attn}/{n}/{kind}": transpose_linear(p) if kind == "kernel" else p
-                for n, p in zip("qkv", parts, strict=True)}
+        return {
+            f"{attn}/{n}/{kind}": transpose_linear(p) if kind == "kernel" else p
+            for n, p in zip("qkv", parts, strict=True)
+        }
 
     return split
 
@@ -423,6 +467,11 @@ def load(path: str, dtype: Any = jnp.float32) -> Backbone:
     params = convert(state, model.param_shapes(), rules_for(model), hooks_for(model), source=path)
     mean, std = _preprocessing(config)
     architecture = "resnet" if isinstance(model, CLIPResNet) else "vit"
-    info = {"vision": model.vision, "text": model.text, "embed_dim": model.embed_dim,
-            "model_type": "openai_clip", "architecture": architecture}
+    info = {
+        "vision": model.vision,
+        "text": model.text,
+        "embed_dim": model.embed_dim,
+        "model_type": "openai_clip",
+        "architecture": architecture,
+    }
     return clip_backbone(model, params, mean, std, info, _tokenizer(model.text), path)

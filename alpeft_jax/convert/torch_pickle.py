@@ -149,9 +149,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"Corrupt PyTorch checkpoint: unexpected persistent id {pid!r}.")
         kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
         if kind != "storage":
-            raise CheckpointError(
-                f"refusing to load a pickled '{kind}' object: a checkpoint may only contain tensors."
-            )
+            raise CheckpointError(f"refusing to load a pickled '{kind}' object: a checkpoint may only contain tensors.")
         return self._storage(pid[1:])
 
 

@@ -76,11 +76,13 @@ class Batches:
         pos = int(pos)
         if pos < 0:
             s = self.image_size
-            return dict(image=np.zeros((s, s, 3), np.float32), label=np.int32(-1), _id=np.int32(-1),
-                        _mask=np.bool_(False))
+            return dict(
+                image=np.zeros((s, s, 3), np.float32), label=np.int32(-1), _id=np.int32(-1), _mask=np.bool_(False)
+            )
         ex = self.source[pos]
-        return dict(image=self._fn(pos, ex), label=np.int32(ex["label"]), _id=np.int32(self._ids[pos]),
-                    _mask=np.bool_(True))
+        return dict(
+            image=self._fn(pos, ex), label=np.int32(ex["label"]), _id=np.int32(self._ids[pos]), _mask=np.bool_(True)
+        )
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if len(self) == 0:
@@ -120,8 +122,15 @@ def eval_batches(
         start = int(hits[0])
     if not 0 <= start <= len(order):
         raise ValueError(f"start must lie in [0, {len(order)}], got {start}")
-    return Batches(source, order[start:], batch_size, lambda pos, ex: pp.eval_image(ex["image"], spec),
-                   spec.image_size, num_threads, prefetch)
+    return Batches(
+        source,
+        order[start:],
+        batch_size,
+        lambda pos, ex: pp.eval_image(ex["image"], spec),
+        spec.image_size,
+        num_threads,
+        prefetch,
+    )
 
 
 def epoch_order(indices: Sequence[int] | np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -186,5 +195,8 @@ def as_arrays(
         labels.append(ex["label"])
     shape = (0, size, size, 3)
     dtype = np.float32 if spec else np.uint8
-    return dict(image=np.stack(images) if images else np.zeros(shape, dtype), label=np.asarray(labels, np.int32),
-                id=ids[order].astype(np.int32))
+    return dict(
+        image=np.stack(images) if images else np.zeros(shape, dtype),
+        label=np.asarray(labels, np.int32),
+        id=ids[order].astype(np.int32),
+    )

@@ -49,8 +49,10 @@ def parse(spec: str) -> list[SplitPart]:
     for term in re.split(r"\s*\+\s*", spec.strip()):
         m = _PART.match(term.replace(" ", ""))
         if not m:
-            raise ValueError(f"split {spec!r}: cannot read {term!r}; write a split name or a slice such as "
-                             "'train[:80%]', 'train[80%:]' or 'train[:1000]'")
+            raise ValueError(
+                f"split {spec!r}: cannot read {term!r}; write a split name or a slice such as "
+                "'train[:80%]', 'train[80%:]' or 'train[:1000]'"
+            )
         for bound in (m["start"], m["stop"]):
             if bound and bound.endswith("%") and abs(int(bound[:-1])) > 100:
                 raise ValueError(f"split {spec!r}: percent {bound} is outside [-100%, 100%]")
@@ -125,8 +127,9 @@ def builder_split_names(name: str) -> tuple[str, ...]:
     try:
         out = builder._split_generators(_NoDownloads())  # noqa: SLF001 - the builder's own split definitions
     except Exception as e:  # noqa: BLE001 - any builder code that needs real files
-        raise RuntimeError(f"the split code of TFDS builder {name!r} needs its data "
-                           f"({type(e).__name__}: {e})") from None
+        raise RuntimeError(
+            f"the split code of TFDS builder {name!r} needs its data ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(out, dict):
         names = [str(k) for k in out]
     else:
@@ -146,8 +149,11 @@ def check_split_names(spec: str, available: list[str] | tuple[str, ...], what: s
             hint = ""
             if len(available) == 1 and part.name in ("test", "validation", "val"):
                 only = available[0]
-                hint = f"; it has one split: cut it, e.g. {field.rsplit('.', 1)[0]}.train_split='{only}[:80%]' " \
-                       f"and {field.rsplit('.', 1)[0]}.test_split='{only}[80%:]'"
-            problems.append(f"{field}={spec!r}: {what} has no split '{part.name}' (its splits: "
-                            f"{', '.join(available)}){hint}")
+                hint = (
+                    f"; it has one split: cut it, e.g. {field.rsplit('.', 1)[0]}.train_split='{only}[:80%]' "
+                    f"and {field.rsplit('.', 1)[0]}.test_split='{only}[80%:]'"
+                )
+            problems.append(
+                f"{field}={spec!r}: {what} has no split '{part.name}' (its splits: {', '.join(available)}){hint}"
+            )
     return problems

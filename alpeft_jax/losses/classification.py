@@ -17,9 +17,7 @@ def cross_entropy(
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(
-            f"expected logits [batch, classes] and labels [batch], got {logits.shape} and {labels.shape}"
-        )
+        raise ValueError(f"expected logits [batch, classes] and labels [batch], got {logits.shape} and {labels.shape}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     m = jnp.ones(logits.shape[:1], jnp.float32) if mask is None else jnp.asarray(mask).astype(jnp.float32)

@@ -56,8 +56,10 @@ class AdaptConfig:
         targets = tuple(t.strip() for t in a.lora.targets.split(",") if t.strip())
         if not targets and a.mode == "lora":
             if family == "efficientnet":
-                raise ValueError("EfficientNet needs explicit LoRA targets, e.g. --config.adapt.lora.targets="
-                                 "'blocks_1[3-5]/.*(expand|project)_conv'.")
+                raise ValueError(
+                    "EfficientNet needs explicit LoRA targets, e.g. --config.adapt.lora.targets="
+                    "'blocks_1[3-5]/.*(expand|project)_conv'."
+                )
             targets = lora.TOWER_TARGETS["both" if family != "clip" else a.lora.towers]
         elif not targets:
             targets = lora.TOWER_TARGETS["both"]  # unused outside lora mode
@@ -89,7 +91,9 @@ class AdaptedModel:
             self.prompt_learner = prompts.PromptLearner(backbone, self.class_names, prompt_config)
         elif is_clip and head in ("none", "zeroshot"):
             fixed = prompts.FixedPrompts(
-                backbone, self.class_names, config.n_placeholders,
+                backbone,
+                self.class_names,
+                config.n_placeholders,
                 config.template or ("a photo of a {}." if head == "zeroshot" else None),
             )
             self.text_ids = jnp.asarray(fixed.ids)
@@ -104,7 +108,7 @@ class AdaptedModel:
         if not image_targets:
             self.input_kind, self.cache_block = "features", None
         else:
-            found = [_BLOCK.search(m[len(prefix):]) for m in image_targets]
+            found = [_BLOCK.search(m[len(prefix) :]) for m in image_targets]
             blocks = [int(b.group(1)) for b in found if b is not None]
             if len(blocks) == len(found) and min(blocks) > 0:
                 self.input_kind, self.cache_block = "hidden", min(blocks)
@@ -142,8 +146,14 @@ class AdaptedModel:
     # ----------------------------------------------------------------------------------------------
     def _apply(self, trainable: Trainable, fn: Any, *args: Any, rng: jax.Array | None, train: bool) -> Any:
         return lora.apply(
-            self.backbone.model, self.backbone.params, trainable.get("lora"), self.lora_config, *args,
-            method=fn, rng=rng, train=train,
+            self.backbone.model,
+            self.backbone.params,
+            trainable.get("lora"),
+            self.lora_config,
+            *args,
+            method=fn,
+            rng=rng,
+            train=train,
         )
 
     def prefix(self, images: jax.Array, params: Any = None) -> jax.Array:
@@ -218,8 +228,12 @@ class AdaptedModel:
         feats = self.image_features(trainable, inputs, kind, rng=k_img, train=train)
         if self.head_kind in ("linear", "zeroshot"):
             cosine = self.head_kind == "linear" and self.config.head_scale > 0
-            logits = heads.apply(trainable["head"], feats, normalize=cosine or self.head_kind == "zeroshot",
-                                 scale=self.config.head_scale if cosine else 1.0)
+            logits = heads.apply(
+                trainable["head"],
+                feats,
+                normalize=cosine or self.head_kind == "zeroshot",
+                scale=self.config.head_scale if cosine else 1.0,
+            )
         else:
             text = self.text_features(trainable, rng=k_txt, train=train).astype(jnp.float32)
             f = feats.astype(jnp.float32)

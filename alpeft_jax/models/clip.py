@@ -30,7 +30,13 @@ Dtype = Any
 Aux = dict[str, jax.Array]
 
 __all__ = [
-    "CLIP", "CLIPTextTower", "CLIPVisionTower", "TextConfig", "VARIANTS", "VisionConfig", "eot_positions",
+    "CLIP",
+    "CLIPTextTower",
+    "CLIPVisionTower",
+    "TextConfig",
+    "VARIANTS",
+    "VisionConfig",
+    "eot_positions",
     "variant",
 ]
 
@@ -133,8 +139,13 @@ class CLIPVisionTower(nn.Module):
             raise ValueError(f"image_size {c.image_size} is not a multiple of patch_size {c.patch_size}.")
         init = nn.initializers.normal(c.width**-0.5)
         self.patch_embed = nn.Conv(
-            c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size), padding="VALID",
-            use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+            c.width,
+            (c.patch_size, c.patch_size),
+            strides=(c.patch_size, c.patch_size),
+            padding="VALID",
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
         )
         self.cls = self.param("cls", init, (c.width,), jnp.float32)
         self.pos_embed = self.param("pos_embed", init, (c.grid**2 + 1, c.width), jnp.float32)
@@ -190,14 +201,14 @@ class CLIPTextTower(nn.Module):
         c = self.config
         _check_activation(c.activation)
         self.token_embed = nn.Embed(
-            c.vocab_size, c.width, dtype=self.dtype, param_dtype=jnp.float32,
+            c.vocab_size,
+            c.width,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
             embedding_init=nn.initializers.normal(0.02),
         )
-        self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.01), (c.context_length, c.width),
-                                    jnp.float32)
-        self.encoder = Encoder(
-            c.depth, c.heads, c.hidden, c.activation, c.ln_eps, causal=True, dtype=self.dtype
-        )
+        self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.01), (c.context_length, c.width), jnp.float32)
+        self.encoder = Encoder(c.depth, c.heads, c.hidden, c.activation, c.ln_eps, causal=True, dtype=self.dtype)
         self.ln_final = nn.LayerNorm(c.ln_eps, dtype=self.dtype, param_dtype=jnp.float32)
         self.proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
 
@@ -269,8 +280,7 @@ class CLIP(nn.Module):
         """Declare both towers and the log-temperature."""
         self.img = self.image_tower()
         self.txt = CLIPTextTower(self.text, self.embed_dim, self.dtype)
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (),
-                                      jnp.float32)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
 
     def param_shapes(self) -> Any:
         """Shapes/dtypes of the parameter tree (`jax.eval_shape` of init), without allocating it."""
@@ -341,6 +351,9 @@ class CLIP(nn.Module):
         scale = jnp.exp(self.logit_scale)
         logits = scale * img_n @ txt_n.T
         return logits, {
-            "image_embeds": img_n, "text_embeds": txt_n, "logit_scale": scale,
-            "image_pooled": img_aux["pooled"], "text_pooled": txt_aux["pooled"],
+            "image_embeds": img_n,
+            "text_embeds": txt_n,
+            "logit_scale": scale,
+            "image_pooled": img_aux["pooled"],
+            "text_pooled": txt_aux["pooled"],
         }

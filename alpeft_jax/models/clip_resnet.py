@@ -137,7 +137,12 @@ class Bottleneck(nn.Module):
     def setup(self) -> None:
         """Declare the convolutions and BatchNorms."""
         conv = lambda out, k: nn.Conv(
-            out, (k, k), padding=[(k // 2, k // 2)] * 2, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+            out,
+            (k, k),
+            padding=[(k // 2, k // 2)] * 2,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
         )
         self.conv1, self.bn1 = conv(self.planes, 1), FrozenBatchNorm(dtype=self.dtype)
         self.conv2, self.bn2 = conv(self.planes, 3), FrozenBatchNorm(dtype=self.dtype)
@@ -170,8 +175,7 @@ class _Downsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Project NHWC x to the block's output shape."""
         x = _avg_pool(x, self.stride)
-        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    name="conv")(x)
+        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
         return FrozenBatchNorm(dtype=self.dtype, name="bn")(x)
 
 
@@ -185,8 +189,16 @@ class _Stem(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """NHWC images -> NHWC features at 1/4 resolution."""
         for i, (out, stride) in enumerate(((self.width // 2, 2), (self.width // 2, 1), (self.width, 1)), 1):
-            x = nn.Conv(out, (3, 3), strides=(stride, stride), padding=[(1, 1), (1, 1)], use_bias=False,
-                        dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{i}")(x)
+            x = nn.Conv(
+                out,
+                (3, 3),
+                strides=(stride, stride),
+                padding=[(1, 1), (1, 1)],
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=f"conv{i}",
+            )(x)
             x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name=f"bn{i}")(x))
         return _avg_pool(x, 2)
 

@@ -47,9 +47,7 @@ def decode_variant(variant: str) -> dict[str, Any]:
     """Decode a short name such as "B/14" or "g/14" into `DinoV2` fields (pretrained 518 px, 37x37 grid)."""
     name, _, patch = variant.partition("/")
     if name not in VARIANTS or not patch.isdigit():
-        raise ValueError(
-            f"Unknown DINOv2 variant {variant!r}: use one of {', '.join(k + '/14' for k in VARIANTS)}."
-        )
+        raise ValueError(f"Unknown DINOv2 variant {variant!r}: use one of {', '.join(k + '/14' for k in VARIANTS)}.")
     width, depth, heads = VARIANTS[name]
     swiglu = name == "g"
     patch_size = int(patch)
@@ -186,12 +184,17 @@ class DinoV2(nn.Module):
         if self.use_mask_token:
             self.mask_token = self.param("mask_token", nn.initializers.zeros, (1, w), jnp.float32)
         if self.num_registers:
-            self.reg_tokens = self.param(
-                "reg_tokens", nn.initializers.zeros, (1, self.num_registers, w), jnp.float32
-            )
+            self.reg_tokens = self.param("reg_tokens", nn.initializers.zeros, (1, self.num_registers, w), jnp.float32)
         self.encoder = Encoder(
-            self.depth, self.num_heads, self.mlp_dim, self.activation, self.ln_eps, self.layer_scale,
-            self.swiglu, False, self.dtype
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            self.activation,
+            self.ln_eps,
+            self.layer_scale,
+            self.swiglu,
+            False,
+            self.dtype,
         )
         self.norm = nn.LayerNorm(self.ln_eps, dtype=self.dtype, param_dtype=jnp.float32)
 

@@ -180,8 +180,15 @@ class Encoder(nn.Module):
         stop = self.depth if stop is None else stop
         for i in range(self.depth):
             block = Block(
-                self.num_heads, self.mlp_dim, self.activation, self.ln_eps, self.layer_scale,
-                self.swiglu, self.causal, self.dtype, name=f"block_{i}",
+                self.num_heads,
+                self.mlp_dim,
+                self.activation,
+                self.ln_eps,
+                self.layer_scale,
+                self.swiglu,
+                self.causal,
+                self.dtype,
+                name=f"block_{i}",
             )
             if start <= i < stop:
                 x = block(x)

@@ -25,14 +25,27 @@ from alpeft_jax.oracles.label_studio import LabelStudioOracle
 from alpeft_jax.oracles.simulated import SimulatedOracle
 
 __all__ = [
-    "FileOracle", "LabelFileError", "LabelStudioOracle", "Oracle", "PendingLabels", "PoolView", "SimulatedOracle",
+    "FileOracle",
+    "LabelFileError",
+    "LabelStudioOracle",
+    "Oracle",
+    "PendingLabels",
+    "PoolView",
+    "SimulatedOracle",
     "make",
 ]
 KINDS = schema.settings_fields()["oracle"].choices  # config.oracle's choices: "simulated", "file", "label_studio"
 
 
-def make(config: ml_collections.ConfigDict | str, pool: PoolView, workdir: str | os.PathLike, *,
-         labels_file: str | None = None, run_name: str = "", **options: Any) -> Oracle:
+def make(
+    config: ml_collections.ConfigDict | str,
+    pool: PoolView,
+    workdir: str | os.PathLike,
+    *,
+    labels_file: str | None = None,
+    run_name: str = "",
+    **options: Any,
+) -> Oracle:
     """The oracle `config.oracle` names, set up from its section of the run config (`config.label_studio`).
 
     The older form `make(kind, pool, workdir, **options)` (a name and the oracle's own options) is accepted too.

@@ -34,8 +34,9 @@ def _prob_factor(logits: jax.Array) -> jax.Array:
     return jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=jnp.float32) - p
 
 
-def _seed_local(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array, budget: int,
-                axis: str | None) -> jax.Array:
+def _seed_local(
+    x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array, budget: int, axis: str | None
+) -> jax.Array:
     """`kmeans_pp_gradient` on this shard's rows; picks are global indices, the same on every shard.
 
     The chosen row's factors reach every shard from the one holding it. Sampling gathers the N weights (not
@@ -76,8 +77,9 @@ def _seed_local(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, 
 
 
 @partial(jax.jit, static_argnames=("budget",))
-def kmeans_pp_gradient(x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array,
-                       budget: int) -> jax.Array:
+def kmeans_pp_gradient(
+    x: jax.Array, r: jax.Array, a: jax.Array, available: jax.Array, u: jax.Array, budget: int
+) -> jax.Array:
     """k-means++ seeding on g = a (x) (x * r): first centre the max-norm point, then sample prop. to D^2.
 
     `r` are per-row inverse norms making x * r unit rows; `available` masks the candidates; `u` [budget]
@@ -94,8 +96,9 @@ ON_MESH = True
 
 
 @partial(jax.jit, static_argnames=("budget", "mesh"))
-def _select(features: jax.Array, logits: jax.Array, labeled: jax.Array, u: jax.Array, budget: int,
-            mesh: spmd.Mesh | None) -> jax.Array:
+def _select(
+    features: jax.Array, logits: jax.Array, labeled: jax.Array, u: jax.Array, budget: int, mesh: spmd.Mesh | None
+) -> jax.Array:
     def local(f: jax.Array, lg: jax.Array, lab: jax.Array, u: jax.Array, axis: str | None) -> jax.Array:
         x = f.astype(jnp.float32)
         r, _ = unit_norm_factors(x)
@@ -105,8 +108,14 @@ def _select(features: jax.Array, logits: jax.Array, labeled: jax.Array, u: jax.A
 
 
 @register("badge", requires=("features", "logits"))
-def select_badge(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                 sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_badge(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """BADGE centres among unlabelled examples, in k-means++ pick order.
 
     Randomness: u = jax.random.uniform(key, (budget,)); step i >= 1 picks by inverse CDF of D^2 at u[i].

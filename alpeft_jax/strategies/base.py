@@ -90,7 +90,7 @@ def labelled_ids(labeled: np.ndarray) -> tuple[np.ndarray, np.int32]:
     """The labelled indices in ascending order, padded with 0 to the pool size (int32 [N]), and their count."""
     ids = np.flatnonzero(labeled)
     out = np.zeros(labeled.shape[0], np.int32)
-    out[:ids.size] = ids
+    out[: ids.size] = ids
     return out, np.int32(ids.size)
 
 
@@ -140,5 +140,7 @@ def check_labels(labels: np.ndarray | jax.Array, labeled: np.ndarray | jax.Array
         y = np.asarray(labels)[np.asarray(labeled)]
         bad = int(np.sum((y < 0) | (y >= k)))
     if bad:
-        raise ValueError(f"{bad} labelled examples have labels outside [0, {k}) for {what}; fill pool['labels'] "
-                         "for every labelled example")
+        raise ValueError(
+            f"{bad} labelled examples have labels outside [0, {k}) for {what}; fill pool['labels'] "
+            "for every labelled example"
+        )

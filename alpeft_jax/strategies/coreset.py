@@ -64,8 +64,16 @@ def min_sq_dist_to_rows(x: jax.Array, r: jax.Array, sqn: jax.Array, centres: jax
     return _min_sq_dist(x, r, sqn, x[centres] * r[centres][:, None], sqn[centres], block)
 
 
-def _labelled_min_sq_dist(x: jax.Array, r: jax.Array, sqn: jax.Array, lab_ids: jax.Array, n_lab: jax.Array,
-                          size: int, block: int, axis: str | None) -> jax.Array:
+def _labelled_min_sq_dist(
+    x: jax.Array,
+    r: jax.Array,
+    sqn: jax.Array,
+    lab_ids: jax.Array,
+    n_lab: jax.Array,
+    size: int,
+    block: int,
+    axis: str | None,
+) -> jax.Array:
     """Per row, the squared distance to the nearest of the n_lab labelled rows lab_ids[:n_lab] (+inf if none).
 
     The labelled rows are taken `size` at a time from the fixed-length id list (a device loop with a data-
@@ -87,8 +95,19 @@ def _labelled_min_sq_dist(x: jax.Array, r: jax.Array, sqn: jax.Array, lab_ids: j
     return jax.lax.while_loop(lambda st: st[1] < n_lab, body, init)[0]
 
 
-def _greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, first: jax.Array, budget: int, top: int,
-            chunk: int, block: int, tries: int, axis: str | None) -> jax.Array:
+def _greedy(
+    x: jax.Array,
+    r: jax.Array,
+    sqn: jax.Array,
+    min_d: jax.Array,
+    first: jax.Array,
+    budget: int,
+    top: int,
+    chunk: int,
+    block: int,
+    tries: int,
+    axis: str | None,
+) -> jax.Array:
     """`k_center_greedy` on this shard's rows; picks are global indices, the same on every shard.
 
     A pick is certified when the best refreshed value beats every bound left outside each shard's refreshed
@@ -101,16 +120,24 @@ def _greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, first:
     cap = -(-budget // wide) * wide  # centre buffer, a whole number of steps of either width
     big = jnp.int32(np.iinfo(np.int32).max)
 
-    def window(cen: jax.Array, csq: jax.Array, s: jax.Array, hi: jax.Array | int,
-               size: int) -> tuple[jax.Array, jax.Array]:
+    def window(
+        cen: jax.Array, csq: jax.Array, s: jax.Array, hi: jax.Array | int, size: int
+    ) -> tuple[jax.Array, jax.Array]:
         """Centres s..s+size-1 (those at or past hi masked by csq = inf), as a fixed-size slice of the buffer."""
         start = jnp.minimum(s, cap - size)  # the last window is shifted back; its overlap was already applied
         ids = start + jnp.arange(size)
         q = jnp.where((ids >= s) & (ids < hi), jax.lax.dynamic_slice_in_dim(csq, start, size), jnp.inf)
         return jax.lax.dynamic_slice_in_dim(cen, start, size), q
 
-    def apply(md: jax.Array, lo: jax.Array | int, hi: jax.Array | int, cen: jax.Array, csq: jax.Array,
-              dist: Callable[[jax.Array, jax.Array], jax.Array], size: int) -> jax.Array:
+    def apply(
+        md: jax.Array,
+        lo: jax.Array | int,
+        hi: jax.Array | int,
+        cen: jax.Array,
+        csq: jax.Array,
+        dist: Callable[[jax.Array, jax.Array], jax.Array],
+        size: int,
+    ) -> jax.Array:
         """md lowered by centres lo..hi-1, `size` at a time; dist(c, q) gives the rows' distances to a window."""
 
         def body(st: tuple) -> tuple:
@@ -143,26 +170,55 @@ def _greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, first:
         # after a pick that needed the full pass, try once only: the data may be one where refreshes rarely certify
         budget_tries = jnp.where(applied == i - 1, 1, tries)
         md, seen, _, certified, j = jax.lax.while_loop(
-            lambda st: (~st[3]) & (st[2] > 0), lazy, (md, seen, budget_tries, jnp.bool_(False), jnp.int32(0)))
-        md = apply(md, jnp.where(certified, i, applied), i, cen, csq,  # the full pass: zero trips when certified
-                   lambda c, q: _min_sq_dist(x, r, sqn, c, q, block), chunk)
+            lambda st: (~st[3]) & (st[2] > 0), lazy, (md, seen, budget_tries, jnp.bool_(False), jnp.int32(0))
+        )
+        md = apply(
+            md,
+            jnp.where(certified, i, applied),
+            i,
+            cen,
+            csq,  # the full pass: zero trips when certified
+            lambda c, q: _min_sq_dist(x, r, sqn, c, q, block),
+            chunk,
+        )
         j = jax.lax.cond(certified, lambda m: j, lambda m: spmd.first_argmax(m, axis), md)
         j = jnp.where((i == 0) & (first >= 0), first, j)
         applied = jnp.where(certified, applied, i)
         loc = jnp.clip(j - off, 0, n - 1)
         md = md.at[loc].set(jnp.where(j - off == loc, -jnp.inf, md[loc]))
         row = spmd.take(x, j[None], axis)[0] * spmd.take(r, j[None], axis)[0]
-        return (md, picks.at[i].set(j), cen.at[i].set(row), csq.at[i].set(spmd.take(sqn, j[None], axis)[0]),
-                seen, applied)
+        return (
+            md,
+            picks.at[i].set(j),
+            cen.at[i].set(row),
+            csq.at[i].set(spmd.take(sqn, j[None], axis)[0]),
+            seen,
+            applied,
+        )
 
-    init = (min_d, jnp.zeros((budget,), jnp.int32), jnp.zeros((cap, dim), jnp.float32),
-            jnp.full((cap,), jnp.inf, jnp.float32), jnp.zeros((n,), jnp.int32), jnp.int32(0))
+    init = (
+        min_d,
+        jnp.zeros((budget,), jnp.int32),
+        jnp.zeros((cap, dim), jnp.float32),
+        jnp.full((cap,), jnp.inf, jnp.float32),
+        jnp.zeros((n,), jnp.int32),
+        jnp.int32(0),
+    )
     return jax.lax.fori_loop(0, budget, pick, init)[1]
 
 
 @partial(jax.jit, static_argnames=("budget", "top", "chunk", "block", "tries"))
-def k_center_greedy(x: jax.Array, r: jax.Array, sqn: jax.Array, min_d: jax.Array, budget: int, top: int = 16,
-                    chunk: int = 16, block: int = DEFAULT_BLOCK, tries: int = 4) -> jax.Array:
+def k_center_greedy(
+    x: jax.Array,
+    r: jax.Array,
+    sqn: jax.Array,
+    min_d: jax.Array,
+    budget: int,
+    top: int = 16,
+    chunk: int = 16,
+    block: int = DEFAULT_BLOCK,
+    tries: int = 4,
+) -> jax.Array:
     """Greedy farthest-first picks: repeatedly take the argmax of min_d and lower min_d by the new centre.
 
     Distances are between normalised rows x * r (see `unit_norm_factors`); `min_d` holds each point's
@@ -186,10 +242,19 @@ LABELLED_CHUNK = 128  # labelled centres per pass of the initial distances
 
 
 @partial(jax.jit, static_argnames=("budget", "block", "mesh"))
-def _select(x: jax.Array, labeled: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, first: jax.Array, budget: int,
-            block: int, mesh: spmd.Mesh | None) -> jax.Array:
-    def local(x: jax.Array, labeled: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, first: jax.Array,
-              axis: str | None) -> jax.Array:
+def _select(
+    x: jax.Array,
+    labeled: jax.Array,
+    lab_ids: jax.Array,
+    n_lab: jax.Array,
+    first: jax.Array,
+    budget: int,
+    block: int,
+    mesh: spmd.Mesh | None,
+) -> jax.Array:
+    def local(
+        x: jax.Array, labeled: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, first: jax.Array, axis: str | None
+    ) -> jax.Array:
         x = x.astype(jnp.float32)
         r, sqn = unit_norm_factors(x)
         md = _labelled_min_sq_dist(x, r, sqn, lab_ids, n_lab, min(block, LABELLED_CHUNK), block, axis)
@@ -201,8 +266,15 @@ def _select(x: jax.Array, labeled: jax.Array, lab_ids: jax.Array, n_lab: jax.Arr
 
 
 @register("coreset", requires=("features",))
-def select_coreset(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                   block: int = DEFAULT_BLOCK, sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_coreset(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    block: int = DEFAULT_BLOCK,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Farthest-first unlabelled points from the labelled set, in greedy order.
 
     With no labelled example the first centre is a uniformly random unlabelled point.
@@ -222,6 +294,14 @@ def select_coreset(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndar
         unl = np.flatnonzero(~labeled)
         first = int(unl[int(jax.random.randint(as_key(rng), (), 0, unl.size))])
     rep = (lambda v: v) if mesh is None else (lambda v: spmd.put(v, mesh, spmd.P()))
-    out = _select(x, jnp.asarray(labeled) if mesh is None else spmd.put(labeled, mesh), rep(lab_ids), rep(n_lab),
-                  rep(np.int32(first)), int(budget), int(block), mesh)
+    out = _select(
+        x,
+        jnp.asarray(labeled) if mesh is None else spmd.put(labeled, mesh),
+        rep(lab_ids),
+        rep(n_lab),
+        rep(np.int32(first)),
+        int(budget),
+        int(block),
+        mesh,
+    )
     return np.asarray(out, np.int64)

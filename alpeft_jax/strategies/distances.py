@@ -79,15 +79,16 @@ def col_blocks(y: jax.Array, block: int, fill: float | int = 0) -> tuple[jax.Arr
     return yp.reshape(-1, block, *y.shape[1:]), valid.reshape(-1, block)
 
 
-def map_row_blocks(fn: Callable[..., Any], arrays: tuple[jax.Array, ...], block: int = DEFAULT_BLOCK,
-                   n: int | None = None) -> Any:
+def map_row_blocks(
+    fn: Callable[..., Any], arrays: tuple[jax.Array, ...], block: int = DEFAULT_BLOCK, n: int | None = None
+) -> Any:
     """Apply `fn` (jitted, per-row outputs) to fixed-size row blocks of `arrays` and concatenate."""
     n = arrays[0].shape[0] if n is None else n
     block = max(1, min(block, n))
     padded = [_pad_to(jnp.asarray(a), block) for a in arrays]
     outs = []
     for s in range(0, n, block):
-        outs.append(fn(*[p[s:s + block] for p in padded]))
+        outs.append(fn(*[p[s : s + block] for p in padded]))
     out = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0)[:n], *outs)
     return out
 
@@ -119,9 +120,14 @@ def min_sq_dist(x: jax.Array, y: jax.Array, block: int = DEFAULT_BLOCK) -> tuple
     return map_row_blocks(lambda xb: _min_kernel(xb, yb, yv), (x,), block)
 
 
-def fold_block_pairs(x: jax.Array, side: Any, block: int, init: jax.Array,
-                     fold: Callable[[jax.Array, Any, Any], tuple[jax.Array, jax.Array]],
-                     combine: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+def fold_block_pairs(
+    x: jax.Array,
+    side: Any,
+    block: int,
+    init: jax.Array,
+    fold: Callable[[jax.Array, Any, Any], tuple[jax.Array, jax.Array]],
+    combine: Callable[[jax.Array, jax.Array], jax.Array],
+) -> jax.Array:
     """Fold every block pair (I, J), I <= J, of x's rows into a per-row accumulator, in one device loop.
 
     x [nb * block, D] and the per-row pytree `side` are already padded to whole blocks. For each pair,
@@ -173,8 +179,9 @@ def _other_label_kernel(xb: jax.Array, lb: jax.Array, yb: jax.Array, lyb: jax.Ar
     return best
 
 
-def nearest_other_label_sq_dist(x: jax.Array, labels: jax.Array | np.ndarray, block: int = DEFAULT_BLOCK,
-                                rows: np.ndarray | None = None) -> jax.Array:
+def nearest_other_label_sq_dist(
+    x: jax.Array, labels: jax.Array | np.ndarray, block: int = DEFAULT_BLOCK, rows: np.ndarray | None = None
+) -> jax.Array:
     """For each row (or each of `rows`), the squared distance to the nearest row with another label (inf if none).
 
     All rows: one device loop over block pairs (I, J) with I <= J; each distance block serves both sides.
@@ -261,16 +268,18 @@ def _ball_count(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, 
 
 
 @partial(jax.jit, static_argnames=("size",))
-def _ball_edges(xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, n_cols: jax.Array,
-                size: int) -> tuple[jax.Array, jax.Array]:
+def _ball_edges(
+    xb: jax.Array, yc: jax.Array, r2: jax.Array, n_rows: jax.Array, n_cols: jax.Array, size: int
+) -> tuple[jax.Array, jax.Array]:
     m = sq_dist(xb, yc) < r2
     m &= (jnp.arange(xb.shape[0]) < n_rows)[:, None] & (jnp.arange(yc.shape[0]) < n_cols)[None, :]
     i, j = jnp.nonzero(m, size=size, fill_value=0)
     return i, j
 
 
-def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK,
-                 device_compaction: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def radius_graph(
+    x: jax.Array, radius: float, block: int = DEFAULT_BLOCK, device_compaction: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR adjacency (indptr, indices) of pairs with Euclidean distance < radius, self included.
 
     On an accelerator each block pair is counted, then compacted on device to a power-of-two bucket, so only
@@ -285,11 +294,11 @@ def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK,
     indptr = np.zeros(n + 1, np.int64)
     parts = []
     for s in range(0, n, block):
-        xb = xp[s:s + block]
+        xb = xp[s : s + block]
         rows: list[np.ndarray] = []
         cols: list[np.ndarray] = []
         for t in range(0, n, block):
-            yc = xp[t:t + block]
+            yc = xp[t : t + block]
             nr, nc = jnp.int32(min(block, n - s)), jnp.int32(min(block, n - t))
             if on_cpu:  # host memory is device memory: np.nonzero on the mask is the cheapest compaction
                 i, j = np.nonzero(np.asarray(_ball_mask(xb, yc, r2, nr, nc)))
@@ -307,6 +316,6 @@ def radius_graph(x: jax.Array, radius: float, block: int = DEFAULT_BLOCK,
         order = np.argsort(r, kind="stable")  # row-major within each column block, blocks in order
         parts.append(np.concatenate(cols)[order])
         counts = np.bincount(r, minlength=min(block, n - s))
-        indptr[s + 1:s + 1 + counts.shape[0]] = counts
+        indptr[s + 1 : s + 1 + counts.shape[0]] = counts
     np.cumsum(indptr, out=indptr)
     return indptr, np.concatenate(parts)

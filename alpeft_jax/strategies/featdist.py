@@ -25,8 +25,9 @@ def _featdist(feat: jax.Array, pred: jax.Array, means: jax.Array, known: jax.Arr
 _LAB_CHUNK = 4096  # labelled rows per step of the class sums
 
 
-def _class_means(feat: jax.Array, labels: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, k: int,
-                 axis: str | None) -> tuple[jax.Array, jax.Array]:
+def _class_means(
+    feat: jax.Array, labels: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, k: int, axis: str | None
+) -> tuple[jax.Array, jax.Array]:
     """Per-class means [k,D] of the labelled rows lab_ids[:n_lab] and which classes have any.
 
     The labelled rows are summed in index order, `_LAB_CHUNK` at a time (taken from the shards that hold
@@ -48,8 +49,9 @@ def _class_means(feat: jax.Array, labels: jax.Array, lab_ids: jax.Array, n_lab: 
     return sums / jnp.maximum(counts.astype(jnp.float32), 1.0)[:, None], counts > 0
 
 
-def _local_scores(feat: jax.Array, logits: jax.Array, labels: jax.Array, lab_ids: jax.Array, n_lab: jax.Array,
-                  axis: str | None) -> jax.Array:
+def _local_scores(
+    feat: jax.Array, logits: jax.Array, labels: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, axis: str | None
+) -> jax.Array:
     feat = feat.astype(jnp.float32)
     means, known = _class_means(feat, labels.astype(jnp.int32), lab_ids, n_lab, logits.shape[-1], axis)
     return _featdist(feat, jnp.argmax(logits, axis=-1), means, known)
@@ -60,8 +62,7 @@ def _scores(feat: jax.Array, logits: jax.Array, labels: jax.Array, lab_ids: jax.
     return _local_scores(feat, logits, labels, lab_ids, n_lab, None)
 
 
-def featdist_scores(feat: np.ndarray, logits: np.ndarray, labels: np.ndarray,
-                    labeled: np.ndarray) -> jax.Array:
+def featdist_scores(feat: np.ndarray, logits: np.ndarray, labels: np.ndarray, labeled: np.ndarray) -> jax.Array:
     """Per-example distance to the labelled class mean of argmax(logits); 1e6 where no such label exists."""
     check_labels(labels, labeled, np.shape(logits)[-1], "featdist")
     lab_ids, n_lab = labelled_ids(labeled)
@@ -74,12 +75,27 @@ ON_MESH = True
 
 
 @partial(jax.jit, static_argnames=("budget", "mesh"))
-def _select(feat: jax.Array, logits: jax.Array, labels: jax.Array, labeled: jax.Array, lab_ids: jax.Array,
-            n_lab: jax.Array, budget: int, mesh: spmd.Mesh | None) -> jax.Array:
+def _select(
+    feat: jax.Array,
+    logits: jax.Array,
+    labels: jax.Array,
+    labeled: jax.Array,
+    lab_ids: jax.Array,
+    n_lab: jax.Array,
+    budget: int,
+    mesh: spmd.Mesh | None,
+) -> jax.Array:
     """Farthest known-class distance first (ties: lower index), then the unknown-class examples by index."""
 
-    def local(f: jax.Array, lg: jax.Array, y: jax.Array, lab: jax.Array, lab_ids: jax.Array, n_lab: jax.Array,
-              axis: str | None) -> jax.Array:
+    def local(
+        f: jax.Array,
+        lg: jax.Array,
+        y: jax.Array,
+        lab: jax.Array,
+        lab_ids: jax.Array,
+        n_lab: jax.Array,
+        axis: str | None,
+    ) -> jax.Array:
         d = _local_scores(f, lg, y, lab_ids, n_lab, axis)
         key = jnp.where(d < UNKNOWN_CLASS_DISTANCE, d, -1.0)  # every distance is >= 0: unknown ones rank last
         return spmd.top_k(jnp.where(lab, -jnp.inf, key), budget, axis)
@@ -89,8 +105,15 @@ def _select(feat: jax.Array, logits: jax.Array, labels: jax.Array, labeled: jax.
 
 
 @register("featdist", requires=("logits", "labels"), candidates=False)
-def select_featdist(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                    feature_key: str = "logits", sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_featdist(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    feature_key: str = "logits",
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Unlabelled examples sorted by featdist distance, descending; unknown-class ones fill any shortfall.
 
     The authors use the K-dim (scaled) logits as the feature; `feature_key="features"` uses the embeddings.

@@ -46,8 +46,10 @@ def nearest_centre(x: jax.Array, centres: jax.Array, k: jax.Array, block: int) -
 
         init = (jnp.full((block,), jnp.inf, jnp.float32), jnp.zeros((block,), jnp.int32), jnp.int32(0))
         best, arg, _ = jax.lax.while_loop(lambda st: st[2] < k, cols, init)
-        return (jax.lax.dynamic_update_slice_in_dim(acc[0], best, s, 0),
-                jax.lax.dynamic_update_slice_in_dim(acc[1], arg, s, 0))
+        return (
+            jax.lax.dynamic_update_slice_in_dim(acc[0], best, s, 0),
+            jax.lax.dynamic_update_slice_in_dim(acc[1], arg, s, 0),
+        )
 
     init = (jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32))
     return jax.lax.fori_loop(0, -(-n // block), rows, init)
@@ -71,8 +73,9 @@ def _seeds(x: jax.Array, first: jax.Array, u: jax.Array, k: jax.Array, k_cap: in
     return jax.lax.fori_loop(1, k, body, (dist_to(first), picks))[1]
 
 
-def lloyd(x: jax.Array, key: jax.Array, k: jax.Array, n_total: int, k_cap: int, iters: int, block: int,
-          axis: str | None) -> tuple[jax.Array, jax.Array]:
+def lloyd(
+    x: jax.Array, key: jax.Array, k: jax.Array, n_total: int, k_cap: int, iters: int, block: int, axis: str | None
+) -> tuple[jax.Array, jax.Array]:
     """Lloyd's k-means on this shard's rows from k-means++ seeds; (centres [k_cap,D], this shard's labels).
 
     Stops after `iters` updates or once an update changes no label. Randomness (key: a PRNG key or its
@@ -89,8 +92,7 @@ def lloyd(x: jax.Array, key: jax.Array, k: jax.Array, n_total: int, k_cap: int, 
 
     def update(centres: jax.Array, assign: jax.Array) -> jax.Array:
         sums = spmd.gsum(jax.ops.segment_sum(x, assign, num_segments=k_cap), axis)
-        counts = spmd.gsum(jax.ops.segment_sum(jnp.ones((x.shape[0],), jnp.float32), assign, num_segments=k_cap),
-                           axis)
+        counts = spmd.gsum(jax.ops.segment_sum(jnp.ones((x.shape[0],), jnp.float32), assign, num_segments=k_cap), axis)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
 
     def step(st: tuple) -> tuple:
@@ -105,16 +107,18 @@ def lloyd(x: jax.Array, key: jax.Array, k: jax.Array, n_total: int, k_cap: int, 
 
 
 @partial(jax.jit, static_argnames=("k_cap", "iters", "block", "mesh"))
-def kmeans_labels(x: jax.Array, key: jax.Array, k: jax.Array, k_cap: int, iters: int, block: int,
-                  mesh: spmd.Mesh | None) -> tuple[jax.Array, jax.Array]:
+def kmeans_labels(
+    x: jax.Array, key: jax.Array, k: jax.Array, k_cap: int, iters: int, block: int, mesh: spmd.Mesh | None
+) -> tuple[jax.Array, jax.Array]:
     """(centres [k_cap,D], labels [N]) of `lloyd`; with a mesh, x and the labels are sharded over `data`."""
     n_total = x.shape[0]
     local = lambda x, key, k, axis: lloyd(x, key, k, n_total, k_cap, iters, block, axis)
     return spmd.spmd(local, mesh, (spmd.ROWS, spmd.P(), spmd.P()), (spmd.P(), spmd.ROWS))(x, key, k)
 
 
-def kmeans(rng: jax.Array, x: jax.Array, k: int, iters: int = 20,
-           block: int = DEFAULT_BLOCK) -> tuple[jax.Array, np.ndarray]:
+def kmeans(
+    rng: jax.Array, x: jax.Array, k: int, iters: int = 20, block: int = DEFAULT_BLOCK
+) -> tuple[jax.Array, np.ndarray]:
     """Lloyd's k-means from k-means++ seeds; returns (centres [k,D], labels [N]). Stops early when stable."""
     x = jnp.asarray(x, jnp.float32)
     n = x.shape[0]

@@ -44,8 +44,14 @@ ON_MESH = True
 
 
 @register("learning_loss", requires=("loss_pred",))
-def select_learning_loss(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                         sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_learning_loss(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Highest predicted loss first (pool["loss_pred"] from `LossPredictionHead`)."""
     labeled, _n = check_inputs(pool, labeled, budget, {"loss_pred"})
     arrays, mesh = spmd.placed(pool, {"loss_pred"}, sharded, ON_MESH)

@@ -18,8 +18,13 @@ def candidate_count(initial_pool_size: int, gamma: float = 0.1) -> int:
     return int(gamma * initial_pool_size)
 
 
-def pcb_filter(rng: int | jax.Array | np.random.Generator, candidates: np.ndarray, pseudo_labels: np.ndarray,
-               labeled_counts: np.ndarray, budget: int) -> np.ndarray:
+def pcb_filter(
+    rng: int | jax.Array | np.random.Generator,
+    candidates: np.ndarray,
+    pseudo_labels: np.ndarray,
+    labeled_counts: np.ndarray,
+    budget: int,
+) -> np.ndarray:
     """Pick `budget` of `candidates`, each time from the pseudo-class with the fewest labels so far.
 
     Loop: c = argmin(stats); shuffle the candidates predicted c and take the first unchosen one, then
@@ -64,8 +69,9 @@ def pcb_filter(rng: int | jax.Array | np.random.Generator, candidates: np.ndarra
 
 
 @partial(jax.jit, static_argnames=("k", "mesh"))
-def _pcb_inputs_on_mesh(logits: jax.Array, labels: jax.Array, labeled: jax.Array, cand: jax.Array, k: int,
-                        mesh: spmd.Mesh) -> tuple[jax.Array, jax.Array]:
+def _pcb_inputs_on_mesh(
+    logits: jax.Array, labels: jax.Array, labeled: jax.Array, cand: jax.Array, k: int, mesh: spmd.Mesh
+) -> tuple[jax.Array, jax.Array]:
     def local(lg: jax.Array, y: jax.Array, lab: jax.Array, c: jax.Array, axis: str | None) -> tuple:
         counts = spmd.gsum(jnp.bincount(jnp.where(lab, y, k), length=k + 1)[:k], axis)
         return jnp.argmax(spmd.take(lg, c, axis), axis=-1), counts
@@ -73,21 +79,37 @@ def _pcb_inputs_on_mesh(logits: jax.Array, labels: jax.Array, labeled: jax.Array
     return spmd.spmd(local, mesh, (spmd.ROWS,) * 3 + (spmd.P(),), spmd.P())(logits, labels, labeled, cand)
 
 
-def _pseudo_labels_and_counts(pool: Mapping[str, np.ndarray], labeled: np.ndarray, cand: np.ndarray,
-                              k: int) -> tuple[np.ndarray, np.ndarray]:
+def _pseudo_labels_and_counts(
+    pool: Mapping[str, np.ndarray], labeled: np.ndarray, cand: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """argmax of the candidates' logits and the per-class labelled counts; sharded pools stay on their mesh."""
     arrays, mesh = spmd.placed(pool, {"logits", "labels"}, True, True)
     if mesh is None:
         y = spmd.to_host(arrays["labels"])[labeled]
         return spmd.to_host(arrays["logits"])[cand].argmax(-1), np.bincount(y, minlength=k)
-    pseudo, counts = _pcb_inputs_on_mesh(arrays["logits"], arrays["labels"], spmd.put(labeled, mesh),
-                                         spmd.put(cand.astype(np.int32), mesh, spmd.P()), k, mesh)
+    pseudo, counts = _pcb_inputs_on_mesh(
+        arrays["logits"],
+        arrays["labels"],
+        spmd.put(labeled, mesh),
+        spmd.put(cand.astype(np.int32), mesh, spmd.P()),
+        k,
+        mesh,
+    )
     return np.asarray(pseudo, np.int64), np.asarray(counts, np.int64)
 
 
-def select_with_pcb(strategy: str, rng: int | jax.Array, pool: Mapping[str, np.ndarray], labeled: np.ndarray,
-                    budget: int, gamma_count: int, *, use_pcb: bool = True, authors_quirk: bool = False,
-                    **options: object) -> np.ndarray:
+def select_with_pcb(
+    strategy: str,
+    rng: int | jax.Array,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    gamma_count: int,
+    *,
+    use_pcb: bool = True,
+    authors_quirk: bool = False,
+    **options: object,
+) -> np.ndarray:
     """One AL round's query (METHOD 3.3): `strategy` proposes candidates, PCB (or a cut) keeps `budget`.
 
     gamma_count is n_cand = int(gamma * initial pool size) (`candidate_count`), raised to `budget` if smaller;

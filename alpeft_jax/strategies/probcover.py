@@ -29,9 +29,16 @@ _HI = jax.lax.Precision.HIGHEST
 PURITY_SAMPLE = 65536  # rows that estimate the purity curve on larger pools
 
 
-def purity_delta(rng: jax.Array, x: jax.Array, n_classes: int, alpha: float = 0.95, kmeans_iters: int = 20,
-                 block: int = DEFAULT_BLOCK, sample: int | None = PURITY_SAMPLE,
-                 mesh: spmd.Mesh | None = None) -> float:
+def purity_delta(
+    rng: jax.Array,
+    x: jax.Array,
+    n_classes: int,
+    alpha: float = 0.95,
+    kmeans_iters: int = 20,
+    block: int = DEFAULT_BLOCK,
+    sample: int | None = PURITY_SAMPLE,
+    mesh: spmd.Mesh | None = None,
+) -> float:
     """Largest delta whose balls are pure (one k-means cluster, k = n_classes) for at least alpha of points.
 
     A ball B(x, delta) is pure iff the nearest point of another cluster is at distance >= delta, so the
@@ -55,8 +62,15 @@ def purity_delta(rng: jax.Array, x: jax.Array, n_classes: int, alpha: float = 0.
         nn_other = nearest_other_label_sq_dist(x, labels, block, rows=rows)
     else:
         rep = lambda v: spmd.put(np.asarray(v), mesh, spmd.P())
-        _, labels = kmeans_labels(x, rep(jax.random.key_data(rng)), rep(np.int32(n_classes)), int(n_classes),
-                                  int(kmeans_iters), int(block), mesh)
+        _, labels = kmeans_labels(
+            x,
+            rep(jax.random.key_data(rng)),
+            rep(np.int32(n_classes)),
+            int(n_classes),
+            int(kmeans_iters),
+            int(block),
+            mesh,
+        )
         rows = np.arange(n) if rows is None else rows
         nn_other = _other_label_on_mesh(x, labels, rep(rows.astype(np.int32)), min(block, 2048), mesh)
     nn_other = np.sort(np.sqrt(np.asarray(nn_other, np.float64)))
@@ -88,8 +102,7 @@ def _per_row(x: jax.Array, block: int, fn: Callable[[jax.Array, jax.Array], jax.
 
 
 @partial(jax.jit, static_argnames=("block", "mesh"))
-def _other_label_on_mesh(x: jax.Array, labels: jax.Array, rows: jax.Array, block: int,
-                         mesh: spmd.Mesh) -> jax.Array:
+def _other_label_on_mesh(x: jax.Array, labels: jax.Array, rows: jax.Array, block: int, mesh: spmd.Mesh) -> jax.Array:
     """For each of the global `rows`, the squared distance to the nearest row of another label, x sharded."""
 
     def local(x: jax.Array, labels: jax.Array, rows: jax.Array, axis: str | None) -> jax.Array:
@@ -118,8 +131,9 @@ def _other_label_on_mesh(x: jax.Array, labels: jax.Array, rows: jax.Array, block
     return spmd.spmd(local, mesh, (spmd.ROWS, spmd.ROWS, spmd.P()), spmd.P())(x, labels, rows)
 
 
-def _count_near(x: jax.Array, ids: jax.Array, count: jax.Array, r2: jax.Array, block: int,
-                axis: str | None) -> jax.Array:
+def _count_near(
+    x: jax.Array, ids: jax.Array, count: jax.Array, r2: jax.Array, block: int, axis: str | None
+) -> jax.Array:
     """Per row of this shard, how many of the rows ids[:count] (global, replicated) lie at squared distance < r2.
 
     The id rows come `block` at a time from the shards holding them; a data-dependent trip count.
@@ -159,8 +173,16 @@ def ball_counts(x: jax.Array, weight: jax.Array, r2: jax.Array, block: int) -> j
 _CHUNKS = (1, 4, 16, 64, 256)
 
 
-def _greedy_local(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Array, chosen: jax.Array,
-                  u: jax.Array, budget: int, axis: str | None) -> jax.Array:
+def _greedy_local(
+    x: jax.Array,
+    r2: jax.Array,
+    covered: jax.Array,
+    gains: jax.Array,
+    chosen: jax.Array,
+    u: jax.Array,
+    budget: int,
+    axis: str | None,
+) -> jax.Array:
     """`greedy_coverage` on this shard's rows; picks are global indices, the same on every shard.
 
     On a mesh the newly covered points are drained per shard: each step every shard contributes up to
@@ -210,8 +232,7 @@ def _greedy_local(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Ar
         owner = jnp.searchsorted(ends, k, side="right")
         me = 0 if axis is None else jax.lax.axis_index(axis)
         k_here = k - (ends[me] - counts[me])
-        rand = spmd.gsum(jnp.where(me == owner, jnp.argmax(jnp.cumsum(free.astype(jnp.int32)) > k_here) + off, 0),
-                         axis)
+        rand = spmd.gsum(jnp.where(me == owner, jnp.argmax(jnp.cumsum(free.astype(jnp.int32)) > k_here) + off, 0), axis)
         c = jnp.where(spmd.take(gains, c[None], axis)[0] > 0, c, rand)
         # the barrier keeps XLA from fusing the ball test into every consumer inside the loops below
         new, gains = jax.lax.optimization_barrier((ball(c) & ~covered, gains))
@@ -226,8 +247,9 @@ def _greedy_local(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Ar
 
 
 @partial(jax.jit, static_argnames=("budget",))
-def greedy_coverage(x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Array, chosen: jax.Array,
-                    u: jax.Array, budget: int) -> jax.Array:
+def greedy_coverage(
+    x: jax.Array, r2: jax.Array, covered: jax.Array, gains: jax.Array, chosen: jax.Array, u: jax.Array, budget: int
+) -> jax.Array:
     """Greedy picks maximising newly covered points; a random unchosen pick once nothing is left to cover.
 
     `gains` [N] count each point's uncovered ball members (see `ball_counts`). After a pick, the points it
@@ -246,13 +268,29 @@ ON_MESH = False
 
 
 @partial(jax.jit, static_argnames=("budget", "block", "mesh"))
-def _select(x: jax.Array, labeled: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, r2: jax.Array, u: jax.Array,
-            budget: int, block: int, mesh: spmd.Mesh | None) -> jax.Array:
+def _select(
+    x: jax.Array,
+    labeled: jax.Array,
+    lab_ids: jax.Array,
+    n_lab: jax.Array,
+    r2: jax.Array,
+    u: jax.Array,
+    budget: int,
+    block: int,
+    mesh: spmd.Mesh | None,
+) -> jax.Array:
     """Coverage by the labelled set, initial gains and the greedy, in one program of fixed shapes."""
     n_total = x.shape[0]
 
-    def local(x: jax.Array, labeled: jax.Array, lab_ids: jax.Array, n_lab: jax.Array, r2: jax.Array, u: jax.Array,
-              axis: str | None) -> jax.Array:
+    def local(
+        x: jax.Array,
+        labeled: jax.Array,
+        lab_ids: jax.Array,
+        n_lab: jax.Array,
+        r2: jax.Array,
+        u: jax.Array,
+        axis: str | None,
+    ) -> jax.Array:
         covered = _count_near(x, lab_ids, n_lab, r2, block, axis) > 0
         (unc_ids,) = jnp.nonzero(~spmd.gather(covered, axis), size=n_total, fill_value=0)
         n_unc = spmd.gsum(jnp.sum(~covered, dtype=jnp.int32), axis)
@@ -273,10 +311,20 @@ def _normalized(features: jax.Array, mesh: spmd.Mesh | None) -> jax.Array:
 
 
 @register("probcover", requires=("features", "logits"))
-def select_probcover(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                     delta: float | None = None, alpha: float = 0.95, n_classes: int | None = None,
-                     kmeans_iters: int = 20, block: int = DEFAULT_BLOCK, purity_sample: int | None = PURITY_SAMPLE,
-                     sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_probcover(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    delta: float | None = None,
+    alpha: float = 0.95,
+    n_classes: int | None = None,
+    kmeans_iters: int = 20,
+    block: int = DEFAULT_BLOCK,
+    purity_sample: int | None = PURITY_SAMPLE,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """ProbCover picks on L2-normalised features, in greedy order.
 
     delta defaults to `purity_delta` with n_classes from pool["logits"] (or the `n_classes` option).
@@ -306,8 +354,14 @@ def select_probcover(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nd
     if mesh is None:
         out = _select(x, jnp.asarray(labeled), *map(jnp.asarray, args), int(budget), min(block, 2048), None)
     else:
-        out = _select(x, spmd.put(labeled, mesh), *(spmd.put(v, mesh, spmd.P()) for v in args), int(budget),
-                      min(block, 2048), mesh)
+        out = _select(
+            x,
+            spmd.put(labeled, mesh),
+            *(spmd.put(v, mesh, spmd.P()) for v in args),
+            int(budget),
+            min(block, 2048),
+            mesh,
+        )
     return np.asarray(out, np.int64)
 
 

@@ -54,8 +54,9 @@ def _permuted_unlabeled(key: jax.Array, labeled: jax.Array, budget: int) -> jax.
 
 
 @register("random", needs_model=False, candidates=False)
-def select_random(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                  **_: object) -> np.ndarray:
+def select_random(
+    rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int, **_: object
+) -> np.ndarray:
     """`budget` unlabelled examples drawn uniformly without replacement.
 
     Randomness: the first `budget` of unl[jax.random.permutation(key, n_unl)], unl the unlabelled indices

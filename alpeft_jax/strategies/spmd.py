@@ -48,9 +48,11 @@ def _mesh_of(key: str, arr: Any) -> Mesh | None:
     want = tuple(AXIS if i == ax else None for i in range(arr.ndim))
     norm = tuple(s[0] if isinstance(s, tuple) and len(s) == 1 else s for s in spec)
     if not isinstance(sharding, NamedSharding) or norm != want:
-        raise ValueError(f"pool[{key!r}] is spread over {len(sharding.device_set)} devices as {sharding}; selection "
-                         f"needs NamedSharding(mesh, P{want}) (examples split over the mesh axis {AXIS!r}) "
-                         "or a host array")
+        raise ValueError(
+            f"pool[{key!r}] is spread over {len(sharding.device_set)} devices as {sharding}; selection "
+            f"needs NamedSharding(mesh, P{want}) (examples split over the mesh axis {AXIS!r}) "
+            "or a host array"
+        )
     return sharding.mesh if isinstance(sharding.mesh, Mesh) else None
 
 
@@ -78,8 +80,9 @@ def put(x: np.typing.ArrayLike, mesh: Mesh, spec: P = ROWS) -> jax.Array:
     return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
 
 
-def placed(pool: Mapping[str, Any], keys: Any, sharded: bool | None,
-           default: bool) -> tuple[dict[str, Any], Mesh | None]:
+def placed(
+    pool: Mapping[str, Any], keys: Any, sharded: bool | None, default: bool
+) -> tuple[dict[str, Any], Mesh | None]:
     """The pool arrays `keys` where the strategy runs, and the mesh (None: on one device, from host arrays).
 
     Sharded pools stay on their mesh when `sharded` (None: the strategy's measured `default`) is true and
@@ -104,8 +107,7 @@ def spmd(fn: Callable[..., Any], mesh: Mesh | None, in_specs: tuple, out_specs: 
     """fn(..., axis=...) on the pool's shards under shard_map over `mesh`, or on whole arrays when mesh is None."""
     if mesh is None:
         return partial(fn, axis=None)
-    return jax.shard_map(partial(fn, axis=AXIS), mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)
+    return jax.shard_map(partial(fn, axis=AXIS), mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
 # ------------------------------------------------------------------------ per-shard helpers (axis None: identity)
@@ -166,5 +168,19 @@ def top_k(scores: jax.Array, k: int, axis: str | None) -> jax.Array:
     return i[jax.lax.top_k(v, k)[1]]
 
 
-__all__ = ["AXIS", "pool_mesh", "placed", "put", "to_host", "spmd", "offset", "gmax", "gmin", "gsum", "gather",
-           "first_argmax", "take", "top_k"]
+__all__ = [
+    "AXIS",
+    "pool_mesh",
+    "placed",
+    "put",
+    "to_host",
+    "spmd",
+    "offset",
+    "gmax",
+    "gmin",
+    "gsum",
+    "gather",
+    "first_argmax",
+    "take",
+    "top_k",
+]

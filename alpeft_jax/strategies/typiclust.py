@@ -40,8 +40,17 @@ def member_block(n: int, k_cap: int) -> int:
 
 
 @partial(jax.jit, static_argnames=("k_cap", "iters", "block", "normalize", "mesh"))
-def _clusters(features: jax.Array, labeled: jax.Array, key: jax.Array, k: jax.Array, k_cap: int, iters: int,
-              block: int, normalize: bool, mesh: spmd.Mesh | None) -> tuple:
+def _clusters(
+    features: jax.Array,
+    labeled: jax.Array,
+    key: jax.Array,
+    k: jax.Array,
+    k_cap: int,
+    iters: int,
+    block: int,
+    normalize: bool,
+    mesh: spmd.Mesh | None,
+) -> tuple:
     """(features to cluster, cluster of each unlabelled row (-1: labelled) [N] replicated, sizes, labelled counts)."""
     n_total = features.shape[0]
 
@@ -54,11 +63,13 @@ def _clusters(features: jax.Array, labeled: jax.Array, key: jax.Array, k: jax.Ar
 
     rep = spmd.P()
     return spmd.spmd(local, mesh, (spmd.ROWS, spmd.ROWS, rep, rep), (spmd.ROWS, rep, rep, rep))(
-        features, labeled, key, k)
+        features, labeled, key, k
+    )
 
 
-def _typical_local(x: jax.Array, members: jax.Array, c: jax.Array, k: jax.Array, k_max: int, block: int,
-                   axis: str | None) -> tuple[jax.Array, jax.Array]:
+def _typical_local(
+    x: jax.Array, members: jax.Array, c: jax.Array, k: jax.Array, k_max: int, block: int, axis: str | None
+) -> tuple[jax.Array, jax.Array]:
     """The CANDIDATES most typical members of cluster c (global ids, -1 if fewer) and their neighbour distances.
 
     Typicality is within the members (members == c): each member's k nearest other members by squared
@@ -91,8 +102,9 @@ def _typical_local(x: jax.Array, members: jax.Array, c: jax.Array, k: jax.Array,
             d = jnp.where(cvalid[None, :], sq_dist(xr, x[cid]), jnp.inf)
             return t + cols, -jax.lax.top_k(-jnp.concatenate([best, d], axis=1), kk)[0]
 
-        best = jax.lax.while_loop(lambda ct: ct[0] < m_mine, col_block,
-                                  (jnp.int32(0), jnp.full((rows, kk), jnp.inf, jnp.float32)))[1]
+        best = jax.lax.while_loop(
+            lambda ct: ct[0] < m_mine, col_block, (jnp.int32(0), jnp.full((rows, kk), jnp.inf, jnp.float32))
+        )[1]
         if axis is not None:  # every shard's nearest lists for these rows, then the kk nearest of their union
             both = jax.lax.all_gather(best, axis, axis=1, tiled=True)
             best = -jax.lax.top_k(-both, kk)[0]
@@ -100,18 +112,27 @@ def _typical_local(x: jax.Array, members: jax.Array, c: jax.Array, k: jax.Array,
         score = jnp.where(rvalid, jnp.sum(jnp.where((j >= 1) & (j <= k), best, 0.0), axis=1), jnp.inf)
         # stable top-k: earlier (lower-id) rows stay first among equal sums
         _, sel = jax.lax.top_k(-jnp.concatenate([cand_s, score]), CANDIDATES)
-        return (s + rows, jnp.concatenate([cand_s, score])[sel], jnp.concatenate([cand_id, rid])[sel],
-                jnp.concatenate([cand_d, best])[sel])
+        return (
+            s + rows,
+            jnp.concatenate([cand_s, score])[sel],
+            jnp.concatenate([cand_id, rid])[sel],
+            jnp.concatenate([cand_d, best])[sel],
+        )
 
-    init = (jnp.int32(0), jnp.full((CANDIDATES,), jnp.inf, jnp.float32), jnp.zeros((CANDIDATES,), jnp.int32),
-            jnp.zeros((CANDIDATES, kk), jnp.float32))
+    init = (
+        jnp.int32(0),
+        jnp.full((CANDIDATES,), jnp.inf, jnp.float32),
+        jnp.zeros((CANDIDATES,), jnp.int32),
+        jnp.zeros((CANDIDATES, kk), jnp.float32),
+    )
     _, cand_s, cand_id, cand_d = jax.lax.while_loop(lambda st: st[0] < m, row_block, init)
     return jnp.where(cand_s < jnp.inf, cand_id, -1), cand_d
 
 
 @partial(jax.jit, static_argnames=("k_max", "block", "mesh"))
-def _typical(x: jax.Array, members: jax.Array, c: jax.Array, k: jax.Array, k_max: int, block: int,
-             mesh: spmd.Mesh | None) -> tuple[jax.Array, jax.Array]:
+def _typical(
+    x: jax.Array, members: jax.Array, c: jax.Array, k: jax.Array, k_max: int, block: int, mesh: spmd.Mesh | None
+) -> tuple[jax.Array, jax.Array]:
     local = lambda x, members, c, k, axis: _typical_local(x, members, c, k, k_max, block, axis)
     rep = spmd.P()
     return spmd.spmd(local, mesh, (spmd.ROWS, rep, rep, rep), (rep, rep))(x, members, c, k)
@@ -133,15 +154,25 @@ def most_typical(ids: np.ndarray, dists: np.ndarray, k: int) -> int:
     ids, dists = ids[order], dists[order]
     if k == 0:  # a lone member
         return int(ids[0])
-    typ = 1.0 / (np.asarray(dists[:, 1:k + 1], np.float64).mean(axis=1) + 1e-5)
+    typ = 1.0 / (np.asarray(dists[:, 1 : k + 1], np.float64).mean(axis=1) + 1e-5)
     return int(ids[np.argmax(typ)])
 
 
 @register("typiclust", requires=("features",))
-def select_typiclust(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                     k_nn: int = 20, max_clusters: int | None = 500, min_cluster_size: int = 5,
-                     kmeans_iters: int = 20, normalize: bool = True, block: int = DEFAULT_BLOCK,
-                     sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_typiclust(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    k_nn: int = 20,
+    max_clusters: int | None = 500,
+    min_cluster_size: int = 5,
+    kmeans_iters: int = 20,
+    normalize: bool = True,
+    block: int = DEFAULT_BLOCK,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Round-robin over clusters (by `cluster_order`), each time the unlabelled member of max typicality.
 
     n_clusters = |labeled| + budget, capped at `max_clusters` (500 in the reference code; None = no cap).
@@ -166,8 +197,17 @@ def select_typiclust(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nd
     rep = (lambda v: v) if mesh is None else (lambda v: spmd.put(np.asarray(v), mesh, spmd.P()))
     if mesh is None and not isinstance(feats, jax.Array):
         feats = np.asarray(feats, np.float32)
-    x, members, sizes, existing = _clusters(feats, lab, rep(jax.random.key_data(k_km)), rep(np.int32(n_clusters)),
-                                            k_cap, int(kmeans_iters), int(block), bool(normalize), mesh)
+    x, members, sizes, existing = _clusters(
+        feats,
+        lab,
+        rep(jax.random.key_data(k_km)),
+        rep(np.int32(n_clusters)),
+        k_cap,
+        int(kmeans_iters),
+        int(block),
+        bool(normalize),
+        mesh,
+    )
     sizes, existing = np.asarray(sizes, np.int64), np.asarray(existing, np.int64)
     order = cluster_order(sizes, existing, min_cluster_size)
     left = sizes - existing  # unlabelled, unselected members per cluster
@@ -175,8 +215,10 @@ def select_typiclust(rng: object, pool: Mapping[str, np.ndarray], labeled: np.nd
     taken = labeled.copy()
     picks: list[int] = []
     for i in range(budget):
-        c = next((order[(i + step) % order.size] for step in range(order.size)
-                  if left[order[(i + step) % order.size]] > 0), None)
+        c = next(
+            (order[(i + step) % order.size] for step in range(order.size) if left[order[(i + step) % order.size]] > 0),
+            None,
+        )
         if c is not None:
             k = min(k_nn, int(left[c]) // 2)
             ids, dists = _typical(x, members, rep(np.int32(c)), rep(np.int32(k)), int(k_nn), rows, mesh)

@@ -125,14 +125,19 @@ def bald_scores(mc_logits: np.ndarray | jax.Array, block: int | None = None) -> 
 ON_MESH = True
 
 
-def _select(kind: str, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int, sharded: bool | None,
-            eps: float = 0.0) -> np.ndarray:
+def _select(
+    kind: str, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int, sharded: bool | None, eps: float = 0.0
+) -> np.ndarray:
     key = "mc_logits" if kind == "bald" else "logits"
     labeled, _n = check_inputs(pool, labeled, budget, {key})
     arrays, mesh = spmd.placed(pool, {key}, sharded, ON_MESH)
     if mesh is None:
-        scores = {"entropy": lambda a: entropy_scores(a, eps), "margin": margin_scores,
-                  "least_confidence": least_confidence_scores, "bald": bald_scores}[kind](arrays[key])
+        scores = {
+            "entropy": lambda a: entropy_scores(a, eps),
+            "margin": margin_scores,
+            "least_confidence": least_confidence_scores,
+            "bald": bald_scores,
+        }[kind](arrays[key])
         return top_unlabeled(scores, labeled, budget)
     if budget == 0:
         return np.zeros((0,), np.int64)
@@ -152,14 +157,18 @@ def _check_shape(kind: str, arr: jax.Array) -> None:
 
 
 @partial(jax.jit, static_argnames=("kind", "budget", "eps", "mesh"))
-def _select_on_mesh(arr: jax.Array, labeled: jax.Array, kind: str, budget: int, eps: float,
-                    mesh: spmd.Mesh) -> jax.Array:
+def _select_on_mesh(
+    arr: jax.Array, labeled: jax.Array, kind: str, budget: int, eps: float, mesh: spmd.Mesh
+) -> jax.Array:
     """The top `budget` unlabelled scores of `kind`, computed on each shard's rows (no rows move)."""
 
     def local(a: jax.Array, lab: jax.Array, axis: str | None) -> jax.Array:
         score: dict[str, Callable[[jax.Array], jax.Array]] = {
-            "entropy": lambda z: _entropy(z, eps), "margin": _neg_margin, "least_confidence": _neg_max_prob,
-            "bald": _bald}
+            "entropy": lambda z: _entropy(z, eps),
+            "margin": _neg_margin,
+            "least_confidence": _neg_max_prob,
+            "bald": _bald,
+        }
         s = score[kind](a)
         return spmd.top_k(masked_scores(s, lab), budget, axis)
 
@@ -168,29 +177,54 @@ def _select_on_mesh(arr: jax.Array, labeled: jax.Array, kind: str, budget: int, 
 
 
 @register("entropy", requires=("logits",))
-def select_entropy(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                   eps: float = 1e-6, sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_entropy(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    eps: float = 1e-6,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Highest predictive entropy first (METHOD 3.5 `entropy`, eps 1e-6 inside the log)."""
     return _select("entropy", pool, labeled, budget, sharded, eps)
 
 
 @register("margin", requires=("logits",))
-def select_margin(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                  sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_margin(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Smallest top-1 minus top-2 probability first (METHOD 3.5 `margin`)."""
     return _select("margin", pool, labeled, budget, sharded)
 
 
 @register("least_confidence", requires=("logits",))
-def select_least_confidence(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                            sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_least_confidence(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Lowest maximum probability first (METHOD 3.5 `softmax`)."""
     return _select("least_confidence", pool, labeled, budget, sharded)
 
 
 @register("bald", requires=("mc_logits",))
-def select_bald(rng: object, pool: Mapping[str, np.ndarray], labeled: np.ndarray, budget: int,
-                sharded: bool | None = None, **_: object) -> np.ndarray:
+def select_bald(
+    rng: object,
+    pool: Mapping[str, np.ndarray],
+    labeled: np.ndarray,
+    budget: int,
+    sharded: bool | None = None,
+    **_: object,
+) -> np.ndarray:
     """Highest mutual information between prediction and MC-dropout weights first (Houlsby et al. 2011)."""
     return _select("bald", pool, labeled, budget, sharded)
 

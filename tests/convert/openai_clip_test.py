@@ -34,15 +34,25 @@ from alpeft_jax.models.clip import CLIP  # noqa: E402
 from alpeft_jax.models.clip_resnet import CLIPResNet  # noqa: E402
 
 # OpenAI layout, heads = width // 64 inferred from the shapes.
-VIT = dict(embed_dim=24, vision_cfg=dict(layers=2, width=64, image_size=32, patch_size=8),
-           text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1), quick_gelu=True)
+VIT = dict(
+    embed_dim=24,
+    vision_cfg=dict(layers=2, width=64, image_size=32, patch_size=8),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+    quick_gelu=True,
+)
 # open_clip configs that the shapes alone cannot describe: 3 and 4 heads, exact GELU, a 100-token vocabulary
 # (and an [H, W] image size).
-VIT_CFG = dict(embed_dim=20, vision_cfg=dict(layers=2, width=48, head_width=16, image_size=[48, 48], patch_size=16),
-               text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=4, layers=2))
-RN_CFG = dict(embed_dim=16, quick_gelu=True,
-              vision_cfg=dict(layers=[1, 1, 1, 1], width=8, head_width=32, image_size=96, patch_size=None),
-              text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
+VIT_CFG = dict(
+    embed_dim=20,
+    vision_cfg=dict(layers=2, width=48, head_width=16, image_size=[48, 48], patch_size=16),
+    text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=4, layers=2),
+)
+RN_CFG = dict(
+    embed_dim=16,
+    quick_gelu=True,
+    vision_cfg=dict(layers=[1, 1, 1, 1], width=8, head_width=32, image_size=96, patch_size=None),
+    text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1),
+)
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 
@@ -50,8 +60,12 @@ def _build(cfg: dict, seed: int):
     """A tiny random open_clip CLIP in eval mode with every tensor perturbed."""
     ocm = open_clip_model_module()
     torch.manual_seed(seed)
-    model = ocm.CLIP(cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
-                     quick_gelu=cfg.get("quick_gelu", False)).eval()
+    model = ocm.CLIP(
+        cfg["embed_dim"],
+        vision_cfg=cfg["vision_cfg"],
+        text_cfg=cfg["text_cfg"],
+        quick_gelu=cfg.get("quick_gelu", False),
+    ).eval()
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             if not t.is_floating_point() or name.endswith("attn_mask"):
@@ -81,7 +95,7 @@ def _ids(cfg: dict, seed: int = 0) -> np.ndarray:
     ids = rng.integers(1, t["vocab_size"] - 1, size=(3, t["context_length"]))
     for i, eot in enumerate((3, t["context_length"] - 1, 7)):
         ids[i, eot] = t["vocab_size"] - 1
-        ids[i, eot + 1:] = 0
+        ids[i, eot + 1 :] = 0
     return ids
 
 
@@ -133,8 +147,9 @@ def test_vit_torchscript_archive(vit):
     model, _, ref, d = vit
     x = torch.zeros(1, 3, 32, 32)
     ids = torch.zeros(1, 77, dtype=torch.long)
-    traced = torch.jit.trace_module(model, {"forward": (x, ids), "encode_image": (x,), "encode_text": (ids,)},
-                                    check_trace=False)
+    traced = torch.jit.trace_module(
+        model, {"forward": (x, ids), "encode_image": (x,), "encode_text": (ids,)}, check_trace=False
+    )
     torch.jit.save(traced, str(d / "vit_jit.pt"))
     bb = backbones.load(str(d / "vit_jit.pt"))
     _assert_parity(bb, ref)
@@ -151,8 +166,9 @@ def test_torchscript_without_torch_says_what_to_install(vit, monkeypatch):
 def test_open_clip_config_beside_weights_vit(tmp_path):
     model = _build(VIT_CFG, seed=2)
     torch.save(model.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
-    (tmp_path / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": VIT_CFG, "preprocess_cfg": {"mean": MEAN, "std": STD}}))
+    (tmp_path / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": VIT_CFG, "preprocess_cfg": {"mean": MEAN, "std": STD}})
+    )
     bb = backbones.load(str(tmp_path / "open_clip_pytorch_model.bin"))
     v, t = bb.model.vision, bb.model.text
     assert (v.heads, v.activation, t.heads, t.activation) == (3, "gelu", 4, "gelu")
@@ -216,8 +232,10 @@ def test_config_that_disagrees_or_asks_too_much(tmp_path):
     state = _state(_build(VIT_CFG, seed=5))
     cases = {
         "embed": ({**VIT_CFG, "embed_dim": 99}, "embed_dim = 99"),
-        "timm": ({**VIT_CFG, "vision_cfg": {**VIT_CFG["vision_cfg"], "timm_model_name": "vit_tiny"}},
-                 "timm_model_name"),
+        "timm": (
+            {**VIT_CFG, "vision_cfg": {**VIT_CFG["vision_cfg"], "timm_model_name": "vit_tiny"}},
+            "timm_model_name",
+        ),
         "textpool": ({**VIT_CFG, "text_cfg": {**VIT_CFG["text_cfg"], "pool_type": "last"}}, "pool_type"),
     }
     for name, (cfg, needle) in cases.items():

@@ -22,8 +22,18 @@ from PIL import Image
 from alpeft_jax.data import sources, splits
 from alpeft_jax.data.sources import registry
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                 "Ankle boot"]
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _png(path, seed, size=(5, 4)):
@@ -51,9 +61,17 @@ def _tiny_tfds():
 def _tiny_dtd(root):
     t = _tiny_tfds()
     labels = {"train": ["banded", "bumpy", "dotted", "bumpy"], "test": ["dotted", "banded"]}
-    t.write(str(root), "dtd", {s: [{"image": t.png(t.image(10 * k + i)), "label": lab,
-                                   "file_name": f"{lab}/{lab}_{s}{i}.jpg"} for i, lab in enumerate(labs)]
-                               for k, (s, labs) in enumerate(labels.items())})
+    t.write(
+        str(root),
+        "dtd",
+        {
+            s: [
+                {"image": t.png(t.image(10 * k + i)), "label": lab, "file_name": f"{lab}/{lab}_{s}{i}.jpg"}
+                for i, lab in enumerate(labs)
+            ]
+            for k, (s, labs) in enumerate(labels.items())
+        },
+    )
     return str(root)
 
 
@@ -76,8 +94,17 @@ def _fashion_mnist(tmp):
     images = np.arange(6 * 3 * 3).reshape(6, 3, 3)
     _idx(tmp / "train-images-idx3-ubyte.gz", images)
     _idx(tmp / "train-labels-idx1-ubyte.gz", [0, 9, 3, 3, 1, 0])
-    return Case("fashion_mnist", "train", str(tmp), None, 6, FASHION_NAMES, "train[2:]", 4,
-                dict(name="fashion_mnist", split="test", data_dir=str(tmp)))  # no t10k files
+    return Case(
+        "fashion_mnist",
+        "train",
+        str(tmp),
+        None,
+        6,
+        FASHION_NAMES,
+        "train[2:]",
+        4,
+        dict(name="fashion_mnist", split="test", data_dir=str(tmp)),
+    )  # no t10k files
 
 
 def _digits(tmp):
@@ -85,8 +112,17 @@ def _digits(tmp):
 
     n = len(load_digits().target)
     test = len(range(4, n, 5))
-    return Case("digits", "test", None, None, test, [str(k) for k in range(10)], "test[:25%]",
-                int(round(0.25 * test)), dict(name="digits", split="validation"))
+    return Case(
+        "digits",
+        "test",
+        None,
+        None,
+        test,
+        [str(k) for k in range(10)],
+        "test[:25%]",
+        int(round(0.25 * test)),
+        dict(name="digits", split="validation"),
+    )
 
 
 def _folder(tmp):
@@ -95,8 +131,17 @@ def _folder(tmp):
             _png(str(tmp / "pool" / "train" / cls / f"{i}.png"), 10 * k + i)
     (tmp / "pool" / "train" / "cow").mkdir()  # an empty class keeps its name
     (tmp / "pool" / "train" / "bee" / "notes.txt").write_text("not an image")
-    return Case("folder", "train", str(tmp / "pool"), None, 5, ["ant", "bee", "cow"], "train[:60%]", 3,
-                dict(name="folder", split="train", data_dir=str(tmp / "nowhere")))
+    return Case(
+        "folder",
+        "train",
+        str(tmp / "pool"),
+        None,
+        5,
+        ["ant", "bee", "cow"],
+        "train[:60%]",
+        3,
+        dict(name="folder", split="train", data_dir=str(tmp / "nowhere")),
+    )
 
 
 def _csv(tmp):
@@ -104,19 +149,40 @@ def _csv(tmp):
         _png(str(tmp / f), len(f))
     (tmp / "train.csv").write_text("path,label\na.png,yak\nb.png,\nimg/c.png,emu\n")
     (tmp / "broken.csv").write_text("path,label\na.png,yak\ngone.png,emu\n")
-    return Case("csv", "train", str(tmp), None, 3, ["emu", "yak"], "train[1:]", 2,
-                dict(name="csv", split="train", data_dir=str(tmp / "broken.csv")))
+    return Case(
+        "csv",
+        "train",
+        str(tmp),
+        None,
+        3,
+        ["emu", "yak"],
+        "train[1:]",
+        2,
+        dict(name="csv", split="train", data_dir=str(tmp / "broken.csv")),
+    )
 
 
 def _coop(tmp):
-    entries = {"train": [["Forest/F1.jpg", 1, "Forest"], ["SeaLake/S1.jpg", 9, "Sea or Lake"],
-                         ["Forest/F2.jpg", 1, "Forest"]], "val": [], "test": [["Gone/G1.jpg", 0, "Annual Crop Land"]]}
+    entries = {
+        "train": [["Forest/F1.jpg", 1, "Forest"], ["SeaLake/S1.jpg", 9, "Sea or Lake"], ["Forest/F2.jpg", 1, "Forest"]],
+        "val": [],
+        "test": [["Gone/G1.jpg", 0, "Annual Crop Land"]],
+    }
     for p, _, _ in entries["train"]:
         _png(str(tmp / "eurosat" / "2750" / p), len(p))
     (tmp / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(entries))
     names = ["annual crop land", "forest", *[None] * 7, "lake or sea"]  # CoOp's prompt names where listed
-    return Case("coop:eurosat", "train", str(tmp), None, 3, names, "train[-1:]", 1,
-                dict(name="coop:eurosat", split="test", data_dir=str(tmp)))  # its image is missing
+    return Case(
+        "coop:eurosat",
+        "train",
+        str(tmp),
+        None,
+        3,
+        names,
+        "train[-1:]",
+        1,
+        dict(name="coop:eurosat", split="test", data_dir=str(tmp)),
+    )  # its image is missing
 
 
 def _tfds(tmp):
@@ -124,21 +190,41 @@ def _tfds(tmp):
 
     root = _tiny_dtd(tmp)
     names = list(tfds.builder("dtd", data_dir=root).info.features["label"].names)
-    return Case("dtd", "train", root, None, 4, names, "train[:50%]+test", 4,
-                dict(name="dtd", split="validation", data_dir=root))  # the tiny build has no validation
+    return Case(
+        "dtd", "train", root, None, 4, names, "train[:50%]+test", 4, dict(name="dtd", split="validation", data_dir=root)
+    )  # the tiny build has no validation
 
 
 def _tfds_split_file(tmp):
     root = _tiny_dtd(tmp)
-    coop = {"train": [["dotted/dotted_test0.jpg", 2, "dotted"], ["banded/banded_train0.jpg", 0, "banded"]],
-            "val": [], "test": [["bumpy/bumpy_train1.jpg", 1, "bumpy"]]}
+    coop = {
+        "train": [["dotted/dotted_test0.jpg", 2, "dotted"], ["banded/banded_train0.jpg", 0, "banded"]],
+        "val": [],
+        "test": [["bumpy/bumpy_train1.jpg", 1, "bumpy"]],
+    }
     (tmp / "split.json").write_text(json.dumps(coop))
-    return Case("dtd", "train", root, "split.json", 2, ["banded", "bumpy", "dotted"], "train[1:]", 1,
-                dict(name="dtd", split="train", data_dir=root, split_file="gone.json"))
+    return Case(
+        "dtd",
+        "train",
+        root,
+        "split.json",
+        2,
+        ["banded", "bumpy", "dotted"],
+        "train[1:]",
+        1,
+        dict(name="dtd", split="train", data_dir=root, split_file="gone.json"),
+    )
 
 
-CASES: dict[str, Callable] = {"fashion_mnist": _fashion_mnist, "digits": _digits, "folder": _folder, "csv": _csv,
-                              "coop": _coop, "tfds": _tfds, "tfds_split_file": _tfds_split_file}
+CASES: dict[str, Callable] = {
+    "fashion_mnist": _fashion_mnist,
+    "digits": _digits,
+    "folder": _folder,
+    "csv": _csv,
+    "coop": _coop,
+    "tfds": _tfds,
+    "tfds_split_file": _tfds_split_file,
+}
 
 
 def test_every_registered_kind_has_a_contract_case():
@@ -153,18 +239,23 @@ def test_inspect_reports_what_open_yields(tmp_path, kind_name):
     kind = sources.get_kind(kind_name)
     src = sources.get_source(case.name, case.split, case.data_dir, case.split_file)
     info = sources.inspect_source(case.name, case.split, case.data_dir, case.split_file)
-    request = sources.Request(case.name, dataset, case.split, tuple(splits.parse(case.split)), case.data_dir,
-                              case.split_file)
+    request = sources.Request(
+        case.name, dataset, case.split, tuple(splits.parse(case.split)), case.data_dir, case.split_file
+    )
     counts = kind.inspect(request, kind.locate(request))
     assert len(src) == len(src.labels) == len(src.ids) == info.size == counts.sizes[case.split] == case.size
     assert src.class_names == counts.class_names and info.num_classes == len(case.class_names)
     assert [n for n, want in zip(src.class_names, case.class_names, strict=True) if want is not None] == [
-        w for w in case.class_names if w is not None]
+        w for w in case.class_names if w is not None
+    ]
     ex = src[len(src) - 1]
     assert ex["image"].dtype == np.uint8 and ex["image"].shape[-1] == 3 and ex["id"] == src.ids[-1]
     part = sources.get_source(case.name, case.sliced, case.data_dir, case.split_file)
-    assert len(part) == case.sliced_size == sources.inspect_source(case.name, case.sliced, case.data_dir,
-                                                                   case.split_file).size
+    assert (
+        len(part)
+        == case.sliced_size
+        == sources.inspect_source(case.name, case.sliced, case.data_dir, case.split_file).size
+    )
     if "+" not in case.sliced:  # a slice of the split: some of its examples, with their ids
         assert set(part.ids) <= set(src.ids) and len(set(part.ids)) == len(part)
     assert part.class_names == src.class_names

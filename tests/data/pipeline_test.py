@@ -104,8 +104,11 @@ def test_augmentation_depends_on_example_not_on_batch_position(pool):
     for i in views_a:
         np.testing.assert_array_equal(views_a[i], views_b[i])
     # augmented views differ from the evaluation view; augment=False gives the evaluation view
-    ev = {int(i): x for bt in eval_batches(pool, idx, 4, 12, MEAN, STD) for i, x in zip(bt["_id"], bt["image"],
-                                                                                         strict=True)}
+    ev = {
+        int(i): x
+        for bt in eval_batches(pool, idx, 4, 12, MEAN, STD)
+        for i, x in zip(bt["_id"], bt["image"], strict=True)
+    }
     assert sum(not np.allclose(views_a[i], ev[i]) for i in views_a) >= 8
     na = _collect(train_batches(pool, idx, 4, 12, MEAN, STD, seed=1, epoch=2, augment=False))
     for bt in na:

@@ -50,8 +50,9 @@ def test_spec_from_backbone_like_object_and_errors():
     spec = pp.resolve_spec(bb)
     assert spec == pp.PreprocessSpec(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     px = np.full((4, 6, 3), 51, np.uint8)  # 51/255 = 0.2
-    np.testing.assert_allclose(pp.normalize(px, bb.mean, bb.std)[0, 0], [(0.2 - 0.5) / 0.2, (0.2 - 0.4) / 0.25,
-                                                                            (0.2 - 0.3) / 0.3], rtol=1e-6)
+    np.testing.assert_allclose(
+        pp.normalize(px, bb.mean, bb.std)[0, 0], [(0.2 - 0.5) / 0.2, (0.2 - 0.4) / 0.25, (0.2 - 0.3) / 0.3], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="mean and std"):
         pp.resolve_spec(224)
     with pytest.raises(ValueError, match="uint8"):
@@ -127,6 +128,8 @@ def test_crop_sizes_follow_the_scale_bounds_statistically():
     expected = mean_fit * (1 - miss) + 1.0 * miss
     fr = [np.prod(pp.random_resized_crop_params(1000, 1000, np.random.default_rng(s))[2:]) / 1e6 for s in range(2000)]
     assert abs(np.mean(fr) - expected) < 0.015, (np.mean(fr), expected)
-    lr = [math.log(c[3] / c[2]) for c in (pp.random_resized_crop_params(1000, 1000, np.random.default_rng(s))
-                                          for s in range(2000))]
+    lr = [
+        math.log(c[3] / c[2])
+        for c in (pp.random_resized_crop_params(1000, 1000, np.random.default_rng(s)) for s in range(2000))
+    ]
     assert abs(np.mean(lr)) < 0.02  # log-uniform ratio is symmetric around 1

@@ -289,8 +289,11 @@ def _tiny_tfds():
 @pytest.fixture
 def dtd_dir(tmp_path):
     t = _tiny_tfds()
-    names = {"train": ["banded", "bumpy", "dotted"] * 3, "validation": ["bumpy", "banded", "dotted"],
-             "test": ["dotted", "banded"]}
+    names = {
+        "train": ["banded", "bumpy", "dotted"] * 3,
+        "validation": ["bumpy", "banded", "dotted"],
+        "test": ["dotted", "banded"],
+    }
     splits, seed = {}, 0
     for split, labels in names.items():
         rows = []
@@ -302,8 +305,18 @@ def dtd_dir(tmp_path):
     return str(tmp_path)
 
 
-@pytest.mark.parametrize("spec", ["train[:60%]", "train[60%:]", "train[2:5]", "train[-2:]", "train[:-34%]",
-                                  "validation", "train[:50%]+validation[1:]"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "train[:60%]",
+        "train[60%:]",
+        "train[2:5]",
+        "train[-2:]",
+        "train[:-34%]",
+        "validation",
+        "train[:50%]+validation[1:]",
+    ],
+)
 def test_tfds_slices_read_what_tfds_reads(dtd_dir, spec):
     import tensorflow_datasets as tfds
 
@@ -346,13 +359,21 @@ def test_coop_split_file_over_tfds_records(dtd_dir):
     import tensorflow_datasets as tfds
 
     # CoOp redistributes the records: its train list takes records from TFDS's train, validation and test
-    coop = {"train": [["bumpy/bumpy_validation00.jpg", 1, "bumpy"], ["banded/banded_train00.jpg", 0, "banded"],
-                      ["dotted/dotted_test00.jpg", 2, "dotted"]],
-            "val": [["dotted/dotted_train02.jpg", 2, "dotted"]],
-            "test": [["banded/banded_test01.jpg", 0, "banded"], ["bumpy/bumpy_train01.jpg", 1, "bumpy"]]}
+    coop = {
+        "train": [
+            ["bumpy/bumpy_validation00.jpg", 1, "bumpy"],
+            ["banded/banded_train00.jpg", 0, "banded"],
+            ["dotted/dotted_test00.jpg", 2, "dotted"],
+        ],
+        "val": [["dotted/dotted_train02.jpg", 2, "dotted"]],
+        "test": [["banded/banded_test01.jpg", 0, "banded"], ["bumpy/bumpy_train01.jpg", 1, "bumpy"]],
+    }
     _coop_json(os.path.join(dtd_dir, "split_zhou_DescribableTextures.json"), coop)
-    records = {ex["file_name"].decode(): ex["image"] for split in ("train", "validation", "test")
-               for ex in tfds.data_source("dtd", split=split, data_dir=dtd_dir)}
+    records = {
+        ex["file_name"].decode(): ex["image"]
+        for split in ("train", "validation", "test")
+        for ex in tfds.data_source("dtd", split=split, data_dir=dtd_dir)
+    }
     for split in ("train", "val", "test"):
         # a bare file name is looked up in the TFDS data directory
         src = get_source("dtd", split, data_dir=dtd_dir, split_file="split_zhou_DescribableTextures.json")
@@ -367,8 +388,10 @@ def test_coop_split_file_over_tfds_records(dtd_dir):
         assert (info.size, info.num_classes) == (len(src), 3)
     half = get_source("dtd", "train[:2]", data_dir=dtd_dir, split_file="split_zhou_DescribableTextures.json")
     assert [half[i]["path"] for i in range(2)] == [coop["train"][0][0], coop["train"][1][0]]
-    bad = _coop_json(os.path.join(dtd_dir, "bad.json"), {"train": [["banded/banded_train00.jpg", 0, "banded"],
-                                                                  ["banded/banded_0999.jpg", 0, "banded"]]})
+    bad = _coop_json(
+        os.path.join(dtd_dir, "bad.json"),
+        {"train": [["banded/banded_train00.jpg", 0, "banded"], ["banded/banded_0999.jpg", 0, "banded"]]},
+    )
     with pytest.raises(MissingDataError, match=r"1 of 2 entries .* \[train\].*first: banded/banded_0999\.jpg"):
         get_source("dtd", "train", data_dir=dtd_dir, split_file=bad)
     with pytest.raises(MissingDataError, match=r"download split_zhou_X\.json from the links in CoOp"):
@@ -379,17 +402,25 @@ def test_coop_split_file_over_tfds_records(dtd_dir):
 def test_coop_split_file_matches_by_file_name_and_class_folder(tmp_path, name, key):
     t = _tiny_tfds()
     if name == "caltech101":  # Caltech-101 repeats file names across classes: the class folder decides
-        rows = {"train": [("accordion", "image_0001.jpg", 1), ("airplanes", "image_0002.jpg", 2)],
-                "test": [("airplanes", "image_0001.jpg", 3), ("faces", "image_0001.jpg", 4)]}
-        coop = [["airplanes/image_0001.jpg", 1, "airplane"], ["Faces/image_0001.jpg", 2, "face"],
-                ["accordion/image_0001.jpg", 0, "accordion"]]
+        rows = {
+            "train": [("accordion", "image_0001.jpg", 1), ("airplanes", "image_0002.jpg", 2)],
+            "test": [("airplanes", "image_0001.jpg", 3), ("faces", "image_0001.jpg", 4)],
+        }
+        coop = [
+            ["airplanes/image_0001.jpg", 1, "airplane"],
+            ["Faces/image_0001.jpg", 2, "face"],
+            ["accordion/image_0001.jpg", 0, "accordion"],
+        ]
         want = [3, 4, 1]
     else:  # EuroSAT records keep the base name only
         rows = {"train": [("Forest", "Forest_1.jpg", 5), ("SeaLake", "SeaLake_7.jpg", 6)]}
         coop = [["SeaLake/SeaLake_7.jpg", 9, "Sea or Lake"], ["Forest/Forest_1.jpg", 1, "Forest"]]
         want = [6, 5]
-    t.write(str(tmp_path), name, {s: [{"image": t.png(t.image(seed)), "label": lab, key: f} for lab, f, seed in r]
-                                  for s, r in rows.items()})
+    t.write(
+        str(tmp_path),
+        name,
+        {s: [{"image": t.png(t.image(seed)), "label": lab, key: f} for lab, f, seed in r] for s, r in rows.items()},
+    )
     sf = _coop_json(tmp_path / "split.json", {"train": coop, "val": [], "test": []})
     src = get_source(name, "train", data_dir=str(tmp_path), split_file=sf)
     for i, seed in enumerate(want):
@@ -469,15 +500,26 @@ def test_coop_fgvc_aircraft_variant_lists(tmp_path):
 def test_inspect_agrees_with_the_sources(tmp_path):
     rng = np.random.default_rng(5)
     img_dir = tmp_path / "eurosat" / "2750"
-    entries = {"train": [["Forest/F1.jpg", 1, "Forest"], ["Highway/H1.jpg", 3, "Highway"],
-                         ["SeaLake/S1.jpg", 9, "Sea or Lake"]], "val": [], "test": [["Forest/F2.jpg", 1, "Forest"]]}
+    entries = {
+        "train": [
+            ["Forest/F1.jpg", 1, "Forest"],
+            ["Highway/H1.jpg", 3, "Highway"],
+            ["SeaLake/S1.jpg", 9, "Sea or Lake"],
+        ],
+        "val": [],
+        "test": [["Forest/F2.jpg", 1, "Forest"]],
+    }
     for part in entries.values():
         for p, _, _ in part:
             _write(str(img_dir / p), _rand_img(rng, 8, 8), "JPEG")
     _coop_json(tmp_path / "eurosat" / "split_zhou_EuroSAT.json", entries)
     root = str(tmp_path)
-    for name, split, data_dir in [("coop:eurosat", "train", root), ("coop:eurosat", "train[1:]", root),
-                                  ("digits", "test", None), ("digits", "train[:25%]", None)]:
+    for name, split, data_dir in [
+        ("coop:eurosat", "train", root),
+        ("coop:eurosat", "train[1:]", root),
+        ("digits", "test", None),
+        ("digits", "train[:25%]", None),
+    ]:
         src = get_source(name, split, data_dir=data_dir)
         assert sources.inspect_source(name, split, data_dir) == sources.SourceInfo(len(src), len(src.class_names))
     if os.path.isdir(FMNIST):

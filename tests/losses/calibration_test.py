@@ -232,8 +232,9 @@ def test_effective_number_weights_follow_group_counts():
 def test_jit_and_bad_input():
     logits, labels = mixed_batch(np.random.default_rng(10))
     f = jax.jit(calibration_loss, static_argnames=("weighting",))
-    np.testing.assert_allclose(float(f(logits, labels, weighting="balanced")),
-                               float(calibration_loss(logits, labels)), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(f(logits, labels, weighting="balanced")), float(calibration_loss(logits, labels)), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="unknown weighting"):
         calibration_loss(logits, labels, weighting="inverse")
     with pytest.raises(ValueError, match="labels"):

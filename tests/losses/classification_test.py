@@ -28,8 +28,7 @@ def test_padding_rows_are_ignored():
     logits = rng.normal(size=(20, 5)).astype(np.float32)
     labels = rng.integers(0, 5, size=20).astype(np.int32)
     mask = rng.random(20) < 0.6
-    ref = F.cross_entropy(torch.tensor(logits[mask]), torch.tensor(labels[mask], dtype=torch.long),
-                          label_smoothing=0.2)
+    ref = F.cross_entropy(torch.tensor(logits[mask]), torch.tensor(labels[mask], dtype=torch.long), label_smoothing=0.2)
     junk = logits.copy()
     junk[~mask] = 1e4  # anything in the padding rows, including an out-of-range label
     pad_labels = np.where(mask, labels, -1).astype(np.int32)

@@ -37,8 +37,11 @@ def images():
 
 @pytest.mark.parametrize(
     "targets,kind",
-    [((r"img/encoder/block_1/attn/(q|k|v)",), "hidden"), (lora.TOWER_TARGETS["text"], "features"),
-     (lora.TOWER_TARGETS["both"], "images")],
+    [
+        ((r"img/encoder/block_1/attn/(q|k|v)",), "hidden"),
+        (lora.TOWER_TARGETS["text"], "features"),
+        (lora.TOWER_TARGETS["both"], "images"),
+    ],
 )
 def test_clip_lora_logits_equal_merged_reference_for_every_input_kind(vocab_clip, images, targets, kind):
     cfg = lora.LoraConfig(rank=2, alpha=4.0, targets=targets, dropout=0.0)
@@ -90,8 +93,11 @@ def test_dinov2_lora_and_linear(tiny_dinov2, images):
     trainable = linear.init(jax.random.key(0))
     feats = np.asarray(tiny_dinov2.encode_image(images))
     head = jax.tree.map(np.asarray, trainable["head"])
-    np.testing.assert_allclose(np.asarray(linear.logits(trainable, linear.prefix(images), "features")[0]),
-                               feats @ head["kernel"] + head["bias"], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(linear.logits(trainable, linear.prefix(images), "features")[0]),
+        feats @ head["kernel"] + head["bias"],
+        atol=1e-5,
+    )
     bound = 1 / np.sqrt(16)
     assert np.abs(head["kernel"]).max() <= bound and np.abs(head["bias"]).max() <= bound
 

@@ -80,8 +80,17 @@ def inputs(reference):
         after_layer1 = v.layer1(h)
         fmap = v.layer4(v.layer3(v.layer2(after_layer1)))
     logits = float(model.logit_scale.detach().exp()) * _unit(img) @ _unit(txt).T
-    return dict(images=images, nhwc=images.transpose(0, 2, 3, 1), ids=ids, img=img, txt=txt, logits=logits,
-                stem=h.numpy(), after_layer1=after_layer1.numpy(), fmap=fmap.numpy())
+    return dict(
+        images=images,
+        nhwc=images.transpose(0, 2, 3, 1),
+        ids=ids,
+        img=img,
+        txt=txt,
+        logits=logits,
+        stem=h.numpy(),
+        after_layer1=after_layer1.numpy(),
+        fmap=fmap.numpy(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +159,18 @@ def test_bfloat16_compute_close_to_float32_reference(reference, inputs):
 
 
 def test_lora_targets_1x1_convs_and_attention_pool(bb, inputs):
-    cfg = lora.LoraConfig(rank=2, alpha=2.0, targets=(r"img/blocks_[3-4]/conv(1|3)", r"img/attnpool/attn/(q|v)"),
-                          dropout=0.0)
+    cfg = lora.LoraConfig(
+        rank=2, alpha=2.0, targets=(r"img/blocks_[3-4]/conv(1|3)", r"img/attnpool/attn/(q|v)"), dropout=0.0
+    )
     found = lora.target_modules(bb.params, cfg.targets)
-    assert set(found) == {"img/blocks_3/conv1", "img/blocks_3/conv3", "img/blocks_4/conv1", "img/blocks_4/conv3",
-                          "img/attnpool/attn/q", "img/attnpool/attn/v"}
+    assert set(found) == {
+        "img/blocks_3/conv1",
+        "img/blocks_3/conv3",
+        "img/blocks_4/conv1",
+        "img/blocks_4/conv3",
+        "img/attnpool/attn/q",
+        "img/attnpool/attn/v",
+    }
     assert int(_BLOCK.search("blocks_4/conv3").group(1)) == 4
     tree = lora.init(jax.random.key(0), bb.params, cfg)
     tree = jax.tree_util.tree_map(lambda t: t + 0.05 * jax.random.normal(jax.random.key(1), t.shape), tree)
@@ -172,12 +188,18 @@ def test_wrong_image_size_is_refused(bb):
 
 def test_variants_have_openai_dims():
     for name, layers, width, heads, size, embed in (
-        ("RN50", (3, 4, 6, 3), 64, 32, 224, 1024), ("RN101", (3, 4, 23, 3), 64, 32, 224, 512),
+        ("RN50", (3, 4, 6, 3), 64, 32, 224, 1024),
+        ("RN101", (3, 4, 23, 3), 64, 32, 224, 512),
         ("RN50x4", (4, 6, 10, 6), 80, 40, 288, 640),
     ):
         m = clip_resnet.CLIPResNet.from_variant(name)
         assert (m.vision.layers, m.vision.width, m.vision.heads, m.image_size, m.embed_dim) == (
-            layers, width, heads, size, embed)
+            layers,
+            width,
+            heads,
+            size,
+            embed,
+        )
         assert m.num_image_blocks == sum(layers)
     with pytest.raises(ValueError, match="Unknown CLIP ResNet variant"):
         clip_resnet.variant("RN18")

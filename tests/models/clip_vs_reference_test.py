@@ -20,25 +20,52 @@ from alpeft_jax.models import clip  # noqa: E402
 # Legacy eos_token_id == 2 (pool at argmax of ids), wider vision than text, 56px images, one text block.
 LEGACY = dict(
     text_config=dict(
-        vocab_size=64, hidden_size=24, intermediate_size=40, num_hidden_layers=1, num_attention_heads=3,
-        max_position_embeddings=12, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        vocab_size=64,
+        hidden_size=24,
+        intermediate_size=40,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        max_position_embeddings=12,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
     ),
     vision_config=dict(
-        hidden_size=36, intermediate_size=72, num_hidden_layers=3, num_attention_heads=3, image_size=56,
-        patch_size=8, hidden_act="quick_gelu",
+        hidden_size=36,
+        intermediate_size=72,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        image_size=56,
+        patch_size=8,
+        hidden_act="quick_gelu",
     ),
     projection_dim=16,
 )
 # Exact GELU, non-default LayerNorm eps and logit scale.
 GELU = dict(
     text_config=dict(
-        vocab_size=50, hidden_size=24, intermediate_size=24, num_hidden_layers=2, num_attention_heads=3,
-        max_position_embeddings=10, hidden_act="gelu", layer_norm_eps=1e-6, bos_token_id=48, eos_token_id=49,
+        vocab_size=50,
+        hidden_size=24,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        max_position_embeddings=10,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        bos_token_id=48,
+        eos_token_id=49,
         pad_token_id=0,
     ),
     vision_config=dict(
-        hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=3, image_size=48,
-        patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6,
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        image_size=48,
+        patch_size=16,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
     ),
     projection_dim=12,
     logit_scale_init_value=3.0,
@@ -69,7 +96,7 @@ def _inputs(config, seed=0, batch=3, n_images=2):
     for i, pos in enumerate(rng.permutation(np.arange(2, length))[:batch]):
         if eos == 2:  # legacy rule: the end-of-text token has the largest id
             ids[i, pos] = vocab - 1
-            ids[i, pos + 1:] = 1
+            ids[i, pos + 1 :] = 1
             ids[i, 1:pos][ids[i, 1:pos] == vocab - 1] = 3
         else:
             ids[i, pos:] = eos  # padded with EOS, as the HF tokenizer does
@@ -138,9 +165,7 @@ def test_features_and_logits_match_transformers(case):
     np.testing.assert_allclose(np.asarray(aux["image_embeds"]), ref_out.image_embeds.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(aux["text_embeds"]), ref_out.text_embeds.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(img_aux["pooled"]), ref_vis.pooler_output.numpy(), atol=1e-4)
-    np.testing.assert_allclose(
-        np.asarray(img_aux["patch_tokens"]), ref_vis.last_hidden_state[:, 1:].numpy(), atol=1e-4
-    )
+    np.testing.assert_allclose(np.asarray(img_aux["patch_tokens"]), ref_vis.last_hidden_state[:, 1:].numpy(), atol=1e-4)
 
 
 def test_bf16_compute_stays_close(built):  # one configuration (the default tiny CLIP) keeps the file fast
@@ -239,11 +264,20 @@ def test_variants_match_transformers_parameter_counts(name):
     shapes = hf_clip.expected_params(model)
     ours = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
     config = transformers.CLIPConfig(
-        text_config=dict(hidden_size=text.width, intermediate_size=4 * text.width, num_hidden_layers=text.depth,
-                         num_attention_heads=text.heads),
-        vision_config=dict(hidden_size=vision.width, intermediate_size=4 * vision.width,
-                           num_hidden_layers=vision.depth, num_attention_heads=vision.heads,
-                           image_size=vision.image_size, patch_size=vision.patch_size),
+        text_config=dict(
+            hidden_size=text.width,
+            intermediate_size=4 * text.width,
+            num_hidden_layers=text.depth,
+            num_attention_heads=text.heads,
+        ),
+        vision_config=dict(
+            hidden_size=vision.width,
+            intermediate_size=4 * vision.width,
+            num_hidden_layers=vision.depth,
+            num_attention_heads=vision.heads,
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+        ),
         projection_dim=embed_dim,
     )
     with torch.device("meta"):
@@ -271,8 +305,9 @@ def _write_tiny_bpe(directory):
 
 
 def test_directory_with_vocabulary_gets_a_working_tokenizer(tmp_path, tiny_clip_factory, tiny_clip_config):
-    text_config = dict(tiny_clip_config["text_config"], vocab_size=520, bos_token_id=518, eos_token_id=519,
-                       pad_token_id=519)
+    text_config = dict(
+        tiny_clip_config["text_config"], vocab_size=520, bos_token_id=518, eos_token_id=519, pad_token_id=519
+    )
     config = dict(tiny_clip_config, text_config=text_config)
     ref, path = tiny_clip_factory(config, seed=5)
     encoder = _write_tiny_bpe(path)

@@ -37,17 +37,37 @@ BF16_TOL = 0.1
 # name -> (model class, config kwargs, how to save)
 CASES = {
     # odd width 21 = 3 heads x 7, plain GELU MLP, layer-scale 0.5, single model.safetensors
-    "plain": ("Dinov2Model", dict(hidden_size=21, num_attention_heads=3, mlp_ratio=4, layerscale_value=0.5,
-                                  image_size=28, patch_size=7), "safetensors"),
+    "plain": (
+        "Dinov2Model",
+        dict(hidden_size=21, num_attention_heads=3, mlp_ratio=4, layerscale_value=0.5, image_size=28, patch_size=7),
+        "safetensors",
+    ),
     # SwiGLU with mlp_ratio 3 on width 21: hidden int(63 * 2/3) = 42 -> rounded up to 48; 5x5 grid; sharded
-    "swiglu": ("Dinov2Model", dict(hidden_size=21, num_attention_heads=3, mlp_ratio=3, use_swiglu_ffn=True,
-                                   layerscale_value=1e-5, image_size=35, patch_size=7), "sharded"),
+    "swiglu": (
+        "Dinov2Model",
+        dict(
+            hidden_size=21,
+            num_attention_heads=3,
+            mlp_ratio=3,
+            use_swiglu_ffn=True,
+            layerscale_value=1e-5,
+            image_size=35,
+            patch_size=7,
+        ),
+        "sharded",
+    ),
     # register tokens (antialiased position resampling)
-    "registers": ("Dinov2WithRegistersModel", dict(hidden_size=24, num_attention_heads=3, num_register_tokens=3,
-                                                   image_size=28, patch_size=7), "safetensors"),
+    "registers": (
+        "Dinov2WithRegistersModel",
+        dict(hidden_size=24, num_attention_heads=3, num_register_tokens=3, image_size=28, patch_size=7),
+        "safetensors",
+    ),
     # in-memory names (q_proj, gate_proj/up_proj, ...) in pytorch_model.bin, no q/k/v bias
-    "bin": ("Dinov2Model", dict(hidden_size=24, num_attention_heads=3, use_swiglu_ffn=True, qkv_bias=False,
-                                image_size=28, patch_size=7), "bin"),
+    "bin": (
+        "Dinov2Model",
+        dict(hidden_size=24, num_attention_heads=3, use_swiglu_ffn=True, qkv_bias=False, image_size=28, patch_size=7),
+        "bin",
+    ),
 }
 # (height, width): upsampled square, upsampled non-square, and a downsampled / non-divisible one.
 RESOLUTIONS = [(42, 42), (35, 49), (22, 30)]
@@ -232,8 +252,13 @@ def test_backbone_metadata(cases, tmp_path):
         bb.tokenize(["x"])
     path = str(tmp_path / "with_pre")
     model.save_pretrained(path)
-    pre = {"crop_size": {"height": 196, "width": 196}, "do_center_crop": True, "image_mean": [0.5, 0.5, 0.5],
-           "image_std": [0.25, 0.25, 0.25], "size": {"shortest_edge": 224}}
+    pre = {
+        "crop_size": {"height": 196, "width": 196},
+        "do_center_crop": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.25, 0.25],
+        "size": {"shortest_edge": 224},
+    }
     with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
         json.dump(pre, f)
     bb2 = backbones.load(path)
@@ -259,14 +284,21 @@ def test_swiglu_hidden_matches_transformers(width, ratio):
     assert dinov2.swiglu_hidden(width, ratio) == ffn.down_proj.in_features
 
 
-@pytest.mark.parametrize("variant,hf", [
-    ("S/14", dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)),
-    ("B/14", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)),
-    pytest.param("L/14", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-                 marks=pytest.mark.slow),
-    pytest.param("g/14", dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True),
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "variant,hf",
+    [
+        ("S/14", dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)),
+        ("B/14", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)),
+        pytest.param(
+            "L/14", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16), marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "g/14",
+            dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True),
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_variants_match_transformers_parameter_count(variant, hf):
     """Short variant names decode to the facebook/dinov2-* architectures (same parameter count per tensor)."""
     cfg = transformers.Dinov2Config(image_size=518, patch_size=14, **hf)
@@ -288,13 +320,11 @@ def test_bad_inputs_and_checkpoints(cases, tmp_path):
         bb.apply("encode_image", np.zeros((1, 3, 28, 28), np.float32))
     with pytest.raises(ValueError, match="one per patch"):
         bb.apply("encode_image", _images(28, 28), mask=jnp.zeros((2, 5), bool))
-    no_mask = dinov2.DinoV2(width=12, depth=1, num_heads=2, mlp_dim=24, patch_size=7, pos_grid=2,
-                            use_mask_token=False)
+    no_mask = dinov2.DinoV2(width=12, depth=1, num_heads=2, mlp_dim=24, patch_size=7, pos_grid=2, use_mask_token=False)
     params = jax.eval_shape(no_mask.init, jax.random.PRNGKey(0), _images(14, 14, 1))
     assert "mask_token" not in params["params"]
     with pytest.raises(ValueError, match="no mask token"):
-        jax.eval_shape(lambda p, x, m: no_mask.apply(p, x, mask=m), params, _images(14, 14, 1),
-                       jnp.zeros((1, 4), bool))
+        jax.eval_shape(lambda p, x, m: no_mask.apply(p, x, mask=m), params, _images(14, 14, 1), jnp.zeros((1, 4), bool))
     # a checkpoint missing a tensor / with a config that does not fit its weights
     model, _ = cases["plain"]
     path = str(tmp_path / "broken")

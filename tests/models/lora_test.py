@@ -184,10 +184,12 @@ def test_merged_equals_unmerged_and_unmerge_restores(vocab_clip, clip_inputs, sc
     base_img = vocab_clip.encode_image(images)
     assert float(jnp.max(jnp.abs(img - base_img))) > 1e-3  # the update is not negligible
     merged = lora.merge(vocab_clip.params, tree, cfg)
-    np.testing.assert_allclose(np.asarray(vocab_clip.encode_image(images, params=merged)), np.asarray(img),
-                               atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(vocab_clip.encode_text(ids, params=merged)), np.asarray(txt),
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(vocab_clip.encode_image(images, params=merged)), np.asarray(img), atol=1e-5, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(vocab_clip.encode_text(ids, params=merged)), np.asarray(txt), atol=1e-5, rtol=1e-5
+    )
     # The merged kernels are W + scale * A @ B by NumPy; every other leaf is untouched.
     flat_p, flat_m = flatten(vocab_clip.params), flatten(merged)
     t = flatten(tree)
@@ -307,16 +309,13 @@ def test_efficientnet_pointwise_targets():
     out = jax.jit(lambda p, t: lora.apply(model, p, t, cfg, x))(params, tree)
     base = jax.jit(lambda p: model.apply({"params": p}, x))
     assert float(jnp.max(jnp.abs(out - base(params)))) > 1e-2
-    np.testing.assert_allclose(np.asarray(base(lora.merge(params, tree, cfg))), np.asarray(out), atol=1e-4,
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(base(lora.merge(params, tree, cfg))), np.asarray(out), atol=1e-4, rtol=1e-5)
     # The expand layer alone, by NumPy: a Dense over the channel axis of the NHWC map.
     p = jax.tree.map(np.asarray, params)["blocks_15"]["expand_conv"]
     t = jax.tree.map(np.asarray, tree)["blocks_15"]["expand_conv"]
     xn = np.asarray(x)
     ref = np.clip(xn @ p["kernel"] + p["bias"] + cfg.scale * xn @ t["a"] @ t["b"], 0, 6)
-    got = lora.apply(
-        ExpandOnly(), {"blocks_15": {"expand_conv": params["blocks_15"]["expand_conv"]}}, tree, cfg, x
-    )
+    got = lora.apply(ExpandOnly(), {"blocks_15": {"expand_conv": params["blocks_15"]["expand_conv"]}}, tree, cfg, x)
     np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5, rtol=1e-5)
 
 

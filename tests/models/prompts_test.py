@@ -26,9 +26,11 @@ def _reference(backbone, name: str, ctx: np.ndarray, position: str) -> tuple[np.
     table = _table(backbone)
     name_ids = tok.encode(name.replace("_", " "))
     n = len(ctx)
-    slots = {"end": [*["C"] * n, *name_ids],
-             "front": [*name_ids, *["C"] * n],
-             "middle": [*["C"] * (n // 2), *name_ids, *["C"] * (n - n // 2)]}[position]
+    slots = {
+        "end": [*["C"] * n, *name_ids],
+        "front": [*name_ids, *["C"] * n],
+        "middle": [*["C"] * (n // 2), *name_ids, *["C"] * (n - n // 2)],
+    }[position]
     dot = tok.encode(".")
     seq = [tok.sot_token, *slots, *dot, tok.eot_token]
     seq += [tok.pad_token_id] * (tok.context_length - len(seq))
@@ -94,7 +96,9 @@ def test_encode_text_with_placeholder_context_equals_token_ids(vocab_clip):
     def from_embeddings(ctx):
         emb = learner.embeddings(ctx)
         return vocab_clip.model.apply(
-            {"params": vocab_clip.params}, embeddings=emb, eot_index=jnp.asarray(learner.eot_index),
+            {"params": vocab_clip.params},
+            embeddings=emb,
+            eot_index=jnp.asarray(learner.eot_index),
             method="encode_text",
         )[0]
 

@@ -33,8 +33,11 @@ def main() -> None:
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
     mesh = Mesh(np.asarray(jax.devices()), (spmd.AXIS,))
     pool, labeled, _ = make_pool(n=400, d=8, k=5, n_labeled=20)
-    on_mesh = {k: jax.make_array_from_callback(v.shape, NamedSharding(mesh, spmd.row_spec(k)),
-                                               lambda idx, v=v: v[idx]) for k, v in pool.items() if k != "labels"}
+    on_mesh = {
+        k: jax.make_array_from_callback(v.shape, NamedSharding(mesh, spmd.row_spec(k)), lambda idx, v=v: v[idx])
+        for k, v in pool.items()
+        if k != "labels"
+    }
     assert not on_mesh["features"].is_fully_addressable  # each process holds only its shards
     on_mesh["labels"] = pool["labels"]
     names = [a for a in sys.argv[5:]] or strategies.names()
@@ -47,8 +50,9 @@ def main() -> None:
                 "mesh": sel(3, on_mesh, labeled, BUDGET, sharded=True, **opts),
                 "gathered": sel(3, on_mesh, labeled, BUDGET, sharded=False, **opts),
                 "pcb_numpy": strategies.select_with_pcb(name, 5, pool, labeled, BUDGET // 2, BUDGET, **opts),
-                "pcb_mesh": strategies.select_with_pcb(name, 5, on_mesh, labeled, BUDGET // 2, BUDGET, sharded=True,
-                                                       **opts),
+                "pcb_mesh": strategies.select_with_pcb(
+                    name, 5, on_mesh, labeled, BUDGET // 2, BUDGET, sharded=True, **opts
+                ),
             }
             out[name] = {k: np.asarray(v).tolist() for k, v in out[name].items()}
             print(f"process {pid}: {name} done", file=sys.stderr, flush=True)

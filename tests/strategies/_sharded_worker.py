@@ -32,8 +32,9 @@ def main() -> None:
         sys.exit(f"expected 8 devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}), got {jax.device_count()}")
     mesh = Mesh(np.asarray(jax.devices()), (spmd.AXIS,))
     pool, labeled, y = make_pool(n=400, d=8, k=5, n_labeled=20)
-    on_mesh = {k: jax.device_put(v, jax.NamedSharding(mesh, spmd.row_spec(k))) for k, v in pool.items()
-               if k != "labels"}
+    on_mesh = {
+        k: jax.device_put(v, jax.NamedSharding(mesh, spmd.row_spec(k))) for k, v in pool.items() if k != "labels"
+    }
     on_mesh["labels"] = pool["labels"]  # the driver's labels stay a host array
     none = np.zeros_like(labeled)
     names = [a for a in sys.argv[1:] if not a.startswith("-")] or strategies.names()
@@ -48,12 +49,19 @@ def main() -> None:
         res["gathered"] = sel(3, on_mesh, labeled, BUDGET, sharded=False, **opts)
         res["default"] = sel(3, on_mesh, labeled, BUDGET, **opts)
         res["pcb_numpy"] = strategies.select_with_pcb(name, 5, pool, labeled, BUDGET // 2, BUDGET, **opts)
-        res["pcb_mesh"] = strategies.select_with_pcb(name, 5, on_mesh, labeled, BUDGET // 2, BUDGET, sharded=True,
-                                                     **opts)
+        res["pcb_mesh"] = strategies.select_with_pcb(
+            name, 5, on_mesh, labeled, BUDGET // 2, BUDGET, sharded=True, **opts
+        )
         rounds = lambda r, p, lab: sel(r, p, lab, BUDGET, sharded=True, **opts)  # noqa: B023
         res["rounds"], compiles = al_rounds(rounds, on_mesh, labeled, y, BUDGET, 3)
-        res["rounds_numpy"], _ = al_rounds(lambda r, p, lab: sel(r, p, lab, BUDGET, **opts),  # noqa: B023
-                                           pool, labeled, y, BUDGET, 3)
+        res["rounds_numpy"], _ = al_rounds(
+            lambda r, p, lab: sel(r, p, lab, BUDGET, **opts),  # noqa: B023
+            pool,
+            labeled,
+            y,
+            BUDGET,
+            3,
+        )
         out[name] = {k: np.asarray(v).tolist() for k, v in res.items()} | {"compiles": compiles}
         print(f"{name}: done {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     wrong = dict(on_mesh, features=jax.device_put(pool["features"], jax.NamedSharding(mesh, spmd.P(None, spmd.AXIS))))

@@ -28,8 +28,10 @@ def numpy_badge(feats, logits, labeled, budget, u):
 
 
 # (seed, n, d, k, budget, labelled, key): small pools, and n above the 2048-entry block of the two-level inverse CDF
-@pytest.mark.parametrize("seed, n, d, k, budget, n_lab, key_seed",
-                         [(0, 150, 10, 6, 25, 20, 10), (1, 150, 10, 6, 25, 20, 11), (7, 5000, 8, 4, 15, 30, 3)])
+@pytest.mark.parametrize(
+    "seed, n, d, k, budget, n_lab, key_seed",
+    [(0, 150, 10, 6, 25, 20, 10), (1, 150, 10, 6, 25, 20, 11), (7, 5000, 8, 4, 15, 30, 3)],
+)
 def test_same_picks_as_numpy_on_materialised_embeddings(seed, n, d, k, budget, n_lab, key_seed):
     g = np.random.default_rng(seed)
     feats = g.normal(size=(n, d)).astype(np.float32)
@@ -49,8 +51,9 @@ def test_sampling_follows_d2():
     feats = np.concatenate([np.tile([1.0, 0], (50, 1)), np.tile([0, 1.0], (50, 1))]) + 1e-3 * g.normal(size=(100, 2))
     logits = np.tile([[3.0, 0.0]], (100, 1)).astype(np.float32)
     for s in range(5):
-        out = strategies.get("badge")(s, {"features": feats.astype(np.float32), "logits": logits},
-                                      np.zeros(100, bool), 2)
+        out = strategies.get("badge")(
+            s, {"features": feats.astype(np.float32), "logits": logits}, np.zeros(100, bool), 2
+        )
         assert (out[0] < 50) != (out[1] < 50)
 
 

@@ -46,7 +46,7 @@ def test_blocked_kernels_match_full_matrices():
     for device_compaction in (False, True):
         indptr, idx = radius_graph(x, 3.0, block=16, device_compaction=device_compaction)
         for i in range(103):
-            np.testing.assert_array_equal(idx[indptr[i]:indptr[i + 1]], np.flatnonzero(full[i] < 9.0))
+            np.testing.assert_array_equal(idx[indptr[i] : indptr[i + 1]], np.flatnonzero(full[i] < 9.0))
 
 
 def test_kmeans_recovers_separated_blobs_like_sklearn():
@@ -100,7 +100,7 @@ def numpy_typiclust(x, clusters, labeled, budget, k_nn=20, min_size=5):
     for i in range(budget):
         m = np.flatnonzero(members == order[i % len(order)])
         kk = min(k_nn, len(m) // 2)
-        dist = np.sort(full_sq(x[m]), axis=1)[:, 1:kk + 1].mean(1)
+        dist = np.sort(full_sq(x[m]), axis=1)[:, 1 : kk + 1].mean(1)
         idx = m[np.argmax(1 / (dist + 1e-5))]
         out.append(idx)
         members[idx] = -1
@@ -151,7 +151,7 @@ def gap_delta(x, q):
     """A radius in the middle of a gap between pairwise distances, so float rounding cannot flip an edge."""
     d = np.unique(np.round(np.sqrt(full_sq(x)), 9))
     i = int(q * len(d))
-    i += int(np.argmax(np.diff(d[i:i + 50])))
+    i += int(np.argmax(np.diff(d[i : i + 50])))
     assert d[i + 1] - d[i] > 1e-5
     return float((d[i] + d[i + 1]) / 2)
 

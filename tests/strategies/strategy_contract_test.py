@@ -4,8 +4,19 @@ import pytest
 
 from alpeft_jax import strategies
 
-EXPECTED = {"random", "entropy", "margin", "least_confidence", "coreset", "badge", "featdist",
-            "learning_loss", "typiclust", "probcover", "bald"}
+EXPECTED = {
+    "random",
+    "entropy",
+    "margin",
+    "least_confidence",
+    "coreset",
+    "badge",
+    "featdist",
+    "learning_loss",
+    "typiclust",
+    "probcover",
+    "bald",
+}
 
 
 def test_registry_lists_every_strategy():

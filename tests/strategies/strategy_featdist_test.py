@@ -30,8 +30,7 @@ def test_matches_transcription_and_fills_with_unknown_classes():
     n_known = int(np.isin(logits.argmax(1)[~labeled], labels[lab]).sum())
     for budget in (10, n_known + 5):
         got = strategies.get("featdist")(0, pool, labeled, budget)
-        np.testing.assert_array_equal(got, numpy_featdist(logits.astype(np.float64), logits, labels, labeled,
-                                                          budget))
+        np.testing.assert_array_equal(got, numpy_featdist(logits.astype(np.float64), logits, labels, labeled, budget))
     feats = g.normal(size=(n, 9)).astype(np.float32)
     got = strategies.get("featdist")(0, {**pool, "features": feats}, labeled, 15, feature_key="features")
     np.testing.assert_array_equal(got, numpy_featdist(feats.astype(np.float64), logits, labels, labeled, 15))

@@ -28,8 +28,9 @@ def test_head_matches_torch_mlp():
             ref[i].weight.copy_(torch.from_numpy(np.array(params[name]["kernel"]).T.copy()))
             ref[i].bias.copy_(torch.from_numpy(np.array(params[name]["bias"])))
     x = np.random.default_rng(0).normal(size=(16, k)).astype(np.float32) * 5
-    np.testing.assert_allclose(head.apply({"params": params}, x), ref(torch.from_numpy(x))[:, 0].detach(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        head.apply({"params": params}, x), ref(torch.from_numpy(x))[:, 0].detach(), rtol=1e-5, atol=1e-5
+    )
     # Xavier-uniform bound sqrt(6 / (fan_in + fan_out))
     assert np.abs(np.asarray(params["fc1"]["kernel"])).max() <= np.sqrt(6 / (k + 10))
 

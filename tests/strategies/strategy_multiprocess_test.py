@@ -26,10 +26,22 @@ def reports(tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     logs = [open(tmp / f"{i}.log", "w") for i in range(2)]  # files, not pipes: a full pipe would stall a process
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "_multiprocess_worker.py"), str(i), "2", str(port),
-                               str(tmp / f"{i}.json")], stdout=logs[i], stderr=subprocess.STDOUT,
-                              env=dict(env, PYTHONHASHSEED=("0", "5")[i]))  # other set orders, same collectives
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(HERE, "_multiprocess_worker.py"),
+                str(i),
+                "2",
+                str(port),
+                str(tmp / f"{i}.json"),
+            ],
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+            env=dict(env, PYTHONHASHSEED=("0", "5")[i]),
+        )  # other set orders, same collectives
+        for i in range(2)
+    ]
     try:
         for p in procs:
             p.wait(timeout=1500)

@@ -101,8 +101,9 @@ def test_random_through_pcb_is_pure_random():
     assert abs(pred[picks].mean() - share) < 0.04  # 1,200 picks: SE 0.009
     # exactly the random strategy on the first half of split(key) (PCB's own draws would use the second)
     for s in (0, 1):
-        np.testing.assert_array_equal(picks[s], strategies.get("random")(jax.random.split(as_key(s))[0], pool,
-                                                                          labeled, 20))
+        np.testing.assert_array_equal(
+            picks[s], strategies.get("random")(jax.random.split(as_key(s))[0], pool, labeled, 20)
+        )
     # the same pool through PCB behind an informative strategy does fill up on class 1, so the check can tell
     balanced = select_with_pcb("entropy", 0, pool, labeled, 20, 100)
     assert pred[balanced].mean() >= 0.45
@@ -127,13 +128,14 @@ def test_select_with_pcb_quirks(make_pool):
     fd = strategies.get("featdist")(0, pool, labeled, k)
     assert sorted(select_with_pcb("featdist", 2, pool, labeled, k, n_cand).tolist()) == sorted(fd.tolist())
     # no PCB: the most informative K; authors' quirk: idx[-K:] of their ordering
-    np.testing.assert_array_equal(select_with_pcb("margin", 0, pool, labeled, k, n_cand, use_pcb=False),
-                                  cand[:k])
+    np.testing.assert_array_equal(select_with_pcb("margin", 0, pool, labeled, k, n_cand, use_pcb=False), cand[:k])
     np.testing.assert_array_equal(
-        select_with_pcb("margin", 0, pool, labeled, k, n_cand, use_pcb=False, authors_quirk=True), cand[-k:])
+        select_with_pcb("margin", 0, pool, labeled, k, n_cand, use_pcb=False, authors_quirk=True), cand[-k:]
+    )
     ent = strategies.get("entropy")(0, pool, labeled, n_cand)
     np.testing.assert_array_equal(
-        select_with_pcb("entropy", 0, pool, labeled, k, n_cand, use_pcb=False, authors_quirk=True), ent[:k][::-1])
+        select_with_pcb("entropy", 0, pool, labeled, k, n_cand, use_pcb=False, authors_quirk=True), ent[:k][::-1]
+    )
     # random is pure random over the unlabelled pool
     r = select_with_pcb("random", 3, pool, labeled, 50, n_cand)
     assert len(set(r.tolist())) == 50 and not labeled[r].any()

@@ -20,8 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="module")
 def report():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, os.path.join(HERE, "_sharded_worker.py")], env=env, capture_output=True,
-                         text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "_sharded_worker.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

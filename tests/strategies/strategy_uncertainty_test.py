@@ -25,8 +25,11 @@ class FixedProba(SkactivemlClassifier):
 
 @pytest.mark.parametrize(
     "ours, theirs, opts",
-    [("entropy", "entropy", {"eps": 0.0}), ("margin", "margin_sampling", {}),
-     ("least_confidence", "least_confident", {})],
+    [
+        ("entropy", "entropy", {"eps": 0.0}),
+        ("margin", "margin_sampling", {}),
+        ("least_confidence", "least_confident", {}),
+    ],
 )
 @pytest.mark.parametrize("k", [3, 10])
 def test_same_ordered_topk_as_skactiveml(ours, theirs, opts, k):
@@ -41,7 +44,8 @@ def test_same_ordered_topk_as_skactiveml(ours, theirs, opts, k):
     X = np.arange(n, dtype=float)[:, None]
     clf = FixedProba(p, classes=np.arange(k)).fit(X, y)
     ref = UncertaintySampling(method=theirs, missing_label=-1, random_state=0).query(
-        X, y, clf, fit_clf=False, batch_size=budget)
+        X, y, clf, fit_clf=False, batch_size=budget
+    )
     got = strategies.get(ours)(0, {"logits": logits}, labeled, budget, **opts)
     np.testing.assert_array_equal(got, ref)
 

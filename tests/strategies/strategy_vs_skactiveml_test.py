@@ -155,8 +155,9 @@ def test_typiclust_same_picks_as_skactiveml_where_the_definitions_agree():
         assert np.argmax(1 / near.mean(1)) == np.argmax(1 / np.sqrt(near).mean(1))
 
     y = np.where(labeled, 0, -1)
-    ref = TypiClust(missing_label=-1, random_state=0, cluster_algo=GivenClusters,
-                    cluster_algo_dict={"labels": clusters}, k=20).query(xn, y, batch_size=budget)
+    ref = TypiClust(
+        missing_label=-1, random_state=0, cluster_algo=GivenClusters, cluster_algo_dict={"labels": clusters}, k=20
+    ).query(xn, y, batch_size=budget)
     np.testing.assert_array_equal(got, ref)
     assert [clusters[i] for i in got] == uncovered[:budget]  # largest uncovered cluster first
 
@@ -165,7 +166,7 @@ def gap_delta(x, q):
     """A radius in a gap between pairwise distances, so float rounding and < vs <= cannot flip an edge."""
     d = np.unique(np.round(np.sqrt(sq_dists(x)), 9))
     i = int(q * len(d))
-    i += int(np.argmax(np.diff(d[i:i + 50])))
+    i += int(np.argmax(np.diff(d[i : i + 50])))
     assert d[i + 1] - d[i] > 1e-5
     return float((d[i] + d[i + 1]) / 2)
 

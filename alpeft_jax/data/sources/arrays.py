@@ -104,8 +104,9 @@ def _open_fashion(split: str, files: tuple[str, str]) -> ArraySource:
     images, labels = read_idx(files[0]), read_idx(files[1])
     if len(images) != len(labels):
         raise ValueError(f"{files[0]} has {len(images)} images but {files[1]} has {len(labels)} labels")
-    return ArraySource(images, labels.astype(np.int64), classnames.class_names("fashion_mnist"),
-                       name=f"fashion_mnist:{split}")
+    return ArraySource(
+        images, labels.astype(np.int64), classnames.class_names("fashion_mnist"), name=f"fashion_mnist:{split}"
+    )
 
 
 def fashion_mnist(split: str = "train", data_dir: str | None = None) -> ArraySource:

@@ -30,8 +30,10 @@ def missing_split_file(split_file: str, dataset: str | None = None) -> str:
     coop = classnames.dataset_info(dataset).get("coop", {}) if dataset else {}
     url = coop.get("split_url") if coop.get("split_file") == os.path.basename(split_file) else None
     where = f"from {url} (CoOp DATASETS.md)" if url else "from the links in CoOp's DATASETS.md"
-    return (f"CoOp split file {split_file} does not exist; download {os.path.basename(split_file)} {where} into "
-            f"{os.path.dirname(split_file) or '.'}, or pass --config.data.split_file=PATH")
+    return (
+        f"CoOp split file {split_file} does not exist; download {os.path.basename(split_file)} {where} into "
+        f"{os.path.dirname(split_file) or '.'}, or pass --config.data.split_file=PATH"
+    )
 
 
 def resolve_file(path: str, base_dir: str) -> str:
@@ -65,9 +67,14 @@ def _list_split(image_dir: str, split_file: str, split: str, dataset: str | None
     entries, raw = _read_coop_json(split_file, split, dataset)
     paths = [os.path.join(image_dir, p) for p, _, _ in entries]
     require_files(paths, f"{split_file} [{split}]", f"unpack the dataset images into {image_dir} (CoOp DATASETS.md)")
-    return FileList(split_file, paths, np.asarray([int(lab) for _, lab, _ in entries], np.int64),
-                    classnames.coop_names(dataset, raw) if dataset else raw, f"coop:{dataset or split_file}:{split}",
-                    f"drop its entry from {split_file}")
+    return FileList(
+        split_file,
+        paths,
+        np.asarray([int(lab) for _, lab, _ in entries], np.int64),
+        classnames.coop_names(dataset, raw) if dataset else raw,
+        f"coop:{dataset or split_file}:{split}",
+        f"drop its entry from {split_file}",
+    )
 
 
 def coop_split(image_dir: str, split_file: str, split: str, dataset: str | None = None) -> FileListSource:
@@ -82,21 +89,31 @@ def _list_aircraft(root: str, split: str) -> FileList:
     lists = [os.path.join(root, "variants.txt"), os.path.join(root, f"images_variant_{_AIRCRAFT_SPLITS[split]}.txt")]
     for path in lists:
         if not os.path.isfile(path):
-            raise MissingDataError(f"{path} does not exist; unpack fgvc-aircraft-2013b.tar.gz and move its data/ "
-                                   f"folder to {root} (CoOp DATASETS.md, FGVCAircraft)")
+            raise MissingDataError(
+                f"{path} does not exist; unpack fgvc-aircraft-2013b.tar.gz and move its data/ "
+                f"folder to {root} (CoOp DATASETS.md, FGVCAircraft)"
+            )
     with open(lists[0], encoding="utf-8") as f:
         variants = [line.strip() for line in f if line.strip()]
     with open(lists[1], encoding="utf-8") as f:
         rows = [tuple(line.strip().split(" ", 1)) for line in f if line.strip()]
     bad = [r for r in rows if len(r) != 2 or r[1] not in variants]
     if bad:
-        raise ValueError(f"{lists[1]}: {len(bad)} line(s) are not '<image id> <variant from variants.txt>' "
-                         f"(first: {' '.join(bad[0])!r}); restore the file from the archive")
+        raise ValueError(
+            f"{lists[1]}: {len(bad)} line(s) are not '<image id> <variant from variants.txt>' "
+            f"(first: {' '.join(bad[0])!r}); restore the file from the archive"
+        )
     index = {v: k for k, v in enumerate(variants)}
     paths = [os.path.join(root, "images", f"{r[0]}.jpg") for r in rows]
     require_files(paths, f"FGVC-Aircraft [{split}]", f"unpack the archive's data/images into {root}/images")
-    return FileList(lists[1], paths, np.asarray([index[r[1]] for r in rows], np.int64), variants,
-                    f"coop:fgvc_aircraft:{split}", f"drop its line from {lists[1]}")
+    return FileList(
+        lists[1],
+        paths,
+        np.asarray([index[r[1]] for r in rows], np.int64),
+        variants,
+        f"coop:fgvc_aircraft:{split}",
+        f"drop its line from {lists[1]}",
+    )
 
 
 def coop_aircraft(root: str, split: str) -> FileListSource:
@@ -111,8 +128,9 @@ def _coop_files(dataset: str, data_dir: str | None, split_file: str | None) -> t
         known = [k for k in classnames.known_datasets() if "coop" in classnames.dataset_info(k)]
         raise ValueError(f"no CoOp layout known for {dataset!r}; known: {', '.join(known)}")
     if not data_dir:
-        raise ValueError("a CoOp-layout source needs --config.data.dir = the CoOp DATA root (holding "
-                         f"{info['coop']['dir']}/)")
+        raise ValueError(
+            f"a CoOp-layout source needs --config.data.dir = the CoOp DATA root (holding {info['coop']['dir']}/)"
+        )
     c = info["coop"]
     root = os.path.join(data_dir, c["dir"])
     sf = resolve_file(split_file, root) if split_file else os.path.join(root, c.get("split_file", ""))
@@ -159,8 +177,10 @@ def _file_index(name: str, data_dir: str | None) -> dict[str, list[tuple[str, in
     features = builder.info.features
     path_key = next((k for k in tfds_kind.PATH_KEYS if k in features), None)
     if path_key is None:
-        raise ValueError(f"TFDS dataset {name!r} stores no file names ({list(features)}); a CoOp split file cannot "
-                         "be matched to its records: use the CoOp folder layout (data.name='coop:<dataset>')")
+        raise ValueError(
+            f"TFDS dataset {name!r} stores no file names ({list(features)}); a CoOp split file cannot "
+            "be matched to its records: use the CoOp folder layout (data.name='coop:<dataset>')"
+        )
     names = [n.lower() for n in features["label"].names]
     index: dict[str, list[tuple[str, int, str, str]]] = {}
     for split in builder.info.splits:
@@ -203,8 +223,16 @@ class TfdsSplitFileSource(ListedSource):
     and class names when they were already located.
     """
 
-    def __init__(self, name: str, split_file: str, split: str, data_dir: str | None = None,
-                 image_key: str = "image", *, listed: SplitList | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        split_file: str,
+        split: str,
+        data_dir: str | None = None,
+        image_key: str = "image",
+        *,
+        listed: SplitList | None = None,
+    ) -> None:
         entries, raw = listed or _locate_over_tfds(name, split_file, split, data_dir)
         index = _file_index(name, data_dir)
         records: list[tuple[str, int]] = []
@@ -219,9 +247,11 @@ class TfdsSplitFileSource(ListedSource):
         if missing or ambiguous:
             what = [f"{len(missing)} have no record (first: {missing[0]})"] if missing else []
             what += [f"{len(ambiguous)} match several records (first: {ambiguous[0]})"] if ambiguous else []
-            raise MissingDataError(f"{len(missing) + len(ambiguous)} of {len(entries)} entries of {split_file} "
-                                   f"[{split}] do not name one record of TFDS {name!r}: {'; '.join(what)}; the "
-                                   "split file belongs to another dataset or the TFDS build is incomplete")
+            raise MissingDataError(
+                f"{len(missing) + len(ambiguous)} of {len(entries)} entries of {split_file} "
+                f"[{split}] do not name one record of TFDS {name!r}: {'; '.join(what)}; the "
+                "split file belongs to another dataset or the TFDS build is incomplete"
+            )
         self.name = f"{name}:{os.path.basename(split_file)}:{split}"
         self.image_key = image_key
         self.paths = [p for p, _, _ in entries]
@@ -241,8 +271,9 @@ class TfdsSplitFileSource(ListedSource):
         if split not in self._splits:
             self._splits[split] = tfds_kind.open_split(self._tfds_name, split, self._data_dir)
         ex = self._splits[split][k]
-        return dict(image=rgb(np.asarray(ex[self.image_key], np.uint8)), label=int(self.labels_[i]), id=i,
-                    path=self.paths[i])
+        return dict(
+            image=rgb(np.asarray(ex[self.image_key], np.uint8)), label=int(self.labels_[i]), id=i, path=self.paths[i]
+        )
 
 
 @register

@@ -7,8 +7,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Source", "MissingDataError", "CorruptImageError", "SourceInfo", "ListedSource", "SubsetSource", "rgb",
-           "check_index"]
+__all__ = [
+    "Source",
+    "MissingDataError",
+    "CorruptImageError",
+    "SourceInfo",
+    "ListedSource",
+    "SubsetSource",
+    "rgb",
+    "check_index",
+]
 
 
 class MissingDataError(FileNotFoundError):

@@ -19,8 +19,15 @@ from PIL import Image, UnidentifiedImageError
 from alpeft_jax.data.sources.core import CorruptImageError, ListedSource, MissingDataError, check_index
 from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
 
-__all__ = ["FileListSource", "FileList", "load_image", "image_folder", "csv_manifest", "require_files",
-           "IMAGE_EXTENSIONS"]
+__all__ = [
+    "FileListSource",
+    "FileList",
+    "load_image",
+    "image_folder",
+    "csv_manifest",
+    "require_files",
+    "IMAGE_EXTENSIONS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,9 @@ class FileListSource(ListedSource):
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = check_index(i, len(self))
         path = self.paths[i]
-        return dict(image=load_image(path, self.exclude_hint), label=int(self.labels_[i]), id=int(self.ids_[i]),
-                    path=path)
+        return dict(
+            image=load_image(path, self.exclude_hint), label=int(self.labels_[i]), id=int(self.ids_[i]), path=path
+        )
 
 
 def load_image(path: str, exclude_hint: str = "delete or move the file out of the dataset") -> np.ndarray:
@@ -92,8 +100,9 @@ def require_files(paths: Sequence[str], what: str, fix: str) -> None:
     """MissingDataError naming how many of `paths` (images of `what`) are absent, the first, and the fix."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise MissingDataError(f"{len(missing)} of {len(paths)} images of {what} are missing (first: {missing[0]}); "
-                               f"{fix}")
+        raise MissingDataError(
+            f"{len(missing)} of {len(paths)} images of {what} are missing (first: {missing[0]}); {fix}"
+        )
 
 
 def _is_image(name: str) -> bool:
@@ -124,19 +133,35 @@ def _list_folder(root: str, class_names: Sequence[str] | None, name: str | None)
         folder = os.path.join(root, cls)
         if not os.path.isdir(folder):
             continue  # an empty class: it keeps its index and name
-        found = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder)
-                       for f in files if _is_image(f))
+        found = sorted(
+            os.path.relpath(os.path.join(d, f), folder)
+            for d, _, files in os.walk(folder)
+            for f in files
+            if _is_image(f)
+        )
         paths.extend(os.path.join(folder, f) for f in found)
         labels.extend([label] * len(found))
-    return FileList(root, paths, np.asarray(labels, np.int64), list(class_names), name or f"folder:{root}",
-                    "delete or move the file out of the image folder")
+    return FileList(
+        root,
+        paths,
+        np.asarray(labels, np.int64),
+        list(class_names),
+        name or f"folder:{root}",
+        "delete or move the file out of the image folder",
+    )
 
 
 def _open_folder(files: FileList) -> FileListSource:
     counts = np.bincount(files.labels, minlength=len(files.class_names))
     empty = [c for c, k in zip(files.class_names, counts, strict=True) if k == 0]
-    log.info("image folder %s: %d images in %d classes (%d empty: %s)", files.where, len(files.paths),
-             len(files.class_names), len(empty), empty[:10])
+    log.info(
+        "image folder %s: %d images in %d classes (%d empty: %s)",
+        files.where,
+        len(files.paths),
+        len(files.class_names),
+        len(empty),
+        empty[:10],
+    )
     return files.source()
 
 
@@ -175,14 +200,17 @@ class Folder(Kind[FileList]):
 def _list_csv(csv_path: str, class_names: Sequence[str] | None, name: str | None) -> FileList:
     """Images listed in a CSV with header ``path,label``; empty label = unlabelled, paths relative to the CSV."""
     if not os.path.isfile(csv_path):
-        raise MissingDataError(f"CSV manifest {csv_path} does not exist; point --config.data.dir at the CSV file or "
-                               "at a folder holding <split>.csv")
+        raise MissingDataError(
+            f"CSV manifest {csv_path} does not exist; point --config.data.dir at the CSV file or "
+            "at a folder holding <split>.csv"
+        )
     base = os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise ValueError(f"CSV manifest {csv_path} needs a header row with columns 'path' and 'label', "
-                             f"got {reader.fieldnames}")
+            raise ValueError(
+                f"CSV manifest {csv_path} needs a header row with columns 'path' and 'label', got {reader.fieldnames}"
+            )
         rows = [(r["path"].strip(), (r["label"] or "").strip()) for r in reader]
     if class_names is None:
         class_names = sorted({lab for _, lab in rows if lab})
@@ -198,13 +226,23 @@ def _list_csv(csv_path: str, class_names: Sequence[str] | None, name: str | None
         paths.append(full)
         labels.append(index.get(lab, -1) if lab else -1)
     if missing:
-        raise MissingDataError(f"{len(missing)} file(s) listed in {csv_path} do not exist ({'; '.join(missing[:5])}"
-                               f"{' ...' if len(missing) > 5 else ''}); fix the paths or drop those rows")
+        raise MissingDataError(
+            f"{len(missing)} file(s) listed in {csv_path} do not exist ({'; '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}); fix the paths or drop those rows"
+        )
     if unknown:
-        raise ValueError(f"{len(unknown)} label(s) in {csv_path} are not in the class list ({'; '.join(unknown[:5])})"
-                         "; add them to the classes or fix the rows")
-    return FileList(csv_path, paths, np.asarray(labels, np.int64), class_names, name or f"csv:{csv_path}",
-                    f"drop its row from {csv_path}")
+        raise ValueError(
+            f"{len(unknown)} label(s) in {csv_path} are not in the class list ({'; '.join(unknown[:5])})"
+            "; add them to the classes or fix the rows"
+        )
+    return FileList(
+        csv_path,
+        paths,
+        np.asarray(labels, np.int64),
+        class_names,
+        name or f"csv:{csv_path}",
+        f"drop its row from {csv_path}",
+    )
 
 
 def csv_manifest(csv_path: str, class_names: Sequence[str] | None = None, name: str | None = None) -> FileListSource:
@@ -225,8 +263,9 @@ class Csv(Kind[FileList]):
     def locate(self, request: Request) -> FileList:
         """The manifest's rows, with every listed file present and every label known."""
         if not request.data_dir:
-            raise ValueError("a CSV source needs data_dir (--config.data.dir): the CSV file or a folder with "
-                             "<split>.csv")
+            raise ValueError(
+                "a CSV source needs data_dir (--config.data.dir): the CSV file or a folder with <split>.csv"
+            )
         d = request.data_dir
         return _list_csv(os.path.join(d, f"{request.base}.csv") if os.path.isdir(d) else d, request.classes, None)
 

@@ -26,8 +26,18 @@ import numpy as np
 from alpeft_jax.data import splits as splits_lib
 from alpeft_jax.data.sources.core import Source, SourceInfo, SubsetSource
 
-__all__ = ["Request", "Counts", "Kind", "register", "get_kind", "known_kinds", "source_kind", "get_source",
-           "inspect_source", "split_file_path"]
+__all__ = [
+    "Request",
+    "Counts",
+    "Kind",
+    "register",
+    "get_kind",
+    "known_kinds",
+    "source_kind",
+    "get_source",
+    "inspect_source",
+    "split_file_path",
+]
 
 Found = TypeVar("Found")
 KindT = TypeVar("KindT", bound="Kind[Any]")
@@ -97,8 +107,10 @@ _KINDS: dict[str, Kind[Any]] = {}
 def register(cls: type[KindT]) -> type[KindT]:
     """Class decorator: register a `Kind` subclass under its `name`."""
     if cls.name in _KINDS:
-        raise ValueError(f"data kind {cls.name!r} is registered twice ({type(_KINDS[cls.name]).__qualname__} and "
-                         f"{cls.__qualname__}); give the new kind another name")
+        raise ValueError(
+            f"data kind {cls.name!r} is registered twice ({type(_KINDS[cls.name]).__qualname__} and "
+            f"{cls.__qualname__}); give the new kind another name"
+        )
     _KINDS[cls.name] = cls()
     return cls
 
@@ -111,8 +123,10 @@ def known_kinds() -> list[str]:
 def get_kind(name: str) -> Kind[Any]:
     """The registered kind called name; ValueError listing the known kinds."""
     if name not in _KINDS:
-        raise ValueError(f"unknown data kind {name!r}; known kinds: {', '.join(known_kinds())} (a new kind is a "
-                         "module in alpeft_jax/data/sources/ with a @register'ed Kind)")
+        raise ValueError(
+            f"unknown data kind {name!r}; known kinds: {', '.join(known_kinds())} (a new kind is a "
+            "module in alpeft_jax/data/sources/ with a @register'ed Kind)"
+        )
     return _KINDS[name]
 
 
@@ -145,8 +159,9 @@ def source_kind(name: str, split_file: str | None) -> tuple[str, str]:
     return kind.name, dataset
 
 
-def _request(name: str, split: str, data_dir: str | None, split_file: str | None,
-             options: dict[str, Any]) -> tuple[Kind[Any], Request]:
+def _request(
+    name: str, split: str, data_dir: str | None, split_file: str | None, options: dict[str, Any]
+) -> tuple[Kind[Any], Request]:
     """The kind a name picks and the request checked against what that kind accepts."""
     kind, dataset = _resolve(name, split_file)
     classes = options.pop("classes", None)
@@ -155,18 +170,22 @@ def _request(name: str, split: str, data_dir: str | None, split_file: str | None
     if options.pop("coop", False) and kind.catch_all:
         kind = get_kind("coop")
     if classes is not None and not kind.takes_classes:
-        raise ValueError(f"a class list applies to {_titles([k for k in _KINDS.values() if k.takes_classes])} "
-                         f"only; {name!r} brings its own")
+        raise ValueError(
+            f"a class list applies to {_titles([k for k in _KINDS.values() if k.takes_classes])} "
+            f"only; {name!r} brings its own"
+        )
     unknown = sorted(set(options) - set(kind.options))
     if unknown:
-        raise ValueError(f"unknown options {unknown} for source {name!r}; it takes "
-                         f"{', '.join(kind.options) or 'none'}")
+        raise ValueError(f"unknown options {unknown} for source {name!r}; it takes {', '.join(kind.options) or 'none'}")
     parts = tuple(splits_lib.parse(split))
     if len(parts) > 1 and not kind.joins_splits:
-        raise ValueError(f"split {split!r}: joining splits with '+' works for "
-                         f"{_titles([k for k in _KINDS.values() if k.joins_splits])} only")
-    return kind, Request(name, dataset, split, parts, data_dir, split_file,
-                         None if classes is None else tuple(classes), options)
+        raise ValueError(
+            f"split {split!r}: joining splits with '+' works for "
+            f"{_titles([k for k in _KINDS.values() if k.joins_splits])} only"
+        )
+    return kind, Request(
+        name, dataset, split, parts, data_dir, split_file, None if classes is None else tuple(classes), options
+    )
 
 
 def _slice_positions(part: splits_lib.SplitPart, n: int, shuffle: bool) -> np.ndarray:
@@ -174,8 +193,9 @@ def _slice_positions(part: splits_lib.SplitPart, n: int, shuffle: bool) -> np.nd
     return np.sort(order[splits_lib.positions(part, n)])
 
 
-def get_source(name: str, split: str = "train", data_dir: str | None = None, split_file: str | None = None,
-               **options: Any) -> Source:
+def get_source(
+    name: str, split: str = "train", data_dir: str | None = None, split_file: str | None = None, **options: Any
+) -> Source:
     """Open a pool source by name and split spec (the package docstring lists the names and options)."""
     kind, request = _request(name, split, data_dir, split_file, dict(options))
     src = kind.open(request, kind.locate(request))
@@ -183,11 +203,12 @@ def get_source(name: str, split: str = "train", data_dir: str | None = None, spl
     if kind.joins_splits or not part.sliced:
         return src
     cut = _slice_positions(part, len(src), kind.shuffle_slices)
-    return SubsetSource(src, cut, f"{src.name}{str(part)[len(part.name):]}")
+    return SubsetSource(src, cut, f"{src.name}{str(part)[len(part.name) :]}")
 
 
-def inspect_source(name: str, split: str = "train", data_dir: str | None = None,
-                   split_file: str | None = None) -> SourceInfo:
+def inspect_source(
+    name: str, split: str = "train", data_dir: str | None = None, split_file: str | None = None
+) -> SourceInfo:
     """Size and class count of a split spec without decoding any image (file listings, headers, TFDS metadata).
 
     Raises what `get_source` would: MissingDataError (with how to get the data) or ValueError.

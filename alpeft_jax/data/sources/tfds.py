@@ -17,8 +17,17 @@ from alpeft_jax.data import splits as splits_lib
 from alpeft_jax.data.sources.core import MissingDataError, check_index, rgb
 from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
 
-__all__ = ["TfdsSource", "tfds_data_dir", "tfds_problem", "get_builder", "locate", "open_split", "read_fields",
-           "text", "PATH_KEYS"]
+__all__ = [
+    "TfdsSource",
+    "tfds_data_dir",
+    "tfds_problem",
+    "get_builder",
+    "locate",
+    "open_split",
+    "read_fields",
+    "text",
+    "PATH_KEYS",
+]
 
 PATH_KEYS = ("file_name", "filename", "image/file_name", "image/filename", "id")  # features naming a record's file
 
@@ -36,14 +45,17 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     try:
         return tfds.builder(name, data_dir=data_dir)
     except DatasetNotFoundError:
-        raise MissingDataError(f"TFDS has no dataset named {name!r}; check the name (e.g. 'dtd', "
-                               "'eurosat/rgb', 'oxford_flowers102')") from None
+        raise MissingDataError(
+            f"TFDS has no dataset named {name!r}; check the name (e.g. 'dtd', 'eurosat/rgb', 'oxford_flowers102')"
+        ) from None
 
 
 def _how(name: str, data_dir: str | None) -> str:
-    return (f"build it once with `tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'} --file_format "
-            "array_record` (needs TensorFlow and the raw download) or point --config.data.dir at a directory "
-            "that holds it")
+    return (
+        f"build it once with `tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'} --file_format "
+        "array_record` (needs TensorFlow and the raw download) or point --config.data.dir at a directory "
+        "that holds it"
+    )
 
 
 def tfds_problem(name: str, data_dir: str | None) -> str | None:
@@ -54,11 +66,14 @@ def tfds_problem(name: str, data_dir: str | None) -> str | None:
         return str(e)
     info = b.info
     if not list(info.splits):
-        return (f"TFDS dataset {name!r} is not prepared under {data_dir or '~/tensorflow_datasets'}; "
-                f"{_how(name, data_dir)}")
+        return (
+            f"TFDS dataset {name!r} is not prepared under {data_dir or '~/tensorflow_datasets'}; {_how(name, data_dir)}"
+        )
     if "array_record" not in str(info.file_format).lower():
-        return (f"TFDS dataset {name!r} under {b.data_dir} is stored as {info.file_format}, not array_record; "
-                f"{_how(name, data_dir)}")
+        return (
+            f"TFDS dataset {name!r} under {b.data_dir} is stored as {info.file_format}, not array_record; "
+            f"{_how(name, data_dir)}"
+        )
     return None
 
 
@@ -68,8 +83,10 @@ def locate(name: str, parts: Sequence[splits_lib.SplitPart], data_dir: str | Non
     available = list(b.info.splits)
     missing = [p.name for p in parts if available and p.name not in available]
     if missing:
-        raise ValueError(f"TFDS dataset {name!r} has no split {missing[0]!r} (its splits: {', '.join(available)}); "
-                         "cut one, e.g. 'train[:80%]' and 'train[80%:]'")
+        raise ValueError(
+            f"TFDS dataset {name!r} has no split {missing[0]!r} (its splits: {', '.join(available)}); "
+            "cut one, e.g. 'train[:80%]' and 'train[80%:]'"
+        )
     return b
 
 
@@ -80,15 +97,16 @@ def open_split(name: str, split: str, data_dir: str | None, skip_images: bool = 
     decoders = None
     if skip_images:
         features = get_builder(name, data_dir).info.features
-        decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items()
-                    if isinstance(f, tfds.features.Image)}
+        decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items() if isinstance(f, tfds.features.Image)}
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except Exception as e:  # noqa: BLE001 - TFDS raises many types for "not there / wrong format"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = data_dir or "~/tensorflow_datasets"
-        raise MissingDataError(f"TFDS dataset {name!r} split {split!r} is not available as array_record under "
-                               f"{where} ({first}); {_how(name, data_dir)}") from None
+        raise MissingDataError(
+            f"TFDS dataset {name!r} split {split!r} is not available as array_record under "
+            f"{where} ({first}); {_how(name, data_dir)}"
+        ) from None
 
 
 def read_fields(name: str, split: str, data_dir: str | None, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -158,8 +176,10 @@ class TfdsSource:
             raise ValueError(f"split {split!r} of {name!r} reads some records twice; make its parts disjoint")
         features = builder.info.features
         if image_key not in features or label_key not in features:
-            raise ValueError(f"TFDS dataset {name!r} has features {list(features)}; pass image_key= and "
-                             f"label_key= naming the image and the class label")
+            raise ValueError(
+                f"TFDS dataset {name!r} has features {list(features)}; pass image_key= and "
+                f"label_key= naming the image and the class label"
+            )
         self._names = list(features[label_key].names)
         if coop_names:
             self._names = classnames.coop_names(name, self._names)
@@ -175,8 +195,13 @@ class TfdsSource:
     def labels(self) -> np.ndarray:
         """int64[N] labels (one pass over the records, images left encoded, on first use; then cached)."""
         if self._labels is None:
-            per_split = {s: np.asarray([int(r[self.label_key]) for r in read_fields(
-                self._tfds_name, s, self._data_dir, [self.label_key])], np.int64) for s in self._bases}
+            per_split = {
+                s: np.asarray(
+                    [int(r[self.label_key]) for r in read_fields(self._tfds_name, s, self._data_dir, [self.label_key])],
+                    np.int64,
+                )
+                for s in self._bases
+            }
             self._labels = np.empty(len(self._pos), np.int64)
             for k, s in enumerate(self._bases):
                 sel = self._which == k
@@ -197,8 +222,12 @@ class TfdsSource:
         path = ex.get(self._path_key) if self._path_key else None
         if path is not None:
             path = text(path)
-        return dict(image=rgb(np.asarray(ex[self.image_key], np.uint8)), label=int(ex[self.label_key]),
-                    id=int(self._ids[i]), path=path)
+        return dict(
+            image=rgb(np.asarray(ex[self.image_key], np.uint8)),
+            label=int(ex[self.label_key]),
+            id=int(self._ids[i]),
+            path=path,
+        )
 
 
 @register

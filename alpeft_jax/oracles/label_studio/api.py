@@ -30,8 +30,9 @@ def plain(obj: Any) -> dict[str, Any]:
 class Server:
     """One Label Studio server at `url`, with the token given or read from $`token_env` on first use."""
 
-    def __init__(self, url: str, token_env: str, token: str | None = None, timeout: float = 60.0,
-                 client: Any = None) -> None:
+    def __init__(
+        self, url: str, token_env: str, token: str | None = None, timeout: float = 60.0, client: Any = None
+    ) -> None:
         self.url = url
         self.token_env = token_env
         self.token = token
@@ -76,14 +77,18 @@ class Server:
             try:
                 from label_studio_sdk import LabelStudio
             except ImportError:
-                raise LabelFileError("the Label Studio oracle needs the label-studio-sdk package: "
-                                     "pip install 'alpeft_jax[label]'.") from None
+                raise LabelFileError(
+                    "the Label Studio oracle needs the label-studio-sdk package: pip install 'alpeft_jax[label]'."
+                ) from None
             token = self.token if self.token is not None else os.environ.get(self.token_env, "")
             if not token:
-                raise LabelFileError(f"set ${self.token_env} to a Label Studio personal access token or legacy "
-                                     "token (Label Studio > Account & Settings).")
-            self._client = self.call("reading the token", LabelStudio, base_url=self.url, api_key=token,
-                                     timeout=self.timeout)
+                raise LabelFileError(
+                    f"set ${self.token_env} to a Label Studio personal access token or legacy "
+                    "token (Label Studio > Account & Settings)."
+                )
+            self._client = self.call(
+                "reading the token", LabelStudio, base_url=self.url, api_key=token, timeout=self.timeout
+            )
         return self._client
 
     # -- projects --------------------------------------------------------------------------------------
@@ -91,25 +96,37 @@ class Server:
         """Project `pid` (None if missing_ok and it is not there)."""
         proj = self.call(f"reading project {pid}", self.client().projects.get, id=pid, allow_404=True)
         if proj is None and not missing_ok:
-            raise LabelFileError(f"Label Studio at {self.url} has no project {pid}; pick one from {self.url}/projects "
-                                 "or leave --config.label_studio.project empty to make one for this run.")
+            raise LabelFileError(
+                f"Label Studio at {self.url} has no project {pid}; pick one from {self.url}/projects "
+                "or leave --config.label_studio.project empty to make one for this run."
+            )
         return proj
 
     def projects_titled(self, title: str) -> list[Any]:
         """The projects with exactly this title."""
         ls = self.client()
-        return [p for p in self.call("listing projects", lambda: list(ls.projects.list(title=title)))
-                if p.title == title]
+        return [
+            p for p in self.call("listing projects", lambda: list(ls.projects.list(title=title))) if p.title == title
+        ]
 
     def create_project(self, title: str, description: str, label_config: str) -> Any:
         """A new project."""
-        return self.call("creating a project", self.client().projects.create, title=title,
-                         description=description, label_config=label_config)
+        return self.call(
+            "creating a project",
+            self.client().projects.create,
+            title=title,
+            description=description,
+            label_config=label_config,
+        )
 
     def set_model_version(self, pid: int, model_version: str) -> None:
         """Show annotators the predictions of this model version."""
-        self.call("selecting the predictions' model version", self.client().projects.update, id=pid,
-                  model_version=model_version)
+        self.call(
+            "selecting the predictions' model version",
+            self.client().projects.update,
+            id=pid,
+            model_version=model_version,
+        )
 
     # -- tasks -----------------------------------------------------------------------------------------
     def tasks(self, pid: int, query: str) -> list[dict[str, Any]]:
@@ -126,14 +143,20 @@ class Server:
             out.append(t)
         return out
 
-    def import_tasks(self, pid: int, tasks: list[dict[str, Any]],
-                     on_batch: Callable[[list[dict[str, Any]], list[int]], None]) -> None:
+    def import_tasks(
+        self, pid: int, tasks: list[dict[str, Any]], on_batch: Callable[[list[dict[str, Any]], list[int]], None]
+    ) -> None:
         """Bulk-import `tasks`, IMPORT_BATCH at a time, calling on_batch(batch, task ids) after each."""
         ls = self.client()
         for start in range(0, len(tasks), IMPORT_BATCH):
-            batch = tasks[start:start + IMPORT_BATCH]
-            resp = self.call(f"importing {len(batch)} tasks into project {pid}", ls.projects.import_tasks,
-                             id=pid, request=batch, return_task_ids=True)
+            batch = tasks[start : start + IMPORT_BATCH]
+            resp = self.call(
+                f"importing {len(batch)} tasks into project {pid}",
+                ls.projects.import_tasks,
+                id=pid,
+                request=batch,
+                return_task_ids=True,
+            )
             task_ids = [int(i) for i in getattr(resp, "task_ids", None) or []]
             if len(task_ids) == len(batch):
                 on_batch(batch, task_ids)
@@ -146,8 +169,14 @@ class Server:
 
     def add_local_storage(self, pid: int, path: str) -> None:
         """Register a local-files storage of `path` for the project."""
-        self.call(f"registering a local storage of {path}", self.client().import_storage.local.create, project=pid,
-                  path=path, title="alpeft_jax images", use_blob_urls=True)
+        self.call(
+            f"registering a local storage of {path}",
+            self.client().import_storage.local.create,
+            project=pid,
+            path=path,
+            title="alpeft_jax images",
+            use_blob_urls=True,
+        )
 
     def user(self, user: Any) -> str:
         """An annotator's email (or username, or id) from an annotation's `completed_by` (an id or a dict)."""

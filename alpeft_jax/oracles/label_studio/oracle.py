@@ -22,8 +22,16 @@ RUN_FILE = "label_studio.json"
 class LabelStudioOracle:
     """Labels from annotations in a Label Studio project, asked for with the model's predictions."""
 
-    def __init__(self, pool: PoolView, workdir: str | os.PathLike, *, run_name: str = "", token: str | None = None,
-                 client: Any = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        pool: PoolView,
+        workdir: str | os.PathLike,
+        *,
+        run_name: str = "",
+        token: str | None = None,
+        client: Any = None,
+        **settings: Any,
+    ) -> None:
         self.settings = resolve(settings)
         self.pool = pool
         self.workdir = epath.Path(workdir)
@@ -68,27 +76,37 @@ class LabelStudioOracle:
         if run.get("project") and run.get("project_setting") == self.project_setting:
             proj = self.server.project(int(run["project"]), missing_ok=True)
             if proj is None:
-                logging.warning("Label Studio project %s recorded in %s is gone from %s; finding or making "
-                                "the project again", run["project"], self.workdir / RUN_FILE, self.url)
+                logging.warning(
+                    "Label Studio project %s recorded in %s is gone from %s; finding or making the project again",
+                    run["project"],
+                    self.workdir / RUN_FILE,
+                    self.url,
+                )
         if proj is None and self.project_setting.isdigit():
             proj = self.server.project(int(self.project_setting), missing_ok=False)
         if proj is None:
             title = (self.project_setting or f"{self.run_name or 'alpeft_jax'} ({run['run_key']})")[:50]
             found = self.server.projects_titled(title)
             if len(found) > 1:
-                raise LabelFileError(f"Label Studio at {self.url} has {len(found)} projects titled {title!r} "
-                                     f"(ids {[p.id for p in found]}); pass --config.label_studio.project=ID.")
+                raise LabelFileError(
+                    f"Label Studio at {self.url} has {len(found)} projects titled {title!r} "
+                    f"(ids {[p.id for p in found]}); pass --config.label_studio.project=ID."
+                )
             if found:
                 proj = self.server.project(int(found[0].id), missing_ok=False)
             else:
                 proj = self.server.create_project(
-                    title, f"Active-learning queries of alpeft_jax run {self.run_name or '?'} "
-                           f"(run key {run['run_key']}).", rules.label_config(self.pool.class_names))
+                    title,
+                    f"Active-learning queries of alpeft_jax run {self.run_name or '?'} (run key {run['run_key']}).",
+                    rules.label_config(self.pool.class_names),
+                )
                 logging.info("created Label Studio project %d %r at %s", proj.id, title, self.url)
         self._project = {"id": int(proj.id), **self._check_label_config(int(proj.id), proj.label_config or "")}
         if run.get("project") != self._project["id"] or run.get("project_setting") != self.project_setting:
-            write_json(self.workdir / RUN_FILE, {**run, "project": self._project["id"],
-                                                 "project_setting": self.project_setting, "url": self.url})
+            write_json(
+                self.workdir / RUN_FILE,
+                {**run, "project": self._project["id"], "project_setting": self.project_setting, "url": self.url},
+            )
         return self._project
 
     def _check_label_config(self, pid: int, config: str) -> dict[str, Any]:
@@ -102,8 +120,9 @@ class LabelStudioOracle:
         pid, key = self.project()["id"], self.run_key
         return rules.by_example(self.server.tasks(pid, rules.round_query(key, round_index)), key)
 
-    def _import(self, round_index: int, rows: list[int], ids: list[int], predictions: np.ndarray | None,
-                record: dict[str, Any]) -> None:
+    def _import(
+        self, round_index: int, rows: list[int], ids: list[int], predictions: np.ndarray | None, record: dict[str, Any]
+    ) -> None:
         """Bulk-import tasks for `ids` (with pre-annotations), recording their task ids batch by batch."""
         proj = self.project()
         model_version = f"{self.run_name or 'alpeft_jax'}-round{round_index}"
@@ -128,15 +147,26 @@ class LabelStudioOracle:
         self.server.import_tasks(proj["id"], tasks, recorded)
         if predictions is not None:  # the annotator starts from this round's predictions
             self.server.set_model_version(proj["id"], model_version)
-        logging.info("round %d: %d tasks imported into Label Studio project %d (%s/projects/%d)", round_index,
-                     len(tasks), proj["id"], self.url, proj["id"])
+        logging.info(
+            "round %d: %d tasks imported into Label Studio project %d (%s/projects/%d)",
+            round_index,
+            len(tasks),
+            proj["id"],
+            self.url,
+            proj["id"],
+        )
 
     def _decide(self, ident: int, tasks: list[dict[str, Any]]) -> tuple[int | None, list[dict[str, Any]], bool]:
         """(label or None, the annotations that count, whether the task was skipped) under the `multiple` rule."""
         proj = self.project()
-        return rules.decide(tasks, choices_name=proj["choices"], multiple=self.multiple,
-                            parse_label=self.pool.parse_label, ident=ident,
-                            link=f"{self.url}/projects/{proj['id']}/data")
+        return rules.decide(
+            tasks,
+            choices_name=proj["choices"],
+            multiple=self.multiple,
+            parse_label=self.pool.parse_label,
+            ident=ident,
+            link=f"{self.url}/projects/{proj['id']}/data",
+        )
 
     # -- the interface ---------------------------------------------------------------------------------
     def request(self, round_index: int, rows: np.ndarray, predictions: np.ndarray | None = None) -> np.ndarray:
@@ -146,15 +176,19 @@ class LabelStudioOracle:
         if predictions is not None:
             predictions = np.asarray(predictions, np.float32)
             if predictions.shape != (len(rows), len(self.pool.class_names)):
-                raise ValueError(f"predictions must be [{len(rows)}, {len(self.pool.class_names)}] class "
-                                 f"probabilities, got {predictions.shape}.")
+                raise ValueError(
+                    f"predictions must be [{len(rows)}, {len(self.pool.class_names)}] class "
+                    f"probabilities, got {predictions.shape}."
+                )
         record = read_json(self._round_file(round_index)) or {}
         if record.get("ids") == ids and record.get("labels") is not None:
             return np.asarray(record["labels"], np.int64)  # read before: never asked again
         if record.get("ids") != ids:
             if record:
-                logging.warning("round %d: the selection differs from the recorded one; tasks are matched by "
-                                "example id", round_index)
+                logging.warning(
+                    "round %d: the selection differs from the recorded one; tasks are matched by example id",
+                    round_index,
+                )
             record = {"ids": ids, "tasks": {}, "predicted": {}}
         wait = self.settings.wait_seconds
         poll = self.settings.poll_seconds
@@ -166,17 +200,24 @@ class LabelStudioOracle:
                 done = int((labels >= 0).sum())
                 if done == len(ids):
                     record["labels"] = labels.tolist()
-                    record["info"] = {"project": self.project()["id"], "url": self.url, "tasks": len(ids),
-                                      **rules.facts(ids, labels, counted, record.get("predicted", {}),
-                                                    self.server.user)}
+                    record["info"] = {
+                        "project": self.project()["id"],
+                        "url": self.url,
+                        "tasks": len(ids),
+                        **rules.facts(ids, labels, counted, record.get("predicted", {}), self.server.user),
+                    }
                     write_json(self._round_file(round_index), record)
                     return labels
                 pid = self.project()["id"]
                 where = f"{self.url}/projects/{pid}/data"
                 waiting = deadline is None or time.time() + poll <= deadline
                 if not waiting or (skipped and len(skipped) + done == len(ids)):
-                    note = (f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class, "
-                            "every selected example needs a label" if skipped else "")
+                    note = (
+                        f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class, "
+                        "every selected example needs a label"
+                        if skipped
+                        else ""
+                    )
                     raise PendingLabels(
                         f"round {round_index}: {done} of {len(ids)} Label Studio tasks annotated in project {pid} "
                         f"({where}){note}; label the rest and rerun the same command."
@@ -184,22 +225,35 @@ class LabelStudioOracle:
                 if bar is None:
                     from tqdm.auto import tqdm
 
-                    bar = tqdm(total=len(ids), desc=f"round {round_index}: annotated in Label Studio", unit="task",
-                               mininterval=2.0, dynamic_ncols=True, leave=False)
+                    bar = tqdm(
+                        total=len(ids),
+                        desc=f"round {round_index}: annotated in Label Studio",
+                        unit="task",
+                        mininterval=2.0,
+                        dynamic_ncols=True,
+                        leave=False,
+                    )
                 bar.n = done
                 bar.refresh()
                 if time.time() - last_note >= 60.0 or done != last_done:
                     left = "" if deadline is None else f" up to {deadline - time.time():.0f}s more"
-                    logging.info("round %d: %d/%d tasks annotated in Label Studio (%s); waiting%s", round_index,
-                                 done, len(ids), where, left)
+                    logging.info(
+                        "round %d: %d/%d tasks annotated in Label Studio (%s); waiting%s",
+                        round_index,
+                        done,
+                        len(ids),
+                        where,
+                        left,
+                    )
                     last_note, last_done = time.time(), done
                 time.sleep(poll)
         finally:
             if bar is not None:
                 bar.close()
 
-    def _poll(self, round_index: int, rows: np.ndarray, ids: list[int], predictions: np.ndarray | None,
-              record: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+    def _poll(
+        self, round_index: int, rows: np.ndarray, ids: list[int], predictions: np.ndarray | None, record: dict[str, Any]
+    ) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
         """One look at the round's tasks (importing those not there): labels (-1: none yet), the annotations
         that decided them, and the example ids of skipped tasks."""
         found = self._run_tasks(round_index)
@@ -207,10 +261,18 @@ class LabelStudioOracle:
         if todo:
             gone = rules.deleted(ids, found, record["tasks"])
             if gone:
-                logging.warning("round %d: the tasks of example ids %s were deleted in Label Studio; importing "
-                                "them again", round_index, gone[:10])
-            self._import(round_index, [int(rows[k]) for k in todo], [ids[k] for k in todo],
-                         None if predictions is None else predictions[todo], record)
+                logging.warning(
+                    "round %d: the tasks of example ids %s were deleted in Label Studio; importing them again",
+                    round_index,
+                    gone[:10],
+                )
+            self._import(
+                round_index,
+                [int(rows[k]) for k in todo],
+                [ids[k] for k in todo],
+                None if predictions is None else predictions[todo],
+                record,
+            )
             found = self._run_tasks(round_index)
         tasks = {str(i): int(found[i][0]["id"]) for i in ids if i in found}
         if tasks != record["tasks"]:

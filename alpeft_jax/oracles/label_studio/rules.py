@@ -30,9 +30,11 @@ Annotation = dict[str, Any]
 def label_config(class_names: list[str]) -> str:
     """An image-classification labelling config: the image and one required single choice per class."""
     choices = "".join(f"    <Choice value={quoteattr(n)}/>\n" for n in class_names)
-    return ('<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
-            '  <Choices name="label" toName="image" choice="single" showInline="true" required="true">\n'
-            f"{choices}  </Choices>\n</View>\n")
+    return (
+        '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
+        '  <Choices name="label" toName="image" choice="single" showInline="true" required="true">\n'
+        f"{choices}  </Choices>\n</View>\n"
+    )
 
 
 def read_label_config(config: str, class_names: list[str], where: str) -> dict[str, Any]:
@@ -50,21 +52,41 @@ def read_label_config(config: str, class_names: list[str], where: str) -> dict[s
             classes = [c.get("value") or "" for c in el.iter("Choice")]
             absent = [n for n in class_names if n not in classes]
             if absent:
-                raise LabelFileError(f"{where}: its choices lack the classes {absent[:10]}"
-                                     f"{' ...' if len(absent) > 10 else ''}; add a <Choice value=.../> for each, "
-                                     "or leave --config.label_studio.project empty to make a project.")
-            return {"image": el.get("toName"), "choices": el.get("name"),
-                    "key": images[el.get("toName")][1:], "classes": classes}
-    raise LabelFileError(f"{where}: its labelling config needs an <Image value=\"$...\"/> and a <Choices> "
-                         "for it with one <Choice> per class.")
+                raise LabelFileError(
+                    f"{where}: its choices lack the classes {absent[:10]}"
+                    f"{' ...' if len(absent) > 10 else ''}; add a <Choice value=.../> for each, "
+                    "or leave --config.label_studio.project empty to make a project."
+                )
+            return {
+                "image": el.get("toName"),
+                "choices": el.get("name"),
+                "key": images[el.get("toName")][1:],
+                "classes": classes,
+            }
+    raise LabelFileError(
+        f'{where}: its labelling config needs an <Image value="$..."/> and a <Choices> '
+        "for it with one <Choice> per class."
+    )
 
 
 def round_query(run_key: str, round_index: int) -> str:
     """The tasks-list filter for one run's round (the data fields every task of the run carries)."""
-    return json.dumps({"filters": {"conjunction": "and", "items": [
-        {"filter": "filter:tasks:data.alpeft_run", "operator": "equal", "type": "String", "value": run_key},
-        {"filter": "filter:tasks:data.alpeft_round", "operator": "equal", "type": "Number", "value": round_index},
-    ]}})
+    return json.dumps(
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:data.alpeft_run", "operator": "equal", "type": "String", "value": run_key},
+                    {
+                        "filter": "filter:tasks:data.alpeft_round",
+                        "operator": "equal",
+                        "type": "Number",
+                        "value": round_index,
+                    },
+                ],
+            }
+        }
+    )
 
 
 def by_example(tasks: Iterable[Task], run_key: str) -> dict[int, list[Task]]:
@@ -82,29 +104,54 @@ def deleted(ids: list[int], found: Mapping[int, Any], recorded: Mapping[str, int
     return [i for i in ids if i not in found and str(i) in recorded]
 
 
-def new_task(names: Mapping[str, Any], image: str, ident: int, round_index: int, run_key: str,
-             guess: tuple[str, float, str] | None = None) -> Task:
+def new_task(
+    names: Mapping[str, Any],
+    image: str,
+    ident: int,
+    round_index: int,
+    run_key: str,
+    guess: tuple[str, float, str] | None = None,
+) -> Task:
     """A task to import: the image under the config's key, our ids, and the model's (class, score, version)."""
-    task: Task = {"data": {names["key"]: image, "alpeft_id": ident, "alpeft_round": round_index,
-                           "alpeft_run": run_key}}
+    task: Task = {"data": {names["key"]: image, "alpeft_id": ident, "alpeft_round": round_index, "alpeft_run": run_key}}
     if guess is not None:
         name, score, version = guess
-        task["predictions"] = [{
-            "model_version": version, "score": float(score),
-            "result": [{"from_name": names["choices"], "to_name": names["image"], "type": "choices",
-                        "value": {"choices": [name]}}],
-        }]
+        task["predictions"] = [
+            {
+                "model_version": version,
+                "score": float(score),
+                "result": [
+                    {
+                        "from_name": names["choices"],
+                        "to_name": names["image"],
+                        "type": "choices",
+                        "value": {"choices": [name]},
+                    }
+                ],
+            }
+        ]
     return task
 
 
 def chosen(ann: Annotation, choices_name: str) -> list[str]:
     """The classes an annotation chose in the `<Choices>` named `choices_name` (results without a name count)."""
-    return [c for res in ann.get("result") or [] if res.get("from_name", choices_name) == choices_name
-            for c in (res.get("value") or {}).get("choices") or []]
+    return [
+        c
+        for res in ann.get("result") or []
+        if res.get("from_name", choices_name) == choices_name
+        for c in (res.get("value") or {}).get("choices") or []
+    ]
 
 
-def decide(tasks: list[Task], *, choices_name: str, multiple: str, parse_label: Callable[[str, str], int],
-           ident: int, link: str) -> tuple[int | None, list[Annotation], bool]:
+def decide(
+    tasks: list[Task],
+    *,
+    choices_name: str,
+    multiple: str,
+    parse_label: Callable[[str, str], int],
+    ident: int,
+    link: str,
+) -> tuple[int | None, list[Annotation], bool]:
     """(label or None, the annotations that decided it, whether skipped) for one example's tasks.
 
     `parse_label(name, where)` maps a chosen class to its index or raises; `link` is the project's data page,
@@ -118,16 +165,18 @@ def decide(tasks: list[Task], *, choices_name: str, multiple: str, parse_label: 
                 skipped = True
                 continue
             choices = chosen(ann, choices_name)
-            where = (f"Label Studio task {t['id']} (example id {ident}), annotation {ann.get('id')} "
-                     f"({link}?task={t['id']})")
+            where = (
+                f"Label Studio task {t['id']} (example id {ident}), annotation {ann.get('id')} ({link}?task={t['id']})"
+            )
             if not choices:
                 skipped = True
                 continue
             if len(choices) > 1:
                 raise LabelFileError(f"{where}: chose {len(choices)} classes {choices}; keep one class.")
             label = parse_label(str(choices[0]), where)
-            votes.append((str(ann.get("updated_at") or ann.get("created_at") or ""), int(ann.get("id") or 0),
-                          label, ann))
+            votes.append(
+                (str(ann.get("updated_at") or ann.get("created_at") or ""), int(ann.get("id") or 0), label, ann)
+            )
     if not votes:
         return None, [], skipped
     votes.sort(key=lambda v: (v[0], v[1]))
@@ -139,8 +188,13 @@ def decide(tasks: list[Task], *, choices_name: str, multiple: str, parse_label: 
     return winner, [v[3] for v in votes], False
 
 
-def facts(ids: list[int], labels: Iterable[int], counted: list[Annotation], predicted: Mapping[str, list[Any]],
-          annotator: Callable[[Any], str]) -> dict[str, Any]:
+def facts(
+    ids: list[int],
+    labels: Iterable[int],
+    counted: list[Annotation],
+    predicted: Mapping[str, list[Any]],
+    annotator: Callable[[Any], str],
+) -> dict[str, Any]:
     """A round's labelling facts: annotators, annotations, lead times, predictions sent and accepted.
 
     `predicted`: example id (str) -> [predicted class, score]; `annotator(completed_by)`: a name for a user.
@@ -153,7 +207,8 @@ def facts(ids: list[int], labels: Iterable[int], counted: list[Annotation], pred
         "annotations": len(counted),
         "lead_time_total_s": round(sum(lead), 3),
         "lead_time_mean_s": round(sum(lead) / len(lead), 3) if lead else None,
-        "predictions_sent": len(sent), "predictions_accepted": int(accepted),
+        "predictions_sent": len(sent),
+        "predictions_accepted": int(accepted),
     }
 
 

@@ -47,8 +47,9 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     s = {**known, **{k: v for k, v in options.items() if v is not None}}
     url = str(s["url"]).rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValueError("the Label Studio oracle needs --config.label_studio.url=http://HOST:PORT "
-                         f"(got {s['url']!r}).")
+        raise ValueError(
+            f"the Label Studio oracle needs --config.label_studio.url=http://HOST:PORT (got {s['url']!r})."
+        )
     project = str(s["project"]).strip()
     if project in ("0", "None"):  # the old integer default
         project = ""
@@ -56,18 +57,25 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     if images not in get_args(Images):
         raise ValueError(f"label_studio.images must be inline, local or url, got {images!r}.")
     if images == "local" and not s["local_root"]:
-        raise ValueError("label_studio.images=local needs --config.label_studio.local_root=DIR, the server's "
-                         "LOCAL_FILES_DOCUMENT_ROOT.")
+        raise ValueError(
+            "label_studio.images=local needs --config.label_studio.local_root=DIR, the server's "
+            "LOCAL_FILES_DOCUMENT_ROOT."
+        )
     if images == "url" and not s["image_url_prefix"]:
         raise ValueError("label_studio.images=url needs --config.label_studio.image_url_prefix=http://...")
     multiple = str(s["multiple"])
     if multiple not in get_args(Multiple):
         raise ValueError(f"label_studio.multiple must be latest or majority, got {multiple!r}.")
     return Settings(
-        url=url, project=project, token_env=str(s["token_env"]), images=cast(Images, images),
+        url=url,
+        project=project,
+        token_env=str(s["token_env"]),
+        images=cast(Images, images),
         thumbnail=int(s["thumbnail"]),
         local_root=os.path.abspath(os.path.expanduser(str(s["local_root"]))) if s["local_root"] else "",
-        image_url_prefix=str(s["image_url_prefix"]), wait_seconds=float(s["wait_seconds"]),
-        poll_seconds=max(0.05, float(s["poll_seconds"])), multiple=cast(Multiple, multiple),
+        image_url_prefix=str(s["image_url_prefix"]),
+        wait_seconds=float(s["wait_seconds"]),
+        poll_seconds=max(0.05, float(s["poll_seconds"])),
+        multiple=cast(Multiple, multiple),
         request_timeout=float(s["request_timeout"]),
     )
