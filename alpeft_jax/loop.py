@@ -10,7 +10,12 @@ Each round r (METHOD.md §3.3):
           cache), then the strategy proposes int(gamma·N) candidates and PCB keeps `al.budget` of them;
   label   the oracle reveals the labels (or a human is asked, and the run stops cleanly until they answer);
   train   a fresh trainable tree (or warm start) trained on every label so far;
-  eval    accuracy, NLL, ECE, Brier on the test split; checkpoint; one row in results.jsonl.
+  eval    accuracy, NLL, ECE, Brier on the test set or, for a run without one (`data.runsets`), the same
+          metrics cross-validated over the labels so far (`crossval`); checkpoint; one row in results.jsonl
+          with `evaluation` "test" or "cv".
+With a class list (`data.classes`) and a human oracle, the labels the pool already holds are recorded before
+round 0 as given labels: they count toward `al.initial` and are never asked for. DIR/classes.txt holds the class
+names in label order from the start of the run.
 The phases and the labels are recorded in DIR/al_state.json before the next phase starts (see workdir.py for
 the layout and the resume order), so a killed run resumes where it stopped and ends with the same results.
 """
@@ -27,9 +32,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alpeft_jax import backbones, data, oracles, schema, strategies
+from alpeft_jax import backbones, crossval, data, oracles, schema, strategies
 from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import parse_options
+from alpeft_jax.data import runsets
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
 from alpeft_jax.metrics import Metrics, bar, calibration_activity, write_reports
 from alpeft_jax.models import lora as lora_lib
@@ -37,7 +43,7 @@ from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
-from alpeft_jax.workdir import ConfigMismatchError, Workdir
+from alpeft_jax.workdir import ConfigMismatchError, Workdir, read_classes, write_classes
 
 __all__ = ["ConfigMismatchError", "Run", "run", "train_config"]
 
@@ -74,16 +80,24 @@ class Run:
         # -- data ------------------------------------------------------------------------------------------
         data_dir = c.data.dir or None
         split_file = c.data.split_file or None
-        pool_src = data.get_source(c.data.name, c.data.train_split, data_dir, split_file=split_file)
-        test_src = data.get_source(c.data.name, c.data.test_split, data_dir, split_file=split_file)
+        classes = runsets.parse_classes(c.data.classes)
+        given = {} if classes is None else {"classes": classes}
+        pool_src = data.get_source(c.data.name, c.data.train_split, data_dir, split_file=split_file, **given)
         names = list(pool_src.class_names)
-        if c.data.coop_names:
+        test_set, self.test_note = runsets.test_set(c, classes, names)
+        test_src = None
+        if test_set is not None:
+            test_src = data.get_source(
+                test_set.name, test_set.split, test_set.data_dir, split_file=test_set.split_file, **test_set.options()
+            )
+        if c.data.coop_names and classes is None:
             try:
                 names = data.coop_names(c.data.name, names)
             except (KeyError, ValueError):
                 pass
         self.class_names = names
         self.num_classes = len(names)
+        self._record_classes(names, allow_config_change)
         # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
         self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
@@ -103,7 +117,13 @@ class Run:
             )
 
         self.pool = split(pool_src, subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
-        self.test = split(test_src, subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
+        self.test = (
+            None
+            if test_src is None
+            else split(test_src, subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
+        )
+        if runsets.given_labels(c):
+            self._record_given_labels()
         cache_key = (
             c.backbone,
             c.dtype,
@@ -144,6 +164,38 @@ class Run:
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
+    def _record_classes(self, names: list[str], allow_change: bool) -> None:
+        """Write DIR/classes.txt (process 0); a started run whose class list changed is refused unless allowed."""
+        problem = ""
+        if is_leader():
+            old = read_classes(self.workdir.classes)
+            started = bool(self.record.labeled_rows or self.record.results)
+            if old is not None and old != names and started:
+                problem = (
+                    f"{self.workdir.classes} holds other classes than the data now gives ({len(old)}: {old[:5]} vs "
+                    f"{len(names)}: {names[:5]}); use a new --workdir, or pass --allow_config_change"
+                )
+        problem = broadcast_json(problem)
+        if problem and not allow_change:
+            raise ConfigMismatchError(problem)
+        if problem:
+            logging.warning("continuing with a changed class list: %s", problem)
+        if is_leader():
+            write_classes(self.workdir.classes, names)
+
+    def _record_given_labels(self) -> None:
+        """Before round 0: the pool's own labels become the first labelled rows (`RunRecord.given`)."""
+        rec = self.record
+        if rec.round or rec.phase != "select" or rec.labeled_rows or rec.results:
+            return
+        labels = self.pool.labels
+        rows = np.flatnonzero(labels >= 0)
+        if not rows.size:
+            return
+        rec.labeled_rows, rec.labels, rec.given = rows.tolist(), labels[rows].tolist(), int(rows.size)
+        self.workdir.write_record(rec)
+        logging.info("%d pool images come labelled: they start the labelled set and are never asked for", rows.size)
+
     def _summary(self) -> None:
         trainable = jax.eval_shape(self.model.init, jax.random.key(0))
         n_train = lora_lib.num_params(trainable)
@@ -167,10 +219,10 @@ class Run:
         if len(names) > 12:
             logging.info("  ... %d trainable arrays in all", len(names))
         logging.info(
-            "data %s: pool %d, test %d, %d classes; image size %d; budget %d per round, %d rounds",
+            "data %s: pool %d, %s, %d classes; image size %d; budget %d per round, %d rounds",
             self.c.data.name,
             len(self.pool),
-            len(self.test),
+            "no test set" if self.test is None else f"test {len(self.test)}",
             self.num_classes,
             self.image_size,
             self.budget,
@@ -183,6 +235,7 @@ class Run:
             self.sharder.size,
             self.sharder.process_count,
         )
+        logging.info("%s", self.test_note)
 
     # -- phases ------------------------------------------------------------------------------------
     def _round_seed(self, r: int) -> int:
@@ -194,7 +247,7 @@ class Run:
         labeled = known >= 0
         rng = self._round_seed(r)
         strategy = self.c.al.strategy if r > 0 else "random"
-        budget = self.budget if r > 0 else self.initial
+        budget = self.budget if r > 0 else max(0, self.initial - int(labeled.sum()))  # given labels count
         t_score = 0.0
         pool: dict[str, Any] = {"labels": known}
         facts = strategies.facts(strategy)
@@ -322,9 +375,32 @@ class Run:
             trainable, inputs.batches(rows, self.c.eval.batch_size, labels=inputs.labels), kind=inputs.kind
         )
 
+    def evaluation(self, r: int, trainable: Any) -> dict[str, Any]:
+        """Round r's metrics and their `evaluation`: "test" on the test set, or "cv" over the labels so far."""
+        if self.test is not None:
+            return {**self.evaluate(trainable), "evaluation": "test"}
+        rows, labels = self.record.labeled()
+        with bar(f"round {r} cv", 1, "round") as progress:
+            out = crossval.cross_validate(
+                self.trainer,
+                self.inputs.get("pool", for_training=True),
+                self.inputs.get("pool"),
+                rows,
+                labels,
+                folds=self.c.eval.cv_folds,
+                seed=int(self.c.seed),
+                round_index=r,
+                augment=self.c.train.augment and self.inputs.train_kind == "images",
+                eval_batch_size=self.c.eval.batch_size,
+            )
+            progress.update(1)
+        return {**out, "evaluation": "cv"}
+
     def label(self, r: int, rows: np.ndarray, predictions: Any) -> tuple[np.ndarray | None, str, dict[str, Any]]:
         """The oracle's labels for `rows` (process 0 asks, every process gets them), or None and why not."""
         answer: dict[str, Any] = {}
+        if not len(rows):  # nothing to ask (given labels filled round 0)
+            return np.zeros(0, np.int64), "", {}
         if is_leader() and self.oracle is not None:  # process 0 always has an oracle
             try:
                 probs = None if predictions is None else np.asarray(predictions, np.float32)
@@ -373,7 +449,7 @@ class Run:
                 self.workdir.write_record(rec)  # the labels are recorded before any training
             if rec.phase == "train":
                 state, history, t_train = self.train(r)
-                metrics = self.evaluate(state["trainable"])
+                metrics = self.evaluation(r, state["trainable"])
                 self.rounds_store.save(r, state, {"round": r, "metrics": metrics})
                 self._trainable = (r, state["trainable"])
                 self._finish_round(r, metrics, history, t_train)
@@ -406,12 +482,16 @@ class Run:
         write_reports(self.workdir, self.c.name, rec.results)
         self.metrics.scalars("results", {k: v for k, v in result.items() if k != "round"}, result["n_labeled"])
         self.metrics.flush()
+        what = "test" if metrics["evaluation"] == "test" else f"{metrics['cv_folds']}-fold cv"
         logging.info(
-            "round %d: %d labels, accuracy %.4f, ECE %.4f, NLL %.4f (train %.1fs)",
+            "round %d: %d labels, %s accuracy %.4f, %s ECE %.4f, %s NLL %.4f (train %.1fs)",
             r,
             result["n_labeled"],
+            what,
             metrics["accuracy"],
+            what,
             metrics["ece"],
+            what,
             metrics["nll"],
             t_train,
         )

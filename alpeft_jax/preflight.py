@@ -25,7 +25,7 @@ import ml_collections
 from alpeft_jax import config as config_lib
 from alpeft_jax import schema
 from alpeft_jax import workdir as workdir_lib
-from alpeft_jax.data import sources, splits
+from alpeft_jax.data import runsets, sources, splits
 from alpeft_jax.schema import DTYPES
 
 __all__ = ["check", "strategy_names", "strategy_facts", "DTYPES"]
@@ -41,10 +41,10 @@ def check(
 ) -> list[str]:
     """Every problem that would stop or spoil the run of `config` in `workdir`, one line each; [] if none."""
     problems = _values(config)
-    data_problems, pool, num_classes = _data(config)
+    data_problems, pool, num_classes, given = _data(config)
     weight_problems = _backbone(config)
     problems += data_problems + weight_problems
-    problems += _schedule(config, pool, num_classes)
+    problems += _schedule(config, pool, num_classes, given)
     problems += _workdir(config, workdir, allow_config_change)
     if runlocal and (data_problems or weight_problems):
         problems.append(
@@ -146,32 +146,53 @@ def _split_name_problems(c: ml_collections.ConfigDict, kind: str, dataset: str) 
     return out
 
 
-def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | None]:
-    """(problems, pool size after data.max_pool, class count); sizes are None where the data is missing."""
+def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | None, int]:
+    """(problems, pool size after data.max_pool, class count, given labels in that pool); sizes are None where the
+    data is missing."""
     data_dir = c.data.dir or None
     split_file = c.data.split_file or None
+    try:
+        classes = runsets.parse_classes(c.data.classes)
+    except ValueError as e:
+        return [str(e)], None, None, 0
     kind, dataset = sources.source_kind(c.data.name, split_file)
+    if classes is not None and not sources.get_kind(kind).takes_classes:
+        return (
+            [
+                f"data.classes applies to image folders and CSV manifests (data.name=folder or csv); "
+                f"{c.data.name!r} brings its own class names: leave data.classes empty"
+            ],
+            None,
+            None,
+            0,
+        )
     out = _split_name_problems(c, kind, dataset)
     if out:
-        return out, None, None
+        return out, None, None, 0
     if kind == "tfds_split_file":  # two things to fetch: report both
         problem = sources.tfds_problem(dataset, data_dir)
         out += [f"data.name={c.data.name!r}: {problem}"] if problem else []
         path = sources.split_file_path(c.data.name, data_dir, split_file)
         out += [] if os.path.isfile(path) else [f"data.split_file: {sources.missing_split_file(path, dataset)}"]
         if out:
-            return out, None, None
-    found: dict[str, sources.SourceInfo] = {}
-    failed: dict[str, list[str]] = {}  # message -> fields (pool and test often fail the same way)
-    for field in ("data.train_split", "data.test_split"):
+            return out, None, None, 0
+    pool: sources.SourceInfo | None = None
+    try:
+        pool = sources.inspect_source(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
+    except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
+        out.append(f"data (data.train_split={c.data.train_split!r}): {_first_line(e)}")
+    test: sources.SourceInfo | None = None
+    test_field = "data.test" if (c.data.test or "").strip() else "data.test_split"
+    if pool is not None:
         try:
-            found[field] = sources.inspect_source(c.data.name, _get(c, field), data_dir, split_file)
+            plan, _ = runsets.test_set(c, classes, list(pool.class_names))
+            if plan is not None and not plan.size:  # not listed: read its size from metadata
+                test = sources.inspect_source(plan.name, plan.split, plan.data_dir, plan.split_file)
+            elif plan is not None:
+                test = sources.SourceInfo(plan.size, len(plan.classes or pool.class_names))
         except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            failed.setdefault(msg, []).append(f"{field}={_get(c, field)!r}")
-    out += [f"data ({', '.join(fields)}): {msg}" for msg, fields in failed.items()]
-    pool, test = found.get("data.train_split"), found.get("data.test_split")
-    for info, field in ((pool, "data.train_split"), (test, "data.test_split")):
+            out.append(f"data ({test_field}={_get(c, test_field)!r}): {_first_line(e)}")
+    for info, field in ((pool, "data.train_split"), (test, test_field)):
         if info is not None and info.size == 0:
             out.append(f"{field}={_get(c, field)!r} of {c.data.name} holds no examples")
     if pool and test and pool.num_classes != test.num_classes:
@@ -179,13 +200,25 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
             f"data: the pool ({c.data.train_split}) has {pool.num_classes} classes but the test split "
             f"({c.data.test_split}) has {test.num_classes}; use splits of the same dataset"
         )
-    num_classes = pool.num_classes if pool else (test.num_classes if test else None)
+    num_classes = pool.num_classes if pool else None
     if num_classes is not None and num_classes < 2:
-        out.append(f"data: {c.data.name} has {num_classes} class; classification needs at least 2")
-    size = None
+        hint = ""
+        if sources.get_kind(kind).takes_classes and classes is None:
+            hint = "; name the classes: --config.data.classes=FILE (one name per line) or --config.data.classes=a,b,c"
+        out.append(f"data: {c.data.name} has {num_classes} class; classification needs at least 2{hint}")
+    size, given = None, 0
     if pool is not None:
         size = min(pool.size, c.data.max_pool) if c.data.max_pool > 0 else pool.size
-    return out, size, num_classes
+        if runsets.given_labels(c):
+            found = sources.listing(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
+            if found is not None:
+                rows = splits.subset(len(found.labels), c.data.max_pool, c.data.subset_seed)
+                given = int((found.labels[rows] >= 0).sum())
+    return out, size, num_classes, given
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 # -- weights ---------------------------------------------------------------------------------------------------
@@ -277,7 +310,8 @@ def _hub_unreachable(repo: str) -> str | None:
 # -- label schedule --------------------------------------------------------------------------------------------
 
 
-def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int | None) -> list[str]:
+def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int | None, given: int = 0) -> list[str]:
+    """Problems of the label schedule against the pool; `given` labels count toward al.initial and are not asked."""
     if pool is None:
         return []
     al = c.al
@@ -287,6 +321,16 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
     where = f"data.max_pool={c.data.max_pool}" if 0 < c.data.max_pool <= pool else f"{c.data.train_split!r}"
     raise_pool = ", or raise data.max_pool" if 0 < c.data.max_pool <= pool else ""
     out = []
+    if given:  # only the unlabelled rows can be asked, and the given labels fill round 0 first
+        asked = max(0, (initial or 0) - given)
+        total = asked + (budget or 0) * max(0, al.rounds - 1)
+        if total > pool - given:
+            out.append(
+                f"al.budget={al.budget}: {asked} more round-0 labels (al.initial={initial} less the {given} the "
+                f"pool comes with) + al.budget x (al.rounds - 1) = {total} exceed the {pool - given} unlabelled "
+                f"images of the pool ({where}); lower al.budget or al.rounds{raise_pool}"
+            )
+        return out
     if initial is not None and initial > pool:
         out.append(
             f"al.initial={al.initial}{k_note if not al.initial else ''}: {initial} round-0 labels exceed the "

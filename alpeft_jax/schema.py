@@ -112,6 +112,12 @@ class Data(_Checked):
     subset_seed: int = setting(0, "seeds the max_pool and max_test subsets")
     coop_names: bool = setting(True, "CoOp's class names where the package has them (EuroSAT renames)")
     num_threads: int = setting(0, "image decoding threads; 0: all cores", range=NOT_NEGATIVE)
+    classes: str = setting(
+        "", 'folder/csv: the class list in label order: a file (one name per line) or "a,b,c"; "": from the data'
+    )
+    test: str = setting(
+        "", "a labelled test set (image folder or CSV, the pool's classes); \"\": the dataset's test split, if any"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,9 +242,12 @@ class Scoring(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class Eval(_Checked):
-    """`config.eval`: the test-split evaluation after each round."""
+    """`config.eval`: the evaluation after each round: on the test set, or cross-validated without one."""
 
     batch_size: int = setting(100, "images per evaluation step", range=AT_LEAST_ONE)
+    cv_folds: int = setting(
+        5, "without a test set: k of the k-fold cv estimate on the labels so far (capped by them)", range=Range(2)
+    )
 
 
 LabelStudioImages = Literal["inline", "local", "url"]

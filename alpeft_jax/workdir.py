@@ -1,6 +1,7 @@
 """What a run keeps in its workdir, and the order in which it is written, so a kill at any moment loses little.
 
     DIR/config.json        the run's config (a resume with another config is refused, naming the fields)
+    DIR/classes.txt        the class names, one per line in label order (index 0 first); written at the start
     DIR/al_state.json      the AL record (`RunRecord`): round, phase, labelled pool rows with their labels, pending
                            selection, per-round results. Written atomically (temp file + rename) after every phase
                            change.
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "al_state.json"
 CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.txt"
 RESULTS_FILE = "results.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -91,6 +93,11 @@ class Workdir:
     def config(self) -> epath.Path:
         """The run's config, config.json."""
         return self.root / CONFIG_FILE
+
+    @property
+    def classes(self) -> epath.Path:
+        """The class names in label order, classes.txt."""
+        return self.root / CLASSES_FILE
 
     @property
     def results(self) -> epath.Path:
@@ -207,6 +214,23 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(p.read_text())
 
 
+# -- the class names -------------------------------------------------------------------------------------------
+def write_classes(path: str | os.PathLike, names: list[str]) -> None:
+    """Atomically write class names, one per line in label order (the format of DIR/classes.txt)."""
+    bad = [n for n in names if not n.strip() or "\n" in n or n != n.strip()]
+    if bad:
+        raise ValueError(f"class names {bad[:5]} cannot be written one per line; give names without line breaks")
+    atomic_write(path, "".join(f"{n}\n" for n in names))
+
+
+def read_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names of a classes.txt (label order; blank lines skipped), or None if it does not exist."""
+    p = as_path(path)
+    if not p.exists():
+        return None
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
 # -- the AL record -------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RunRecord:
@@ -226,6 +250,7 @@ class RunRecord:
     t_select: float | None = None
     predictions: list[list[float]] | None = None  # the model's probabilities for the selection (None: random)
     label_info: dict[str, Any] | None = None  # the oracle's facts about the round's labelling
+    given: int = 0  # the first `given` labelled rows came labelled with the data (never asked for)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> RunRecord:
@@ -244,6 +269,8 @@ class RunRecord:
         for name in ("t_score", "t_select", "label_info"):
             if out[name] is None:
                 del out[name]
+        if not out["given"]:
+            del out["given"]
         if "t_score" not in out and out["predictions"] is None:  # no selection was ever recorded
             del out["predictions"]
         return out

@@ -54,14 +54,17 @@ from alpeft_jax.data.sources.files import IMAGE_EXTENSIONS, FileListSource, csv_
 from alpeft_jax.data.sources.registry import (
     Counts,
     Kind,
+    Listing,
     Request,
     get_kind,
     get_source,
     inspect_source,
     known_kinds,
+    listing,
     register,
     source_kind,
     split_file_path,
+    split_location,
 )
 from alpeft_jax.data.sources.tfds import TfdsSource, tfds_data_dir, tfds_problem
 
@@ -81,6 +84,9 @@ __all__ = [
     "Kind",
     "Request",
     "Counts",
+    "Listing",
+    "listing",
+    "split_location",
     "register",
     "get_kind",
     "known_kinds",

@@ -55,10 +55,11 @@ class Source(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
-    """What a split spec holds, read from metadata: example count and class count."""
+    """What a split spec holds, read from metadata: example count, class count and (where read) class names."""
 
     size: int
     num_classes: int
+    class_names: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 def rgb(arr: np.ndarray) -> np.ndarray:
