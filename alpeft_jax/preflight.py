@@ -330,8 +330,7 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
                 f"pool comes with) + al.budget x (al.rounds - 1) = {total} exceed the {pool - given} unlabelled "
                 f"images of the pool ({where}); lower al.budget or al.rounds{raise_pool}"
             )
-        return out
-    if initial is not None and initial > pool:
+    elif initial is not None and initial > pool:
         out.append(
             f"al.initial={al.initial}{k_note if not al.initial else ''}: {initial} round-0 labels exceed the "
             f"pool of {pool} ({where}); lower al.initial{raise_pool}"
@@ -340,7 +339,7 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
     if initial is None or budget is None or al.rounds < 2:
         return out
     total = initial + budget * (al.rounds - 1)
-    if total > pool:
+    if total > pool and not given:
         out.append(
             f"al.budget={al.budget}{k_note if not al.budget else ''}: al.initial + al.budget x (al.rounds - 1) "
             f"= {initial} + {budget} x {al.rounds - 1} = {total} labels exceed the pool of {pool} ({where}); "

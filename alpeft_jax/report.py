@@ -5,6 +5,8 @@
 
 Runs are grouped by their config's `name` (else strategy + calibration); each group gets mean ± std per round
 over its seeds, printed as a markdown table, and one plot of accuracy and ECE against the number of labels.
+A run without a test set reports k-fold cross-validated estimates on its labels (results rows with
+``evaluation: "cv"``): its tables, summary and plots say "cv" where a run with a test set says "test".
 `--summary` prints one row per group instead: final-round and area-under-curve accuracy, the differences to each
 `--against` group paired by seed (mean ± standard error over the seeds both ran), final ECE and NLL, how many
 classes have labels and how many the least-labelled class has, seconds spent scoring and selecting per round, and
@@ -78,6 +80,24 @@ def group_runs(workdirs: Sequence[str]) -> dict[str, list[Rows]]:
     return groups
 
 
+def evaluation(rows: Rows) -> str:
+    """ "cv" for a run whose rows are cross-validated estimates (it had no test set), else "test"."""
+    return "cv" if rows and all(r.get("evaluation") == "cv" for r in rows) else "test"
+
+
+def _marks(groups: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(prefix of metric names, label of each group): "cv " / "test " when all groups agree, else the labels of
+    the cv groups marked " (cv)"."""
+    kinds = {
+        label: evaluation(next(iter(runs.values())) if isinstance(runs, dict) else runs[0])
+        for label, runs in groups.items()
+        if runs
+    }
+    if len(set(kinds.values())) == 1:
+        return f"{next(iter(kinds.values()))} ", {label: label for label in groups}
+    return "", {label: f"{label} (cv)" if kinds.get(label) == "cv" else label for label in groups}
+
+
 def _series(runs: list[Rows], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n_labeled, mean and std of `metric` over runs, over the rounds all runs have."""
     n = min(len(r) for r in runs)
@@ -92,11 +112,13 @@ def markdown_table(groups: dict[str, list[Rows]], metric: str = "accuracy", scal
     first = next(iter(groups.values()))[0]
     head = "| method | seeds | " + " | ".join(f"{first[i]['n_labeled']}" for i in range(n)) + " |"
     sep = "|---|---|" + "---|" * n
-    lines = [f"{metric} ({'%' if scale == 100 else 'x1'}) by number of labels", "", head, sep]
+    prefix, shown = _marks(groups)
+    where = "" if prefix else " (test set; cv: cross-validated on the labels)"
+    lines = [f"{prefix}{metric} ({'%' if scale == 100 else 'x1'}) by number of labels{where}", "", head, sep]
     for label, runs in groups.items():
         _, mean, std = _series(runs, metric)
         cells = [f"{scale * m:.2f} ± {scale * s:.2f}" for m, s in zip(mean[:n], std[:n])]
-        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {shown[label]} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -166,7 +188,9 @@ def summary_table(
     diff_stats: Sequence[str] = ("final accuracy", "AUC accuracy"),
 ) -> str:
     """One row per group: mean ± std over seeds of each column, then (group - reference) paired by seed ± s.e."""
-    head = ["method", "seeds", *columns]
+    prefix, shown = _marks(groups)
+    metric_words = ("accuracy", "ECE", "NLL")
+    head = ["method", "seeds", *(f"{prefix}{c}" if c.split()[-1] in metric_words else c for c in columns)]
     for ref in against:
         head += [f"Δ {stat.split()[0]} vs {ref}" for stat in diff_stats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -175,7 +199,7 @@ def summary_table(
     if missing:
         raise ValueError(f"--against {','.join(missing)} names no group; the groups are: {', '.join(groups)}")
     for label, runs in groups.items():
-        cells = [label, str(len(runs))]
+        cells = [shown[label], str(len(runs))]
         for col in columns:
             mean, std = group_stat(runs, col)
             digits = SUMMARY_STATS[col][2]
@@ -200,6 +224,7 @@ def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    prefix, shown = _marks(groups)
     for i, (label, runs) in enumerate(groups.items()):
         if not runs or not runs[0]:
             continue
@@ -207,10 +232,11 @@ def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
         style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], marker="osd^"[i // 10 % 4])
         for ax, metric in zip(axes, ("accuracy", "ece")):
             x, mean, std = _series(runs, metric)
-            ax.plot(x, 100 * mean, label=label, markersize=4, **style)
+            ax.plot(x, 100 * mean, label=shown[label], markersize=4, **style)
             if len(runs) > 1 and len(groups) <= 4:  # more bands than that hide the lines
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2, color=style["color"])
-    for ax, title in zip(axes, ("test accuracy (%)", "ECE (%)")):
+    titles = (f"{prefix}accuracy (%)", f"{prefix}ECE (%)") if prefix else ("accuracy (%), test or cv", "ECE (%)")
+    for ax, title in zip(axes, titles):
         ax.set_xlabel("labelled examples")
         ax.set_title(title)
         ax.grid(alpha=0.3)
