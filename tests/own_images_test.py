@@ -66,6 +66,7 @@ def _answer(wd, r, truth):
     return {i: WORDS.index(name) for i, name in given.items()}
 
 
+@pytest.mark.slow  # four driver starts (three stops for labels); the default run has the one-start case below
 def test_flat_folder_with_a_class_file_runs_three_rounds_with_cv_and_no_test_figure(tmp_path, caplog):
     truth = _digit_pngs(str(tmp_path / "pool"), range(90))
     class_file = tmp_path / "classes.txt"
@@ -106,25 +107,30 @@ def test_flat_folder_with_a_class_file_runs_three_rounds_with_cv_and_no_test_fig
     assert table.startswith("cv accuracy (%)") and "test" not in table
     assert "cv" in report.summary_table(report.group_runs_by_seed([wd])).splitlines()[0]
 
-    # The cv estimate of the last round, recomputed independently: NumPy folds (stratified deal), one model per
-    # fold trained on the other folds with the trainer, NumPy accuracy over the pooled held-out predictions.
-    run = loop.Run(cfg, wd)
+    _check_cv(loop.Run(cfg, wd), cfg, st, results[2], 2)
+
+
+def _check_cv(run, cfg, st, result, r):
+    """The cv estimate of round r, recomputed independently: NumPy folds (a stratified deal), one model per fold
+    trained on the other folds with the run's trainer, NumPy accuracy over the pooled held-out predictions; and
+    computed again (as a resume would) it gives the recorded numbers."""
     rows, labels = np.asarray(st["labeled_rows"]), np.asarray(st["labels"])
-    rng = np.random.default_rng(crossval.fold_seed(cfg.seed, 2))
+    k = min(5, len(rows))
+    rng = np.random.default_rng(crossval.fold_seed(cfg.seed, r))
     fold = np.empty(len(rows), int)
     position = 0
     for c in sorted(set(labels.tolist())):
         for i in rng.permutation(np.flatnonzero(labels == c)):
-            fold[i] = position % 5
+            fold[i] = position % k
             position += 1
-    np.testing.assert_array_equal(crossval.fold_assignment(labels, 5, crossval.fold_seed(cfg.seed, 2)), fold)
-    assert sorted(np.bincount(fold).tolist()) == [4, 4, 4, 4, 4]
+    np.testing.assert_array_equal(crossval.fold_assignment(labels, k, crossval.fold_seed(cfg.seed, r)), fold)
+    assert max(np.bincount(fold)) - min(np.bincount(fold)) <= 1
     train_in, eval_in = run.inputs.get("pool", for_training=True), run.inputs.get("pool")
     known = np.full(len(train_in), -1)
     known[rows] = labels
     predicted = np.full(len(rows), -1)
-    for f in range(5):
-        s = crossval.fold_seed(cfg.seed, 2, f)
+    for f in range(k):
+        s = crossval.fold_seed(cfg.seed, r, f)
         state = run.trainer.init(jax.random.key(s))
         fit_rows = rows[fold != f]
         state, _ = run.trainer.fit(
@@ -135,8 +141,8 @@ def test_flat_folder_with_a_class_file_runs_three_rounds_with_cv_and_no_test_fig
             [lg[b["_mask"]] for lg, _, b in run.trainer.predict(state["trainable"], eval_in.batches(rows[held], 100))]
         )
         predicted[held] = logits.argmax(-1)
-    assert results[2]["accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-6)
-    # ... and computing it again (a resume) gives the recorded numbers.
+    assert result["accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-6)
+    assert result["cv_folds"] == k and result["n"] == len(rows)
     again = crossval.cross_validate(
         run.trainer,
         train_in,
@@ -145,15 +151,48 @@ def test_flat_folder_with_a_class_file_runs_three_rounds_with_cv_and_no_test_fig
         labels,
         folds=5,
         seed=cfg.seed,
-        round_index=2,
+        round_index=r,
         augment=False,
         eval_batch_size=100,
     )
-    assert {k: again[k] for k in ("accuracy", "nll", "ece", "brier")} == pytest.approx(
-        {k: results[2][k] for k in ("accuracy", "nll", "ece", "brier")}, abs=1e-6
-    )
+    metrics = ("accuracy", "nll", "ece", "brier")
+    assert {m: again[m] for m in metrics} == pytest.approx({m: result[m] for m in metrics}, abs=1e-6)
 
 
+def test_pool_csv_with_given_labels_fills_round_zero_and_reports_a_cv_estimate(tmp_path, caplog):
+    """One driver start: 10 of 60 CSV rows come labelled, al.initial=10, so round 0 asks nothing, trains on them and
+    reports a 5-fold cv estimate (no test set: one CSV), checked against the independent computation."""
+    data = tmp_path / "data"
+    truth = _digit_pngs(str(data / "imgs"), range(60), nested=False)
+    names = sorted(truth)
+    filled = [k for k in range(0, 60, 6)]
+    lines = ["path,label"] + [
+        f"{os.path.relpath(p, data)},{WORDS[truth[p]] if k in filled else ''}" for k, p in enumerate(names)
+    ]
+    (data / "pool.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "classes.txt").write_text("\n".join(WORDS) + "\n")
+    cfg = _tiny("oracle=file,rounds=1,epochs=2")
+    cfg.data.name, cfg.data.dir, cfg.data.classes = "csv", str(data / "pool.csv"), str(tmp_path / "classes.txt")
+    wd = str(tmp_path / "wd")
+    assert preflight.check(cfg, wd) == []
+    caplog.set_level(logging.INFO)
+    run = loop.Run(cfg, wd)
+    assert read_classes(os.path.join(wd, "classes.txt")) == WORDS  # before round 0, in the file's order
+    results = run.run()
+    st = _state(wd)
+    assert st["given"] == 10 and st["labeled_rows"] == filled
+    assert st["labels"] == [truth[names[k]] for k in filled]  # WORDS order: a digit's word is its class
+    assert results[0]["selected_ids"] == [] and results[0]["n_labeled"] == 10
+    assert not os.path.exists(os.path.join(wd, "round_0"))  # nobody was asked
+    assert results[0]["evaluation"] == "cv"
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert sum(m.startswith("no test set:") for m in messages) == 1
+    (acc,) = [m for m in messages if "accuracy" in m]
+    assert "5-fold cv accuracy" in acc and "test" not in acc
+    _check_cv(run, cfg, st, results[0], 0)
+
+
+@pytest.mark.slow  # three driver starts
 def test_pool_csv_with_ten_labels_and_a_labelled_test_folder(tmp_path, caplog):
     d = load_digits()
     data = tmp_path / "data"
@@ -208,6 +247,21 @@ def test_a_single_labelled_csv_has_no_test_set_unless_cut_into_disjoint_slices(t
     cfg.data.train_split, cfg.data.test_split = "train[:50%]", "train[50%:]"
     with pytest.raises(ValueError, match=r"has \d+ unlabelled image\(s\) \(first: .*\.png\); a test set needs a label"):
         runsets.test_set(cfg, None, sorted(WORDS))
+
+
+def test_data_test_is_the_test_set_read_with_the_class_list(tmp_path):
+    for k, cls in enumerate(["two", "one", "two"]):
+        _digit_pngs(str(tmp_path / "test" / cls), [k], nested=False)
+    cfg = _tiny()
+    cfg.data.name, cfg.data.dir, cfg.data.test = "folder", str(tmp_path / "pool"), str(tmp_path / "test")
+    plan, note = runsets.test_set(cfg, WORDS, WORDS)
+    assert (plan.name, plan.data_dir, plan.classes, plan.size) == ("folder", str(tmp_path / "test"), tuple(WORDS), 3)
+    assert note == f"test set: data.test={tmp_path / 'test'} (3 labelled images)"
+    src = sources.get_source(plan.name, plan.split, plan.data_dir, **plan.options())
+    assert sorted(src.labels.tolist()) == [1, 2, 2]  # indices in the class list's order
+    _digit_pngs(str(tmp_path / "test"), [9], nested=False)  # an image outside the class folders
+    with pytest.raises(ValueError, match="has 1 unlabelled image"):
+        runsets.test_set(cfg, WORDS, WORDS)
 
 
 def test_folder_listing_with_a_class_list(tmp_path):
