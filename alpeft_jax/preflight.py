@@ -176,22 +176,26 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
         out += [] if os.path.isfile(path) else [f"data.split_file: {sources.missing_split_file(path, dataset)}"]
         if out:
             return out, None, None, 0
+    failed: dict[str, list[str]] = {}  # message -> fields (pool and test often fail the same way)
     pool: sources.SourceInfo | None = None
     try:
         pool = sources.inspect_source(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
     except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-        out.append(f"data (data.train_split={c.data.train_split!r}): {_first_line(e)}")
+        failed.setdefault(_first_line(e), []).append(f"data.train_split={c.data.train_split!r}")
     test: sources.SourceInfo | None = None
     test_field = "data.test" if (c.data.test or "").strip() else "data.test_split"
-    if pool is not None:
-        try:
+    try:
+        if pool is not None:
             plan, _ = runsets.test_set(c, classes, list(pool.class_names))
             if plan is not None and not plan.size:  # not listed: read its size from metadata
                 test = sources.inspect_source(plan.name, plan.split, plan.data_dir, plan.split_file)
             elif plan is not None:
-                test = sources.SourceInfo(plan.size, len(plan.classes or pool.class_names))
-        except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-            out.append(f"data ({test_field}={_get(c, test_field)!r}): {_first_line(e)}")
+                test = sources.SourceInfo(plan.size, plan.num_classes)
+        elif test_field == "data.test_split":  # the same data: a problem shared with the pool is said once
+            sources.inspect_source(c.data.name, c.data.test_split, data_dir, split_file, classes=classes)
+    except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
+        failed.setdefault(_first_line(e), []).append(f"{test_field}={_get(c, test_field)!r}")
+    out += [f"data ({', '.join(fields)}): {msg}" for msg, fields in failed.items()]
     for info, field in ((pool, "data.train_split"), (test, test_field)):
         if info is not None and info.size == 0:
             out.append(f"{field}={_get(c, field)!r} of {c.data.name} holds no examples")

@@ -90,6 +90,7 @@ class TestSet:
     classes: tuple[str, ...] | None
     what: str  # for logs: "data.test=DIR", "the test split 'test'"
     size: int = 0  # rows listed (0: not listed, e.g. TFDS: read its size from the source)
+    num_classes: int = 0  # classes of the listing (0: not listed)
 
     def options(self) -> dict[str, Any]:
         """The keyword options of `sources.get_source` for it."""
@@ -122,7 +123,8 @@ def test_set(c: Any, classes: Sequence[str] | None, pool_classes: Sequence[str])
         what = f"data.test={c.data.test}"
         found = sources.listing(kind, "test", path, None, classes=list(names))
         size = _check_labelled(found, what)
-        return TestSet(kind, "test", path, None, names, what, size), f"test set: {what} ({size} labelled images)"
+        plan = TestSet(kind, "test", path, None, names, what, size, len(names))
+        return plan, f"test set: {what} ({size} labelled images)"
     spec, pool_spec = c.data.test_split, c.data.train_split
     what = f"the test split {spec!r} of {c.data.name}"
     opts = {} if classes is None else {"classes": list(classes)}
@@ -147,7 +149,8 @@ def test_set(c: Any, classes: Sequence[str] | None, pool_classes: Sequence[str])
         found = sources.listing(c.data.name, spec, data_dir, split_file, **opts)
         size = _check_labelled(found, what)
         listed = None if classes is None else tuple(classes)
-        return TestSet(c.data.name, spec, data_dir, split_file, listed, what, size), (
+        counted = len(found.class_names) if found is not None else 0
+        return TestSet(c.data.name, spec, data_dir, split_file, listed, what, size, counted), (
             f"test set: {what} ({size} labelled images)"
         )
     if spec.replace(" ", "") == pool_spec.replace(" ", ""):
