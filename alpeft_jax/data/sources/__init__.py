@@ -15,9 +15,15 @@ kind (``registry``; one module of this package per kind of data, so a new kind i
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or from ``data_dir``; splits ``train`` /
   ``test``.
 - ``"digits"`` (``arrays``) - scikit-learn's 8x8 digits, split deterministically (every fifth image is ``test``).
-- ``"folder"`` (``files``) - an image folder ``data_dir/<class>/<image>`` (or ``data_dir/<split>/<class>/<image>``).
+- ``"folder"`` (``files``) - an image folder ``data_dir/<class>/<image>`` (or ``data_dir/<split>/<class>/<image>``);
+  with ``classes=`` (the class list, in label order) and no class sub-folders, every image at any depth is an
+  unlabelled row.
 - ``"csv"`` (``files``) - a manifest ``path,label`` (header required; paths relative to the CSV's directory;
-  empty label = unlabelled). ``data_dir`` is the CSV file or a directory holding ``<split>.csv``.
+  empty label = unlabelled). ``data_dir`` is the CSV file or a directory holding ``<split>.csv``. ``classes=``
+  fixes the class list and its order (a label outside it is an error); without it, the sorted labels.
+
+``listing(...)`` gives the files and labels a folder or CSV split reads (no image decoded) and ``split_location``
+the folder or file they are listed from, so a run can tell a test split of its own from the pool's images.
 - ``"coop:<dataset>"`` (or ``coop=True``; ``coop``) - the CoOp folder layout under the DATA root ``data_dir``:
   CoOp's ``split_zhou_*.json`` (e.g. ``dtd/images`` + ``dtd/split_zhou_DescribableTextures.json``; ``split_file``
   overrides it) or, for FGVC-Aircraft, ``fgvc_aircraft/images_variant_<split>.txt``; CoOp class names.
