@@ -37,7 +37,7 @@ from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
-from alpeft_jax.workdir import ConfigMismatchError, Workdir
+from alpeft_jax.workdir import ConfigMismatchError, Workdir, finished_line
 
 __all__ = ["ConfigMismatchError", "Run", "run", "train_config"]
 
@@ -141,6 +141,7 @@ class Run:
             self.oracle = oracles.make(c, pool_view, self.workdir.root, labels_file=labels_file, run_name=c.name)
         self.metrics = Metrics(self.workdir)
         self._trainable: Any = None  # the model of the last finished round, when in memory
+        self.finished = ""  # the run's closing line (workdir.finished_line) once every round is done
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
@@ -192,9 +193,14 @@ class Run:
         """Rows to label in round r, the seconds spent scoring and selecting, and the model's probabilities."""
         known = self.record.known(len(self.pool))
         labeled = known >= 0
+        excluded = self.record.unavailable(len(self.pool)) & ~labeled  # "can't tell": never asked again
         rng = self._round_seed(r)
         strategy = self.c.al.strategy if r > 0 else "random"
         budget = self.budget if r > 0 else self.initial
+        left = int((~labeled & ~excluded).sum())
+        if budget > left:
+            logging.warning("round %d: only %d pool examples are left to ask for (budget %d)", r, left, budget)
+            budget = left
         t_score = 0.0
         pool: dict[str, Any] = {"labels": known}
         facts = strategies.facts(strategy)
@@ -225,6 +231,7 @@ class Run:
             self.gamma_count,
             use_pcb=self.c.al.pcb,
             authors_quirk=self.c.al.authors_quirk,
+            excluded=excluded if excluded.any() else None,
             **self.options,
         )
         chosen = np.asarray(chosen, np.int64)
@@ -252,6 +259,9 @@ class Run:
         key = jax.random.fold_in(jax.random.key(c.seed), r)
         warm = self._model_of_round(r - 1) if (c.train.warm_start and r > 0) else None
         state = self.trainer.init(key, trainable=warm)
+        if not len(rows):  # every example asked for so far was excluded: nothing to train on yet
+            logging.warning("round %d: no labels yet (every selected example was excluded); the model is untrained", r)
+            return state, [], 0.0
         start_epoch, start_batch, history = 0, 0, []
         if self.progress_store.steps():
             step = self.progress_store.steps()[-1]
@@ -285,7 +295,7 @@ class Run:
         def on_epoch_end(epoch: int, st: Any, row: dict) -> None:
             self.metrics.scalars(f"round_{r:02d}/train", row, epoch)
             progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}")
-            logging.info(
+            logging.debug(
                 "round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
                 r,
                 epoch,
@@ -367,8 +377,12 @@ class Run:
                     if is_leader():
                         print(pending, file=sys.stderr)
                     return rec.results
-                rec.labeled_rows = rec.labeled_rows + rows.tolist()
-                rec.labels = rec.labels + [int(x) for x in labels]
+                answered = labels >= 0  # -1: the annotator could not tell; the row is excluded
+                if not answered.all():
+                    logging.info("round %d: %d of %d examples excluded (can't tell)", r, (~answered).sum(), len(rows))
+                rec.labeled_rows = rec.labeled_rows + rows[answered].tolist()
+                rec.labels = rec.labels + [int(x) for x in labels[answered]]
+                rec.excluded = rec.excluded + rows[~answered].tolist()
                 rec.phase, rec.label_info = "train", info
                 self.workdir.write_record(rec)  # the labels are recorded before any training
             if rec.phase == "train":
@@ -379,6 +393,9 @@ class Run:
                 self._finish_round(r, metrics, history, t_train)
                 self.progress_store.clear()
         barrier("run finished")
+        if rec.round >= self.c.al.rounds and rec.results:
+            self.finished = finished_line(self.workdir.root, rec)  # the command line prints it last
+            logging.info("%s", self.finished)
         return rec.results
 
     def _finish_round(self, r: int, metrics: dict[str, float], history: list[dict], t_train: float) -> None:
@@ -387,6 +404,7 @@ class Run:
         result: dict[str, Any] = {
             "round": r,
             "n_labeled": len(rec.labeled_rows),
+            "n_excluded": len(rec.excluded),
             **metrics,
             "seconds_scoring": rec.t_score or 0.0,
             "seconds_selection": rec.t_select or 0.0,

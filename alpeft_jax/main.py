@@ -52,6 +52,13 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_Filter())
 
 
+def configure_logging() -> None:
+    """INFO lines (the rounds, not the epochs) unless `--verbosity` says otherwise (1: per-epoch lines too)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+
+
 def initialize_distributed(
     from_env: bool, coordinator: str | None, num_processes: int | None, process_id: int | None
 ) -> None:
@@ -179,19 +186,26 @@ def main(argv: list[str]) -> None:
     from alpeft_jax import loop, workdir
     from alpeft_jax.convert.common import CheckpointError
     from alpeft_jax.oracles import LabelFileError
+    from alpeft_jax.parallel import is_leader
 
-    logging.set_verbosity(logging.INFO)
-    quiet_library_logs()
+    configure_logging()
     try:
-        results = loop.run(config, run_dir, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
+        run = loop.Run(config, run_dir, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
+        results = run.run()
     except (LabelFileError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
         _fail([str(e)])
-    if results:
+    except KeyboardInterrupt:
+        # Every phase is recorded before the next starts (workdir.py): the same command resumes where this stopped.
+        print("interrupted; the run's state is saved, and the same command resumes it", file=sys.stderr)
+        sys.exit(130)
+    if results and is_leader():
         last = results[-1]
         print(
             f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
             f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
         )
+    if run.finished and is_leader():
+        print(run.finished)  # the run's last line
 
 
 def settings_help() -> str:
