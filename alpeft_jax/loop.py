@@ -87,6 +87,7 @@ class Run:
         # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
         self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
+        weights = backbones.weights_fingerprint(self.backbone.params)  # the prefix caches are keyed on it
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
         self.model = AdaptedModel(self.backbone, names, AdaptConfig.from_config(c.adapt, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
@@ -104,15 +105,9 @@ class Run:
 
         self.pool = split(pool_src, subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
         self.test = split(test_src, subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
-        cache_key = (
-            c.backbone,
-            c.dtype,
-            self.image_size,
-            self.model.input_kind,
-            self.model.cache_block,
-            c.data.name,
-            c.data.dir,
-        )
+        # What a cached prefix depends on besides the images (RunInputs adds each split's source fingerprint and
+        # preprocessing): the backbone's weights and dtype, and where the prefix ends.
+        cache_key = (weights, c.dtype, self.model.input_kind, self.model.cache_block)
         self.inputs = RunInputs(
             self.model,
             self.pool,
