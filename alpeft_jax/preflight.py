@@ -404,7 +404,7 @@ def _label_studio(c: ml_collections.ConfigDict) -> list[str]:
             "token from Label Studio > Account & Settings>"
         ]
     if importlib.util.find_spec("label_studio_sdk") is None:
-        return ["oracle=label_studio needs the label-studio-sdk package: pip install -e \".[label]\""]
+        return ['oracle=label_studio needs the label-studio-sdk package: pip install -e ".[label]"']
     from alpeft_jax.oracles.base import LabelFileError
     from alpeft_jax.oracles.label_studio.api import Server
 

@@ -14,8 +14,8 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tomllib
 import time
+import tomllib
 
 import pytest
 

@@ -92,7 +92,7 @@ def array_fingerprint(*arrays: np.ndarray) -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.tobytes() if a.dtype.hasobject else a.view(np.uint8).reshape(-1).data)
     return h.hexdigest()[:16]
 
 
