@@ -5,6 +5,10 @@ Before any compute the whole run is checked: the config file's arguments, every 
 workdir). Every problem is printed as one `error:` line and the command exits with status 2, having written
 nothing. Rerunning the same command with the same workdir resumes the run; `--labels=FILE` hands in the labels
 a human filled in (oracle=file). `--settings` lists every setting with its default and comment.
+
+The log shows the rounds (`--verbosity=1`: each training epoch too); a finished run ends with one line naming its
+rounds, labels and final model (`workdir.finished_line`). Ctrl-C stops with one line; the state written so far is
+the resume point, so the same command continues.
 """
 
 from __future__ import annotations
