@@ -176,8 +176,10 @@ def fingerprint(*parts: Any) -> str:
 class RunInputs:
     """A run's pool and test splits, read as the kinds `choose_kinds` picks; prefix caches built on first use.
 
-    A cache is a file ``<which>_<fingerprint>.npy`` in `cache_dir`, named after `cache_key` (what the prefix
-    depends on: backbone, dtype, image size, data) and the split's rows, so runs on the same data share it.
+    A cache is a file ``<which>_<fingerprint>.npy`` in `cache_dir`, named after what it holds: `cache_key` (the
+    backbone's weights identity and dtype, where the prefix ends), the split's source fingerprint (its files with
+    sizes and modification times, or the TFDS build, or the pixel array), the preprocessing (image size, mean,
+    std) and the split's rows. Runs on the same content share it; changed images or weights give a new cache.
     """
 
     def __init__(
@@ -212,7 +214,13 @@ class RunInputs:
 
     def _build(self, images: SplitInputs, which: str) -> FeatureCache:
         model = self.model
-        key = fingerprint(*self.cache_key, which, hashlib.sha1(images.positions.tobytes()).hexdigest())
+        key = fingerprint(
+            *self.cache_key,
+            which,
+            data.fingerprint_of(images.source),  # the images themselves: files, sizes, times (or array, TFDS build)
+            images.spec,  # image size, mean, std
+            hashlib.sha1(images.positions.tobytes()).hexdigest(),
+        )
         path = self.cache_dir / f"{which}_{key}.npy"
         chunk = images.sharder.global_size(self.chunk_size)
         n = len(images)

@@ -43,7 +43,7 @@ from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
-from alpeft_jax.workdir import ConfigMismatchError, Workdir, read_classes, write_classes
+from alpeft_jax.workdir import ConfigMismatchError, Workdir, finished_line, read_classes, write_classes
 
 __all__ = ["ConfigMismatchError", "Run", "run", "train_config"]
 
@@ -101,6 +101,7 @@ class Run:
         # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
         self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
+        weights = backbones.weights_fingerprint(self.backbone.params)  # the prefix caches are keyed on it
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
         self.model = AdaptedModel(self.backbone, names, AdaptConfig.from_config(c.adapt, self.backbone.family))
         self.image_size = c.data.image_size or self.backbone.image_size
@@ -124,15 +125,9 @@ class Run:
         )
         if runsets.given_labels(c):
             self._record_given_labels()
-        cache_key = (
-            c.backbone,
-            c.dtype,
-            self.image_size,
-            self.model.input_kind,
-            self.model.cache_block,
-            c.data.name,
-            c.data.dir,
-        )
+        # What a cached prefix depends on besides the images (RunInputs adds each split's source fingerprint and
+        # preprocessing): the backbone's weights and dtype, and where the prefix ends.
+        cache_key = (weights, c.dtype, self.model.input_kind, self.model.cache_block)
         self.inputs = RunInputs(
             self.model,
             self.pool,
@@ -161,6 +156,7 @@ class Run:
             self.oracle = oracles.make(c, pool_view, self.workdir.root, labels_file=labels_file, run_name=c.name)
         self.metrics = Metrics(self.workdir)
         self._trainable: Any = None  # the model of the last finished round, when in memory
+        self.finished = ""  # the run's closing line (workdir.finished_line) once every round is done
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
@@ -245,9 +241,14 @@ class Run:
         """Rows to label in round r, the seconds spent scoring and selecting, and the model's probabilities."""
         known = self.record.known(len(self.pool))
         labeled = known >= 0
+        excluded = self.record.unavailable(len(self.pool)) & ~labeled  # "can't tell": never asked again
         rng = self._round_seed(r)
         strategy = self.c.al.strategy if r > 0 else "random"
         budget = self.budget if r > 0 else max(0, self.initial - int(labeled.sum()))  # given labels count
+        left = int((~labeled & ~excluded).sum())
+        if budget > left:
+            logging.warning("round %d: only %d pool examples are left to ask for (budget %d)", r, left, budget)
+            budget = left
         t_score = 0.0
         pool: dict[str, Any] = {"labels": known}
         facts = strategies.facts(strategy)
@@ -278,6 +279,7 @@ class Run:
             self.gamma_count,
             use_pcb=self.c.al.pcb,
             authors_quirk=self.c.al.authors_quirk,
+            excluded=excluded if excluded.any() else None,
             **self.options,
         )
         chosen = np.asarray(chosen, np.int64)
@@ -305,6 +307,9 @@ class Run:
         key = jax.random.fold_in(jax.random.key(c.seed), r)
         warm = self._model_of_round(r - 1) if (c.train.warm_start and r > 0) else None
         state = self.trainer.init(key, trainable=warm)
+        if not len(rows):  # every example asked for so far was excluded: nothing to train on yet
+            logging.warning("round %d: no labels yet (every selected example was excluded); the model is untrained", r)
+            return state, [], 0.0
         start_epoch, start_batch, history = 0, 0, []
         if self.progress_store.steps():
             step = self.progress_store.steps()[-1]
@@ -338,7 +343,7 @@ class Run:
         def on_epoch_end(epoch: int, st: Any, row: dict) -> None:
             self.metrics.scalars(f"round_{r:02d}/train", row, epoch)
             progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_accuracy']:.3f}")
-            logging.info(
+            logging.debug(
                 "round %d epoch %d: loss %.4f (ce %.4f, calibration %.4f x %.2f), train acc %.3f, lr %.2e",
                 r,
                 epoch,
@@ -443,8 +448,12 @@ class Run:
                     if is_leader():
                         print(pending, file=sys.stderr)
                     return rec.results
-                rec.labeled_rows = rec.labeled_rows + rows.tolist()
-                rec.labels = rec.labels + [int(x) for x in labels]
+                answered = labels >= 0  # -1: the annotator could not tell; the row is excluded
+                if not answered.all():
+                    logging.info("round %d: %d of %d examples excluded (can't tell)", r, (~answered).sum(), len(rows))
+                rec.labeled_rows = rec.labeled_rows + rows[answered].tolist()
+                rec.labels = rec.labels + [int(x) for x in labels[answered]]
+                rec.excluded = rec.excluded + rows[~answered].tolist()
                 rec.phase, rec.label_info = "train", info
                 self.workdir.write_record(rec)  # the labels are recorded before any training
             if rec.phase == "train":
@@ -455,6 +464,9 @@ class Run:
                 self._finish_round(r, metrics, history, t_train)
                 self.progress_store.clear()
         barrier("run finished")
+        if rec.round >= self.c.al.rounds and rec.results:
+            self.finished = finished_line(self.workdir.root, rec)  # the command line prints it last
+            logging.info("%s", self.finished)
         return rec.results
 
     def _finish_round(self, r: int, metrics: dict[str, float], history: list[dict], t_train: float) -> None:
@@ -463,6 +475,7 @@ class Run:
         result: dict[str, Any] = {
             "round": r,
             "n_labeled": len(rec.labeled_rows),
+            "n_excluded": len(rec.excluded),
             **metrics,
             "seconds_scoring": rec.t_score or 0.0,
             "seconds_selection": rec.t_select or 0.0,

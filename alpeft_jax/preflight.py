@@ -4,7 +4,8 @@ One line per problem, every problem at once, naming the field to change and how:
 choices, ranges and cross-setting rules of `schema.validate`, with the strategies' registered facts), the data
 (present, split names the dataset really has, class count), the backbone weights (found, or the `hf download`
 command that gets them), the label schedule against the pool (`al.initial`, `al.budget`, `al.rounds`,
-`al.gamma`), and the workdir (a file, not writable, or a run of another config). Cheap and read-only: no model
+`al.gamma`), the workdir (a file, not writable, a run of another config, or a gs:// URL whose file system
+package is missing), and for oracle=label_studio the token and the server. Cheap and read-only: no model
 is built, no image decoded, nothing written; the data is judged from file listings, IDX headers, CoOp split
 files and TFDS metadata, and TFDS split names from the builder's own split code (`data.splits`).
 `python -m alpeft_jax.main` runs it before `loop.run` and exits with status 2 when it finds anything.
@@ -46,6 +47,9 @@ def check(
     problems += data_problems + weight_problems
     problems += _schedule(config, pool, num_classes, given)
     problems += _workdir(config, workdir, allow_config_change)
+    problems += _label_studio(config)
+    if config.scoring.cache_dir and not workdir_lib.is_local(config.scoring.cache_dir):
+        problems += _cloud_filesystem(config.scoring.cache_dir, "scoring.cache_dir")
     if runlocal and (data_problems or weight_problems):
         problems.append(
             "runlocal shrinks the run but still reads the config's data and weights (above); "
@@ -364,9 +368,40 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
 # -- workdir ---------------------------------------------------------------------------------------------------
 
 
+# Which extra brings the fsspec file system of a URL scheme (the package to import, the pip extra).
+_CLOUD_SCHEMES = {"gs": ("gcsfs", "cloud"), "gcs": ("gcsfs", "cloud")}
+
+
+def _cloud_filesystem(workdir: str, what: str = "workdir") -> list[str]:
+    """A URL (gs://...) whose fsspec file system package is not importable: one line naming the extra to install."""
+    scheme = workdir.split("://", 1)[0].lower()
+    if scheme in _CLOUD_SCHEMES:
+        module, extra = _CLOUD_SCHEMES[scheme]
+    else:
+        try:
+            from fsspec.registry import known_implementations, registry
+
+            spec = registry.get(scheme) or known_implementations.get(scheme, {}).get("class")
+        except ImportError:
+            return [f'{what} {workdir}: URLs need fsspec; pip install -e ".[cloud]"']
+        if spec is None:
+            return [f"{what} {workdir}: no file system is known for {scheme}://; use a local path or gs://BUCKET/DIR"]
+        if not isinstance(spec, str):
+            return []  # registered and imported already
+        module, extra = spec.split(".", 1)[0], ""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return []
+    how = f'pip install -e ".[{extra}]"' if extra else f"pip install {module}"
+    return [f"{what} {workdir}: {scheme}:// needs the {module} package, which is not installed; {how}"]
+
+
 def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> list[str]:
     if not workdir_lib.is_local(workdir):
-        return []  # a bucket: the checkpoint library reports access itself
+        return _cloud_filesystem(workdir)  # a bucket: the checkpoint library reports access itself
     path = os.path.abspath(os.path.expanduser(workdir))
     if os.path.exists(path) and not os.path.isdir(path):
         return [f"workdir {path} is a file; pass a directory (--workdir=DIR)"]
@@ -396,4 +431,32 @@ def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> 
         return [f"workdir {path} cannot be created: {parent} is a file"]
     if not os.access(parent, os.W_OK | os.X_OK):
         return [f"workdir {path} cannot be created: {parent} is not writable"]
+    return []
+
+
+# -- label studio ----------------------------------------------------------------------------------------------
+
+
+def _label_studio(c: ml_collections.ConfigDict) -> list[str]:
+    """oracle=label_studio: the token in $label_studio.token_env, and the server answering with it."""
+    if c.oracle != "label_studio":
+        return []
+    ls = c.label_studio
+    url = str(ls.url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        return [f"label_studio.url={ls.url!r}: oracle=label_studio needs --config.label_studio.url=http://HOST:PORT"]
+    if not os.environ.get(ls.token_env):
+        return [
+            f"label_studio: ${ls.token_env} is not set; export {ls.token_env}=<a personal access token or legacy "
+            "token from Label Studio > Account & Settings>"
+        ]
+    if importlib.util.find_spec("label_studio_sdk") is None:
+        return ['oracle=label_studio needs the label-studio-sdk package: pip install -e ".[label]"']
+    from alpeft_jax.oracles.base import LabelFileError
+    from alpeft_jax.oracles.label_studio.api import Server
+
+    try:
+        Server(url, ls.token_env, timeout=min(float(ls.request_timeout), 15.0)).check()
+    except LabelFileError as e:
+        return [str(e).replace(", then rerun the same command", "").replace(" and rerun the same command", "")]
     return []

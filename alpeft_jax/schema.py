@@ -252,6 +252,7 @@ class Eval(_Checked):
 
 LabelStudioImages = Literal["inline", "local", "url"]
 LabelStudioMultiple = Literal["latest", "majority"]
+LabelStudioSkipped = Literal["exclude", "ask"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +269,9 @@ class LabelStudio(_Checked):
     wait_seconds: float = setting(0.0, "0: stop, rerun when labelled; >0: poll this long first; <0: no limit")
     poll_seconds: float = setting(10.0, "seconds between polls while waiting")
     multiple: LabelStudioMultiple = setting("latest", "several annotations of a task: latest | majority")
+    skipped: LabelStudioSkipped = setting(
+        "exclude", "a task skipped in Label Studio: exclude (can't tell: never asked again) | ask (label it anyway)"
+    )
     request_timeout: float = setting(60.0, "seconds per HTTP request")
 
 

@@ -15,6 +15,9 @@
 DIR may be a local folder or a cloud URL (gs://...: every path goes through etils.epath). With several processes,
 process 0 writes the JSON files and the events; all processes write the Orbax checkpoints together.
 
+An annotator's "can't tell" (an oracle's label -1) puts the row in the record's `excluded` list: never selected
+again, never trained on, counted in results.jsonl as `n_excluded`.
+
 Resume order: read al_state.json; a round in phase "label" re-asks the oracle for the stored selection; a round in
 phase "train" restores DIR/progress if it belongs to that round, else starts the round's training afresh; the
 model used for selection in round r is DIR/ckpt/<r-1>. Labels are in al_state.json before training starts, so no
@@ -251,6 +254,7 @@ class RunRecord:
     predictions: list[list[float]] | None = None  # the model's probabilities for the selection (None: random)
     label_info: dict[str, Any] | None = None  # the oracle's facts about the round's labelling
     given: int = 0  # the first `given` labelled rows came labelled with the data (never asked for)
+    excluded: list[int] = dataclasses.field(default_factory=list)  # pool rows the annotator could not label
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> RunRecord:
@@ -271,6 +275,8 @@ class RunRecord:
                 del out[name]
         if not out["given"]:
             del out["given"]
+        if not out["excluded"]:  # absent until an annotator first answers "can't tell"
+            del out["excluded"]
         if "t_score" not in out and out["predictions"] is None:  # no selection was ever recorded
             del out["predictions"]
         return out
@@ -279,9 +285,23 @@ class RunRecord:
         """(pool rows, labels) of every label so far."""
         return np.asarray(self.labeled_rows, np.int64), np.asarray(self.labels, np.int64)
 
+    def unavailable(self, n: int) -> np.ndarray:
+        """bool[n]: the pool rows never to be selected again (labelled, or excluded as "can't tell")."""
+        out = self.known(n) >= 0
+        out[np.asarray(self.excluded, np.int64)] = True
+        return out
+
     def known(self, n: int) -> np.ndarray:
         """Label of each of the n pool rows, -1 where not labelled yet."""
         rows, labels = self.labeled()
         out = np.full(n, -1, np.int64)
         out[rows] = labels
         return out
+
+
+def finished_line(root: str | os.PathLike, record: RunRecord) -> str:
+    """The one line a finished run ends with: rounds, labels, and where its final model is."""
+    last = record.round - 1
+    excluded = f" ({len(record.excluded)} excluded as can't tell)" if record.excluded else ""
+    model = f"{str(root).rstrip('/')}/{ROUNDS_DIR}/{last}"
+    return f"run finished: {record.round} rounds, {len(record.labeled_rows)} labels{excluded}; final model {model}"

@@ -26,7 +26,7 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
 
   create [--spot]   create the TPU VM; pod slices (more than one host) go through a queued resource
   setup             copy the checkout's HEAD to every worker (or `git clone $REPO`), and $DATA if set; install
-                    Python 3.11 with uv and the package with the matching jax[tpu]
+                    Python 3.11 with uv and the package (with its [cloud] extra: gs:// workdirs) and jax[tpu]
   run [ARGS...]     start `python -m alpeft_jax.main --config=$CONFIG --workdir=$WORKDIR [--distributed] ARGS`
                     on every worker in the background (nohup), a log per worker in ~/alpeft_logs
   stop              stop the run started last, on every worker
@@ -313,7 +313,8 @@ class Launcher:
             "command -v uv >/dev/null || python3 -m pip install --quiet --user uv "
             "|| curl -LsSf https://astral.sh/uv/install.sh | sh",
             f"[ -x {self.venv_python()} ] || uv venv --quiet --python {shlex.quote(pyver)} {self.venv()}",
-            f"uv pip install --quiet --python {self.venv_python()} -e {CODE_DIR} "
+            # the [cloud] extra: gcsfs and google-cloud-storage, for the gs:// workdirs every TPU run writes to
+            f"uv pip install --quiet --python {self.venv_python()} -e {shlex.quote(CODE_DIR + '[cloud]')} "
             f"{shlex.quote(jax_requirement(self.root))}",
         ]
         if num_hosts(acc) == 1:  # a pod slice's hosts only see their chips together, inside a distributed run

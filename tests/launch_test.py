@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 
 import pytest
 
@@ -304,7 +305,10 @@ def test_setup_copies_head_and_installs_python311_with_jax_tpu(fakes, accelerato
     assert os.path.exists(fakes["home"] / "alpeft_jax" / "pyproject.toml")
     uv = _records(fakes["uv_log"])
     assert uv[0] == ["venv", "--quiet", "--python", "3.11", str(fakes["home"] / "alpeft_venv")]
-    assert uv[1][:2] == ["pip", "install"] and f"jax[tpu]{pin}" in uv[1] and uv[1][-3:-1] == ["-e", "alpeft_jax"]
+    assert uv[1][:2] == ["pip", "install"] and f"jax[tpu]{pin}" in uv[1]
+    assert uv[1][-3:-1] == ["-e", "alpeft_jax[cloud]"]  # the [cloud] extra: the gs:// workdirs' file system
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert any(r.startswith("gcsfs") for r in tomllib.load(f)["project"]["optional-dependencies"]["cloud"])
     (check,) = _records(fakes["python_log"])
     assert ("jax.devices()" in check["argv"][1]) == (hosts == 1)
 

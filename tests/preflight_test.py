@@ -360,3 +360,50 @@ def test_efficientnet_linear_without_lora_targets_runs(tmp_path):
     c.adapt.mode, c.adapt.lora.targets = "linear", ""
     results = loop.run(c, str(tmp_path / "wd"))
     assert [r["n_labeled"] for r in results] == [10]
+
+
+# -- Label Studio and cloud workdirs -------------------------------------------------------------------------
+
+
+def test_label_studio_token_and_server_are_checked_before_the_workdir_is_made(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wd = tmp_path / "wd"
+    args = [f"--config={TINY}", f"--workdir={wd}", "--config.oracle=label_studio"]
+    url = f"--config.label_studio.url=http://127.0.0.1:{port}"
+    env_token = "ALPEFT_TEST_NO_SUCH_TOKEN"
+    monkeypatch.delenv(env_token, raising=False)
+    rc, err, _ = _cli(*args, url, f"--config.label_studio.token_env={env_token}")
+    assert rc == 2 and err == [
+        f"error: label_studio: ${env_token} is not set; export {env_token}=<a personal access token or legacy "
+        "token from Label Studio > Account & Settings>"
+    ]
+    assert not wd.exists()  # nothing written
+    monkeypatch.setenv(env_token, "0" * 40)
+    c = _tiny()
+    c.oracle, c.label_studio.url, c.label_studio.token_env = "label_studio", f"http://127.0.0.1:{port}", env_token
+    (line,) = preflight.check(c, str(wd))
+    assert line.startswith(f"cannot reach Label Studio at http://127.0.0.1:{port} while checking the token")
+    assert "label_studio.url" in line and not wd.exists()
+
+
+def test_a_cloud_workdir_without_its_file_system_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
+    assert preflight.check(_tiny(), "gs://my-bucket/runs/a") == [
+        "workdir gs://my-bucket/runs/a: gs:// needs the gcsfs package, which is not installed; "
+        'pip install -e ".[cloud]"'
+    ]
+    c = _tiny()
+    c.scoring.cache_dir = "gs://my-bucket/cache"
+    assert preflight.check(c, str(tmp_path / "wd")) == [
+        "scoring.cache_dir gs://my-bucket/cache: gs:// needs the gcsfs package, which is not installed; "
+        'pip install -e ".[cloud]"'
+    ]
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert preflight.check(_tiny(), "memory://runs/a") == []  # fsspec's own file systems need nothing more

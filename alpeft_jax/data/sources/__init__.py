@@ -46,6 +46,10 @@ drop its row from the CSV); nothing is skipped silently, so a labelled image is 
 Files listed in a CSV manifest or a CoOp split file that do not exist are reported when the source is
 built (``MissingDataError``). Classes with no images are allowed: they keep their index and name.
 Missing datasets raise ``MissingDataError`` with the command that gets them.
+
+``source.fingerprint()`` is a cheap hash of what a source reads (file paths with sizes and modification times, a
+TFDS build's version and files, or the pixel array); the feature caches are keyed on it (``fingerprint_of`` also
+serves sources without one).
 """
 
 from __future__ import annotations
@@ -55,7 +59,14 @@ import pkgutil
 
 from alpeft_jax.data.sources.arrays import FASHION_MNIST_DIR, ArraySource, digits, fashion_mnist, read_idx
 from alpeft_jax.data.sources.coop import TfdsSplitFileSource, coop_aircraft, coop_split, missing_split_file
-from alpeft_jax.data.sources.core import CorruptImageError, MissingDataError, Source, SourceInfo, SubsetSource
+from alpeft_jax.data.sources.core import (
+    CorruptImageError,
+    MissingDataError,
+    Source,
+    SourceInfo,
+    SubsetSource,
+    fingerprint_of,
+)
 from alpeft_jax.data.sources.files import IMAGE_EXTENSIONS, FileListSource, csv_manifest, image_folder, load_image
 from alpeft_jax.data.sources.registry import (
     Counts,
@@ -83,6 +94,7 @@ __all__ = [
     "CorruptImageError",
     "SourceInfo",
     "SubsetSource",
+    "fingerprint_of",
     "get_source",
     "inspect_source",
     "source_kind",

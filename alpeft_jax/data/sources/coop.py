@@ -16,7 +16,7 @@ import numpy as np
 
 from alpeft_jax.data import classnames
 from alpeft_jax.data.sources import tfds as tfds_kind
-from alpeft_jax.data.sources.core import ListedSource, MissingDataError, check_index, rgb
+from alpeft_jax.data.sources.core import ListedSource, MissingDataError, check_index, digest, rgb
 from alpeft_jax.data.sources.files import FileList, FileListSource, require_files
 from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
 
@@ -264,6 +264,11 @@ class TfdsSplitFileSource(ListedSource):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def fingerprint(self) -> str:
+        """The TFDS dataset's version and prepared files, and the records this split reads."""
+        version, files = tfds_kind.prepared_files(self._tfds_name, self._data_dir)
+        return digest(self.name, self.image_key, version, files, digest(*self._records))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = check_index(i, len(self))

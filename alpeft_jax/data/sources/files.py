@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from alpeft_jax.data.sources.core import CorruptImageError, ListedSource, MissingDataError, check_index
+from alpeft_jax.data.sources.core import (
+    CorruptImageError,
+    ListedSource,
+    MissingDataError,
+    check_index,
+    files_fingerprint,
+)
 from alpeft_jax.data.sources.registry import Counts, Kind, Listing, Request, register
 
 __all__ = [
@@ -55,9 +61,16 @@ class FileListSource(ListedSource):
         self.name = name
         self.exclude_hint = exclude_hint
         self.ids_ = np.arange(len(self.paths), dtype=np.int64)
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """The listed files' paths, sizes and modification times (an image rewritten in place changes it)."""
+        if self._fingerprint is None:
+            self._fingerprint = files_fingerprint(self.paths)
+        return self._fingerprint
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = check_index(i, len(self))

@@ -91,6 +91,11 @@ class Server:
             )
         return self._client
 
+    def check(self) -> None:
+        """One authenticated request: raises LabelFileError when the token is unset or refused, or the server down."""
+        ls = self.client()
+        self.call("checking the token", ls.users.whoami)
+
     # -- projects --------------------------------------------------------------------------------------
     def project(self, pid: int, missing_ok: bool) -> Any:
         """Project `pid` (None if missing_ok and it is not there)."""

@@ -193,17 +193,20 @@ class LabelStudioOracle:
         wait = self.settings.wait_seconds
         poll = self.settings.poll_seconds
         deadline = None if wait < 0 else time.time() + wait
-        bar, last_note, last_done = None, 0.0, -1
+        bar, last_note, last_done, done = None, 0.0, -1, 0
         try:
             while True:
                 labels, counted, skipped = self._poll(round_index, rows, ids, predictions, record)
                 done = int((labels >= 0).sum())
-                if done == len(ids):
+                final = rules.round_labels(labels, [i in skipped for i in ids], self.settings.skipped)
+                if final is not None:
+                    labels = np.asarray(final, np.int64)
                     record["labels"] = labels.tolist()
                     record["info"] = {
                         "project": self.project()["id"],
                         "url": self.url,
                         "tasks": len(ids),
+                        "excluded": int((labels < 0).sum()),
                         **rules.facts(ids, labels, counted, record.get("predicted", {}), self.server.user),
                     }
                     write_json(self._round_file(round_index), record)
@@ -212,12 +215,15 @@ class LabelStudioOracle:
                 where = f"{self.url}/projects/{pid}/data"
                 waiting = deadline is None or time.time() + poll <= deadline
                 if not waiting or (skipped and len(skipped) + done == len(ids)):
-                    note = (
-                        f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class, "
-                        "every selected example needs a label"
-                        if skipped
-                        else ""
-                    )
+                    if not skipped:
+                        note = ""
+                    elif self.settings.skipped == "exclude":
+                        note = f"; {len(skipped)} skipped (example ids {skipped[:10]}) are excluded as can't tell"
+                    else:
+                        note = (
+                            f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class "
+                            "(label_studio.skipped=ask), or set label_studio.skipped=exclude"
+                        )
                     raise PendingLabels(
                         f"round {round_index}: {done} of {len(ids)} Label Studio tasks annotated in project {pid} "
                         f"({where}){note}; label the rest and rerun the same command."
@@ -247,6 +253,11 @@ class LabelStudioOracle:
                     )
                     last_note, last_done = time.time(), done
                 time.sleep(poll)
+        except KeyboardInterrupt:  # Ctrl-C while waiting: a clean stop like wait_seconds=0; the same command resumes
+            raise PendingLabels(
+                f"round {round_index}: stopped while waiting for Label Studio ({done} of "
+                f"{len(ids)} tasks annotated); nothing is lost: rerun the same command to continue."
+            ) from None
         finally:
             if bar is not None:
                 bar.close()
