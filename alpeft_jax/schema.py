@@ -110,7 +110,9 @@ class Data(_Checked):
     )
     max_test: int = setting(0, ">0: a fixed random subset of the test split", range=NOT_NEGATIVE)
     subset_seed: int = setting(0, "seeds the max_pool and max_test subsets")
-    coop_names: bool = setting(True, "CoOp's class names where the package has them (EuroSAT renames)")
+    coop_names: bool = setting(
+        True, "CoOp's class names where the package has them (e.g. TFDS EuroSAT names to its split-file names)"
+    )
     num_threads: int = setting(0, "image decoding threads; 0: all cores", range=NOT_NEGATIVE)
 
 
