@@ -173,7 +173,9 @@ class Train(_Checked):
     warmup_lr: float = setting(1e-5, "learning rate of the warm-up epochs", range=NOT_NEGATIVE)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", range=NOT_NEGATIVE)
     calibration: Literal["none", "cpeal", "avuc"] = setting(
-        "none", 'the calibration loss; the papers\' "ours" is entropy + cpeal'
+        "none",
+        "the calibration loss; cpeal with the defaults below is the papers' \"ours\" (the reference's bare flag: "
+        "weight 0.01, no anneal, weighting none); never applied with the learning-loss head, as the reference",
     )
     calibration_weight: float = setting(1.0, "weight of the calibration loss", range=NOT_NEGATIVE)
     calibration_anneal: bool = setting(True, "anneal the calibration weight over the epochs, as the authors")
