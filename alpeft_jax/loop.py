@@ -100,10 +100,13 @@ class Run:
                 mean=self.backbone.mean,
                 std=self.backbone.std,
                 num_threads=c.data.num_threads or None,
+                resize_ratio=self.backbone.eval_resize,
+                crop=self.backbone.crop_offset,
             )
 
         self.pool = split(pool_src, subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
         self.test = split(test_src, subset(len(test_src), c.data.max_test, c.data.subset_seed + 1))
+        spec = self.pool.spec
         cache_key = (
             c.backbone,
             c.dtype,
@@ -112,6 +115,7 @@ class Run:
             self.model.cache_block,
             c.data.name,
             c.data.dir,
+            *(() if (spec.resize, spec.crop) == (0, "round") else (spec.resize_to, spec.crop)),  # the eval view
         )
         self.inputs = RunInputs(
             self.model,
