@@ -160,11 +160,14 @@ class Run:
             self.c.dtype,
             f"{n_frozen:,}",
         )
+        n_head = lora_lib.num_params(trainable["head"]) if "head" in trainable else 0
         logging.info(
-            "adaptation %s: %s trainable parameters (%.3f%% of the backbone)",
+            "adaptation %s: %s trainable parameters (%.3f%% of the backbone; %.3f%% without the %s-parameter head)",
             self.c.adapt.mode,
             f"{n_train:,}",
             100.0 * n_train / max(1, n_frozen),
+            100.0 * (n_train - n_head) / max(1, n_frozen),
+            f"{n_head:,}",
         )
         names = self.model.describe(trainable)
         for name, shape in names[:12]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _tiny_backbones import make_clip_backbone, make_dinov2_backbone
 
-from alpeft_jax import backbones, config, evaluate, loop, optim, train
+from alpeft_jax import backbones, config, evaluate, loop, metrics, optim, train
 from alpeft_jax.convert.common import flatten
 from alpeft_jax.models import lora, prompts
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
@@ -509,6 +509,7 @@ def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
     assert [s for s, _, _ in seen] == [2.0**126, 2.0**126, 2.0**127, 2.0**126, 2.0**126, 2.0**127]
     assert [g for _, g, _ in seen] == [0, 1, 0, 0, 1, 0]
     assert history[0]["steps"] == 6 and history[0]["skipped_steps"] == 2
+    assert metrics.skipped_steps(history) == {"skipped_steps": 2} and metrics.skipped_steps([]) == {}
 
     # The applied steps are exactly those of a float32 run without loss scaling on the 4 good steps; the skipped
     # ones leave the trainables (and the optimiser state) untouched.
