@@ -25,7 +25,7 @@ import ml_collections
 from alpeft_jax import config as config_lib
 from alpeft_jax import schema
 from alpeft_jax import workdir as workdir_lib
-from alpeft_jax.data import sources, splits
+from alpeft_jax.data import classnames, sources, splits
 from alpeft_jax.schema import DTYPES
 
 __all__ = ["check", "strategy_names", "strategy_facts", "DTYPES"]
@@ -168,6 +168,9 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
             found[field] = sources.inspect_source(c.data.name, _get(c, field), data_dir, split_file)
         except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = classnames.download_hint(os.path.basename(os.path.normpath(data_dir))) if data_dir else ""
+            if isinstance(e, sources.MissingDataError) and kind == "folder" and hint:
+                msg += f"; {hint}"  # a known dataset that no package downloads (APTOS)
             failed.setdefault(msg, []).append(f"{field}={_get(c, field)!r}")
     out += [f"data ({', '.join(fields)}): {msg}" for msg, fields in failed.items()]
     pool, test = found.get("data.train_split"), found.get("data.test_split")

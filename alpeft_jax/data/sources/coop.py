@@ -90,8 +90,7 @@ def _list_aircraft(root: str, split: str) -> FileList:
     for path in lists:
         if not os.path.isfile(path):
             raise MissingDataError(
-                f"{path} does not exist; unpack fgvc-aircraft-2013b.tar.gz and move its data/ "
-                f"folder to {root} (CoOp DATASETS.md, FGVCAircraft)"
+                f"{path} does not exist; {classnames.download_hint('fgvc_aircraft').replace('DATA/fgvc_aircraft', root)}"
             )
     with open(lists[0], encoding="utf-8") as f:
         variants = [line.strip() for line in f if line.strip()]
