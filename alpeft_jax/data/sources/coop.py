@@ -89,9 +89,8 @@ def _list_aircraft(root: str, split: str) -> FileList:
     lists = [os.path.join(root, "variants.txt"), os.path.join(root, f"images_variant_{_AIRCRAFT_SPLITS[split]}.txt")]
     for path in lists:
         if not os.path.isfile(path):
-            raise MissingDataError(
-                f"{path} does not exist; {classnames.download_hint('fgvc_aircraft').replace('DATA/fgvc_aircraft', root)}"
-            )
+            where = classnames.download_hint("fgvc_aircraft").replace("DATA/fgvc_aircraft", root)
+            raise MissingDataError(f"{path} does not exist; {where}")
     with open(lists[0], encoding="utf-8") as f:
         variants = [line.strip() for line in f if line.strip()]
     with open(lists[1], encoding="utf-8") as f:
