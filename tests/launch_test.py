@@ -629,7 +629,7 @@ def test_readme_slurm_command(tmp_path):
         "--workdir=/shared/runs/lora_dtd_ours_s1",
         "--distributed",
         "--config.data.dir=/shared/tensorflow_datasets",
-        "--config.dtype=bfloat16",
+        "--config.dtype=float16",
     ]
 
 
