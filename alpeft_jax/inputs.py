@@ -59,12 +59,14 @@ class SplitInputs:
         mean: Any = None,
         std: Any = None,
         num_threads: int | None = None,
+        resize_ratio: float = 1.0,
+        crop: str = "round",
     ) -> None:
         self.source = source
         self.positions = np.asarray(positions, np.int64)
         self.sharder = sharder
         self.cache = cache
-        self.spec = pp.resolve_spec(image_size, mean, std)
+        self.spec = pp.resolve_spec(image_size, mean, std, resize_ratio=resize_ratio, crop=crop)
         self.num_threads = num_threads
         self._ids = np.asarray(source.ids, np.int64)
 

@@ -37,7 +37,7 @@ from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import parse_options
 from alpeft_jax.data import runsets
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
-from alpeft_jax.metrics import Metrics, bar, calibration_activity, write_reports
+from alpeft_jax.metrics import Metrics, bar, calibration_activity, skipped_steps, write_reports
 from alpeft_jax.models import lora as lora_lib
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
@@ -115,6 +115,8 @@ class Run:
                 mean=self.backbone.mean,
                 std=self.backbone.std,
                 num_threads=c.data.num_threads or None,
+                resize_ratio=self.backbone.eval_resize,
+                crop=self.backbone.crop_offset,
             )
 
         self.pool = split(pool_src, subset(len(pool_src), c.data.max_pool, c.data.subset_seed))
@@ -157,6 +159,7 @@ class Run:
         self.metrics = Metrics(self.workdir)
         self._trainable: Any = None  # the model of the last finished round, when in memory
         self.finished = ""  # the run's closing line (workdir.finished_line) once every round is done
+        self._loss_scale: Any = None  # (round, the float16 loss scale it ended with), when in memory
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
@@ -203,11 +206,14 @@ class Run:
             self.c.dtype,
             f"{n_frozen:,}",
         )
+        n_head = lora_lib.num_params(trainable["head"]) if "head" in trainable else 0
         logging.info(
-            "adaptation %s: %s trainable parameters (%.3f%% of the backbone)",
+            "adaptation %s: %s trainable parameters (%.3f%% of the backbone; %.3f%% without the %s-parameter head)",
             self.c.adapt.mode,
             f"{n_train:,}",
             100.0 * n_train / max(1, n_frozen),
+            100.0 * (n_train - n_head) / max(1, n_frozen),
+            f"{n_head:,}",
         )
         names = self.model.describe(trainable)
         for name, shape in names[:12]:
@@ -293,10 +299,21 @@ class Run:
     def _model_of_round(self, r: int) -> Any:
         if self._trainable is not None and self._trainable[0] == r:
             return self._trainable[1]
+        self._restore_round(r)
+        return self._trainable[1]
+
+    def _restore_round(self, r: int) -> None:
+        """Read round r's checkpoint: its trainable tree and (float16) its final loss scale."""
         like = self.trainer.init(jax.random.key(0))
         state, _ = self.rounds_store.restore(r, like)
         self._trainable = (r, state["trainable"])
-        return state["trainable"]
+        self._loss_scale = (r, state.get("loss_scale"))
+
+    def _loss_scale_after(self, r: int) -> Any:
+        """The dynamic loss scale (and its good-step count) round r ended with; the next round starts from it."""
+        if self._loss_scale is None or self._loss_scale[0] != r:
+            self._restore_round(r)
+        return self._loss_scale[1]
 
     def train(self, r: int) -> tuple[Any, list[dict[str, Any]], float]:
         """Train round r's model on all labels so far; resumes from an in-round checkpoint."""
@@ -307,6 +324,9 @@ class Run:
         key = jax.random.fold_in(jax.random.key(c.seed), r)
         warm = self._model_of_round(r - 1) if (c.train.warm_start and r > 0) else None
         state = self.trainer.init(key, trainable=warm)
+        if "loss_scale" in state and r > 0:  # float16: the scale carries across rounds, as within one
+            carried = self._loss_scale_after(r - 1)
+            state["loss_scale"] = state["loss_scale"] if carried is None else self.sharder.replicate(carried)
         if not len(rows):  # every example asked for so far was excluded: nothing to train on yet
             logging.warning("round %d: no labels yet (every selected example was excluded); the model is untrained", r)
             return state, [], 0.0
@@ -461,6 +481,7 @@ class Run:
                 metrics = self.evaluation(r, state["trainable"])
                 self.rounds_store.save(r, state, {"round": r, "metrics": metrics})
                 self._trainable = (r, state["trainable"])
+                self._loss_scale = (r, state.get("loss_scale"))
                 self._finish_round(r, metrics, history, t_train)
                 self.progress_store.clear()
         barrier("run finished")
@@ -486,7 +507,17 @@ class Run:
             "strategy": self.c.al.strategy if r else "random",
             "final_train_loss": history[-1]["loss"] if history else None,
             **calibration_activity(history, self.c.train.calibration != "none"),
+            **skipped_steps(history),
         }
+        steps = sum(int(h["steps"]) for h in history)
+        if result.get("skipped_steps", 0) * 2 > steps:
+            logging.warning(
+                "round %d: %d of %d training steps were skipped (float16 gradients overflowed): the round barely "
+                "trained; lower train.loss_scale_init or use --config.dtype=float32",
+                r,
+                result["skipped_steps"],
+                steps,
+            )
         if rec.label_info:
             result["labeling"] = rec.label_info
         rec.results = rec.results + [result]

@@ -26,7 +26,7 @@ import ml_collections
 from alpeft_jax import config as config_lib
 from alpeft_jax import schema
 from alpeft_jax import workdir as workdir_lib
-from alpeft_jax.data import runsets, sources, splits
+from alpeft_jax.data import classnames, runsets, sources, splits
 from alpeft_jax.schema import DTYPES
 
 __all__ = ["check", "strategy_names", "strategy_facts", "DTYPES"]
@@ -185,7 +185,11 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
     try:
         pool = sources.inspect_source(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
     except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-        failed.setdefault(_first_line(e), []).append(f"data.train_split={c.data.train_split!r}")
+        msg = _first_line(e)
+        hint = classnames.download_hint(os.path.basename(os.path.normpath(data_dir))) if data_dir else ""
+        if isinstance(e, sources.MissingDataError) and kind == "folder" and hint:
+            msg += f"; {hint}"  # a known dataset that no package downloads (APTOS)
+        failed.setdefault(msg, []).append(f"data.train_split={c.data.train_split!r}")
     test: sources.SourceInfo | None = None
     test_field = "data.test" if (c.data.test or "").strip() else "data.test_split"
     try:

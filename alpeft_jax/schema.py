@@ -110,7 +110,9 @@ class Data(_Checked):
     )
     max_test: int = setting(0, ">0: a fixed random subset of the test split", range=NOT_NEGATIVE)
     subset_seed: int = setting(0, "seeds the max_pool and max_test subsets")
-    coop_names: bool = setting(True, "CoOp's class names where the package has them (EuroSAT renames)")
+    coop_names: bool = setting(
+        True, "CoOp's class names where the package has them (e.g. TFDS EuroSAT names to its split-file names)"
+    )
     num_threads: int = setting(0, "image decoding threads; 0: all cores", range=NOT_NEGATIVE)
     classes: str = setting(
         "", 'folder/csv: the class list in label order: a file (one name per line) or "a,b,c"; "": from the data'
@@ -177,7 +179,9 @@ class Train(_Checked):
     warmup_lr: float = setting(1e-5, "learning rate of the warm-up epochs", range=NOT_NEGATIVE)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", range=NOT_NEGATIVE)
     calibration: Literal["none", "cpeal", "avuc"] = setting(
-        "none", 'the calibration loss; the papers\' "ours" is entropy + cpeal'
+        "none",
+        "the calibration loss; cpeal with the defaults below is the papers' \"ours\" (the reference's bare flag: "
+        "weight 0.01, no anneal, weighting none); never applied with the learning-loss head, as the reference",
     )
     calibration_weight: float = setting(1.0, "weight of the calibration loss", range=NOT_NEGATIVE)
     calibration_anneal: bool = setting(True, "anneal the calibration weight over the epochs, as the authors")

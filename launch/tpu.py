@@ -38,8 +38,10 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
 
 Other settings: DRY_RUN=1 (print, do not run), SPOT=1, QUEUED=0|1 (default: 1 for pod slices), REPO and REF
 (clone instead of copying HEAD), DATA=gs://BUCKET/DIR (setup copies it to ~/alpeft_data/DIR on every worker;
-runs read it as --config.data.dir=~/alpeft_data/DIR), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME
-(the log's name; default: WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
+runs read it as --config.data.dir=~/alpeft_data/DIR), WEIGHTS=rn50,rn101 (setup downloads these CLIP ResNet
+weights from the Hugging Face hub with `hf download` into the code directory's weights/clip-<name>, where the
+C-PEAL configs read them), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME (the log's name; default:
+WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
 """
 
 # generation -> (what the accelerator size counts, how many of them one host holds, runtime image)
@@ -60,6 +62,12 @@ LOG_DIR = "alpeft_logs"
 ALIVE = 'ps -o stat= -p "$p" 2>/dev/null | grep -qv Z'
 FETCH_DIR = "alpeft_fetch"
 DATA_DIR = "alpeft_data"  # on each worker, beside CODE_DIR: runs read it as --config.data.dir=~/alpeft_data/NAME
+# WEIGHTS=... for setup: the CLIP ResNets the C-PEAL configs read from weights/clip-<name>/open_clip_model.safetensors
+# (relative to CODE_DIR, where runs start): their hub repository and files (alpeft_jax.config.CLIP_BACKBONES).
+HUB_WEIGHTS = {
+    "rn50": ("timm/resnet50_clip.openai", ("open_clip_model.safetensors", "open_clip_config.json")),
+    "rn101": ("timm/resnet101_clip.openai", ("open_clip_model.safetensors", "open_clip_config.json")),
+}
 
 
 class LaunchError(Exception):
@@ -317,6 +325,11 @@ class Launcher:
             f"uv pip install --quiet --python {self.venv_python()} -e {shlex.quote(CODE_DIR + '[cloud]')} "
             f"{shlex.quote(jax_requirement(self.root))}",
         ]
+        for key in self.weights():  # hf, from huggingface_hub (a dependency of the package), in the venv
+            hub, files = HUB_WEIGHTS[key]
+            lines.append(
+                f"{self.venv('bin/hf')} download {hub} {' '.join(files)} --local-dir {CODE_DIR}/weights/clip-{key}"
+            )
         if num_hosts(acc) == 1:  # a pod slice's hosts only see their chips together, inside a distributed run
             lines.append(f"{self.venv_python()} -c 'import jax; print(jax.devices())'")
         else:
@@ -324,11 +337,20 @@ class Launcher:
         lines.append('echo "$(hostname): ready"')
         return "\n".join(lines)
 
+    def weights(self) -> list[str]:
+        """The CLIP ResNet weights WEIGHTS asks setup to download (rn50, rn101), checked."""
+        keys = [k.strip() for k in self.env.get("WEIGHTS", "").split(",") if k.strip()]
+        bad = [k for k in keys if k not in HUB_WEIGHTS]
+        if bad:
+            raise LaunchError(f"WEIGHTS={self.env['WEIGHTS']}: unknown {', '.join(bad)}; use {','.join(HUB_WEIGHTS)}")
+        return keys
+
     def setup(self, args: list[str]) -> None:
-        """Put the code on every worker (HEAD as an archive, or a clone of $REPO) and install it."""
+        """Put the code on every worker (HEAD as an archive, or a clone of $REPO), install it, fetch $WEIGHTS."""
         self.only("setup", args)
         acc = self.accelerator()
         name, flags = self.tpu()
+        self.weights()
         self.check()
         clone = bool(self.env.get("REPO"))
         if not clone:

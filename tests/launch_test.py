@@ -61,7 +61,7 @@ print("fake alpeft_jax.main started", flush=True)
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 """
 
-# uv on the workers: records its argv; `uv venv DIR` makes DIR/bin/python (the fake above).
+# uv on the workers: records its argv; `uv venv DIR` makes DIR/bin/python and DIR/bin/hf (the fake above).
 FAKE_UV = r"""#!{python} -S
 import json, os, shutil, sys
 log = os.environ["FAKE_UV_LOG"]
@@ -71,6 +71,7 @@ if sys.argv[1] == "venv":
     d = os.path.join(sys.argv[-1], "bin")
     os.makedirs(d)
     shutil.copy(os.environ["FAKE_PYTHON"], os.path.join(d, "python"))
+    shutil.copy(os.environ["FAKE_PYTHON"], os.path.join(d, "hf"))
 """
 
 
@@ -95,7 +96,20 @@ def fakes(tmp_path):
         k: v
         for k, v in os.environ.items()
         if k
-        not in ("DRY_RUN", "QUEUED", "SPOT", "RUNTIME", "PROJECT", "REPO", "REF", "VENV", "RUN_NAME", "WORKER", "DEST")
+        not in (
+            "DRY_RUN",
+            "QUEUED",
+            "SPOT",
+            "RUNTIME",
+            "PROJECT",
+            "REPO",
+            "REF",
+            "VENV",
+            "RUN_NAME",
+            "WORKER",
+            "DEST",
+            "WEIGHTS",
+        )
     }
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
@@ -321,6 +335,32 @@ def test_setup_copies_the_data_to_every_worker(fakes):
     rsync = [c for c in _records(fakes["calls"]) if c[1:3] == ["storage", "rsync"]]
     assert rsync[-1] == ["gcloud", "storage", "rsync", "--recursive", "gs://b/my data/tfds", "alpeft_data/tfds"]
     assert os.path.isdir(fakes["home"] / "alpeft_data" / "tfds")
+
+
+def test_setup_downloads_the_clip_resnet_weights_the_cpeal_configs_read(fakes):
+    from alpeft_jax.config import CLIP_BACKBONES
+
+    (_, ssh), _ = _launch_and_dry_run(fakes, "setup", ACCELERATOR="v4-8", WEIGHTS="rn50,rn101")
+    script = _flag(ssh, "command")
+    for key in ("rn50", "rn101"):
+        w = CLIP_BACKBONES[key]  # what the configs read (weights/clip-rn50/...) and the command preflight prints
+        local = os.path.join("alpeft_jax", os.path.dirname(w.source))  # runs start in ~/alpeft_jax
+        assert '"$HOME"/alpeft_venv/bin/' + w.download_command(local).replace('"', "") in script
+    r = _launch(fakes, "setup", ACCELERATOR="v4-8", WEIGHTS="rn101", FAKE_EXEC=1)
+    assert r.returncode == 0, r.stderr
+    hf = [rec["argv"] for rec in _records(fakes["python_log"]) if rec["argv"][:1] == ["download"]]
+    assert hf == [
+        [
+            "download",
+            "timm/resnet101_clip.openai",
+            "open_clip_model.safetensors",
+            "open_clip_config.json",
+            "--local-dir",
+            "alpeft_jax/weights/clip-rn101",
+        ]
+    ]
+    bad = _launch(fakes, "setup", ACCELERATOR="v4-8", WEIGHTS="rn50,vit_b16")
+    assert bad.returncode == 2 and "WEIGHTS=rn50,vit_b16: unknown vit_b16; use rn50,rn101" in bad.stderr
 
 
 def test_setup_clones_when_given_a_repository(fakes):
@@ -593,7 +633,7 @@ def test_readme_slurm_command(tmp_path):
         "--workdir=/shared/runs/lora_dtd_ours_s1",
         "--distributed",
         "--config.data.dir=/shared/tensorflow_datasets",
-        "--config.dtype=bfloat16",
+        "--config.dtype=float16",
     ]
 
 

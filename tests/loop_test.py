@@ -393,3 +393,47 @@ def test_cant_tell_examples_are_excluded_never_asked_again_and_a_skipped_round_f
     assert [r["n_labeled"] for r in results] == [0, 3, 8]
     assert run.finished == f"run finished: 3 rounds, 8 labels (12 excluded as can't tell); final model {wd}/ckpt/2"
     assert os.path.isdir(os.path.join(wd, "ckpt", "2"))
+
+
+@pytest.mark.slow  # two driver runs (~30 s of CPU); the scaling itself is tested fast in tests/train_test.py
+def test_loss_scale_carries_across_rounds_and_skipped_steps_are_counted(tmp_path, monkeypatch, caplog):
+    # float16's dynamic loss scaling in the driver, on the fast float32 tiny run: gradients are taken to overflow
+    # whenever the scale exceeds 2^20 (so the first step at 2^21 is skipped and halves the scale). Round 0 has
+    # one update step: it is skipped (a warning: the round did not train). Round 1 starts from the halved scale,
+    # carried through round 0's checkpoint into a new Run, and trains. (Real overflows: tests/train_test.py.)
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from alpeft_jax import train
+
+    step = train._loss_scale_step
+    overflow = lambda old, new, grads, scaling, interval: step(
+        old, new, jax.tree.map(lambda g: jnp.where(scaling["scale"] > 2.0**20, jnp.inf, g), grads), scaling, interval
+    )
+    monkeypatch.setattr(train, "_loss_scale_step", overflow)
+    config_of = loop.train_config
+    monkeypatch.setattr(loop, "train_config", lambda c: dataclasses.replace(config_of(c), loss_scale="dynamic"))
+    starts, ends = [], []
+    fit = train.Trainer.fit
+
+    def recording(self, state, *a, **k):
+        starts.append(float(state["loss_scale"]["scale"]))
+        state, history = fit(self, state, *a, **k)
+        ends.append(float(state["loss_scale"]["scale"]))
+        return state, history
+
+    monkeypatch.setattr(train.Trainer, "fit", recording)
+    c = _tiny("rounds=1,epochs=1")
+    c.adapt.mode = "linear"
+    c.data.max_pool, c.data.max_test = 40, 10
+    c.train.loss_scale_init = 2.0**21
+    wd = str(tmp_path / "wd")
+    with caplog.at_level("WARNING"):
+        first = loop.run(c, wd)
+    assert first[0]["skipped_steps"] == 1 and starts == [2.0**21] and ends == [2.0**20]
+    assert any("1 of 1 training steps were skipped" in r.getMessage() for r in caplog.records)
+    c.al.rounds = 2
+    results = loop.run(c, wd, allow_config_change=True)  # a new Run: the scale comes from round 0's checkpoint
+    assert starts == [2.0**21, 2.0**20] and results[1]["skipped_steps"] == 0
+    assert results[0] == first[0]

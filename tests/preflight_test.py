@@ -236,6 +236,28 @@ def test_data_problems(tmp_path):
         f"data (data.train_split='train', data.test_split='test'): image folder "
         f"{folder} does not exist; expected {folder}/<class>/<image files>"
     ]
+    # the datasets no package downloads: the message says where they come from
+    aptos = load_config_file(os.path.join(ROOT, "configs", "peal.py"))
+    aptos.update_from_flattened_dict({"backbone": "efficientnet-lite0", "adapt.mode": "linear"})
+    aptos.data.name, aptos.data.dir = "folder", str(tmp_path / "aptos")
+    (msg,) = preflight.check(aptos, wd)
+    assert msg.startswith(
+        f"data (data.train_split='train[:80%]', data.test_split='train[80%:]'): image folder {tmp_path}"
+    )
+    assert msg.endswith(
+        "; APTOS 2019 comes from Kaggle: kaggle competitions download -c aptos2019-blindness-detection "
+        "(https://www.kaggle.com/competitions/aptos2019-blindness-detection/data), then link "
+        "train_images/<id_code>.png into DIR/<diagnosis>/ by train.csv (README, PEAL data)"
+    )
+    aircraft = load_config_file(os.path.join(ROOT, "configs", "lora.py") + ":dataset=fgvc_aircraft")
+    aircraft.update_from_flattened_dict({"backbone": "efficientnet-lite0", "adapt.mode": "linear"})
+    aircraft.adapt.head, aircraft.data.dir = "linear", str(tmp_path)
+    (msg,) = preflight.check(aircraft, wd)
+    assert msg.endswith(
+        f"{tmp_path}/fgvc_aircraft/variants.txt does not exist; download https://www.robots.ox.ac.uk/~vgg/data/"
+        "fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz (CoOp DATASETS.md, FGVCAircraft) and move the archive's "
+        f"data/ folder to {tmp_path}/fgvc_aircraft"
+    )
     from PIL import Image
 
     for split, classes in (("train", "ab"), ("test", "abc")):
