@@ -172,6 +172,9 @@ def run_cells(
                     warming.add(pick.warm_key)
                 os.makedirs(os.path.dirname(os.path.abspath(pick.log)), exist_ok=True)
                 log: IO[bytes] = open(pick.log, "ab")
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"=== {stamp} sweep starts {pick.name}: {' '.join(pick.argv)}\n".encode())
+                log.flush()
                 env = dict(os.environ, **slots[slot])
                 shown = " ".join(f"{k}={v}" for k, v in slots[slot].items())
                 out(f"start {pick.name}" + (f" ({shown})" if shown else "") + f", log {pick.log}")
@@ -474,7 +477,7 @@ def summary(p: Plan, against: Sequence[str], command: str = "") -> str | None:
     n = len(p.cells)
     head = [f"<!-- written by: {command} -->"] if command else []
     head += [f"{len(dirs)} of {n} cells finished." if len(dirs) < n else f"All {n} cells finished.", ""]
-    body = "\n".join(head) + text + "\n"
+    body = "\n".join([*head, text]) + "\n"
     atomic_write(as_path(root) / SUMMARY_FILE, body)
     curves = as_path(root) / "curves.png"
     if is_local(root):
@@ -490,9 +493,8 @@ def summary(p: Plan, against: Sequence[str], command: str = "") -> str | None:
 # -- command line ----------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One line, then exit 2."""
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        """A SweepError: `main` prints it as one line and returns 2."""
+        raise SweepError(message)
 
 
 def _lock(workdir: str) -> IO[str] | None:
@@ -531,14 +533,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--distributed", action="store_true", help="pass --distributed to every cell (TPU pod slices)")
     p.add_argument("--logdir", default="", help="the cells' logs (default DIR/logs; ./sweep_logs for gs:// DIRs)")
     p.add_argument("--dry_run", action="store_true", help="print the plan and exit")
-    flags_, rest = p.parse_known_args(argv)
-    overrides = [a for a in rest if a.startswith(("--config.", "--noconfig."))]
-    bad = [a for a in rest if a not in overrides]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)} (cell settings go as --config.KEY=VALUE)")
-    unvalued = [a for a in overrides if a.startswith("--config.") and "=" not in a]
-    if unvalued:
-        p.error(f"{unvalued[0]}: write --config.KEY=VALUE (one argument)")
+    try:
+        flags_, rest = p.parse_known_args(argv)
+        overrides = [a for a in rest if a.startswith(("--config.", "--noconfig."))]
+        bad = [a for a in rest if a not in overrides]
+        if bad:
+            p.error(f"unrecognized arguments: {' '.join(bad)} (cell settings go as --config.KEY=VALUE)")
+        unvalued = [a for a in overrides if a.startswith("--config.") and "=" not in a]
+        if unvalued:
+            p.error(f"{unvalued[0]}: write --config.KEY=VALUE (one argument)")
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         slots = device_slots(flags_.devices, flags_.devices_per_cell, flags_.jobs)
         sweep = plan(
