@@ -517,10 +517,9 @@ def _lock(workdir: str) -> IO[str] | None:
     return f
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: check every cell, run the unfinished ones, write the summary."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = _Parser(prog="python -m alpeft_jax.sweep", description=__doc__.splitlines()[0])
+def parse_command_line(argv: Sequence[str]) -> tuple[argparse.Namespace, Plan, list[dict[str, str]], list[str]]:
+    """(flags, the plan, the device slots, the summary's reference groups) of a command line; SweepError if bad."""
+    p = _Parser(prog="python -m alpeft_jax.sweep", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--config", required=True, help="the experiment file, e.g. configs/coop.py")
     p.add_argument("--args", default="", help="the config file's arguments for every cell, e.g. dataset=dtd")
     p.add_argument("--strategies", required=True, help="comma-separated, e.g. random,entropy,badge,coreset,ours")
@@ -533,34 +532,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--distributed", action="store_true", help="pass --distributed to every cell (TPU pod slices)")
     p.add_argument("--logdir", default="", help="the cells' logs (default DIR/logs; ./sweep_logs for gs:// DIRs)")
     p.add_argument("--dry_run", action="store_true", help="print the plan and exit")
+    flags_, rest = p.parse_known_args(list(argv))
+    overrides = [a for a in rest if a.startswith(("--config.", "--noconfig."))]
+    bad = [a for a in rest if a not in overrides]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (cell settings go as --config.KEY=VALUE)")
+    unvalued = [a for a in overrides if a.startswith("--config.") and "=" not in a]
+    if unvalued:
+        p.error(f"{unvalued[0]}: write --config.KEY=VALUE (one argument)")
+    slots = device_slots(flags_.devices, flags_.devices_per_cell, flags_.jobs)
+    sweep = plan(
+        flags_.config,
+        flags_.args,
+        [s.strip() for s in flags_.strategies.split(",") if s.strip()],
+        parse_seeds(flags_.seeds),
+        flags_.workdir,
+        overrides,
+        flags_.distributed,
+        flags_.logdir,
+    )
+    against = default_against(sweep.arms) if flags_.against is None else [a for a in flags_.against.split(",") if a]
+    unknown = [a for a in against if a not in sweep.arms]
+    if unknown:
+        raise SweepError(f"--against {','.join(unknown)}: not among --strategies={','.join(sweep.arms)}")
+    return flags_, sweep, slots, against
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: check every cell, run the unfinished ones, write the summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        flags_, rest = p.parse_known_args(argv)
-        overrides = [a for a in rest if a.startswith(("--config.", "--noconfig."))]
-        bad = [a for a in rest if a not in overrides]
-        if bad:
-            p.error(f"unrecognized arguments: {' '.join(bad)} (cell settings go as --config.KEY=VALUE)")
-        unvalued = [a for a in overrides if a.startswith("--config.") and "=" not in a]
-        if unvalued:
-            p.error(f"{unvalued[0]}: write --config.KEY=VALUE (one argument)")
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        slots = device_slots(flags_.devices, flags_.devices_per_cell, flags_.jobs)
-        sweep = plan(
-            flags_.config,
-            flags_.args,
-            [s.strip() for s in flags_.strategies.split(",") if s.strip()],
-            parse_seeds(flags_.seeds),
-            flags_.workdir,
-            overrides,
-            flags_.distributed,
-            flags_.logdir,
-        )
-        against = default_against(sweep.arms) if flags_.against is None else [a for a in flags_.against.split(",") if a]
-        unknown = [a for a in against if a not in sweep.arms]
-        if unknown:
-            raise SweepError(f"--against {','.join(unknown)}: not among --strategies={','.join(sweep.arms)}")
+        flags_, sweep, slots, against = parse_command_line(argv)
         sweep, found = check(sweep)
     except (SweepError, ValueError, FileNotFoundError) as e:
         for line in str(e).splitlines() or [type(e).__name__]:

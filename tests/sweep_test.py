@@ -66,6 +66,47 @@ def test_configs_with_strategy_and_calib_arguments_use_them():
     assert (c.al.strategy, c.seed, c.data.name, c.train.calibration) == ("badge", 2, "eurosat/rgb", "none")
 
 
+def _readme_sweeps():
+    """The sweep commands of the README's "Reproducing the papers": its code block and each table row's command
+    (each `a|b` alternative taken), as argument lists."""
+    import re
+    import shlex
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    section = text[text.index("\n## Reproducing the papers\n") :]
+    section = section[: section.index("\n## ", 5)]
+    (block,) = [b for b in re.findall(r"```\n(.*?)```", section, re.S) if "alpeft_jax.sweep" in b]
+    commands = [shlex.split(block.replace("\\\n", " "))[3:]]
+    for row in re.findall(r"^\| [^|]+ \| [^`|]*`(--config=configs/[^`]+)`", section.replace("\\|", "\0"), re.M):
+        alternatives = re.findall(r"[^=,\s]+(?:\0[^=,\s]+)+", row)
+        for i in range(max((len(a.split("\0")) for a in alternatives), default=1)):
+            cmd = row
+            for a in alternatives:
+                options = a.split("\0")
+                cmd = cmd.replace(a, options[min(i, len(options) - 1)])
+            commands.append([*shlex.split(cmd), "--seeds=1,2,3", "--workdir=DIR"])
+    return commands
+
+
+def test_readme_paper_table_commands_are_valid_sweeps():
+    """Every sweep the README shows parses, maps its strategies and gives cells whose settings pass the schema."""
+    from alpeft_jax import preflight, schema
+
+    commands = _readme_sweeps()
+    assert len(commands) >= 6 and any("--config=configs/peal.py" in c for cmd in commands for c in cmd)
+    for argv in commands:
+        argv = [a.replace("dataset=D", "dataset=eurosat").replace("backbone=B", "backbone=rn50") for a in argv]
+        _, p, _, against = sweep.parse_command_line([*argv, "--devices=none"])
+        assert against == [a for a in ("random", "entropy") if a in p.arms]
+        for arm, cell in zip(p.arms, p.cells[-len(p.arms) :]):
+            c = sweep.cell_config(cell)
+            family = "dinov2" if "dinov2" in c.backbone else "clip"
+            assert schema.validate(c, strategies=preflight.strategy_facts(), family=family) == [], (argv, arm)
+            assert c.name == arm and c.seed == 3 and c.al.strategy == ("entropy" if arm == "ours" else arm)
+            assert (c.train.calibration == "cpeal") == (arm == "ours")
+
+
 def test_seeds_parse():
     assert sweep.parse_seeds("1,2,3") == [1, 2, 3] and sweep.parse_seeds("1-3,7") == [1, 2, 3, 7]
     for bad in ("1,x", "1.5", "", "3-1", "1,1"):
