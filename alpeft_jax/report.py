@@ -216,6 +216,22 @@ def summary_table(
     return "\n".join(lines)
 
 
+COST_COLUMNS = (
+    "AUC ECE",
+    "classes labelled",
+    "rarest class",
+    "scoring s/round",
+    "selection s/round",
+    "calibration active",
+    "train misclassified",
+)
+
+
+def summary_text(groups: dict[str, dict[int, Rows]], against: Sequence[str] = ()) -> str:
+    """What `--summary` prints: the accuracy table with the paired differences, then the calibration and cost one."""
+    return summary_table(groups, against=against) + "\n\n" + summary_table(groups, columns=COST_COLUMNS)
+
+
 def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
     """Accuracy and ECE against labels, one line per group (mean; a ±std band up to 4 groups); returns the path."""
     import matplotlib
@@ -260,23 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.summary:
             by_seed = group_runs_by_seed(args.workdirs)
-            against = [a for a in args.against.split(",") if a]
-            print(summary_table(by_seed, against=against))
-            print()
-            print(
-                summary_table(
-                    by_seed,
-                    columns=(
-                        "AUC ECE",
-                        "classes labelled",
-                        "rarest class",
-                        "scoring s/round",
-                        "selection s/round",
-                        "calibration active",
-                        "train misclassified",
-                    ),
-                )
-            )
+            print(summary_text(by_seed, against=[a for a in args.against.split(",") if a]))
         groups = group_runs(args.workdirs)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,25 +6,22 @@ r"""The study behind RESULTS.md: every run through the command line, then the ta
     make reproduce                                     # both
 
 Each run is `python -m alpeft_jax.main --config=configs/study.py:<args> --workdir=workdirs/study/<part>/<group>/s<seed>`
-(finished runs are skipped; a run killed half-way resumes from its checkpoint). Runs go seed by seed, so an
-interrupted study still has the same seeds for every group. The tables are `alpeft_jax.report.summary_table` (as
-`python -m alpeft_jax.report --summary`) over the finished runs.
+(finished runs are skipped; a run killed half-way resumes from its checkpoint: `alpeft_jax.sweep.run_cells` runs
+them). Runs go seed by seed, so an interrupted study still has the same seeds for every group. The tables are
+`alpeft_jax.report.summary_table` (as `python -m alpeft_jax.report --summary`) over the finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from alpeft_jax import report  # noqa: E402
+from alpeft_jax import report, sweep  # noqa: E402
 
 WORKDIR = os.path.join("workdirs", "study")
 UNCERTAINTY = ["random", "entropy", "margin", "least_confidence"]
@@ -86,13 +83,9 @@ CORE = {
 ROUNDS = 10
 
 
-def finished(workdir: str, rounds: int = ROUNDS) -> bool:
-    """Whether a run directory holds all its rounds' results."""
-    path = os.path.join(workdir, "results.jsonl")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return sum(1 for line in f if line.strip()) >= rounds
+def finished(workdir: str) -> bool:
+    """Whether a run directory holds all the study's rounds (`alpeft_jax.sweep.finished`)."""
+    return sweep.finished(workdir, ROUNDS)
 
 
 def select_groups(part: str, which: str) -> list[str]:
@@ -129,31 +122,22 @@ def plan(
     return out
 
 
+def cells(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR, groups: str = "all") -> list[sweep.Cell]:
+    """The study's runs as cells of `alpeft_jax.sweep`: logs beside each run (run.log); a part's runs share its
+    feature cache, so its first run warms the cache before the others start."""
+    return [
+        sweep.Cell(os.path.relpath(w, root), w, tuple(c), os.path.join(w, "run.log"), warm_key=w.split(os.sep)[-3])
+        for w, c in plan(parts, seeds, root, groups)
+    ]
+
+
 def run_all(parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = WORKDIR, groups: str = "all") -> int:
-    """Run every unfinished run (logs beside each run as run.log); returns the number that failed."""
-    todo = [(w, c) for w, c in plan(parts, seeds, root, groups) if not finished(w)]
-    print(f"{len(todo)} runs to do", flush=True)
-    failed = 0
-
-    def one(item: tuple[str, list[str]]) -> int:
-        workdir, cmd = item
-        os.makedirs(workdir, exist_ok=True)
-        t0 = time.time()
-        with open(os.path.join(workdir, "run.log"), "a") as log:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-        print(f"{'ok' if rc == 0 else f'FAILED rc={rc}'} {time.time() - t0:6.1f}s {workdir}", flush=True)
-        return rc
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        # The first run of a part builds its feature cache; let it finish before others read the cache.
-        firsts = {}
-        for w, c in todo:
-            firsts.setdefault(w.split(os.sep)[-3], (w, c))
-        for item in firsts.values():
-            failed += one(item) != 0
-        rest = [item for item in todo if item not in firsts.values()]
-        failed += sum(rc != 0 for rc in pool.map(one, rest))
-    return failed
+    """Run every unfinished run, `jobs` at a time (`alpeft_jax.sweep.run_cells`); returns the number that failed."""
+    outcomes, stopped = sweep.run_cells(cells(parts, seeds, root, groups), [{}] * jobs, cwd=ROOT)
+    if stopped is not None:
+        print("stopped; rerun the same command to resume", file=sys.stderr)
+        return 128 + stopped
+    return sum(o.status in ("failed", "unfinished") for o in outcomes)
 
 
 def load_part(part: str, seeds: Sequence[int], root: str = WORKDIR) -> dict[str, dict[int, list[dict]]]:
@@ -343,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(("done " if finished(w) else "todo ") + " ".join(c[1:]))
         return 0
     if args.what == "run":
-        return 1 if run_all(parts, seeds, args.jobs, args.root, args.groups) else 0
+        failed = run_all(parts, seeds, args.jobs, args.root, args.groups)
+        return failed if failed >= 128 else (1 if failed else 0)
     if args.what == "results":
         with open(args.template) as f:
             text = fill_template(f.read(), seeds, args.root)

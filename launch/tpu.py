@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Cloud TPU VM launcher behind `launch/tpu_vm.sh`: create, setup, run, stop, status, logs, fetch, delete.
+"""Cloud TPU VM launcher behind `launch/tpu_vm.sh`: create, setup, run, sweep, stop, status, logs, fetch, delete.
 
     TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 ./launch/tpu_vm.sh create
     TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 ./launch/tpu_vm.sh setup
     TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 CONFIG=configs/lora.py WORKDIR=gs://b/runs/lora_s1 \\
         ./launch/tpu_vm.sh run --config.data.dir=gs://b/tfds
+    TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 CONFIG=configs/coop.py WORKDIR=gs://b/sweeps/coop_dtd \\
+        ./launch/tpu_vm.sh sweep --args=dataset=dtd --strategies=random,entropy,badge,coreset,ours --seeds=1,2,3
 
 Every step is a `gcloud` command; `DRY_RUN=1` prints them as a shell script instead of running them, with
 `${VAR?}` in place of each variable that is not set. The number of hosts follows from ACCELERATOR alone (chips
@@ -29,6 +31,8 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
                     Python 3.11 with uv and the package (with its [cloud] extra: gs:// workdirs) and jax[tpu]
   run [ARGS...]     start `python -m alpeft_jax.main --config=$CONFIG --workdir=$WORKDIR [--distributed] ARGS`
                     on every worker in the background (nohup), a log per worker in ~/alpeft_logs
+  sweep [ARGS...]   the same with `python -m alpeft_jax.sweep --config=$CONFIG --workdir=$WORKDIR ARGS`: every
+                    strategy x seed of CONFIG one after another, then $WORKDIR/summary.md (--strategies=... --seeds=...)
   stop              stop the run started last, on every worker
   status            the TPU's state and, per worker, whether the run is going and its last log lines
   logs [-f]         the last $LOG_LINES (100) lines of the run's log on worker $WORKER (0; `all` for every worker)
@@ -374,12 +378,13 @@ class Launcher:
             )
         self.emit(self.ssh(name, flags, "all", self.setup_script(acc, clone)))
 
-    def run(self, args: list[str]) -> None:
+    def run(self, args: list[str], module: str = "alpeft_jax.main") -> None:
         """Start the experiment on every worker in the background, a log per worker."""
         acc = self.accelerator()
         name, flags = self.tpu()
         config = self.need("CONFIG", "the experiment file, e.g. CONFIG=configs/lora.py")
-        workdir = self.need("WORKDIR", "shared by all hosts, e.g. WORKDIR=gs://bucket/runs/lora_s1")
+        example = "gs://bucket/sweeps/coop_dtd" if module == "alpeft_jax.sweep" else "gs://bucket/runs/lora_s1"
+        workdir = self.need("WORKDIR", f"shared by all hosts, e.g. WORKDIR={example}")
         self.check()
         hosts = num_hosts(acc)
         if hosts > 1 and not workdir.startswith(("gs://", "\0")) and not self.dry:
@@ -390,7 +395,7 @@ class Launcher:
         argv = [f"--config={config}", f"--workdir={workdir}", *(["--distributed"] if hosts > 1 else []), *args]
         rname = self.env.get("RUN_NAME") or (run_name(workdir) if not isinstance(workdir, Guard) else "run")
         rname = run_name(rname)
-        cmd = " ".join([self.venv_python(), "-m", "alpeft_jax.main", *(shlex.quote(a) for a in argv)])
+        cmd = " ".join([self.venv_python(), "-m", module, *(shlex.quote(a) for a in argv)])
         script = "\n".join(
             [
                 'cd "$HOME"',
@@ -408,6 +413,12 @@ class Launcher:
             ]
         )
         self.emit(self.ssh(name, flags, "all", script))
+
+    def sweep(self, args: list[str]) -> None:
+        """Start `python -m alpeft_jax.sweep` (every strategy x seed of CONFIG, then the summary) on every worker."""
+        if not any(a.startswith("--strategies") for a in args):
+            raise LaunchError("sweep needs --strategies=..., e.g. sweep --strategies=random,entropy,badge,coreset,ours")
+        self.run(args, module="alpeft_jax.sweep")
 
     def stop(self, args: list[str]) -> None:
         """Stop the latest run on every worker."""
@@ -530,7 +541,7 @@ class Launcher:
             self.emit(["gcloud", "compute", "tpus", "tpu-vm", "delete", name, *flags, "--quiet"])
 
 
-COMMANDS = ("create", "setup", "run", "stop", "status", "logs", "fetch", "delete")
+COMMANDS = ("create", "setup", "run", "sweep", "stop", "status", "logs", "fetch", "delete")
 
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:

@@ -120,6 +120,10 @@ def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
     half = runs[1][0]
     _write_run(half, "x", 1, [0.1] * 3)
     assert study.finished(done) and not study.finished(half)
+    # the runs as cells of alpeft_jax.sweep's runner: a log beside each run, a part's runs sharing its cache
+    cells = study.cells(["linear", "lora"], [1], root=str(tmp_path))
+    assert [c.argv for c in cells] == [tuple(cmd) for _, cmd in study.plan(["linear", "lora"], [1], str(tmp_path))]
+    assert {c.warm_key for c in cells} == {"linear", "lora"} and cells[0].log == os.path.join(runs[0][0], "run.log")
 
 
 def test_results_template_numbers_come_from_the_runs(tmp_path):
