@@ -29,7 +29,7 @@ from etils import epath
 
 from alpeft_jax import backbones, data, oracles, schema, strategies
 from alpeft_jax.checkpoint import TreeStore
-from alpeft_jax.config import parse_options
+from alpeft_jax.config import strategy_options
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
 from alpeft_jax.metrics import Metrics, bar, calibration_activity, write_reports
 from alpeft_jax.models import lora as lora_lib
@@ -132,7 +132,7 @@ class Run:
         self.budget = c.al.budget or self.num_classes
         self.initial = c.al.initial or self.num_classes
         self.gamma_count = strategies.candidate_count(len(self.pool), c.al.gamma)
-        self.options = parse_options(c.al.options)
+        self.options = strategy_options(c)
         self.rounds_store = TreeStore(self.workdir.rounds)
         self.progress_store = TreeStore(self.workdir.progress, max_to_keep=1)
         self.oracle = None
