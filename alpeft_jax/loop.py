@@ -36,6 +36,7 @@ from alpeft_jax.models import lora as lora_lib
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
+from alpeft_jax.stopping import StopMonitor
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
 from alpeft_jax.workdir import ConfigMismatchError, Workdir
 
@@ -140,6 +141,7 @@ class Run:
             pool_view = oracles.PoolView(pool_src, self.pool.positions, names)
             self.oracle = oracles.make(c, pool_view, self.workdir.root, labels_file=labels_file, run_name=c.name)
         self.metrics = Metrics(self.workdir)
+        self.stopper = StopMonitor(self)  # stop signals each round; al.stop ends the run (stopping.py)
         self._trainable: Any = None  # the model of the last finished round, when in memory
         self._summary()
 
@@ -349,7 +351,7 @@ class Run:
     def run(self) -> list[dict[str, Any]]:
         """Run every remaining round; returns the per-round results (stops early if labels are pending)."""
         rec = self.record
-        while rec.round < self.c.al.rounds:
+        while rec.round < self.c.al.rounds and not self.stopper.halted(rec):
             r = rec.round
             if rec.phase == "select":
                 rows, t_score, t_select, probs = self.select(r)
@@ -400,6 +402,8 @@ class Run:
         }
         if rec.label_info:
             result["labeling"] = rec.label_info
+        result.update(self.stopper.signals(rec, result, self._trainable[1]))
+        self.stopper.decide(rec, result)  # al.stop: the row and rec.stops say why the run stops here
         rec.results = rec.results + [result]
         rec.round, rec.phase, rec.selected, rec.predictions, rec.label_info = r + 1, "select", [], None, {}
         self.workdir.write_record(rec)
