@@ -4,12 +4,13 @@ and a driver run that stops by itself, says why, stays stopped, and goes on when
 import json
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from alpeft_jax import loop, report, stopping
+from alpeft_jax import config, loop, report, stopping, workdir
 
 TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny.py")
 
@@ -70,6 +71,34 @@ def _tiny(arg, **al):
     return c
 
 
+def _monitor(**al):
+    c = config.base()
+    c.al.update(al)
+    return stopping.StopMonitor(types.SimpleNamespace(c=c, pool=range(500)))
+
+
+def test_the_rule_stops_once_says_why_and_a_higher_rounds_lifts_it(capfd):
+    rec = workdir.RunRecord()
+    mon = _monitor(stop="gain", rounds=6, stop_window=2, stop_gain=0.02)
+    assert mon.rows.size == 500  # the whole pool when the stop set is larger
+    row = {"round": 2, "n_labeled": 30, "stop_gain": 0.004, "stop_rules": ["gain"]}
+    assert _monitor(stop="kappa", rounds=6).decide(rec, dict(row)) == ""  # another rule: no stop
+    reason = mon.decide(rec, row)
+    assert reason == (
+        "al.stop=gain: stopped after round 2 (30 labels): expected gain of the next round +0.40 accuracy points "
+        "< al.stop_gain 2.00"
+    )
+    assert row["stop_reason"] == reason and rec.stops == [{"round": 2, "rounds": 6, "reason": reason}]
+    assert mon.halted(rec) and reason in capfd.readouterr().err
+    more = _monitor(stop="gain", rounds=9, stop_window=2, stop_gain=0.02)
+    assert not more.halted(rec)  # a higher al.rounds goes on
+    assert more.decide(rec, dict(row, round=3)) == ""  # re-armed only stop_window rounds after the lifted stop
+    assert more.decide(rec, dict(row, round=4)) != "" and rec.stops[-1]["rounds"] == 9
+    assert more.halted(rec)
+    assert more.decide(workdir.RunRecord(), dict(row, round=8)) == ""  # the last round ends the run anyway
+
+
+@pytest.mark.slow  # three driver runs (~30 s on a quiet machine); the test above covers the decisions
 def test_kappa_stop_stays_stopped_and_goes_on_with_more_rounds(tmp_path_factory, capfd):
     cache = str(tmp_path_factory.getbasetemp() / "shared_cache")
     wd = str(tmp_path_factory.mktemp("stop"))
