@@ -1,6 +1,6 @@
 """When to stop labelling: signals recorded every round without test labels, and the rules that read them.
 
-Every finished round adds to its results row (METHOD.md §3.8):
+Every finished round adds to its results row (METHOD.md §3.9):
 
   stop_kappa       Cohen's kappa between this round's and the last round's predicted classes on the stop set: a
                    fixed random subset of `al.stop_set_size` pool rows (drawn by `al.stop_set_seed`, the same for

@@ -1,4 +1,4 @@
-"""TCM: a typicality/coverage strategy for the first rounds, then an uncertainty strategy (METHOD.md §3.7).
+"""TCM: a typicality/coverage strategy for the first rounds, then an uncertainty strategy (METHOD.md §3.8).
 
 At tiny budgets a model's uncertainty is uninformative and picks that cover the data (TypiClust, ProbCover) win;
 once every class has a few labels, uncertainty (margin) wins (Doucet et al. 2024, "TCM"). `select_tcm` asks the
