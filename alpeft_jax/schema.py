@@ -210,7 +210,7 @@ TcmThen = Literal["margin", "entropy", "least_confidence", "badge", "coreset"]
 
 @dataclasses.dataclass(frozen=True)
 class Tcm(_Checked):
-    """`config.al.tcm`: al.strategy=tcm, a typicality/coverage strategy first, then an uncertainty one (METHOD.md §3.8)."""
+    """`config.al.tcm`: al.strategy=tcm, typicality or coverage first, then uncertainty (METHOD.md §3.8)."""
 
     first: Literal["typiclust", "probcover"] = setting("typiclust", "the strategy of the first rounds")
     then: TcmThen = setting("margin", "the strategy after the hand-off")

@@ -43,7 +43,8 @@ def _rounds(pool, labeled, y, opts, rounds, budget=10):
 
 
 @pytest.mark.parametrize(
-    "first,then,per_class", [("typiclust", "margin", 5), pytest.param("probcover", "entropy", 7, marks=pytest.mark.slow)]
+    "first,then,per_class",
+    [("typiclust", "margin", 5), pytest.param("probcover", "entropy", 7, marks=pytest.mark.slow)],
 )
 def test_labels_rule_hands_off_at_its_round_and_picks_what_each_part_picks(make_pool, first, then, per_class):
     pool, labeled, y = make_pool()  # 20 labels: 4 per class, then 10 more a round (test_contract's budget)
