@@ -10,7 +10,8 @@ Each round r (METHOD.md §3.3):
           cache), then the strategy proposes int(gamma·N) candidates and PCB keeps `al.budget` of them;
   label   the oracle reveals the labels (or a human is asked, and the run stops cleanly until they answer);
   train   a fresh trainable tree (or warm start) trained on every label so far;
-  eval    accuracy, NLL, ECE, Brier on the test split; checkpoint; one row in results.jsonl.
+  eval    accuracy, NLL, ECE, Brier on the test split; checkpoint; one row in results.jsonl, with the stop
+          signals of `alpeft_jax.stopping` (al.stop may end the run there).
 The phases and the labels are recorded in DIR/al_state.json before the next phase starts (see workdir.py for
 the layout and the resume order), so a killed run resumes where it stopped and ends with the same results.
 """

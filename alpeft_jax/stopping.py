@@ -62,6 +62,8 @@ def expected_gain(rows: Sequence[Row], window: int) -> float | None:
     if window < 1 or len(rows) < window + 1:
         return None
     last = rows[-(window + 1) :]
+    if any(r.get("accuracy") is None for r in last):  # a run with neither a test split nor a cv estimate
+        return None
     n = np.asarray([float(r["n_labeled"]) for r in last])
     acc = np.asarray([float(r["accuracy"]) for r in last])
     if np.any(n <= 0) or np.ptp(np.log(n)) == 0:

@@ -37,6 +37,7 @@ def test_gain_is_the_log_linear_trend_at_the_next_round():
     slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
     assert stopping.expected_gain(rows, 2) == pytest.approx(slope * np.log(60 / 50), rel=1e-9)
     assert stopping.expected_gain(rows[:2], 2) is None  # too few rounds for the window
+    assert stopping.expected_gain([*rows[:-1], {"n_labeled": 50}], 2) is None  # a row without an accuracy
 
 
 def test_signals_and_where_each_rule_fires():
