@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         groups = group_runs(args.workdirs)
-        stops = stop_table(group_runs_by_seed(args.workdirs))
+        stops = stop_table({label: dict(enumerate(runs)) for label, runs in groups.items()})
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
