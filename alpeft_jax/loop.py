@@ -12,7 +12,8 @@ Each round r (METHOD.md §3.3):
   train   a fresh trainable tree (or warm start) trained on every label so far;
   eval    accuracy, NLL, ECE, Brier on the test set or, for a run without one (`data.runsets`), the same
           metrics cross-validated over the labels so far (`crossval`); checkpoint; one row in results.jsonl
-          with `evaluation` "test" or "cv".
+          with `evaluation` "test" or "cv", and the stop
+          signals of `alpeft_jax.stopping` (al.stop may end the run there).
 With a class list (`data.classes`) and a human oracle, the labels the pool already holds are recorded before
 round 0 as given labels: they count toward `al.initial` and are never asked for. DIR/classes.txt holds the class
 names in label order from the start of the run.
@@ -34,7 +35,7 @@ from etils import epath
 
 from alpeft_jax import backbones, crossval, data, oracles, schema, strategies
 from alpeft_jax.checkpoint import TreeStore
-from alpeft_jax.config import parse_options
+from alpeft_jax.config import strategy_options
 from alpeft_jax.data import runsets
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
 from alpeft_jax.metrics import Metrics, bar, calibration_activity, skipped_steps, write_reports
@@ -42,6 +43,7 @@ from alpeft_jax.models import lora as lora_lib
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
+from alpeft_jax.stopping import StopMonitor
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
 from alpeft_jax.workdir import ConfigMismatchError, Workdir, finished_line, read_classes, write_classes
 
@@ -149,7 +151,7 @@ class Run:
         self.budget = c.al.budget or self.num_classes
         self.initial = c.al.initial or self.num_classes
         self.gamma_count = strategies.candidate_count(len(self.pool), c.al.gamma)
-        self.options = parse_options(c.al.options)
+        self.options = strategy_options(c)
         self.rounds_store = TreeStore(self.workdir.rounds)
         self.progress_store = TreeStore(self.workdir.progress, max_to_keep=1)
         self.oracle = None
@@ -157,6 +159,7 @@ class Run:
             pool_view = oracles.PoolView(pool_src, self.pool.positions, names)
             self.oracle = oracles.make(c, pool_view, self.workdir.root, labels_file=labels_file, run_name=c.name)
         self.metrics = Metrics(self.workdir)
+        self.stopper = StopMonitor(self)  # stop signals each round; al.stop ends the run (stopping.py)
         self._trainable: Any = None  # the model of the last finished round, when in memory
         self.finished = ""  # the run's closing line (workdir.finished_line) once every round is done
         self._loss_scale: Any = None  # (round, the float16 loss scale it ended with), when in memory
@@ -450,7 +453,7 @@ class Run:
     def run(self) -> list[dict[str, Any]]:
         """Run every remaining round; returns the per-round results (stops early if labels are pending)."""
         rec = self.record
-        while rec.round < self.c.al.rounds:
+        while rec.round < self.c.al.rounds and not self.stopper.halted(rec):
             r = rec.round
             if rec.phase == "select":
                 rows, t_score, t_select, probs = self.select(r)
@@ -520,6 +523,8 @@ class Run:
             )
         if rec.label_info:
             result["labeling"] = rec.label_info
+        result.update(self.stopper.signals(rec, result, self._trainable[1]))
+        self.stopper.decide(rec, result)  # al.stop: the row and rec.stops say why the run stops here
         rec.results = rec.results + [result]
         rec.round, rec.phase, rec.selected, rec.predictions, rec.label_info = r + 1, "select", [], None, {}
         self.workdir.write_record(rec)

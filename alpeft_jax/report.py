@@ -10,7 +10,8 @@ A run without a test set reports k-fold cross-validated estimates on its labels 
 `--summary` prints one row per group instead: final-round and area-under-curve accuracy, the differences to each
 `--against` group paired by seed (mean ± standard error over the seeds both ran), final ECE and NLL, how many
 classes have labels and how many the least-labelled class has, seconds spent scoring and selecting per round, and
-how often the calibration loss was active.
+how often the calibration loss was active. Runs whose rows carry stop signals also get a table of where each
+stopping rule (`alpeft_jax.stopping`) would have stopped them, the labels that saves and the accuracy given up.
 """
 
 from __future__ import annotations
@@ -232,6 +233,44 @@ def summary_text(groups: dict[str, dict[int, Rows]], against: Sequence[str] = ()
     return summary_table(groups, against=against) + "\n\n" + summary_table(groups, columns=COST_COLUMNS)
 
 
+def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kappa", "gain")) -> str:
+    """Where each stopping rule would have stopped each group's runs (the rows' stop signals, `stopping.py`).
+
+    Per group and rule, over the runs with stop signals: how many stop before their last round, the stop round
+    (mean ± std; a run the rule never stops counts at its last round), the labels that saves against labelling to
+    the last round, and the accuracy given up there (final - at the stop, points, mean ± standard error).
+    """
+    from alpeft_jax.stopping import first_stop
+
+    head = ["method", "rule", "seeds", "stops early", "stop round", "labels saved", "accuracy given up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in groups.items():
+        runs = {s: r for s, r in runs.items() if r and "stop_rules" in r[-1]}
+        if not runs:
+            continue
+        for rule in rules:
+            at, saved, lost, early = [], [], [], 0
+            for rows in runs.values():
+                i = first_stop(rows, rule)
+                early += i is not None and i < len(rows) - 1
+                i = len(rows) - 1 if i is None else i
+                at.append(rows[i]["round"])
+                saved.append(rows[-1]["n_labeled"] - rows[i]["n_labeled"])
+                lost.append(100.0 * (float(rows[-1]["accuracy"]) - float(rows[i]["accuracy"])))
+            se = float(np.std(lost, ddof=1) / np.sqrt(len(lost))) if len(lost) > 1 else float("nan")
+            cells = [
+                label,
+                rule,
+                str(len(runs)),
+                f"{early} of {len(runs)}",
+                f"{np.mean(at):.1f} ± {np.std(at):.1f}",
+                f"{np.mean(saved):.1f} ± {np.std(saved):.1f}",
+                f"{np.mean(lost):+.2f} ± {se:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
     """Accuracy and ECE against labels, one line per group (mean; a ±std band up to 4 groups); returns the path."""
     import matplotlib
@@ -278,11 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             by_seed = group_runs_by_seed(args.workdirs)
             print(summary_text(by_seed, against=[a for a in args.against.split(",") if a]))
         groups = group_runs(args.workdirs)
+        stops = stop_table({label: dict(enumerate(runs)) for label, runs in groups.items()})
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.summary:
         print(markdown_table(groups, args.metric, 100.0 if args.metric in ("accuracy", "ece") else 1.0))
+    if stops.count("\n") > 1:
+        print("\nWhere each stopping rule would have stopped (stop signals of the rows; al.stop, stopping.py):\n")
+        print(stops)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.workdirs[0])), CURVES_FILE)
     print(f"\nplot: {plot_curves(groups, out)}")
     return 0

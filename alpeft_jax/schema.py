@@ -215,6 +215,31 @@ class Train(_Checked):
         return cls(**values)
 
 
+TcmThen = Literal["margin", "entropy", "least_confidence", "badge", "coreset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tcm(_Checked):
+    """`config.al.tcm`: al.strategy=tcm, typicality or coverage first, then uncertainty (METHOD.md §3.8)."""
+
+    first: Literal["typiclust", "probcover"] = setting("typiclust", "the strategy of the first rounds")
+    then: TcmThen = setting("margin", "the strategy after the hand-off")
+    switch: Literal["labels", "coverage"] = setting(
+        "labels", "labels: hand off at switch_per_class x K labels; coverage: when every class is covered enough"
+    )
+    switch_per_class: int = setting(
+        3, "switch=labels: hand off once the labels reach this many per class on average", range=NOT_NEGATIVE
+    )
+    coverage: float = setting(
+        0.5,
+        "switch=coverage: hand off once the least-covered predicted class has this share within radius of a label",
+        range=Range(0, 1, low_open=True),
+    )
+    radius: float = setting(
+        0.0, "switch=coverage: ball radius on L2-normalised features; 0: ProbCover's purity radius", range=NOT_NEGATIVE
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AL(_Checked):
     """`config.al`: the active-learning schedule and the query strategy (METHOD.md §3.3)."""
@@ -232,6 +257,23 @@ class AL(_Checked):
     authors_quirk: bool = setting(False, "reproduce the reference code's idx[-K:] cut when PCB is off")
     mc_samples: int = setting(10, "BALD: MC-dropout passes through the LoRA dropout")
     options: str = setting("", 'extra strategy options as "key=value,key=value"')
+    tcm: Tcm = _section(Tcm, "al.strategy=tcm: the hand-off from a typicality/coverage strategy to an uncertainty one")
+    stop: Literal["none", "kappa", "gain"] = setting(
+        "none", "stop by itself: kappa (stable predictions) | gain (flat learning curve); signals are always recorded"
+    )
+    stop_set_size: int = setting(
+        1000, "pool rows whose predictions the kappa signal compares; 0: no kappa signal", range=NOT_NEGATIVE
+    )
+    stop_set_seed: int = setting(0, "seeds the stop set (the same for every seed and strategy)")
+    stop_window: int = setting(
+        3, "kappa: rounds averaged; gain: rounds fitted past the first (also the re-arm delay)", range=AT_LEAST_ONE
+    )
+    stop_kappa: float = setting(
+        0.99, "kappa: stop once the mean kappa of the last stop_window rounds reaches this", range=Range(-1, 1)
+    )
+    stop_gain: float = setting(
+        0.005, "gain: stop once the next round's expected accuracy gain (fraction) falls below this"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -540,6 +582,13 @@ def _prompt_context(v: _View, strategies: Any, family: Any) -> list[str]:
             "adapt.prompt.n_ctx=0: the prompt needs at least 1 context token; raise adapt.prompt.n_ctx or set "
             "adapt.prompt.init (its words set the context)"
         ]
+    return []
+
+
+@_rule("al.stop", "al.stop_set_size")
+def _stop_set(v: _View, strategies: Any, family: Any) -> list[str]:
+    if v["al.stop"] == "kappa" and v["al.stop_set_size"] == 0:
+        return ["al.stop=kappa compares predictions on a stop set: set al.stop_set_size > 0 (e.g. 1000)"]
     return []
 
 

@@ -3,8 +3,8 @@
     DIR/config.json        the run's config (a resume with another config is refused, naming the fields)
     DIR/classes.txt        the class names, one per line in label order (index 0 first); written at the start
     DIR/al_state.json      the AL record (`RunRecord`): round, phase, labelled pool rows with their labels, pending
-                           selection, per-round results. Written atomically (temp file + rename) after every phase
-                           change.
+                           selection, per-round results, the stop set's last predictions and any stop by al.stop
+                           (stopping.py). Written atomically (temp file + rename) after every phase change.
     DIR/ckpt/<round>/      Orbax: trainable tree, optimiser state, rng at the end of each round
     DIR/progress/<step>/   Orbax: the same inside a round every N steps (epoch and batch to resume from)
     DIR/results.jsonl      one row per finished round (rewritten from al_state.json, never appended twice)
@@ -255,6 +255,8 @@ class RunRecord:
     label_info: dict[str, Any] | None = None  # the oracle's facts about the round's labelling
     given: int = 0  # the first `given` labelled rows came labelled with the data (never asked for)
     excluded: list[int] = dataclasses.field(default_factory=list)  # pool rows the annotator could not label
+    stop_predictions: list[int] | None = None  # the last round's predicted classes on the stop set (stopping.py)
+    stops: list[dict[str, Any]] | None = None  # each time al.stop stopped the run: round, reason, al.rounds then
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> RunRecord:
@@ -270,7 +272,7 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         """The al_state.json dict (fields not yet written by any phase left out)."""
         out = dataclasses.asdict(self)
-        for name in ("t_score", "t_select", "label_info"):
+        for name in ("t_score", "t_select", "label_info", "stop_predictions", "stops"):
             if out[name] is None:
                 del out[name]
         if not out["given"]:

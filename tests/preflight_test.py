@@ -137,7 +137,7 @@ def test_unknown_config_file_argument(tmp_path):
         [
             "error: configs/demo.py: unknown argument 'runlocl' (did you mean 'runlocal'?); "
             "accepted: strategy=entropy|badge|bald|coreset|featdist|learning_loss|least_confidence|"
-            "margin|probcover|random|typiclust, random, pcb, calib, mode=linear|lora, seed=INT, "
+            "margin|probcover|random|tcm|typiclust, random, pcb, calib, mode=linear|lora, seed=INT, "
             "runlocal"
         ],
     )
@@ -326,7 +326,7 @@ def test_values_all_at_once(tmp_path):
         "al.rounds=0 must be at least 1",
         "al.options='k': al.options entry 'k' is not key=value.",
         "al.strategy='entrpy' is not one of badge, bald, coreset, entropy, featdist, learning_loss, "
-        "least_confidence, margin, probcover, random, typiclust",
+        "least_confidence, margin, probcover, random, tcm, typiclust",
     ]
     c = _tiny()
     c.dtype = "float16"  # fp16 with dynamic loss scaling (train.loss_scale) is accepted
