@@ -243,6 +243,7 @@ class Eval(_Checked):
 
 LabelStudioImages = Literal["inline", "local", "url"]
 LabelStudioMultiple = Literal["latest", "majority"]
+LabelStudioMode = Literal["queries", "pool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +261,9 @@ class LabelStudio(_Checked):
     poll_seconds: float = setting(10.0, "seconds between polls while waiting")
     multiple: LabelStudioMultiple = setting("latest", "several annotations of a task: latest | majority")
     request_timeout: float = setting(60.0, "seconds per HTTP request")
+    mode: LabelStudioMode = setting(
+        "queries", "queries: each round's picks as tasks | pool: the whole pool once, every task's guess each round"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

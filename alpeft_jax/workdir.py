@@ -226,6 +226,9 @@ class RunRecord:
     t_select: float | None = None
     predictions: list[list[float]] | None = None  # the model's probabilities for the selection (None: random)
     label_info: dict[str, Any] | None = None  # the oracle's facts about the round's labelling
+    # [row, label, round]: labels an annotator gave to pool rows nobody asked for (label_studio.mode=pool), taken
+    # when round `round`'s labels were read; they are in labeled_rows/labels too (after that round's own rows)
+    extra: list[list[int]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> RunRecord:
@@ -244,6 +247,8 @@ class RunRecord:
         for name in ("t_score", "t_select", "label_info"):
             if out[name] is None:
                 del out[name]
+        if not out["extra"]:  # absent until the first unasked label: older records read and write back the same
+            del out["extra"]
         if "t_score" not in out and out["predictions"] is None:  # no selection was ever recorded
             del out["predictions"]
         return out

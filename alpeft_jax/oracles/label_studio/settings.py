@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, cast, get_args
 
 from alpeft_jax.schema import LabelStudioImages as Images  # the choices, declared once with the setting
+from alpeft_jax.schema import LabelStudioMode as Mode
 from alpeft_jax.schema import LabelStudioMultiple as Multiple
 
 
@@ -29,6 +30,7 @@ class Settings:
     poll_seconds: float  # at least 0.05
     multiple: Multiple
     request_timeout: float
+    mode: Mode = "queries"  # pool: the whole pool imported once, every task's predictions and fields each round
 
 
 def defaults() -> dict[str, Any]:
@@ -66,6 +68,9 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     multiple = str(s["multiple"])
     if multiple not in get_args(Multiple):
         raise ValueError(f"label_studio.multiple must be latest or majority, got {multiple!r}.")
+    mode = str(s.get("mode", "queries"))
+    if mode not in get_args(Mode):
+        raise ValueError(f"label_studio.mode must be queries or pool, got {mode!r}.")
     return Settings(
         url=url,
         project=project,
@@ -78,4 +83,5 @@ def resolve(options: Mapping[str, Any]) -> Settings:
         poll_seconds=max(0.05, float(s["poll_seconds"])),
         multiple=cast(Multiple, multiple),
         request_timeout=float(s["request_timeout"]),
+        mode=cast(Mode, mode),
     )
