@@ -163,6 +163,7 @@ class Run:
         self._trainable: Any = None  # the model of the last finished round, when in memory
         self.finished = ""  # the run's closing line (workdir.finished_line) once every round is done
         self._loss_scale: Any = None  # (round, the float16 loss scale it ended with), when in memory
+        self._extra: list[list[int]] = []  # [row, label] the oracle gave unasked with the round's labels
         self._summary()
 
     # ----------------------------------------------------------------------------------------------
@@ -292,6 +293,10 @@ class Run:
             **self.options,
         )
         chosen = np.asarray(chosen, np.int64)
+        if self.oracle is not None and hasattr(self.oracle, "publish"):  # pool mode: every task's guess and rank
+            every = None if "logits" not in pool else _softmax(np.asarray(pool["logits"], np.float64))
+            scores = strategies.uncertainty.row_scores(strategy, pool)
+            self.oracle.publish(r, chosen, scores, every, labeled)
         probs = None
         if "logits" in pool:
             logits = np.asarray(pool["logits"], np.float64)[chosen]
@@ -434,6 +439,8 @@ class Run:
                 probs = None if predictions is None else np.asarray(predictions, np.float32)
                 labels = self.oracle.request(r, rows, probs)
                 answer = {"labels": [int(x) for x in labels], "info": dict(self.oracle.info(r))}
+                if hasattr(self.oracle, "extra"):  # labels given to pool rows nobody asked for
+                    answer["extra"] = [[int(row), int(lab)] for row, lab in self.oracle.extra(r)]
             except oracles.PendingLabels as e:
                 answer = {"pending": str(e)}
             except Exception as e:  # every process must stop, not only the one that asked
@@ -447,6 +454,7 @@ class Run:
             raise (oracles.LabelFileError if answer.get("type") == "LabelFileError" else RuntimeError)(answer["error"])
         if "pending" in answer:
             return None, answer["pending"], {}
+        self._extra = answer.get("extra", [])
         return np.asarray(answer["labels"], np.int64), "", answer.get("info", {})
 
     # ----------------------------------------------------------------------------------------------
@@ -477,6 +485,12 @@ class Run:
                 rec.labeled_rows = rec.labeled_rows + rows[answered].tolist()
                 rec.labels = rec.labels + [int(x) for x in labels[answered]]
                 rec.excluded = rec.excluded + rows[~answered].tolist()
+                taken = set(rec.labeled_rows) | set(rec.excluded)
+                extra = [[row, lab, r] for row, lab in self._extra if row not in taken and lab >= 0]  # never twice
+                if extra:
+                    rec.labeled_rows = rec.labeled_rows + [e[0] for e in extra]
+                    rec.labels = rec.labels + [e[1] for e in extra]
+                    rec.extra = rec.extra + extra
                 rec.phase, rec.label_info = "train", info
                 self.workdir.write_record(rec)  # the labels are recorded before any training
             if rec.phase == "train":
@@ -525,6 +539,8 @@ class Run:
             result["labeling"] = rec.label_info
         result.update(self.stopper.signals(rec, result, self._trainable[1]))
         self.stopper.decide(rec, result)  # al.stop: the row and rec.stops say why the run stops here
+        if rec.extra or self.c.oracle == "label_studio":
+            result["n_extra_labels"] = sum(1 for e in rec.extra if e[2] == r)  # labelled unasked, arrived this round
         rec.results = rec.results + [result]
         rec.round, rec.phase, rec.selected, rec.predictions, rec.label_info = r + 1, "select", [], None, {}
         self.workdir.write_record(rec)
@@ -544,6 +560,11 @@ class Run:
             metrics["nll"],
             t_train,
         )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return (z / z.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike, **kwargs: Any) -> list[dict[str, Any]]:

@@ -299,6 +299,7 @@ class Eval(_Checked):
 LabelStudioImages = Literal["inline", "local", "url"]
 LabelStudioMultiple = Literal["latest", "majority"]
 LabelStudioSkipped = Literal["exclude", "ask"]
+LabelStudioMode = Literal["queries", "pool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +320,9 @@ class LabelStudio(_Checked):
         "exclude", "a task skipped in Label Studio: exclude (can't tell: never asked again) | ask (label it anyway)"
     )
     request_timeout: float = setting(60.0, "seconds per HTTP request")
+    mode: LabelStudioMode = setting(
+        "queries", "queries: each round's picks as tasks | pool: the whole pool once, every task's guess each round"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

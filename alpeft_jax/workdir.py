@@ -257,6 +257,9 @@ class RunRecord:
     excluded: list[int] = dataclasses.field(default_factory=list)  # pool rows the annotator could not label
     stop_predictions: list[int] | None = None  # the last round's predicted classes on the stop set (stopping.py)
     stops: list[dict[str, Any]] | None = None  # each time al.stop stopped the run: round, reason, al.rounds then
+    # [row, label, round]: labels an annotator gave to pool rows nobody asked for (label_studio.mode=pool), taken
+    # when round `round`'s labels were read; they are in labeled_rows/labels too (after that round's own rows)
+    extra: list[list[int]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> RunRecord:
@@ -279,6 +282,8 @@ class RunRecord:
             del out["given"]
         if not out["excluded"]:  # absent until an annotator first answers "can't tell"
             del out["excluded"]
+        if not out["extra"]:  # absent until the first unasked label: older records read and write back the same
+            del out["extra"]
         if "t_score" not in out and out["predictions"] is None:  # no selection was ever recorded
             del out["predictions"]
         return out

@@ -101,6 +101,7 @@ def test_choices_are_the_literals():
         "label_studio.images": ("inline", "local", "url"),
         "label_studio.multiple": ("latest", "majority"),
         "label_studio.skipped": ("exclude", "ask"),
+        "label_studio.mode": ("queries", "pool"),
     }
     assert schema.DTYPES == ("float32", "bfloat16", "float16") and preflight.DTYPES is schema.DTYPES
     for name, allowed in choices.items():

@@ -118,21 +118,13 @@ def new_task(
     task: Task = {"data": {names["key"]: image, "alpeft_id": ident, "alpeft_round": round_index, "alpeft_run": run_key}}
     if guess is not None:
         name, score, version = guess
-        task["predictions"] = [
-            {
-                "model_version": version,
-                "score": float(score),
-                "result": [
-                    {
-                        "from_name": names["choices"],
-                        "to_name": names["image"],
-                        "type": "choices",
-                        "value": {"choices": [name]},
-                    }
-                ],
-            }
-        ]
+        task["predictions"] = [{"model_version": version, "score": float(score), "result": choice_result(names, name)}]
     return task
+
+
+def choice_result(names: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The result of an annotation or prediction choosing class `name` in the project's `<Choices>`."""
+    return [{"from_name": names["choices"], "to_name": names["image"], "type": "choices", "value": {"choices": [name]}}]
 
 
 def chosen(ann: Annotation, choices_name: str) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, cast, get_args
 
 from alpeft_jax.schema import LabelStudioImages as Images  # the choices, declared once with the setting
+from alpeft_jax.schema import LabelStudioMode as Mode
 from alpeft_jax.schema import LabelStudioMultiple as Multiple
 from alpeft_jax.schema import LabelStudioSkipped as Skipped
 
@@ -31,6 +32,7 @@ class Settings:
     multiple: Multiple
     skipped: Skipped  # "exclude": a skipped task is a "can't tell" (label -1); "ask": it must be labelled
     request_timeout: float
+    mode: Mode = "queries"  # pool: the whole pool imported once, every task's predictions and fields each round
 
 
 def defaults() -> dict[str, Any]:
@@ -71,6 +73,9 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     skipped = str(s["skipped"])
     if skipped not in get_args(Skipped):
         raise ValueError(f"label_studio.skipped must be exclude or ask, got {skipped!r}.")
+    mode = str(s["mode"])
+    if mode not in get_args(Mode):
+        raise ValueError(f"label_studio.mode must be queries or pool, got {mode!r}.")
     return Settings(
         url=url,
         project=project,
@@ -84,4 +89,5 @@ def resolve(options: Mapping[str, Any]) -> Settings:
         multiple=cast(Multiple, multiple),
         skipped=cast(Skipped, skipped),
         request_timeout=float(s["request_timeout"]),
+        mode=cast(Mode, mode),
     )
