@@ -181,15 +181,17 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
         if out:
             return out, None, None, 0
     failed: dict[str, list[str]] = {}  # message -> fields (pool and test often fail the same way)
+    hint = classnames.download_hint(os.path.basename(os.path.normpath(data_dir))) if data_dir else ""
+
+    def missing(e: BaseException) -> str:  # a known dataset that no package downloads (APTOS): where it comes from
+        found = isinstance(e, sources.MissingDataError) and kind == "folder" and hint
+        return _first_line(e) + (f"; {hint}" if found else "")
+
     pool: sources.SourceInfo | None = None
     try:
         pool = sources.inspect_source(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
     except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-        msg = _first_line(e)
-        hint = classnames.download_hint(os.path.basename(os.path.normpath(data_dir))) if data_dir else ""
-        if isinstance(e, sources.MissingDataError) and kind == "folder" and hint:
-            msg += f"; {hint}"  # a known dataset that no package downloads (APTOS)
-        failed.setdefault(msg, []).append(f"data.train_split={c.data.train_split!r}")
+        failed.setdefault(missing(e), []).append(f"data.train_split={c.data.train_split!r}")
     test: sources.SourceInfo | None = None
     test_field = "data.test" if (c.data.test or "").strip() else "data.test_split"
     try:
@@ -202,7 +204,7 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
         elif test_field == "data.test_split":  # the same data: a problem shared with the pool is said once
             sources.inspect_source(c.data.name, c.data.test_split, data_dir, split_file, classes=classes)
     except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-        failed.setdefault(_first_line(e), []).append(f"{test_field}={_get(c, test_field)!r}")
+        failed.setdefault(missing(e), []).append(f"{test_field}={_get(c, test_field)!r}")
     out += [f"data ({', '.join(fields)}): {msg}" for msg, fields in failed.items()]
     for info, field in ((pool, "data.train_split"), (test, test_field)):
         if info is not None and info.size == 0:

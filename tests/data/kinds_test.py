@@ -171,7 +171,7 @@ def _coop(tmp):
     for p, _, _ in entries["train"]:
         _png(str(tmp / "eurosat" / "2750" / p), len(p))
     (tmp / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(entries))
-    names = ["annual crop land", "forest", *[None] * 7, "lake or sea"]  # CoOp's prompt names where listed
+    names = ["Annual Crop Land", "Forest", *[None] * 7, "Sea or Lake"]  # the split file's names where listed
     return Case(
         "coop:eurosat",
         "train",
