@@ -27,13 +27,13 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alpeft_jax import backbones, data, oracles, schema, strategies
+from alpeft_jax import data, oracles, schema, strategies
+from alpeft_jax.assemble import assemble, config_class_names
 from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import parse_options
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
 from alpeft_jax.metrics import Metrics, bar, calibration_activity, write_reports
 from alpeft_jax.models import lora as lora_lib
-from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
 from alpeft_jax.train import NaNLossError, TrainConfig, Trainer, steps_per_epoch
@@ -76,20 +76,12 @@ class Run:
         split_file = c.data.split_file or None
         pool_src = data.get_source(c.data.name, c.data.train_split, data_dir, split_file=split_file)
         test_src = data.get_source(c.data.name, c.data.test_split, data_dir, split_file=split_file)
-        names = list(pool_src.class_names)
-        if c.data.coop_names:
-            try:
-                names = data.coop_names(c.data.name, names)
-            except (KeyError, ValueError):
-                pass
-        self.class_names = names
-        self.num_classes = len(names)
         # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
-        self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
-        self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
-        self.model = AdaptedModel(self.backbone, names, AdaptConfig.from_config(c.adapt, self.backbone.family))
-        self.image_size = c.data.image_size or self.backbone.image_size
+        parts = assemble(c, config_class_names(c, pool_src), place=self.sharder.replicate)  # frozen: every device
+        names = self.class_names = parts.class_names
+        self.num_classes = len(names)
+        self.backbone, self.model, self.image_size = parts.backbone, parts.model, parts.image_size
 
         def split(source: Any, positions: np.ndarray) -> SplitInputs:
             return SplitInputs(

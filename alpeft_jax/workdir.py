@@ -1,6 +1,7 @@
 """What a run keeps in its workdir, and the order in which it is written, so a kill at any moment loses little.
 
     DIR/config.json        the run's config (a resume with another config is refused, naming the fields)
+    DIR/classes.txt        the class names, one per line, in label order
     DIR/al_state.json      the AL record (`RunRecord`): round, phase, labelled pool rows with their labels, pending
                            selection, per-round results. Written atomically (temp file + rename) after every phase
                            change.
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "al_state.json"
 CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.txt"
 RESULTS_FILE = "results.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -91,6 +93,11 @@ class Workdir:
     def config(self) -> epath.Path:
         """The run's config, config.json."""
         return self.root / CONFIG_FILE
+
+    @property
+    def classes(self) -> epath.Path:
+        """The class names, classes.txt (one per line, label order)."""
+        return self.root / CLASSES_FILE
 
     @property
     def results(self) -> epath.Path:
