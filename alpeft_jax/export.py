@@ -57,13 +57,28 @@ def _hf_directory(model: TrainedModel) -> str | None:
     return source if source and os.path.isfile(os.path.join(source, "config.json")) else None
 
 
-def format_problem(model: TrainedModel, fmt: str) -> str | None:
-    """Why `fmt` has no meaning for this model (one line naming what to use instead), or None."""
+def backbone_facts(backbone: str) -> tuple[str, bool]:
+    """(family, whether it is a Hugging Face save_pretrained directory) of a config's `backbone`, without loading it."""
+    from alpeft_jax import backbones
+    from alpeft_jax.convert.common import read_config
+
+    if str(backbone).lower() in backbones._NAMED:
+        return "efficientnet", False
+    path = backbones.resolve(backbone)
+    if os.path.isdir(path):
+        model_type = str(read_config(path).get("model_type", ""))
+        return ("dinov2" if model_type.startswith("dinov2") else model_type), True
+    return "clip", False  # a CLIP state-dict file (OpenAI / open_clip names)
+
+
+def format_problem(config: dict[str, Any], fmt: str) -> str | None:
+    """Why `fmt` has no meaning for the run of `config` (one line naming what to use instead), or None."""
     if fmt not in FORMATS:
         return f"--format={fmt}: unknown; pick one of {', '.join(FORMATS)}."
     if fmt == "native":
         return None
-    family, mode = model.parts.backbone.family, model.parts.model.config.mode
+    family, hf_dir = backbone_facts(config["backbone"])
+    mode = config["adapt"]["mode"]
     if fmt == "peft":
         if family == "efficientnet":
             return (
@@ -81,10 +96,10 @@ def format_problem(model: TrainedModel, fmt: str) -> str | None:
                 "--format=peft: learned prompts are not LoRA weights and a PEFT LoRA adapter cannot hold them; "
                 "use --format=hf (the prompts baked into the class text embeddings) or --format=native."
             )
-    if family in ("clip", "dinov2") and _hf_directory(model) is None:
+    if family != "efficientnet" and not hf_dir:
         return (
-            f"--format={fmt}: the backbone {model.parts.backbone.source or model.info['config']['backbone']} is not a "
-            "Hugging Face save_pretrained directory, so it has no transformers names to write; use --format=native."
+            f"--format={fmt}: the backbone {config['backbone']} is not a Hugging Face save_pretrained directory, "
+            "so it has no transformers names to write; use --format=native."
         )
     return None
 
@@ -286,10 +301,15 @@ def export(
         raise ExportError(f"--format={fmt}: unknown; pick one of {', '.join(FORMATS)}.")
     if os.path.isfile(out):
         raise ExportError(f"--out={out} is a file; pass a directory (it is created).")
-    model = TrainedModel.from_workdir(workdir, round, dtype=dtype or "float32")
-    problem = format_problem(model, fmt)
+    from alpeft_jax.workdir import read_json
+
+    config = read_json(os.path.join(workdir, "config.json"))
+    if config is None:
+        raise FileNotFoundError(f"{workdir} holds no run (no config.json): pass the --workdir of a run.")
+    problem = format_problem(config, fmt)
     if problem:
         raise ExportError(problem)
+    model = TrainedModel.from_workdir(workdir, round, dtype=dtype or "float32")
     if fmt == "native":
         model.save_native(out, copy_backbone=copy_backbone)
     elif fmt == "hf":
