@@ -148,10 +148,10 @@ def merged_params(model: TrainedModel) -> Any:
     """The backbone's parameters with the LoRA update folded in (the backbone's own when there is none)."""
     from alpeft_jax.models import lora
 
-    params = model.parts.backbone.params
-    if "lora" not in model.trainable:
+    params, config = model.parts.backbone.params, model.parts.model.lora_config
+    if "lora" not in model.trainable or config is None:
         return params
-    return lora.merge(params, model.trainable["lora"], model.parts.model.lora_config)
+    return lora.merge(params, model.trainable["lora"], config)
 
 
 def _lora_kernels(model: TrainedModel) -> set[str]:
