@@ -31,7 +31,7 @@ import numpy as np
 
 from alpeft_jax.assemble import Assembly, assemble, config_class_names
 from alpeft_jax.data import preprocess as pp
-from alpeft_jax.models import heads
+from alpeft_jax.models import heads, lora
 from alpeft_jax.parallel import Sharder
 from alpeft_jax.utils import flatten, unflatten
 
@@ -152,8 +152,12 @@ class TrainedModel:
         )
 
     # -- inference -----------------------------------------------------------------------------------------------
-    def _logits_impl(self, trainable: Any, head: Any, x: jax.Array) -> jax.Array:
-        feats = self.model.image_features(trainable, x, "images")
+    def _logits_impl(self, params: Any, trainable: Any, head: Any, x: jax.Array) -> jax.Array:
+        # the image tower as `AdaptedModel.image_features(..., "images")`, its frozen weights an argument of the
+        # compiled function rather than constants folded into it
+        m = self.model
+        x = x.astype(m.backbone.dtype)
+        feats = lora.apply(m.backbone.model, params, trainable.get("lora"), m.lora_config, x, method="encode_image")[0]
         return heads.apply(head, feats, normalize=self.normalize, scale=self.scale)
 
     def logits_of_batch(self, x: np.ndarray) -> np.ndarray:
@@ -164,7 +168,9 @@ class TrainedModel:
         size = max(self.sharder.global_size(n), self.batch_size) if n > self.batch_size else self.batch_size
         if n < size:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-        out = self._fn(self.trainable, self.head, self.sharder.put(np.asarray(x, np.float32)))
+        out = self._fn(
+            self.parts.backbone.params, self.trainable, self.head, self.sharder.put(np.asarray(x, np.float32))
+        )
         return np.asarray(jax.device_get(out), np.float32)[:n]
 
     def preprocess(self, images: Any) -> np.ndarray:
