@@ -39,12 +39,20 @@ class Assembly:
 def config_class_names(c: Any, source: Any = None) -> list[str]:
     """Class names in label order as a run of config `c` names them (its pool split's, CoOp's when asked)."""
     from alpeft_jax import data
+    from alpeft_jax.data import runsets
 
     if source is None:
+        classes = runsets.parse_classes(c.data.get("classes", ""))
         source = data.get_source(
-            c.data.name, c.data.train_split, c.data.dir or None, split_file=c.data.split_file or None
+            c.data.name,
+            c.data.train_split,
+            c.data.dir or None,
+            split_file=c.data.split_file or None,
+            **({} if classes is None else {"classes": classes}),
         )
     names = list(source.class_names)
+    if runsets.parse_classes(c.data.get("classes", "")) is not None:
+        return names  # the user's list, in the user's order
     if c.data.coop_names:
         try:
             names = data.coop_names(c.data.name, names)
@@ -75,7 +83,9 @@ def assemble(
     if place is not None:
         bb.params = place(bb.params)
     model = AdaptedModel(bb, names, AdaptConfig.from_config(c.adapt, bb.family))
-    spec = pp.resolve_spec(c.data.image_size or bb.image_size, bb.mean, bb.std)
+    spec = pp.resolve_spec(
+        c.data.image_size or bb.image_size, bb.mean, bb.std, resize_ratio=bb.eval_resize, crop=bb.crop_offset
+    )
     return Assembly(bb, names, model, spec)
 
 

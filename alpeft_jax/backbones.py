@@ -17,11 +17,14 @@ separate trees handled by `alpeft_jax.models.lora` / `prompts` / `heads`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alpeft_jax.convert.common import CheckpointError, read_config
 from alpeft_jax.models.backbone import Backbone
@@ -89,3 +92,16 @@ def load(source: str, dtype: Any = jnp.float32) -> Backbone:
     raise CheckpointError(
         f"Don't know how to load {path}: expected a directory with config.json or a .safetensors/.pt/.bin state dict."
     )
+
+
+def weights_fingerprint(params: Any, samples: int = 64) -> str:
+    """A cheap identity of a backbone's weights: every array's name, shape and dtype, and `samples` evenly spaced
+    values of each (other weights, or the same weights in another dtype, give another)."""
+    h = hashlib.sha1()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        flat = jnp.ravel(leaf)
+        picks = np.unique(np.linspace(0, max(flat.size - 1, 0), min(samples, flat.size)).astype(np.int64))
+        values = np.asarray(jax.device_get(flat[picks]))
+        h.update(f"{jax.tree_util.keystr(path)}{np.shape(leaf)}{values.dtype}".encode())
+        h.update(values.astype(np.float32).tobytes())
+    return h.hexdigest()[:16]

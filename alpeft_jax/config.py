@@ -28,6 +28,7 @@ from alpeft_jax.schema import parse_options
 __all__ = [
     "base",
     "parse_options",
+    "strategy_options",
     "apply_runlocal",
     "run_name",
     "rename_after_overrides",
@@ -54,6 +55,14 @@ def base() -> ml_collections.ConfigDict:
     --settings` lists them); this is `schema.Settings()` as a ConfigDict.
     """
     return ml_collections.ConfigDict(schema.to_dict(schema.Settings()))
+
+
+def strategy_options(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The options a run passes to its strategy: `al.options`, and for al.strategy=tcm the `al.tcm` settings."""
+    out = parse_options(c.al.options)
+    if c.al.strategy == "tcm":
+        out.update(c.al.tcm.to_dict())
+    return out
 
 
 def apply_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

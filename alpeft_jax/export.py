@@ -135,7 +135,8 @@ def write_classifier(model: TrainedModel, out: str, base: str) -> None:
                 "image_size": spec.image_size,
                 "mean": list(spec.mean),
                 "std": list(spec.std),
-                "resize": "shorter side to image_size (bicubic), centre crop image_size x image_size",
+                "resize": f"shorter side to {spec.resize_to} (bicubic), centre crop image_size x image_size "
+                f"(offset {spec.crop}ed)",
                 "normalize": "(pixels / 255 - mean) / std; PyTorch takes NCHW: x.permute(0, 3, 1, 2)",
             },
             "run": {k: model.info.get(k) for k in ("round", "metrics")} | {"mode": model.parts.model.config.mode},

@@ -6,8 +6,9 @@ process's block* of each global batch (`alpeft_jax.parallel`), where ``pos`` is 
 (-1 for padding) and ``label`` is ``labels[pos]`` (-1 where unknown or padded). Every process walks the same global
 order and loads only its own rows; `Sharder.put` joins them into global arrays.
 
-`RunInputs` holds a run's pool and test splits and the input-kind policy: which kind scoring, evaluation and
-training read (`choose_kinds`), and the frozen-prefix caches, built on first use and kept on disk.
+`RunInputs` holds a run's pool and test splits (a run without a test set has none) and the input-kind policy:
+which kind scoring, evaluation and training read (`choose_kinds`), and the frozen-prefix caches, built on first use
+and kept on disk.
 
 The order of a training epoch (`epoch_rows`) depends only on (seed, epoch), and image augmentation on
 (seed, epoch, example id), so a resumed or re-sharded run sees the same batches.
@@ -29,17 +30,11 @@ from etils import epath
 from alpeft_jax import data
 from alpeft_jax.batch import Batch
 from alpeft_jax.data import preprocess as pp
+from alpeft_jax.data.splits import subset  # noqa: F401 - where the driver reads it
 from alpeft_jax.metrics import bar
 from alpeft_jax.models.adapted import AdaptedModel, InputKind
 from alpeft_jax.parallel import Sharder
 from alpeft_jax.scoring import FeatureCache
-
-
-def subset(n: int, k: int, seed: int) -> np.ndarray:
-    """k of n positions drawn by `seed`, ascending (all n when k is 0 or at least n)."""
-    if not k or k >= n:
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng([seed, 7]).choice(n, k, replace=False)).astype(np.int64)
 
 
 def epoch_rows(rows: np.ndarray, batch_size: int, seed: int, epoch: int, drop_last: bool) -> np.ndarray:
@@ -64,12 +59,14 @@ class SplitInputs:
         mean: Any = None,
         std: Any = None,
         num_threads: int | None = None,
+        resize_ratio: float = 1.0,
+        crop: str = "round",
     ) -> None:
         self.source = source
         self.positions = np.asarray(positions, np.int64)
         self.sharder = sharder
         self.cache = cache
-        self.spec = pp.resolve_spec(image_size, mean, std)
+        self.spec = pp.resolve_spec(image_size, mean, std, resize_ratio=resize_ratio, crop=crop)
         self.num_threads = num_threads
         self._ids = np.asarray(source.ids, np.int64)
 
@@ -181,15 +178,17 @@ def fingerprint(*parts: Any) -> str:
 class RunInputs:
     """A run's pool and test splits, read as the kinds `choose_kinds` picks; prefix caches built on first use.
 
-    A cache is a file ``<which>_<fingerprint>.npy`` in `cache_dir`, named after `cache_key` (what the prefix
-    depends on: backbone, dtype, image size, data) and the split's rows, so runs on the same data share it.
+    A cache is a file ``<which>_<fingerprint>.npy`` in `cache_dir`, named after what it holds: `cache_key` (the
+    backbone's weights identity and dtype, where the prefix ends), the split's source fingerprint (its files with
+    sizes and modification times, or the TFDS build, or the pixel array), the preprocessing (image size, mean,
+    std) and the split's rows. Runs on the same content share it; changed images or weights give a new cache.
     """
 
     def __init__(
         self,
         model: AdaptedModel,
         pool: SplitInputs,
-        test: SplitInputs,
+        test: SplitInputs | None,
         *,
         cache: bool,
         augment: bool,
@@ -199,7 +198,7 @@ class RunInputs:
         memory_budget_bytes: int,
     ) -> None:
         self.model = model
-        self.splits = {"pool": pool, "test": test}
+        self.splits = {"pool": pool} if test is None else {"pool": pool, "test": test}
         self.eval_kind, self.train_kind = choose_kinds(model.input_kind, cache, augment)
         self.cache_dir, self.cache_key = cache_dir, cache_key
         self.chunk_size, self.memory_budget_bytes = chunk_size, memory_budget_bytes
@@ -217,7 +216,13 @@ class RunInputs:
 
     def _build(self, images: SplitInputs, which: str) -> FeatureCache:
         model = self.model
-        key = fingerprint(*self.cache_key, which, hashlib.sha1(images.positions.tobytes()).hexdigest())
+        key = fingerprint(
+            *self.cache_key,
+            which,
+            data.fingerprint_of(images.source),  # the images themselves: files, sizes, times (or array, TFDS build)
+            images.spec,  # image size, mean, std
+            hashlib.sha1(images.positions.tobytes()).hexdigest(),
+        )
         path = self.cache_dir / f"{which}_{key}.npy"
         chunk = images.sharder.global_size(self.chunk_size)
         n = len(images)

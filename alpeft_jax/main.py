@@ -5,6 +5,10 @@ Before any compute the whole run is checked: the config file's arguments, every 
 workdir). Every problem is printed as one `error:` line and the command exits with status 2, having written
 nothing. Rerunning the same command with the same workdir resumes the run; `--labels=FILE` hands in the labels
 a human filled in (oracle=file). `--settings` lists every setting with its default and comment.
+
+The log shows the rounds (`--verbosity=1`: each training epoch too); a finished run ends with one line naming its
+rounds, labels and final model (`workdir.finished_line`). Ctrl-C stops with one line; the state written so far is
+the resume point, so the same command continues.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ def quiet_library_logs() -> None:
             return record.levelno >= std_logging.WARNING or "alpeft_jax" in record.pathname
 
     logging.get_absl_handler().addFilter(_Filter())
+
+
+def configure_logging() -> None:
+    """INFO lines (the rounds, not the epochs) unless `--verbosity` says otherwise (1: per-epoch lines too)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
 
 
 def initialize_distributed(
@@ -179,19 +190,26 @@ def main(argv: list[str]) -> None:
     from alpeft_jax import loop, workdir
     from alpeft_jax.convert.common import CheckpointError
     from alpeft_jax.oracles import LabelFileError
+    from alpeft_jax.parallel import is_leader
 
-    logging.set_verbosity(logging.INFO)
-    quiet_library_logs()
+    configure_logging()
     try:
-        results = loop.run(config, run_dir, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
+        run = loop.Run(config, run_dir, labels_file=_LABELS.value, allow_config_change=_ALLOW.value)
+        results = run.run()
     except (LabelFileError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
         _fail([str(e)])
-    if results:
+    except KeyboardInterrupt:
+        # Every phase is recorded before the next starts (workdir.py): the same command resumes where this stopped.
+        print("interrupted; the run's state is saved, and the same command resumes it", file=sys.stderr)
+        sys.exit(130)
+    if results and is_leader():
         last = results[-1]
         print(
             f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
             f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
         )
+    if run.finished and is_leader():
+        print(run.finished)  # the run's last line
 
 
 def settings_help() -> str:

@@ -78,6 +78,14 @@ def write_reports(workdir: Workdir, name: str, rows: list[dict[str, Any]]) -> No
             epath.Path(f"{tmp}/curves.png").copy(png, overwrite=True)
 
 
+def skipped_steps(history: list[dict[str, Any]]) -> dict[str, int]:
+    """A float16 round's update steps skipped for non-finite gradients (dynamic loss scaling), as
+    ``{"skipped_steps": n}``; {} for a round without loss scaling."""
+    if not history or any("skipped_steps" not in h for h in history):
+        return {}
+    return {"skipped_steps": sum(int(h["skipped_steps"]) for h in history)}
+
+
 def calibration_activity(history: list[dict[str, Any]], calibration: bool = True) -> dict[str, float]:
     """The mean misclassified share of the labelled batch over a round's update steps and, for a run with the
     calibration loss, the share of steps where it was non-zero (it is exactly 0 on a batch classified right)."""

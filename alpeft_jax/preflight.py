@@ -4,7 +4,8 @@ One line per problem, every problem at once, naming the field to change and how:
 choices, ranges and cross-setting rules of `schema.validate`, with the strategies' registered facts), the data
 (present, split names the dataset really has, class count), the backbone weights (found, or the `hf download`
 command that gets them), the label schedule against the pool (`al.initial`, `al.budget`, `al.rounds`,
-`al.gamma`), and the workdir (a file, not writable, or a run of another config). Cheap and read-only: no model
+`al.gamma`), the workdir (a file, not writable, a run of another config, or a gs:// URL whose file system
+package is missing), and for oracle=label_studio the token and the server. Cheap and read-only: no model
 is built, no image decoded, nothing written; the data is judged from file listings, IDX headers, CoOp split
 files and TFDS metadata, and TFDS split names from the builder's own split code (`data.splits`).
 `python -m alpeft_jax.main` runs it before `loop.run` and exits with status 2 when it finds anything.
@@ -25,7 +26,7 @@ import ml_collections
 from alpeft_jax import config as config_lib
 from alpeft_jax import schema
 from alpeft_jax import workdir as workdir_lib
-from alpeft_jax.data import sources, splits
+from alpeft_jax.data import classnames, runsets, sources, splits
 from alpeft_jax.schema import DTYPES
 
 __all__ = ["check", "strategy_names", "strategy_facts", "DTYPES"]
@@ -41,11 +42,14 @@ def check(
 ) -> list[str]:
     """Every problem that would stop or spoil the run of `config` in `workdir`, one line each; [] if none."""
     problems = _values(config)
-    data_problems, pool, num_classes = _data(config)
+    data_problems, pool, num_classes, given = _data(config)
     weight_problems = _backbone(config)
     problems += data_problems + weight_problems
-    problems += _schedule(config, pool, num_classes)
+    problems += _schedule(config, pool, num_classes, given)
     problems += _workdir(config, workdir, allow_config_change)
+    problems += _label_studio(config)
+    if config.scoring.cache_dir and not workdir_lib.is_local(config.scoring.cache_dir):
+        problems += _cloud_filesystem(config.scoring.cache_dir, "scoring.cache_dir")
     if runlocal and (data_problems or weight_problems):
         problems.append(
             "runlocal shrinks the run but still reads the config's data and weights (above); "
@@ -146,32 +150,61 @@ def _split_name_problems(c: ml_collections.ConfigDict, kind: str, dataset: str) 
     return out
 
 
-def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | None]:
-    """(problems, pool size after data.max_pool, class count); sizes are None where the data is missing."""
+def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | None, int]:
+    """(problems, pool size after data.max_pool, class count, given labels in that pool); sizes are None where the
+    data is missing."""
     data_dir = c.data.dir or None
     split_file = c.data.split_file or None
+    try:
+        classes = runsets.parse_classes(c.data.classes)
+    except ValueError as e:
+        return [str(e)], None, None, 0
     kind, dataset = sources.source_kind(c.data.name, split_file)
+    if classes is not None and not sources.get_kind(kind).takes_classes:
+        return (
+            [
+                f"data.classes applies to image folders and CSV manifests (data.name=folder or csv); "
+                f"{c.data.name!r} brings its own class names: leave data.classes empty"
+            ],
+            None,
+            None,
+            0,
+        )
     out = _split_name_problems(c, kind, dataset)
     if out:
-        return out, None, None
+        return out, None, None, 0
     if kind == "tfds_split_file":  # two things to fetch: report both
         problem = sources.tfds_problem(dataset, data_dir)
         out += [f"data.name={c.data.name!r}: {problem}"] if problem else []
         path = sources.split_file_path(c.data.name, data_dir, split_file)
         out += [] if os.path.isfile(path) else [f"data.split_file: {sources.missing_split_file(path, dataset)}"]
         if out:
-            return out, None, None
-    found: dict[str, sources.SourceInfo] = {}
+            return out, None, None, 0
     failed: dict[str, list[str]] = {}  # message -> fields (pool and test often fail the same way)
-    for field in ("data.train_split", "data.test_split"):
-        try:
-            found[field] = sources.inspect_source(c.data.name, _get(c, field), data_dir, split_file)
-        except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            failed.setdefault(msg, []).append(f"{field}={_get(c, field)!r}")
+    pool: sources.SourceInfo | None = None
+    try:
+        pool = sources.inspect_source(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
+    except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
+        msg = _first_line(e)
+        hint = classnames.download_hint(os.path.basename(os.path.normpath(data_dir))) if data_dir else ""
+        if isinstance(e, sources.MissingDataError) and kind == "folder" and hint:
+            msg += f"; {hint}"  # a known dataset that no package downloads (APTOS)
+        failed.setdefault(msg, []).append(f"data.train_split={c.data.train_split!r}")
+    test: sources.SourceInfo | None = None
+    test_field = "data.test" if (c.data.test or "").strip() else "data.test_split"
+    try:
+        if pool is not None:
+            plan, _ = runsets.test_set(c, classes, list(pool.class_names))
+            if plan is not None and not plan.size:  # not listed: read its size from metadata
+                test = sources.inspect_source(plan.name, plan.split, plan.data_dir, plan.split_file)
+            elif plan is not None:
+                test = sources.SourceInfo(plan.size, plan.num_classes)
+        elif test_field == "data.test_split":  # the same data: a problem shared with the pool is said once
+            sources.inspect_source(c.data.name, c.data.test_split, data_dir, split_file, classes=classes)
+    except (sources.MissingDataError, ValueError, KeyError, OSError) as e:
+        failed.setdefault(_first_line(e), []).append(f"{test_field}={_get(c, test_field)!r}")
     out += [f"data ({', '.join(fields)}): {msg}" for msg, fields in failed.items()]
-    pool, test = found.get("data.train_split"), found.get("data.test_split")
-    for info, field in ((pool, "data.train_split"), (test, "data.test_split")):
+    for info, field in ((pool, "data.train_split"), (test, test_field)):
         if info is not None and info.size == 0:
             out.append(f"{field}={_get(c, field)!r} of {c.data.name} holds no examples")
     if pool and test and pool.num_classes != test.num_classes:
@@ -179,13 +212,25 @@ def _data(c: ml_collections.ConfigDict) -> tuple[list[str], int | None, int | No
             f"data: the pool ({c.data.train_split}) has {pool.num_classes} classes but the test split "
             f"({c.data.test_split}) has {test.num_classes}; use splits of the same dataset"
         )
-    num_classes = pool.num_classes if pool else (test.num_classes if test else None)
+    num_classes = pool.num_classes if pool else None
     if num_classes is not None and num_classes < 2:
-        out.append(f"data: {c.data.name} has {num_classes} class; classification needs at least 2")
-    size = None
+        hint = ""
+        if sources.get_kind(kind).takes_classes and classes is None:
+            hint = "; name the classes: --config.data.classes=FILE (one name per line) or --config.data.classes=a,b,c"
+        out.append(f"data: {c.data.name} has {num_classes} class; classification needs at least 2{hint}")
+    size, given = None, 0
     if pool is not None:
         size = min(pool.size, c.data.max_pool) if c.data.max_pool > 0 else pool.size
-    return out, size, num_classes
+        if runsets.given_labels(c):
+            found = sources.listing(c.data.name, c.data.train_split, data_dir, split_file, classes=classes)
+            if found is not None:
+                rows = splits.subset(len(found.labels), c.data.max_pool, c.data.subset_seed)
+                given = int((found.labels[rows] >= 0).sum())
+    return out, size, num_classes, given
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 # -- weights ---------------------------------------------------------------------------------------------------
@@ -277,7 +322,8 @@ def _hub_unreachable(repo: str) -> str | None:
 # -- label schedule --------------------------------------------------------------------------------------------
 
 
-def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int | None) -> list[str]:
+def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int | None, given: int = 0) -> list[str]:
+    """Problems of the label schedule against the pool; `given` labels count toward al.initial and are not asked."""
     if pool is None:
         return []
     al = c.al
@@ -287,7 +333,16 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
     where = f"data.max_pool={c.data.max_pool}" if 0 < c.data.max_pool <= pool else f"{c.data.train_split!r}"
     raise_pool = ", or raise data.max_pool" if 0 < c.data.max_pool <= pool else ""
     out = []
-    if initial is not None and initial > pool:
+    if given:  # only the unlabelled rows can be asked, and the given labels fill round 0 first
+        asked = max(0, (initial or 0) - given)
+        total = asked + (budget or 0) * max(0, al.rounds - 1)
+        if total > pool - given:
+            out.append(
+                f"al.budget={al.budget}: {asked} more round-0 labels (al.initial={initial} less the {given} the "
+                f"pool comes with) + al.budget x (al.rounds - 1) = {total} exceed the {pool - given} unlabelled "
+                f"images of the pool ({where}); lower al.budget or al.rounds{raise_pool}"
+            )
+    elif initial is not None and initial > pool:
         out.append(
             f"al.initial={al.initial}{k_note if not al.initial else ''}: {initial} round-0 labels exceed the "
             f"pool of {pool} ({where}); lower al.initial{raise_pool}"
@@ -296,7 +351,7 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
     if initial is None or budget is None or al.rounds < 2:
         return out
     total = initial + budget * (al.rounds - 1)
-    if total > pool:
+    if total > pool and not given:
         out.append(
             f"al.budget={al.budget}{k_note if not al.budget else ''}: al.initial + al.budget x (al.rounds - 1) "
             f"= {initial} + {budget} x {al.rounds - 1} = {total} labels exceed the pool of {pool} ({where}); "
@@ -317,9 +372,40 @@ def _schedule(c: ml_collections.ConfigDict, pool: int | None, num_classes: int |
 # -- workdir ---------------------------------------------------------------------------------------------------
 
 
+# Which extra brings the fsspec file system of a URL scheme (the package to import, the pip extra).
+_CLOUD_SCHEMES = {"gs": ("gcsfs", "cloud"), "gcs": ("gcsfs", "cloud")}
+
+
+def _cloud_filesystem(workdir: str, what: str = "workdir") -> list[str]:
+    """A URL (gs://...) whose fsspec file system package is not importable: one line naming the extra to install."""
+    scheme = workdir.split("://", 1)[0].lower()
+    if scheme in _CLOUD_SCHEMES:
+        module, extra = _CLOUD_SCHEMES[scheme]
+    else:
+        try:
+            from fsspec.registry import known_implementations, registry
+
+            spec = registry.get(scheme) or known_implementations.get(scheme, {}).get("class")
+        except ImportError:
+            return [f'{what} {workdir}: URLs need fsspec; pip install -e ".[cloud]"']
+        if spec is None:
+            return [f"{what} {workdir}: no file system is known for {scheme}://; use a local path or gs://BUCKET/DIR"]
+        if not isinstance(spec, str):
+            return []  # registered and imported already
+        module, extra = spec.split(".", 1)[0], ""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return []
+    how = f'pip install -e ".[{extra}]"' if extra else f"pip install {module}"
+    return [f"{what} {workdir}: {scheme}:// needs the {module} package, which is not installed; {how}"]
+
+
 def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> list[str]:
     if not workdir_lib.is_local(workdir):
-        return []  # a bucket: the checkpoint library reports access itself
+        return _cloud_filesystem(workdir)  # a bucket: the checkpoint library reports access itself
     path = os.path.abspath(os.path.expanduser(workdir))
     if os.path.exists(path) and not os.path.isdir(path):
         return [f"workdir {path} is a file; pass a directory (--workdir=DIR)"]
@@ -349,4 +435,32 @@ def _workdir(c: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> 
         return [f"workdir {path} cannot be created: {parent} is a file"]
     if not os.access(parent, os.W_OK | os.X_OK):
         return [f"workdir {path} cannot be created: {parent} is not writable"]
+    return []
+
+
+# -- label studio ----------------------------------------------------------------------------------------------
+
+
+def _label_studio(c: ml_collections.ConfigDict) -> list[str]:
+    """oracle=label_studio: the token in $label_studio.token_env, and the server answering with it."""
+    if c.oracle != "label_studio":
+        return []
+    ls = c.label_studio
+    url = str(ls.url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        return [f"label_studio.url={ls.url!r}: oracle=label_studio needs --config.label_studio.url=http://HOST:PORT"]
+    if not os.environ.get(ls.token_env):
+        return [
+            f"label_studio: ${ls.token_env} is not set; export {ls.token_env}=<a personal access token or legacy "
+            "token from Label Studio > Account & Settings>"
+        ]
+    if importlib.util.find_spec("label_studio_sdk") is None:
+        return ['oracle=label_studio needs the label-studio-sdk package: pip install -e ".[label]"']
+    from alpeft_jax.oracles.base import LabelFileError
+    from alpeft_jax.oracles.label_studio.api import Server
+
+    try:
+        Server(url, ls.token_env, timeout=min(float(ls.request_timeout), 15.0)).check()
+    except LabelFileError as e:
+        return [str(e).replace(", then rerun the same command", "").replace(" and rerun the same command", "")]
     return []

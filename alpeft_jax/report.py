@@ -5,10 +5,13 @@
 
 Runs are grouped by their config's `name` (else strategy + calibration); each group gets mean ± std per round
 over its seeds, printed as a markdown table, and one plot of accuracy and ECE against the number of labels.
+A run without a test set reports k-fold cross-validated estimates on its labels (results rows with
+``evaluation: "cv"``): its tables, summary and plots say "cv" where a run with a test set says "test".
 `--summary` prints one row per group instead: final-round and area-under-curve accuracy, the differences to each
 `--against` group paired by seed (mean ± standard error over the seeds both ran), final ECE and NLL, how many
 classes have labels and how many the least-labelled class has, seconds spent scoring and selecting per round, and
-how often the calibration loss was active.
+how often the calibration loss was active. Runs whose rows carry stop signals also get a table of where each
+stopping rule (`alpeft_jax.stopping`) would have stopped them, the labels that saves and the accuracy given up.
 """
 
 from __future__ import annotations
@@ -78,6 +81,24 @@ def group_runs(workdirs: Sequence[str]) -> dict[str, list[Rows]]:
     return groups
 
 
+def evaluation(rows: Rows) -> str:
+    """ "cv" for a run whose rows are cross-validated estimates (it had no test set), else "test"."""
+    return "cv" if rows and all(r.get("evaluation") == "cv" for r in rows) else "test"
+
+
+def _marks(groups: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(prefix of metric names, label of each group): "cv " / "test " when all groups agree, else the labels of
+    the cv groups marked " (cv)"."""
+    kinds = {
+        label: evaluation(next(iter(runs.values())) if isinstance(runs, dict) else runs[0])
+        for label, runs in groups.items()
+        if runs
+    }
+    if len(set(kinds.values())) == 1:
+        return f"{next(iter(kinds.values()))} ", {label: label for label in groups}
+    return "", {label: f"{label} (cv)" if kinds.get(label) == "cv" else label for label in groups}
+
+
 def _series(runs: list[Rows], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n_labeled, mean and std of `metric` over runs, over the rounds all runs have."""
     n = min(len(r) for r in runs)
@@ -92,11 +113,13 @@ def markdown_table(groups: dict[str, list[Rows]], metric: str = "accuracy", scal
     first = next(iter(groups.values()))[0]
     head = "| method | seeds | " + " | ".join(f"{first[i]['n_labeled']}" for i in range(n)) + " |"
     sep = "|---|---|" + "---|" * n
-    lines = [f"{metric} ({'%' if scale == 100 else 'x1'}) by number of labels", "", head, sep]
+    prefix, shown = _marks(groups)
+    where = "" if prefix else " (test set; cv: cross-validated on the labels)"
+    lines = [f"{prefix}{metric} ({'%' if scale == 100 else 'x1'}) by number of labels{where}", "", head, sep]
     for label, runs in groups.items():
         _, mean, std = _series(runs, metric)
         cells = [f"{scale * m:.2f} ± {scale * s:.2f}" for m, s in zip(mean[:n], std[:n])]
-        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {shown[label]} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -166,7 +189,9 @@ def summary_table(
     diff_stats: Sequence[str] = ("final accuracy", "AUC accuracy"),
 ) -> str:
     """One row per group: mean ± std over seeds of each column, then (group - reference) paired by seed ± s.e."""
-    head = ["method", "seeds", *columns]
+    prefix, shown = _marks(groups)
+    metric_words = ("accuracy", "ECE", "NLL")
+    head = ["method", "seeds", *(f"{prefix}{c}" if c.split()[-1] in metric_words else c for c in columns)]
     for ref in against:
         head += [f"Δ {stat.split()[0]} vs {ref}" for stat in diff_stats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -175,7 +200,7 @@ def summary_table(
     if missing:
         raise ValueError(f"--against {','.join(missing)} names no group; the groups are: {', '.join(groups)}")
     for label, runs in groups.items():
-        cells = [label, str(len(runs))]
+        cells = [shown[label], str(len(runs))]
         for col in columns:
             mean, std = group_stat(runs, col)
             digits = SUMMARY_STATS[col][2]
@@ -192,6 +217,60 @@ def summary_table(
     return "\n".join(lines)
 
 
+COST_COLUMNS = (
+    "AUC ECE",
+    "classes labelled",
+    "rarest class",
+    "scoring s/round",
+    "selection s/round",
+    "calibration active",
+    "train misclassified",
+)
+
+
+def summary_text(groups: dict[str, dict[int, Rows]], against: Sequence[str] = ()) -> str:
+    """What `--summary` prints: the accuracy table with the paired differences, then the calibration and cost one."""
+    return summary_table(groups, against=against) + "\n\n" + summary_table(groups, columns=COST_COLUMNS)
+
+
+def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kappa", "gain")) -> str:
+    """Where each stopping rule would have stopped each group's runs (the rows' stop signals, `stopping.py`).
+
+    Per group and rule, over the runs with stop signals: how many stop before their last round, the stop round
+    (mean ± std; a run the rule never stops counts at its last round), the labels that saves against labelling to
+    the last round, and the accuracy given up there (final - at the stop, points, mean ± standard error).
+    """
+    from alpeft_jax.stopping import first_stop
+
+    head = ["method", "rule", "seeds", "stops early", "stop round", "labels saved", "accuracy given up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in groups.items():
+        runs = {s: r for s, r in runs.items() if r and "stop_rules" in r[-1]}
+        if not runs:
+            continue
+        for rule in rules:
+            at, saved, lost, early = [], [], [], 0
+            for rows in runs.values():
+                i = first_stop(rows, rule)
+                early += i is not None and i < len(rows) - 1
+                i = len(rows) - 1 if i is None else i
+                at.append(rows[i]["round"])
+                saved.append(rows[-1]["n_labeled"] - rows[i]["n_labeled"])
+                lost.append(100.0 * (float(rows[-1]["accuracy"]) - float(rows[i]["accuracy"])))
+            se = float(np.std(lost, ddof=1) / np.sqrt(len(lost))) if len(lost) > 1 else float("nan")
+            cells = [
+                label,
+                rule,
+                str(len(runs)),
+                f"{early} of {len(runs)}",
+                f"{np.mean(at):.1f} ± {np.std(at):.1f}",
+                f"{np.mean(saved):.1f} ± {np.std(saved):.1f}",
+                f"{np.mean(lost):+.2f} ± {se:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
     """Accuracy and ECE against labels, one line per group (mean; a ±std band up to 4 groups); returns the path."""
     import matplotlib
@@ -200,6 +279,7 @@ def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    prefix, shown = _marks(groups)
     for i, (label, runs) in enumerate(groups.items()):
         if not runs or not runs[0]:
             continue
@@ -207,10 +287,11 @@ def plot_curves(groups: dict[str, list[Rows]], path: str) -> str:
         style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], marker="osd^"[i // 10 % 4])
         for ax, metric in zip(axes, ("accuracy", "ece")):
             x, mean, std = _series(runs, metric)
-            ax.plot(x, 100 * mean, label=label, markersize=4, **style)
+            ax.plot(x, 100 * mean, label=shown[label], markersize=4, **style)
             if len(runs) > 1 and len(groups) <= 4:  # more bands than that hide the lines
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2, color=style["color"])
-    for ax, title in zip(axes, ("test accuracy (%)", "ECE (%)")):
+    titles = (f"{prefix}accuracy (%)", f"{prefix}ECE (%)") if prefix else ("accuracy (%), test or cv", "ECE (%)")
+    for ax, title in zip(axes, titles):
         ax.set_xlabel("labelled examples")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -234,29 +315,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.summary:
             by_seed = group_runs_by_seed(args.workdirs)
-            against = [a for a in args.against.split(",") if a]
-            print(summary_table(by_seed, against=against))
-            print()
-            print(
-                summary_table(
-                    by_seed,
-                    columns=(
-                        "AUC ECE",
-                        "classes labelled",
-                        "rarest class",
-                        "scoring s/round",
-                        "selection s/round",
-                        "calibration active",
-                        "train misclassified",
-                    ),
-                )
-            )
+            print(summary_text(by_seed, against=[a for a in args.against.split(",") if a]))
         groups = group_runs(args.workdirs)
+        stops = stop_table({label: dict(enumerate(runs)) for label, runs in groups.items()})
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.summary:
         print(markdown_table(groups, args.metric, 100.0 if args.metric in ("accuracy", "ece") else 1.0))
+    if stops.count("\n") > 1:
+        print("\nWhere each stopping rule would have stopped (stop signals of the rows; al.stop, stopping.py):\n")
+        print(stops)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.workdirs[0])), CURVES_FILE)
     print(f"\nplot: {plot_curves(groups, out)}")
     return 0

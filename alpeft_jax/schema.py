@@ -110,8 +110,16 @@ class Data(_Checked):
     )
     max_test: int = setting(0, ">0: a fixed random subset of the test split", range=NOT_NEGATIVE)
     subset_seed: int = setting(0, "seeds the max_pool and max_test subsets")
-    coop_names: bool = setting(True, "CoOp's class names where the package has them (EuroSAT renames)")
+    coop_names: bool = setting(
+        True, "CoOp's class names where the package has them (e.g. TFDS EuroSAT names to its split-file names)"
+    )
     num_threads: int = setting(0, "image decoding threads; 0: all cores", range=NOT_NEGATIVE)
+    classes: str = setting(
+        "", 'folder/csv: the class list in label order: a file (one name per line) or "a,b,c"; "": from the data'
+    )
+    test: str = setting(
+        "", "a labelled test set (image folder or CSV, the pool's classes); \"\": the dataset's test split, if any"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +179,9 @@ class Train(_Checked):
     warmup_lr: float = setting(1e-5, "learning rate of the warm-up epochs", range=NOT_NEGATIVE)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", range=NOT_NEGATIVE)
     calibration: Literal["none", "cpeal", "avuc"] = setting(
-        "none", 'the calibration loss; the papers\' "ours" is entropy + cpeal'
+        "none",
+        "the calibration loss; cpeal with the defaults below is the papers' \"ours\" (the reference's bare flag: "
+        "weight 0.01, no anneal, weighting none); never applied with the learning-loss head, as the reference",
     )
     calibration_weight: float = setting(1.0, "weight of the calibration loss", range=NOT_NEGATIVE)
     calibration_anneal: bool = setting(True, "anneal the calibration weight over the epochs, as the authors")
@@ -205,6 +215,31 @@ class Train(_Checked):
         return cls(**values)
 
 
+TcmThen = Literal["margin", "entropy", "least_confidence", "badge", "coreset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tcm(_Checked):
+    """`config.al.tcm`: al.strategy=tcm, typicality or coverage first, then uncertainty (METHOD.md §3.8)."""
+
+    first: Literal["typiclust", "probcover"] = setting("typiclust", "the strategy of the first rounds")
+    then: TcmThen = setting("margin", "the strategy after the hand-off")
+    switch: Literal["labels", "coverage"] = setting(
+        "labels", "labels: hand off at switch_per_class x K labels; coverage: when every class is covered enough"
+    )
+    switch_per_class: int = setting(
+        3, "switch=labels: hand off once the labels reach this many per class on average", range=NOT_NEGATIVE
+    )
+    coverage: float = setting(
+        0.5,
+        "switch=coverage: hand off once the least-covered predicted class has this share within radius of a label",
+        range=Range(0, 1, low_open=True),
+    )
+    radius: float = setting(
+        0.0, "switch=coverage: ball radius on L2-normalised features; 0: ProbCover's purity radius", range=NOT_NEGATIVE
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AL(_Checked):
     """`config.al`: the active-learning schedule and the query strategy (METHOD.md §3.3)."""
@@ -222,6 +257,23 @@ class AL(_Checked):
     authors_quirk: bool = setting(False, "reproduce the reference code's idx[-K:] cut when PCB is off")
     mc_samples: int = setting(10, "BALD: MC-dropout passes through the LoRA dropout")
     options: str = setting("", 'extra strategy options as "key=value,key=value"')
+    tcm: Tcm = _section(Tcm, "al.strategy=tcm: the hand-off from a typicality/coverage strategy to an uncertainty one")
+    stop: Literal["none", "kappa", "gain"] = setting(
+        "none", "stop by itself: kappa (stable predictions) | gain (flat learning curve); signals are always recorded"
+    )
+    stop_set_size: int = setting(
+        1000, "pool rows whose predictions the kappa signal compares; 0: no kappa signal", range=NOT_NEGATIVE
+    )
+    stop_set_seed: int = setting(0, "seeds the stop set (the same for every seed and strategy)")
+    stop_window: int = setting(
+        3, "kappa: rounds averaged; gain: rounds fitted past the first (also the re-arm delay)", range=AT_LEAST_ONE
+    )
+    stop_kappa: float = setting(
+        0.99, "kappa: stop once the mean kappa of the last stop_window rounds reaches this", range=Range(-1, 1)
+    )
+    stop_gain: float = setting(
+        0.005, "gain: stop once the next round's expected accuracy gain (fraction) falls below this"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,13 +288,18 @@ class Scoring(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class Eval(_Checked):
-    """`config.eval`: the test-split evaluation after each round."""
+    """`config.eval`: the evaluation after each round: on the test set, or cross-validated without one."""
 
     batch_size: int = setting(100, "images per evaluation step", range=AT_LEAST_ONE)
+    cv_folds: int = setting(
+        5, "without a test set: k of the k-fold cv estimate on the labels so far (capped by them)", range=Range(2)
+    )
 
 
 LabelStudioImages = Literal["inline", "local", "url"]
 LabelStudioMultiple = Literal["latest", "majority"]
+LabelStudioSkipped = Literal["exclude", "ask"]
+LabelStudioMode = Literal["queries", "pool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +316,13 @@ class LabelStudio(_Checked):
     wait_seconds: float = setting(0.0, "0: stop, rerun when labelled; >0: poll this long first; <0: no limit")
     poll_seconds: float = setting(10.0, "seconds between polls while waiting")
     multiple: LabelStudioMultiple = setting("latest", "several annotations of a task: latest | majority")
+    skipped: LabelStudioSkipped = setting(
+        "exclude", "a task skipped in Label Studio: exclude (can't tell: never asked again) | ask (label it anyway)"
+    )
     request_timeout: float = setting(60.0, "seconds per HTTP request")
+    mode: LabelStudioMode = setting(
+        "queries", "queries: each round's picks as tasks | pool: the whole pool once, every task's guess each round"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,6 +586,13 @@ def _prompt_context(v: _View, strategies: Any, family: Any) -> list[str]:
             "adapt.prompt.n_ctx=0: the prompt needs at least 1 context token; raise adapt.prompt.n_ctx or set "
             "adapt.prompt.init (its words set the context)"
         ]
+    return []
+
+
+@_rule("al.stop", "al.stop_set_size")
+def _stop_set(v: _View, strategies: Any, family: Any) -> list[str]:
+    if v["al.stop"] == "kappa" and v["al.stop_set_size"] == 0:
+        return ["al.stop=kappa compares predictions on a stop set: set al.stop_set_size > 0 (e.g. 1000)"]
     return []
 
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from alpeft_jax import evaluate, losses, optim, schema
 from alpeft_jax.batch import Batch
@@ -85,7 +86,16 @@ class Trainer:
         else:
             self.tx = main
         self._calibration: Callable[..., jax.Array] | None
-        if config.calibration == "cpeal":
+        if config.loss_prediction and config.calibration != "none":
+            # The reference's learning-loss branch trains CE + 0.01 x the ranking loss and never adds the
+            # calibration loss, whatever its flags say; so does this one (the epoch log shows weight 0).
+            logging.warning(
+                "train.calibration=%s is not applied with the learning-loss head: the reference's learning-loss "
+                "training has no calibration term",
+                config.calibration,
+            )
+            self._calibration = None
+        elif config.calibration == "cpeal":
             self._calibration = losses.get("cpeal", weighting=config.calibration_weighting)
         elif config.calibration == "avuc":
             self._calibration = losses.get("avuc")

@@ -144,7 +144,8 @@ class TrainedModel:
                     "image_size": self.spec.image_size,
                     "mean": list(self.spec.mean),
                     "std": list(self.spec.std),
-                    "resize": "shorter side to image_size (bicubic), centre crop image_size x image_size",
+                    "resize": f"shorter side to {self.spec.resize_to} (bicubic), centre crop image_size x image_size "
+                    f"(offset {self.spec.crop}ed)",
                     "normalize": "(pixels / 255 - mean) / std, RGB, channels last",
                 },
                 "classifier": {"normalize": self.normalize, "scale": self.scale},

@@ -1,10 +1,10 @@
 """What a run keeps in its workdir, and the order in which it is written, so a kill at any moment loses little.
 
     DIR/config.json        the run's config (a resume with another config is refused, naming the fields)
-    DIR/classes.txt        the class names, one per line, in label order
+    DIR/classes.txt        the class names, one per line in label order (index 0 first); written at the start
     DIR/al_state.json      the AL record (`RunRecord`): round, phase, labelled pool rows with their labels, pending
-                           selection, per-round results. Written atomically (temp file + rename) after every phase
-                           change.
+                           selection, per-round results, the stop set's last predictions and any stop by al.stop
+                           (stopping.py). Written atomically (temp file + rename) after every phase change.
     DIR/ckpt/<round>/      Orbax: trainable tree, optimiser state, rng at the end of each round
     DIR/progress/<step>/   Orbax: the same inside a round every N steps (epoch and batch to resume from)
     DIR/results.jsonl      one row per finished round (rewritten from al_state.json, never appended twice)
@@ -14,6 +14,9 @@
 
 DIR may be a local folder or a cloud URL (gs://...: every path goes through etils.epath). With several processes,
 process 0 writes the JSON files and the events; all processes write the Orbax checkpoints together.
+
+An annotator's "can't tell" (an oracle's label -1) puts the row in the record's `excluded` list: never selected
+again, never trained on, counted in results.jsonl as `n_excluded`.
 
 Resume order: read al_state.json; a round in phase "label" re-asks the oracle for the stored selection; a round in
 phase "train" restores DIR/progress if it belongs to that round, else starts the round's training afresh; the
@@ -96,7 +99,7 @@ class Workdir:
 
     @property
     def classes(self) -> epath.Path:
-        """The class names, classes.txt (one per line, label order)."""
+        """The class names in label order, classes.txt."""
         return self.root / CLASSES_FILE
 
     @property
@@ -214,6 +217,23 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(p.read_text())
 
 
+# -- the class names -------------------------------------------------------------------------------------------
+def write_classes(path: str | os.PathLike, names: list[str]) -> None:
+    """Atomically write class names, one per line in label order (the format of DIR/classes.txt)."""
+    bad = [n for n in names if not n.strip() or "\n" in n or n != n.strip()]
+    if bad:
+        raise ValueError(f"class names {bad[:5]} cannot be written one per line; give names without line breaks")
+    atomic_write(path, "".join(f"{n}\n" for n in names))
+
+
+def read_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names of a classes.txt (label order; blank lines skipped), or None if it does not exist."""
+    p = as_path(path)
+    if not p.exists():
+        return None
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
 # -- the AL record -------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RunRecord:
@@ -233,6 +253,13 @@ class RunRecord:
     t_select: float | None = None
     predictions: list[list[float]] | None = None  # the model's probabilities for the selection (None: random)
     label_info: dict[str, Any] | None = None  # the oracle's facts about the round's labelling
+    given: int = 0  # the first `given` labelled rows came labelled with the data (never asked for)
+    excluded: list[int] = dataclasses.field(default_factory=list)  # pool rows the annotator could not label
+    stop_predictions: list[int] | None = None  # the last round's predicted classes on the stop set (stopping.py)
+    stops: list[dict[str, Any]] | None = None  # each time al.stop stopped the run: round, reason, al.rounds then
+    # [row, label, round]: labels an annotator gave to pool rows nobody asked for (label_studio.mode=pool), taken
+    # when round `round`'s labels were read; they are in labeled_rows/labels too (after that round's own rows)
+    extra: list[list[int]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> RunRecord:
@@ -248,9 +275,15 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         """The al_state.json dict (fields not yet written by any phase left out)."""
         out = dataclasses.asdict(self)
-        for name in ("t_score", "t_select", "label_info"):
+        for name in ("t_score", "t_select", "label_info", "stop_predictions", "stops"):
             if out[name] is None:
                 del out[name]
+        if not out["given"]:
+            del out["given"]
+        if not out["excluded"]:  # absent until an annotator first answers "can't tell"
+            del out["excluded"]
+        if not out["extra"]:  # absent until the first unasked label: older records read and write back the same
+            del out["extra"]
         if "t_score" not in out and out["predictions"] is None:  # no selection was ever recorded
             del out["predictions"]
         return out
@@ -259,9 +292,28 @@ class RunRecord:
         """(pool rows, labels) of every label so far."""
         return np.asarray(self.labeled_rows, np.int64), np.asarray(self.labels, np.int64)
 
+    def unavailable(self, n: int) -> np.ndarray:
+        """bool[n]: the pool rows never to be selected again (labelled, or excluded as "can't tell")."""
+        out = self.known(n) >= 0
+        out[np.asarray(self.excluded, np.int64)] = True
+        return out
+
     def known(self, n: int) -> np.ndarray:
         """Label of each of the n pool rows, -1 where not labelled yet."""
         rows, labels = self.labeled()
         out = np.full(n, -1, np.int64)
         out[rows] = labels
         return out
+
+
+def finished_line(root: str | os.PathLike, record: RunRecord) -> str:
+    """The one line a finished run ends with: rounds, labels, and where its final model is."""
+    last = record.round - 1
+    excluded = f" ({len(record.excluded)} excluded as can't tell)" if record.excluded else ""
+    where = str(root).rstrip("/")
+    model = f"{where}/{ROUNDS_DIR}/{last}"
+    return (
+        f"run finished: {record.round} rounds, {len(record.labeled_rows)} labels{excluded}; final model {model}; "
+        f"use it: python -m alpeft_jax.predict --workdir={where} IMAGES... | "
+        f"python -m alpeft_jax.export --workdir={where} --format=native|hf|peft --out=DIR"
+    )

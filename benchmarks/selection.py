@@ -3,7 +3,8 @@
 Every case (strategy, library, N, D, K, budget) runs in its own subprocess so that peak RSS
 (resource.getrusage ru_maxrss) is not contaminated by other cases. "time" is a second call after a
 warm-up call on the same data (JAX compiles on the first); "first" includes compilation. A peer case
-whose estimated memory exceeds --peer-max-gb is skipped and the row says why.
+whose estimated memory exceeds --peer-max-gb is skipped and the row says why. TCM has no peer: its row's peer is
+the peer of the part it runs on that case (`tcm_part`: TypiClust below 3 labels per class, margin from there).
 
 Full grid (slow; needs a large machine):
     python benchmarks/selection.py
@@ -24,7 +25,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ALL = ["entropy", "margin", "coreset", "badge", "typiclust", "probcover"]
+ALL = ["entropy", "margin", "coreset", "badge", "typiclust", "probcover", "tcm"]
+
+
+def tcm_part(n_labeled: int, k: int) -> str:
+    """The strategy tcm runs on a case under its default rule (al.tcm.switch_per_class labels per class)."""
+    from alpeft_jax import schema
+
+    handed_off = n_labeled >= schema.default("al.tcm.switch_per_class") * k
+    return str(schema.default("al.tcm.then" if handed_off else "al.tcm.first"))
 
 
 def make_data(n: int, d: int, k: int, n_labeled: int, seed: int = 0) -> dict:
@@ -46,8 +55,10 @@ def make_data(n: int, d: int, k: int, n_labeled: int, seed: int = 0) -> dict:
     return {"features": feats, "logits": logits, "labels": labels, "labeled": labeled}
 
 
-def peer_memory_gb(strategy: str, n: int, d: int, k: int) -> float:
+def peer_memory_gb(strategy: str, n: int, d: int, k: int, n_labeled: int = 0) -> float:
     """Rough peak-memory estimate for scikit-activeml (float64 copies dominate)."""
+    if strategy == "tcm":
+        strategy = tcm_part(n_labeled, k)
     if strategy in ("entropy", "margin"):
         return 3 * n * k * 8 / 1e9
     base = n * d * 8 * 2 / 1e9
@@ -97,6 +108,8 @@ def run_peer(strategy: str, data: dict, budget: int) -> object:
 
     labeled = data["labeled"]
     n, k = data["logits"].shape
+    if strategy == "tcm":  # no peer has TCM: the peer of the part it runs on this case
+        strategy = tcm_part(int(labeled.sum()), k)
     y = np.where(labeled, data["labels"], -1)
     lg = data["logits"].astype(np.float64)
     p = np.exp(lg - lg.max(1, keepdims=True))
@@ -227,7 +240,7 @@ def main() -> None:
                     )
                     ours = run_case({**spec, "lib": "ours"}, args.timeout)
                     note = ours.get("note", "")
-                    est = peer_memory_gb(strategy, n, args.d, k)
+                    est = peer_memory_gb(strategy, n, args.d, k, args.n_labeled)
                     if args.no_peer:
                         peer = {"note": "peer not run"}
                     elif est > args.peer_max_gb:

@@ -1,30 +1,31 @@
 r"""The study behind RESULTS.md: every run through the command line, then the tables and plots.
 
-    python benchmarks/study.py run [--part linear,lora] [--groups core|extra|all] [--seeds 10] [--jobs 2]
+    python benchmarks/study.py run [--part linear,lora,linear20] [--groups core|extra|tcm|all] [--seeds 10] [--jobs 2]
     python benchmarks/study.py tables [--seeds 10]     # docs/study_tables.md and docs/study_*.png from the runs
     python benchmarks/study.py results                 # RESULTS.md: docs/RESULTS.template.md with every number filled
     make reproduce                                     # both
 
 Each run is `python -m alpeft_jax.main --config=configs/study.py:<args> --workdir=workdirs/study/<part>/<group>/s<seed>`
-(finished runs are skipped; a run killed half-way resumes from its checkpoint). Runs go seed by seed, so an
-interrupted study still has the same seeds for every group. The tables are `alpeft_jax.report.summary_table` (as
-`python -m alpeft_jax.report --summary`) over the finished runs.
+(finished runs are skipped; a run killed half-way resumes from its checkpoint: `alpeft_jax.sweep.run_cells` runs
+them). Runs go seed by seed, so an interrupted study still has the same seeds for every group. The tables are
+`alpeft_jax.report.summary_table` (as `python -m alpeft_jax.report --summary`) over the finished runs,
+`report.stop_table` for the stopping rules (from the stop signals every run records). `--groups tcm` runs only
+TCM's comparison (tcm and the single strategies it is measured against, on the probe, LoRA and the probe's
+20-round budget, part linear20). `--config-extra` appends config arguments to every run (e.g. `runlocal` for a
+seconds-long smoke run under another `--root`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from alpeft_jax import report  # noqa: E402
+from alpeft_jax import report, sweep  # noqa: E402
 
 WORKDIR = os.path.join("workdirs", "study")
 UNCERTAINTY = ["random", "entropy", "margin", "least_confidence"]
@@ -33,7 +34,8 @@ DIVERSITY = ["coreset", "badge", "featdist", "typiclust", "probcover"]
 # part -> {group directory: config-file arguments}; group names follow configs/study.py's run names.
 PARTS: dict[str, dict[str, str]] = {
     "linear": {
-        **{(s if s == "random" else f"{s}+pcb"): f"mode=linear,strategy={s}" for s in UNCERTAINTY + DIVERSITY},
+        **{(s if s == "random" else f"{s}+pcb"): f"mode=linear,strategy={s}" for s in [*UNCERTAINTY, *DIVERSITY]},
+        "tcm+pcb": "mode=linear,strategy=tcm",
         "entropy": "mode=linear,strategy=entropy,pcb=false",
         "entropy+calib+pcb": "mode=linear,strategy=entropy,calib",
         "margin+calib+pcb": "mode=linear,strategy=margin,calib",
@@ -49,6 +51,14 @@ PARTS: dict[str, dict[str, str]] = {
         "margin+pcb": "mode=lora,strategy=margin",
         "margin+calib+pcb": "mode=lora,strategy=margin,calib",
         "bald+pcb": "mode=lora,strategy=bald",
+        "typiclust+pcb": "mode=lora,strategy=typiclust",
+        "probcover+pcb": "mode=lora,strategy=probcover",
+        "tcm+pcb": "mode=lora,strategy=tcm",
+    },
+    # A larger budget (20 rounds, 200 labels) so the hand-off has room: TCM against its parts and random.
+    "linear20": {
+        (s if s == "random" else f"{s}+pcb"): f"mode=linear,strategy={s},rounds=20"
+        for s in ("random", "margin", "typiclust", "probcover", "tcm")
     },
     # Choosing the linear probe's head and weight decay (random sampling, 3 seeds): the table behind the default.
     # raw: a plain linear head on raw features; cosN: L2-normalised features x N; wd: AdamW's decoupled decay.
@@ -66,6 +76,7 @@ PARTS: dict[str, dict[str, str]] = {
     },
 }
 PART_SEEDS = {"probe": 3}  # seeds 1..n only
+PART_ROUNDS = {"linear20": 20}  # al.rounds where not ROUNDS
 # The groups run first (`--groups core`): what the reading of RESULTS.md rests on; then the rest (`--groups extra`).
 CORE = {
     "linear": [
@@ -82,17 +93,16 @@ CORE = {
     ],
     "lora": ["random", "entropy+pcb", "entropy+calib+pcb"],
     "probe": list(PARTS["probe"]),
+    "linear20": [],
 }
+# TCM's comparison (`--groups tcm`): tcm and the single strategies the issue measures it against.
+TCM = ["random", "margin+pcb", "typiclust+pcb", "probcover+pcb", "tcm+pcb"]
 ROUNDS = 10
 
 
 def finished(workdir: str, rounds: int = ROUNDS) -> bool:
-    """Whether a run directory holds all its rounds' results."""
-    path = os.path.join(workdir, "results.jsonl")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return sum(1 for line in f if line.strip()) >= rounds
+    """Whether a run directory holds all its rounds' results (the al.rounds of its config.json where it has one)."""
+    return sweep.finished(workdir, sweep.rounds_of(workdir) or rounds)
 
 
 def select_groups(part: str, which: str) -> list[str]:
@@ -103,20 +113,22 @@ def select_groups(part: str, which: str) -> list[str]:
         return CORE[part]
     if which == "extra":
         return [g for g in PARTS[part] if g not in CORE[part]]
+    if which == "tcm":
+        return [g for g in TCM if g in PARTS[part]]
     return [g for g in which.split(",") if g in PARTS[part]]
 
 
 def plan(
-    parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR, groups: str = "all"
+    parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR, groups: str = "all", extra: str = ""
 ) -> list[tuple[str, list[str]]]:
-    """(workdir, command) of every run, seed-major."""
+    """(workdir, command) of every run, seed-major (`extra`: config arguments added to each)."""
     out = []
     for seed in seeds:
         for part in parts:
             if seed > PART_SEEDS.get(part, seed):
                 continue
             for group in select_groups(part, groups):
-                args = PARTS[part][group]
+                args = PARTS[part][group] + (f",{extra}" if extra else "")
                 workdir = os.path.join(root, part, group, f"s{seed}")
                 cmd = [
                     sys.executable,
@@ -129,31 +141,26 @@ def plan(
     return out
 
 
-def run_all(parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = WORKDIR, groups: str = "all") -> int:
-    """Run every unfinished run (logs beside each run as run.log); returns the number that failed."""
-    todo = [(w, c) for w, c in plan(parts, seeds, root, groups) if not finished(w)]
-    print(f"{len(todo)} runs to do", flush=True)
-    failed = 0
+def cells(
+    parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR, groups: str = "all", extra: str = ""
+) -> list[sweep.Cell]:
+    """The study's runs as cells of `alpeft_jax.sweep`: logs beside each run (run.log); a part's runs share its
+    feature cache, so its first run warms the cache before the others start."""
+    return [
+        sweep.Cell(os.path.relpath(w, root), w, tuple(c), os.path.join(w, "run.log"), warm_key=w.split(os.sep)[-3])
+        for w, c in plan(parts, seeds, root, groups, extra)
+    ]
 
-    def one(item: tuple[str, list[str]]) -> int:
-        workdir, cmd = item
-        os.makedirs(workdir, exist_ok=True)
-        t0 = time.time()
-        with open(os.path.join(workdir, "run.log"), "a") as log:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-        print(f"{'ok' if rc == 0 else f'FAILED rc={rc}'} {time.time() - t0:6.1f}s {workdir}", flush=True)
-        return rc
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        # The first run of a part builds its feature cache; let it finish before others read the cache.
-        firsts = {}
-        for w, c in todo:
-            firsts.setdefault(w.split(os.sep)[-3], (w, c))
-        for item in firsts.values():
-            failed += one(item) != 0
-        rest = [item for item in todo if item not in firsts.values()]
-        failed += sum(rc != 0 for rc in pool.map(one, rest))
-    return failed
+def run_all(
+    parts: Sequence[str], seeds: Sequence[int], jobs: int, root: str = WORKDIR, groups: str = "all", extra: str = ""
+) -> int:
+    """Run every unfinished run, `jobs` at a time (`alpeft_jax.sweep.run_cells`); returns the number that failed."""
+    outcomes, stopped = sweep.run_cells(cells(parts, seeds, root, groups, extra), [{}] * jobs, cwd=ROOT)
+    if stopped is not None:
+        print("stopped; rerun the same command to resume", file=sys.stderr)
+        return 128 + stopped
+    return sum(o.status in ("failed", "unfinished") for o in outcomes)
 
 
 def load_part(part: str, seeds: Sequence[int], root: str = WORKDIR) -> dict[str, dict[int, list[dict]]]:
@@ -216,7 +223,11 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
     """Markdown of every table of the study (also written to out_dir/study_tables.md) and the plots."""
     sections = []
     parts, both = load_all(seeds, root)
-    titles = {"linear": "Linear probe (cosine head)", "lora": "LoRA on the last block + cosine head"}
+    titles = {
+        "linear": "Linear probe (cosine head)",
+        "lora": "LoRA on the last block + cosine head",
+        "linear20": "Linear probe, 20 rounds (200 labels)",
+    }
     probe = parts.pop("probe")
     if probe:
         sections += [
@@ -256,6 +267,18 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
                 {k: groups[k] for k in ("random", "raw-head:random") if k in groups},
                 os.path.join(out_dir, "study_linear_heads.png"),
             )
+    for part, by_seed in parts.items():
+        if any(g in by_seed for g in TCM if g != "random"):
+            sections += [f"## TCM against single strategies: {titles[part]}", "", tcm_table(by_seed), ""]
+        if stop_rows(by_seed):
+            sections += [
+                f"## Where each stopping rule would have stopped: {titles[part]}",
+                "",
+                STOP_NOTE,
+                "",
+                report.stop_table(stop_rows(by_seed)),
+                "",
+            ]
     if both:
         sections += [
             "## LoRA against the linear probe (the same pool, seeds and initial labels)",
@@ -266,6 +289,25 @@ def tables(seeds: Sequence[int], out_dir: str = "docs", root: str = WORKDIR) -> 
     with open(os.path.join(out_dir, "study_tables.md"), "w") as f:
         f.write("<!-- written by `python benchmarks/study.py tables`; do not edit -->\n\n" + text)
     return text
+
+
+STOP_NOTE = (
+    "Per rule, over the seeds (runs with stop signals; al.stop=none, so every run labels to its last round): how "
+    "many it stops before the last round, the round it stops at (never: the last round), the labels that saves and "
+    "the accuracy given up there against labelling to the end (points, mean ± standard error)."
+)
+
+
+def tcm_table(by_seed: dict[str, dict[int, list[dict]]]) -> str:
+    """TCM and the single strategies it is measured against: accuracy, and Δ to each of them paired by seed."""
+    groups = {g: by_seed[g] for g in TCM if g in by_seed}
+    against = [g for g in groups if g != "tcm+pcb"]
+    return report.summary_table(groups, columns=("final accuracy", "AUC accuracy"), against=against)
+
+
+def stop_rows(by_seed: dict[str, dict[int, list[dict]]]) -> dict[str, dict[int, list[dict]]]:
+    """The groups whose runs carry stop signals (runs made before the signals existed have none)."""
+    return {g: runs for g, runs in by_seed.items() if any(r and "stop_rules" in r[-1] for r in runs.values())}
 
 
 def _fmt_diff(a: dict, b: dict, key: str, seeds: int = 10) -> str:
@@ -281,7 +323,8 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
     {{active|part|group}}, {{miss|part|group}}: calibration-active and misclassified shares; {{sel|part|group}},
     {{score|part|group}}: selection and scoring seconds per round; {{classes|part|group}}: classes labelled at the
     end; {{rarest|part|group}}: labels of the least-labelled class at the end; {{probe}}, {{linear_acc}},
-    {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}: the tables of `tables`.
+    {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}, {{tcm_<part>}}, {{stop_<part>}} (part linear, lora
+    or linear20): the tables of `tables`.
     """
     import re
 
@@ -293,6 +336,8 @@ def fill_template(text: str, seeds: Sequence[int], root: str = WORKDIR) -> str:
         "lora_acc": lambda: _acc_table(parts["lora"], ["random", "entropy+pcb"]),
         "lora_cost": lambda: report.summary_table(parts["lora"], columns=COST),
         "both_acc": lambda: _acc_table(both, ["linear:random", "linear:entropy+pcb"]),
+        **{f"tcm_{p}": (lambda p=p: tcm_table(parts[p])) for p in ("linear", "lora", "linear20")},
+        **{f"stop_{p}": (lambda p=p: report.stop_table(stop_rows(parts[p]))) for p in ("linear", "lora", "linear20")},
     }
 
     def one(m: re.Match) -> str:
@@ -326,9 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("what", choices=("run", "tables", "plan", "results"))
     p.add_argument("--template", default=os.path.join("docs", "RESULTS.template.md"))
     p.add_argument("--out", default="RESULTS.md")
-    p.add_argument("--part", default="linear,lora,probe", help="comma-separated: linear, lora, probe")
+    p.add_argument("--part", default="linear,lora,probe,linear20", help="comma-separated: " + ", ".join(PARTS))
     p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--groups", default="all", help="core | extra | all | comma-separated group names")
+    p.add_argument("--groups", default="all", help="core | extra | tcm | all | comma-separated group names")
+    p.add_argument("--config-extra", default="", help="config arguments added to every run, e.g. runlocal")
     p.add_argument("--jobs", type=int, default=2, help="runs at once")
     p.add_argument("--root", default=WORKDIR)
     args = p.parse_args(argv)
@@ -339,11 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     seeds = list(range(1, args.seeds + 1))
     if args.what == "plan":
-        for w, c in plan(parts, seeds, args.root, args.groups):
+        for w, c in plan(parts, seeds, args.root, args.groups, args.config_extra):
             print(("done " if finished(w) else "todo ") + " ".join(c[1:]))
         return 0
     if args.what == "run":
-        return 1 if run_all(parts, seeds, args.jobs, args.root, args.groups) else 0
+        failed = run_all(parts, seeds, args.jobs, args.root, args.groups, args.config_extra)
+        return failed if failed >= 128 else (1 if failed else 0)
     if args.what == "results":
         with open(args.template) as f:
             text = fill_template(f.read(), seeds, args.root)

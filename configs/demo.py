@@ -45,5 +45,6 @@ def get_config(arg: str | None = None):
         study_arg += ",runlocal"
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"study.py:{study_arg}"))
     if not a["runlocal"]:
-        c.scoring.cache_dir = f"workdirs/demo/cache/{a['mode']}"  # shared by the demo's runs
+        # shared by the demo's runs: a cache is keyed on its content (images, weights, preprocessing)
+        c.scoring.cache_dir = f"workdirs/demo/cache/{a['mode']}"
     return c

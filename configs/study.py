@@ -18,7 +18,7 @@ Adaptation, on the same pool:
   same cosine head; the prefix (stem + blocks 0-14) cached once; SGD lr 0.01 (wd 5e-4), batch 16, 20 epochs.
 Args: `mode=linear|lora`, `strategy=` (any of alpeft_jax.strategies), `calib` (the C-PEAL calibration loss),
 `pcb=true|false`, `head_scale=` (float; 0: raw features), `wd=` (weight decay; -1: the mode's default), `epochs=`
-(0: the mode's default), `seed=N`, `runlocal`.
+(0: the mode's default), `rounds=` (10: 100 labels; the study's larger budget runs 20), `seed=N`, `runlocal`.
 Expected: the measured tables, with their reading, are in RESULTS.md.
 Hardware: 2 CPU cores are enough: 45-150 s per linear-probe run, 1-4.5 minutes per LoRA run (two at a time).
 """
@@ -34,6 +34,7 @@ ARGS = {
     "head_scale": 16.0,
     "wd": -1.0,
     "epochs": 0,
+    "rounds": 10,
     "seed": 1,
     "runlocal": False,
 }
@@ -76,7 +77,7 @@ def get_config(arg: str | None = None):
         c.train.epochs = a["epochs"]
     c.al.strategy = a["strategy"]
     c.al.pcb = a["pcb"]
-    c.al.rounds = 10
+    c.al.rounds = a["rounds"]
     c.al.initial = 10
     c.al.budget = 10
     c.scoring.batch_size = 500

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Cloud TPU VM launcher behind `launch/tpu_vm.sh`: create, setup, run, stop, status, logs, fetch, delete.
+"""Cloud TPU VM launcher behind `launch/tpu_vm.sh`: create, setup, run, sweep, stop, status, logs, fetch, delete.
 
     TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 ./launch/tpu_vm.sh create
     TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 ./launch/tpu_vm.sh setup
     TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 CONFIG=configs/lora.py WORKDIR=gs://b/runs/lora_s1 \\
         ./launch/tpu_vm.sh run --config.data.dir=gs://b/tfds
+    TPU_NAME=al ZONE=us-central2-b ACCELERATOR=v4-8 CONFIG=configs/coop.py WORKDIR=gs://b/sweeps/coop_dtd \\
+        ./launch/tpu_vm.sh sweep --args=dataset=dtd --strategies=random,entropy,badge,coreset,ours --seeds=1,2,3
 
 Every step is a `gcloud` command; `DRY_RUN=1` prints them as a shell script instead of running them, with
 `${VAR?}` in place of each variable that is not set. The number of hosts follows from ACCELERATOR alone (chips
@@ -26,9 +28,11 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
 
   create [--spot]   create the TPU VM; pod slices (more than one host) go through a queued resource
   setup             copy the checkout's HEAD to every worker (or `git clone $REPO`), and $DATA if set; install
-                    Python 3.11 with uv and the package with the matching jax[tpu]
+                    Python 3.11 with uv and the package (with its [cloud] extra: gs:// workdirs) and jax[tpu]
   run [ARGS...]     start `python -m alpeft_jax.main --config=$CONFIG --workdir=$WORKDIR [--distributed] ARGS`
                     on every worker in the background (nohup), a log per worker in ~/alpeft_logs
+  sweep [ARGS...]   the same with `python -m alpeft_jax.sweep --config=$CONFIG --workdir=$WORKDIR ARGS`: every
+                    strategy x seed of CONFIG one after another, then $WORKDIR/summary.md (--strategies=... --seeds=...)
   stop              stop the run started last, on every worker
   status            the TPU's state and, per worker, whether the run is going and its last log lines
   logs [-f]         the last $LOG_LINES (100) lines of the run's log on worker $WORKER (0; `all` for every worker)
@@ -38,8 +42,10 @@ environment: TPU_NAME, ZONE, ACCELERATOR (v4-8 ... v6e-256); optional PROJECT, R
 
 Other settings: DRY_RUN=1 (print, do not run), SPOT=1, QUEUED=0|1 (default: 1 for pod slices), REPO and REF
 (clone instead of copying HEAD), DATA=gs://BUCKET/DIR (setup copies it to ~/alpeft_data/DIR on every worker;
-runs read it as --config.data.dir=~/alpeft_data/DIR), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME
-(the log's name; default: WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
+runs read it as --config.data.dir=~/alpeft_data/DIR), WEIGHTS=rn50,rn101 (setup downloads these CLIP ResNet
+weights from the Hugging Face hub with `hf download` into the code directory's weights/clip-<name>, where the
+C-PEAL configs read them), VENV (~/alpeft_venv), PYTHON_VERSION (3.11), RUN_NAME (the log's name; default:
+WORKDIR's last part), DEST (workdirs/fetched/$TPU_NAME).
 """
 
 # generation -> (what the accelerator size counts, how many of them one host holds, runtime image)
@@ -60,6 +66,12 @@ LOG_DIR = "alpeft_logs"
 ALIVE = 'ps -o stat= -p "$p" 2>/dev/null | grep -qv Z'
 FETCH_DIR = "alpeft_fetch"
 DATA_DIR = "alpeft_data"  # on each worker, beside CODE_DIR: runs read it as --config.data.dir=~/alpeft_data/NAME
+# WEIGHTS=... for setup: the CLIP ResNets the C-PEAL configs read from weights/clip-<name>/open_clip_model.safetensors
+# (relative to CODE_DIR, where runs start): their hub repository and files (alpeft_jax.config.CLIP_BACKBONES).
+HUB_WEIGHTS = {
+    "rn50": ("timm/resnet50_clip.openai", ("open_clip_model.safetensors", "open_clip_config.json")),
+    "rn101": ("timm/resnet101_clip.openai", ("open_clip_model.safetensors", "open_clip_config.json")),
+}
 
 
 class LaunchError(Exception):
@@ -313,9 +325,15 @@ class Launcher:
             "command -v uv >/dev/null || python3 -m pip install --quiet --user uv "
             "|| curl -LsSf https://astral.sh/uv/install.sh | sh",
             f"[ -x {self.venv_python()} ] || uv venv --quiet --python {shlex.quote(pyver)} {self.venv()}",
-            f"uv pip install --quiet --python {self.venv_python()} -e {CODE_DIR} "
+            # the [cloud] extra: gcsfs and google-cloud-storage, for the gs:// workdirs every TPU run writes to
+            f"uv pip install --quiet --python {self.venv_python()} -e {shlex.quote(CODE_DIR + '[cloud]')} "
             f"{shlex.quote(jax_requirement(self.root))}",
         ]
+        for key in self.weights():  # hf, from huggingface_hub (a dependency of the package), in the venv
+            hub, files = HUB_WEIGHTS[key]
+            lines.append(
+                f"{self.venv('bin/hf')} download {hub} {' '.join(files)} --local-dir {CODE_DIR}/weights/clip-{key}"
+            )
         if num_hosts(acc) == 1:  # a pod slice's hosts only see their chips together, inside a distributed run
             lines.append(f"{self.venv_python()} -c 'import jax; print(jax.devices())'")
         else:
@@ -323,11 +341,20 @@ class Launcher:
         lines.append('echo "$(hostname): ready"')
         return "\n".join(lines)
 
+    def weights(self) -> list[str]:
+        """The CLIP ResNet weights WEIGHTS asks setup to download (rn50, rn101), checked."""
+        keys = [k.strip() for k in self.env.get("WEIGHTS", "").split(",") if k.strip()]
+        bad = [k for k in keys if k not in HUB_WEIGHTS]
+        if bad:
+            raise LaunchError(f"WEIGHTS={self.env['WEIGHTS']}: unknown {', '.join(bad)}; use {','.join(HUB_WEIGHTS)}")
+        return keys
+
     def setup(self, args: list[str]) -> None:
-        """Put the code on every worker (HEAD as an archive, or a clone of $REPO) and install it."""
+        """Put the code on every worker (HEAD as an archive, or a clone of $REPO), install it, fetch $WEIGHTS."""
         self.only("setup", args)
         acc = self.accelerator()
         name, flags = self.tpu()
+        self.weights()
         self.check()
         clone = bool(self.env.get("REPO"))
         if not clone:
@@ -351,12 +378,13 @@ class Launcher:
             )
         self.emit(self.ssh(name, flags, "all", self.setup_script(acc, clone)))
 
-    def run(self, args: list[str]) -> None:
+    def run(self, args: list[str], module: str = "alpeft_jax.main") -> None:
         """Start the experiment on every worker in the background, a log per worker."""
         acc = self.accelerator()
         name, flags = self.tpu()
         config = self.need("CONFIG", "the experiment file, e.g. CONFIG=configs/lora.py")
-        workdir = self.need("WORKDIR", "shared by all hosts, e.g. WORKDIR=gs://bucket/runs/lora_s1")
+        example = "gs://bucket/sweeps/coop_dtd" if module == "alpeft_jax.sweep" else "gs://bucket/runs/lora_s1"
+        workdir = self.need("WORKDIR", f"shared by all hosts, e.g. WORKDIR={example}")
         self.check()
         hosts = num_hosts(acc)
         if hosts > 1 and not workdir.startswith(("gs://", "\0")) and not self.dry:
@@ -367,7 +395,7 @@ class Launcher:
         argv = [f"--config={config}", f"--workdir={workdir}", *(["--distributed"] if hosts > 1 else []), *args]
         rname = self.env.get("RUN_NAME") or (run_name(workdir) if not isinstance(workdir, Guard) else "run")
         rname = run_name(rname)
-        cmd = " ".join([self.venv_python(), "-m", "alpeft_jax.main", *(shlex.quote(a) for a in argv)])
+        cmd = " ".join([self.venv_python(), "-m", module, *(shlex.quote(a) for a in argv)])
         script = "\n".join(
             [
                 'cd "$HOME"',
@@ -385,6 +413,12 @@ class Launcher:
             ]
         )
         self.emit(self.ssh(name, flags, "all", script))
+
+    def sweep(self, args: list[str]) -> None:
+        """Start `python -m alpeft_jax.sweep` (every strategy x seed of CONFIG, then the summary) on every worker."""
+        if not any(a.startswith("--strategies") for a in args):
+            raise LaunchError("sweep needs --strategies=..., e.g. sweep --strategies=random,entropy,badge,coreset,ours")
+        self.run(args, module="alpeft_jax.sweep")
 
     def stop(self, args: list[str]) -> None:
         """Stop the latest run on every worker."""
@@ -507,7 +541,7 @@ class Launcher:
             self.emit(["gcloud", "compute", "tpus", "tpu-vm", "delete", name, *flags, "--quiet"])
 
 
-COMMANDS = ("create", "setup", "run", "stop", "status", "logs", "fetch", "delete")
+COMMANDS = ("create", "setup", "run", "sweep", "stop", "status", "logs", "fetch", "delete")
 
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:

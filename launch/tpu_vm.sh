@@ -6,6 +6,8 @@
 #   ./launch/tpu_vm.sh setup               # HEAD of this checkout (or REPO=<git url>) + Python 3.11 + jax[tpu]
 #   CONFIG=configs/lora.py WORKDIR=gs://BUCKET/runs/lora_s1 \
 #       ./launch/tpu_vm.sh run --config.data.dir=gs://BUCKET/tfds --config.name="lora s1"
+#   CONFIG=configs/coop.py WORKDIR=gs://BUCKET/sweeps/coop_dtd ./launch/tpu_vm.sh sweep --args=dataset=dtd \
+#       --strategies=random,entropy,badge,coreset,ours --seeds=1,2,3   # every cell in turn, then summary.md
 #   ./launch/tpu_vm.sh status | logs [-f] | stop
 #   ./launch/tpu_vm.sh fetch [WORKDIR...]  # results, report table and plot into workdirs/fetched/$TPU_NAME
 #   ./launch/tpu_vm.sh delete

@@ -55,7 +55,7 @@ def test_selection_benchmark_runs_every_strategy_on_a_small_pool():
         "200",
     )
     rows = _rows(text)
-    assert set(rows) == {"entropy", "margin", "coreset", "badge", "typiclust", "probcover"}, text
+    assert set(rows) == {"entropy", "margin", "coreset", "badge", "typiclust", "probcover", "tcm"}, text
     for name, cells in rows.items():
         assert all(float(c) > 0 for c in cells), (name, cells)
 

@@ -20,8 +20,9 @@ CASES = {
         "backbone=vit_b32,layout=coop,ours",
         "dataset=fgvc_aircraft",
         "dataset=stanford_cars,runlocal",
+        "nopcb",
     ],
-    "coop.py": ["", "ours", "backbone=vit_b16,runlocal", "backbone=rn101,dataset=oxford_pets"],
+    "coop.py": ["", "ours", "backbone=vit_b16,runlocal", "backbone=rn101,dataset=oxford_pets", "nopcb,ours"],
     "peal.py": [
         "",
         "mode=linear",
@@ -29,6 +30,8 @@ CASES = {
         "variant=small,runlocal",
         "dataset=aptos,mode=linear",
         "dataset=colorectal_histology,strategy=random,seed=2",
+        "lora=paper,variant=large",
+        "mode=linear,augment",
     ],
     "study.py": [
         "",
@@ -115,7 +118,9 @@ def test_peal_one_file_lora_versus_linear():
     assert (lora.adapt.mode, linear.adapt.mode) == ("lora", "linear")
     assert lora.backbone == linear.backbone == "facebook/dinov2-base"
     assert lora.name != linear.name  # a report never pools the two
-    assert lora.train.augment and not linear.train.augment
+    assert lora.train.augment == linear.train.augment is False  # the same views for both arms
+    both = [peal.get_config(a) for a in ("augment", "mode=linear,augment")]
+    assert all(c.train.augment for c in both)
     assert linear.train.calibration == lora.train.calibration == "none"
     for c in (lora, linear):
         assert (c.data.name, c.data.train_split, c.data.test_split) == ("eurosat/rgb", "train[:80%]", "train[80%:]")
@@ -221,3 +226,35 @@ def test_resuming_may_change_how_the_run_proceeds_but_not_what_it_computes():
     assert config_lib.diff(old, new.to_dict()) == []
     new.train.epochs = 3
     assert config_lib.diff(old, new.to_dict()) == ["train.epochs: 10 -> 3"]
+
+
+def test_peal_paper_lora_trains_three_hundredths_of_a_percent_of_dinov2_base():
+    import jax
+    import jax.numpy as jnp
+
+    from alpeft_jax.convert import hf_dinov2
+    from alpeft_jax.models import lora as lora_lib
+    from alpeft_jax.models.adapted import AdaptConfig
+
+    peal = _load("peal.py")
+    hf = {"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}
+    module = hf_dinov2.model_from_config({**hf, "image_size": 518, "patch_size": 14}, jnp.float32, "dinov2-base")
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 518, 518, 3))))["params"]
+    total = lora_lib.num_params(shapes)
+    assert total == 86_580_480  # transformers' Dinov2Model of this config (tests/models/dinov2_vs_reference_test.py)
+
+    def share(c):
+        cfg = AdaptConfig.from_config(c.adapt, "dinov2").lora  # what the driver adapts
+        tree = jax.eval_shape(lambda: lora_lib.init(jax.random.key(0), shapes, cfg))
+        return lora_lib.num_params(tree), 100 * lora_lib.num_params(tree) / total
+
+    paper, default = share(peal.get_config("lora=paper")), share(peal.get_config(""))
+    assert paper[0] == 1 * (768 + 768) * 3 * 6 and round(paper[1], 2) == 0.03
+    assert default[0] == 4 * (768 + 768) * 3 * 12 and round(default[1], 3) == 0.255
+    assert peal.get_config("lora=paper").name == "lora_paper:entropy+pcb"
+
+
+def test_nopcb_selects_like_the_reference():
+    for name in ("coop.py", "lora.py"):
+        c = _load(name).get_config("nopcb")
+        assert not c.al.pcb and c.al.authors_quirk and c.name.endswith(":entropy")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 
 import pytest
 
@@ -60,7 +61,7 @@ print("fake alpeft_jax.main started", flush=True)
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 """
 
-# uv on the workers: records its argv; `uv venv DIR` makes DIR/bin/python (the fake above).
+# uv on the workers: records its argv; `uv venv DIR` makes DIR/bin/python and DIR/bin/hf (the fake above).
 FAKE_UV = r"""#!{python} -S
 import json, os, shutil, sys
 log = os.environ["FAKE_UV_LOG"]
@@ -70,6 +71,7 @@ if sys.argv[1] == "venv":
     d = os.path.join(sys.argv[-1], "bin")
     os.makedirs(d)
     shutil.copy(os.environ["FAKE_PYTHON"], os.path.join(d, "python"))
+    shutil.copy(os.environ["FAKE_PYTHON"], os.path.join(d, "hf"))
 """
 
 
@@ -94,7 +96,20 @@ def fakes(tmp_path):
         k: v
         for k, v in os.environ.items()
         if k
-        not in ("DRY_RUN", "QUEUED", "SPOT", "RUNTIME", "PROJECT", "REPO", "REF", "VENV", "RUN_NAME", "WORKER", "DEST")
+        not in (
+            "DRY_RUN",
+            "QUEUED",
+            "SPOT",
+            "RUNTIME",
+            "PROJECT",
+            "REPO",
+            "REF",
+            "VENV",
+            "RUN_NAME",
+            "WORKER",
+            "DEST",
+            "WEIGHTS",
+        )
     }
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
@@ -304,7 +319,10 @@ def test_setup_copies_head_and_installs_python311_with_jax_tpu(fakes, accelerato
     assert os.path.exists(fakes["home"] / "alpeft_jax" / "pyproject.toml")
     uv = _records(fakes["uv_log"])
     assert uv[0] == ["venv", "--quiet", "--python", "3.11", str(fakes["home"] / "alpeft_venv")]
-    assert uv[1][:2] == ["pip", "install"] and f"jax[tpu]{pin}" in uv[1] and uv[1][-3:-1] == ["-e", "alpeft_jax"]
+    assert uv[1][:2] == ["pip", "install"] and f"jax[tpu]{pin}" in uv[1]
+    assert uv[1][-3:-1] == ["-e", "alpeft_jax[cloud]"]  # the [cloud] extra: the gs:// workdirs' file system
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert any(r.startswith("gcsfs") for r in tomllib.load(f)["project"]["optional-dependencies"]["cloud"])
     (check,) = _records(fakes["python_log"])
     assert ("jax.devices()" in check["argv"][1]) == (hosts == 1)
 
@@ -317,6 +335,32 @@ def test_setup_copies_the_data_to_every_worker(fakes):
     rsync = [c for c in _records(fakes["calls"]) if c[1:3] == ["storage", "rsync"]]
     assert rsync[-1] == ["gcloud", "storage", "rsync", "--recursive", "gs://b/my data/tfds", "alpeft_data/tfds"]
     assert os.path.isdir(fakes["home"] / "alpeft_data" / "tfds")
+
+
+def test_setup_downloads_the_clip_resnet_weights_the_cpeal_configs_read(fakes):
+    from alpeft_jax.config import CLIP_BACKBONES
+
+    (_, ssh), _ = _launch_and_dry_run(fakes, "setup", ACCELERATOR="v4-8", WEIGHTS="rn50,rn101")
+    script = _flag(ssh, "command")
+    for key in ("rn50", "rn101"):
+        w = CLIP_BACKBONES[key]  # what the configs read (weights/clip-rn50/...) and the command preflight prints
+        local = os.path.join("alpeft_jax", os.path.dirname(w.source))  # runs start in ~/alpeft_jax
+        assert '"$HOME"/alpeft_venv/bin/' + w.download_command(local).replace('"', "") in script
+    r = _launch(fakes, "setup", ACCELERATOR="v4-8", WEIGHTS="rn101", FAKE_EXEC=1)
+    assert r.returncode == 0, r.stderr
+    hf = [rec["argv"] for rec in _records(fakes["python_log"]) if rec["argv"][:1] == ["download"]]
+    assert hf == [
+        [
+            "download",
+            "timm/resnet101_clip.openai",
+            "open_clip_model.safetensors",
+            "open_clip_config.json",
+            "--local-dir",
+            "alpeft_jax/weights/clip-rn101",
+        ]
+    ]
+    bad = _launch(fakes, "setup", ACCELERATOR="v4-8", WEIGHTS="rn50,vit_b16")
+    assert bad.returncode == 2 and "WEIGHTS=rn50,vit_b16: unknown vit_b16; use rn50,rn101" in bad.stderr
 
 
 def test_setup_clones_when_given_a_repository(fakes):
@@ -589,7 +633,7 @@ def test_readme_slurm_command(tmp_path):
         "--workdir=/shared/runs/lora_dtd_ours_s1",
         "--distributed",
         "--config.data.dir=/shared/tensorflow_datasets",
-        "--config.dtype=bfloat16",
+        "--config.dtype=float16",
     ]
 
 
@@ -597,3 +641,113 @@ def test_slurm_batch_file_names_what_is_missing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "WORKDIR")}
     r = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "set CONFIG" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sweeps: `launch/tpu_vm.sh sweep` and `launch/slurm_sweep.sbatch`
+
+SLURM_SWEEP = os.path.join(ROOT, "launch", "slurm_sweep.sbatch")
+SWEEP_ARGS = ["--args=dataset=dtd", "--strategies=random,entropy,badge,coreset,ours", "--seeds=1,2,3"]
+
+
+@pytest.mark.parametrize("accelerator, runtime, hosts", [SLICES[0], SLICES[1]])
+def test_tpu_sweep_starts_the_sweep_on_every_worker(fakes, accelerator, runtime, hosts):
+    env = dict(ACCELERATOR=accelerator, CONFIG="configs/coop.py", WORKDIR="gs://bucket/sweeps/coop dtd")
+    extra = [*SWEEP_ARGS, "--config.data.dir=~/alpeft_data/tensorflow_datasets"]
+    (ssh,), _ = _launch_and_dry_run(fakes, "sweep", *extra, **env)
+    assert "--worker=all" in ssh and "-m alpeft_jax.sweep" in _flag(ssh, "command")
+    _worker(fakes)
+    r = _launch(fakes, "sweep", *extra, FAKE_EXEC=1, **env)
+    assert r.returncode == 0, r.stderr
+    _wait_for(fakes["python_log"] / "*.json")
+    (started,) = _records(fakes["python_log"])
+    dist = ["--distributed"] if hosts > 1 else []
+    assert started["argv"] == [
+        "-m",
+        "alpeft_jax.sweep",
+        "--config=configs/coop.py",
+        "--workdir=gs://bucket/sweeps/coop dtd",
+        *dist,
+        *extra,
+    ]
+    assert started["cwd"] == str(fakes["home"] / "alpeft_jax")
+    assert glob.glob(str(fakes["home"] / "alpeft_logs" / "coop_dtd.*.log"))
+
+
+def test_tpu_sweep_without_strategies_is_one_clear_error(fakes):
+    r = _launch(fakes, "sweep", "--args=dataset=dtd", ACCELERATOR="v4-8", CONFIG="configs/coop.py", WORKDIR="gs://b/s")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sweep needs --strategies=" in r.stderr
+    assert not os.listdir(fakes["calls"])
+
+
+def test_readme_tpu_sweep_command_dry_run(fakes):
+    (block,) = [b for b in _readme_launch_blocks() if "tpu_vm.sh sweep" in b]
+    env = dict(fakes["env"], ACCELERATOR="v4-8")
+    r = subprocess.run(["bash", "-euc", block], env=dict(env, DRY_RUN="1"), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    replay = subprocess.run(["bash", "-euc", r.stdout], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert replay.returncode == 0, replay.stderr
+    (ssh,) = _records(fakes["calls"])
+    command = _flag(ssh, "command")
+    assert "-m alpeft_jax.sweep --config=configs/coop.py --workdir=gs://BUCKET/sweeps/coop_dtd_rn50" in command
+    assert "--strategies=random,entropy,badge,coreset,ours --seeds=1,2,3" in command
+
+
+def test_slurm_sweep_runs_one_cell_per_gpu_group_of_the_job(tmp_path):
+    """The batch file under a fake sbatch that hands the job 4 GPUs: the real sweep plans 2 groups of 2."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(), calls.mkdir()
+    _script(bin_dir / "sbatch", FAKE_SBATCH)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        FAKE_CALLS=str(calls),
+        CONFIG=os.path.join(ROOT, "tests", "configs", "tiny.py"),
+        WORKDIR=str(tmp_path / "sweep one"),
+        PYTHON=sys.executable,
+        PYTHONPATH=ROOT,
+        CUDA_VISIBLE_DEVICES="4,5,6,7",  # what Slurm sets for the job's GPUs
+    )
+    args = ["--args=rounds=2", "--strategies=random,entropy", "--seeds=1,2", "--devices_per_cell=2", "--dry_run"]
+    r = subprocess.run(["sbatch", SLURM_SWEEP, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((calls / "sbatch.json").read_text()) == [SLURM_SWEEP, *args]
+    plan = [line for line in r.stdout.splitlines() if line.startswith("new ")]
+    assert len(plan) == 4
+    assert "CUDA_VISIBLE_DEVICES=4,5" in plan[0] and "CUDA_VISIBLE_DEVICES=6,7" in plan[1]
+    assert f"--workdir={tmp_path / 'sweep one'}/entropy/s2" in plan[3]
+    assert "2 cell(s) at a time" in r.stdout
+
+    with open(SLURM_SWEEP) as f:
+        directives = dict(line[len("#SBATCH --") :].strip().split("=", 1) for line in f if line.startswith("#SBATCH"))
+    assert directives["nodes"] == "1" and directives["ntasks"] == "1"
+    missing = subprocess.run(["bash", SLURM_SWEEP], env={"PATH": env["PATH"]}, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set CONFIG" in missing.stderr
+
+
+def test_readme_slurm_sweep_command(tmp_path):
+    (block,) = [b for b in _readme_launch_blocks() if "sbatch launch/slurm_sweep.sbatch" in b]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(), calls.mkdir()
+    _script(bin_dir / "sbatch", FAKE_SBATCH)
+    python = _script(
+        tmp_path / "python",
+        FAKE_MAIN.replace("from jax._src import clusters\n", "").replace(
+            "detected = clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, None)",
+            "detected = None",
+        ),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_CALLS=str(calls))
+    block = block.replace("/shared/venvs/alpeft/bin/python", python)
+    r = subprocess.run(["bash", "-euc", block], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ran = json.loads((calls / "python.json").read_text())
+    assert ran["argv"] == [
+        "-m",
+        "alpeft_jax.sweep",
+        "--config=configs/coop.py",
+        "--workdir=/shared/sweeps/coop_dtd_rn50",
+        *SWEEP_ARGS,
+        "--config.data.dir=/shared/tensorflow_datasets",
+    ]

@@ -341,3 +341,101 @@ def test_every_strategy_runs_in_the_driver(tmp_path_factory, strategy):
     assert [r["n_labeled"] for r in results] == [10, 15]
     assert results[1]["strategy"] == strategy and len(set(results[1]["selected_ids"])) == 5
     assert not set(results[0]["selected_ids"]) & set(results[1]["selected_ids"])
+
+
+@pytest.mark.slow  # three rounds of the tiny run (about 50 s of CPU); the pieces have fast tests of their own
+def test_cant_tell_examples_are_excluded_never_asked_again_and_a_skipped_round_finishes(tmp_path, caplog):
+    import logging as std_logging
+
+    from absl import logging as absl_logging
+
+    wd = str(tmp_path / "run")
+    digit = _digits_csv(tmp_path / "data")
+    classes = sorted(WORDS)
+    cfg = _tiny("oracle=file,rounds=3,epochs=1")
+    cfg.data.name, cfg.data.dir = "csv", str(tmp_path / "data")
+
+    def todo(r):
+        with open(os.path.join(wd, f"round_{r}", "to_label.csv")) as f:
+            return [int(row["id"]) for row in csv.DictReader(f)]
+
+    def answer(r, lines):
+        with open(os.path.join(wd, f"round_{r}", "labels.csv"), "w") as f:
+            f.write("id,label\n" + "".join(f"{i},{lab}\n" for i, lab in lines))
+
+    assert loop.run(cfg, wd) == []
+    ids0 = todo(0)
+    answer(0, [(i, "skip" if k % 2 else "?") for k, i in enumerate(ids0)])  # the annotator can tell none
+    results = loop.run(cfg, wd)  # round 0 finishes with an untrained model; round 1 waits
+    assert len(results) == 1 and results[0]["n_labeled"] == 0 and results[0]["n_excluded"] == 10
+    assert 0.0 <= results[0]["accuracy"] <= 1.0
+    st = _state(wd)
+    assert st["excluded"] == ids0 and st["labeled_rows"] == [] and st["round"] == 1
+    ids1 = todo(1)
+    assert len(ids1) == 5 and not set(ids1) & set(ids0)  # excluded rows are never asked again
+    answer(1, [(i, "skip" if k < 2 else WORDS[digit[i]]) for k, i in enumerate(ids1)])
+    absl_logging.set_verbosity(absl_logging.INFO)  # the default: no per-epoch lines
+    with caplog.at_level(std_logging.INFO, logger="absl"):
+        results = loop.run(cfg, wd)
+    assert "round 1: 2 of 5 examples excluded" in caplog.text and " epoch 0: loss" not in caplog.text
+    assert [r["n_labeled"] for r in results] == [0, 3] and [r["n_excluded"] for r in results] == [10, 12]
+    st = _state(wd)
+    assert st["labeled_rows"] == ids1[2:] and st["labels"] == [classes.index(WORDS[digit[i]]) for i in ids1[2:]]
+    assert st["excluded"] == ids0 + ids1[:2]
+    ids2 = todo(2)
+    assert not set(ids2) & (set(ids0) | set(ids1))
+    answer(2, [(i, WORDS[digit[i]]) for i in ids2])
+    caplog.clear()
+    with caplog.at_level(std_logging.DEBUG, logger="absl"):  # --verbosity=1: the per-epoch lines too
+        run = loop.Run(cfg, wd)
+        results = run.run()
+    assert "round 2 epoch 0: loss" in caplog.text
+    assert [r["n_labeled"] for r in results] == [0, 3, 8]
+    assert run.finished.startswith(
+        f"run finished: 3 rounds, 8 labels (12 excluded as can't tell); final model {wd}/ckpt/2; use it: "
+    )
+    assert os.path.isdir(os.path.join(wd, "ckpt", "2"))
+
+
+@pytest.mark.slow  # two driver runs (~30 s of CPU); the scaling itself is tested fast in tests/train_test.py
+def test_loss_scale_carries_across_rounds_and_skipped_steps_are_counted(tmp_path, monkeypatch, caplog):
+    # float16's dynamic loss scaling in the driver, on the fast float32 tiny run: gradients are taken to overflow
+    # whenever the scale exceeds 2^20 (so the first step at 2^21 is skipped and halves the scale). Round 0 has
+    # one update step: it is skipped (a warning: the round did not train). Round 1 starts from the halved scale,
+    # carried through round 0's checkpoint into a new Run, and trains. (Real overflows: tests/train_test.py.)
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from alpeft_jax import train
+
+    step = train._loss_scale_step
+    overflow = lambda old, new, grads, scaling, interval: step(
+        old, new, jax.tree.map(lambda g: jnp.where(scaling["scale"] > 2.0**20, jnp.inf, g), grads), scaling, interval
+    )
+    monkeypatch.setattr(train, "_loss_scale_step", overflow)
+    config_of = loop.train_config
+    monkeypatch.setattr(loop, "train_config", lambda c: dataclasses.replace(config_of(c), loss_scale="dynamic"))
+    starts, ends = [], []
+    fit = train.Trainer.fit
+
+    def recording(self, state, *a, **k):
+        starts.append(float(state["loss_scale"]["scale"]))
+        state, history = fit(self, state, *a, **k)
+        ends.append(float(state["loss_scale"]["scale"]))
+        return state, history
+
+    monkeypatch.setattr(train.Trainer, "fit", recording)
+    c = _tiny("rounds=1,epochs=1")
+    c.adapt.mode = "linear"
+    c.data.max_pool, c.data.max_test = 40, 10
+    c.train.loss_scale_init = 2.0**21
+    wd = str(tmp_path / "wd")
+    with caplog.at_level("WARNING"):
+        first = loop.run(c, wd)
+    assert first[0]["skipped_steps"] == 1 and starts == [2.0**21] and ends == [2.0**20]
+    assert any("1 of 1 training steps were skipped" in r.getMessage() for r in caplog.records)
+    c.al.rounds = 2
+    results = loop.run(c, wd, allow_config_change=True)  # a new Run: the scale comes from round 0's checkpoint
+    assert starts == [2.0**21, 2.0**20] and results[1]["skipped_steps"] == 0
+    assert results[0] == first[0]

@@ -397,3 +397,15 @@ def test_url_and_local_image_fields(tmp_path):
     for outside in (str(tmp_path / "elsewhere.png"), os.path.join(root, "top.png")):  # not in a folder under root
         with pytest.raises(LabelFileError, match="not in a folder under label_studio.local_root"):
             images.local_file({"image": img, "path": outside}, 1, root, "k")
+
+
+def test_round_labels_exclude_or_ask_for_skipped_examples():
+    skipped = [False, True, False]
+    assert rules.round_labels([2, -1, 0], skipped, "exclude") == [2, -1, 0]  # skipped: can't tell
+    assert rules.round_labels([2, -1, 0], skipped, "ask") is None  # skipped: waits for a class
+    assert rules.round_labels([2, -1, -1], skipped, "exclude") is None  # not annotated yet: waits either way
+    assert rules.round_labels([2, 1, 0], skipped, "ask") == [2, 1, 0]  # a vote beside a skip labels it
+    assert rules.round_labels([], [], "ask") == []
+    assert settings.resolve({"url": "http://h:1"}).skipped == "exclude"  # the default
+    with pytest.raises(ValueError, match="skipped must be exclude or ask"):
+        settings.resolve({"url": "http://h:1", "skipped": "drop"})

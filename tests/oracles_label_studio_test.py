@@ -177,7 +177,7 @@ def test_crash_before_the_record_skipped_and_deleted_tasks(server, tmp_path, mon
     monkeypatch.setattr(label_studio.api, "PAGE_SIZE", 2)  # the listing pages through the project
     wd = str(tmp_path)
     rows = np.arange(6)
-    o = _oracle(server, wd)
+    o = _oracle(server, wd, skipped="ask")  # a skipped task must be labelled after all
     with pytest.raises(oracles.PendingLabels, match=r"0 of 6"):
         o.request(2, rows)
     pid = o.project()["id"]
@@ -203,11 +203,32 @@ def test_crash_before_the_record_skipped_and_deleted_tasks(server, tmp_path, mon
     # Only skipped tasks left: even a waiting oracle stops at once, naming them.
     t0 = time.time()
     annotate(server, again["id"], "dog")
-    with pytest.raises(oracles.PendingLabels, match="skipped"):
-        _oracle(server, wd, wait_seconds=60).request(2, rows)
+    with pytest.raises(oracles.PendingLabels, match=r"skipped .*skipped=ask"):
+        _oracle(server, wd, wait_seconds=60, skipped="ask").request(2, rows)
     assert time.time() - t0 < 30
     annotate(server, first[0]["id"], "cat")  # the skipped task labelled after all
     assert o.request(2, rows).tolist() == LABELS.tolist()
+
+
+@pytest.mark.slow
+def test_a_skipped_task_is_excluded_by_default(server, tmp_path):
+    wd = str(tmp_path)
+    rows = np.array([0, 1, 2])
+    o = _oracle(server, wd, wait_seconds=60)  # skipped=exclude, the default
+    with pytest.raises(oracles.PendingLabels):
+        _oracle(server, wd).request(0, rows)
+    tasks = project_tasks(server, o.project()["id"])
+    annotate(server, tasks[0]["id"], cancelled=True)  # "Skip" in the editor: can't tell
+    annotate(server, tasks[1]["id"], "dog")
+    with pytest.raises(oracles.PendingLabels, match=r"1 of 3 .*1 skipped \(example ids \[100\]\) are excluded"):
+        _oracle(server, wd).request(0, rows)  # one task still to annotate
+    annotate(server, tasks[2]["id"], "bird")
+    t0 = time.time()
+    assert o.request(0, rows).tolist() == [-1, 1, 2]  # the waiting oracle returns at once: every task decided
+    assert time.time() - t0 < 30
+    assert o.info(0)["excluded"] == 1 and o.info(0)["tasks"] == 3
+    annotate(server, tasks[0]["id"], "cat")  # labelled later: the round was read, nothing is asked again
+    assert _oracle(server, wd).request(0, rows).tolist() == [-1, 1, 2]
 
 
 @pytest.mark.slow
@@ -541,3 +562,16 @@ def test_cli_killed_while_waiting_resumes_without_duplicates(server, simulated_r
     with open(os.path.join(wd, "results.jsonl")) as f:
         assert _comparable([json.loads(line) for line in f]) == _comparable(expected)
     assert _state(wd) == expected_state
+
+
+@pytest.mark.slow
+def test_preflight_checks_the_token_against_the_server(server, monkeypatch):
+    from alpeft_jax import preflight
+
+    c = _tiny("")
+    c.oracle, c.label_studio.url, c.label_studio.token_env = "label_studio", server.url, "ALPEFT_TEST_LS_TOKEN"
+    monkeypatch.setenv("ALPEFT_TEST_LS_TOKEN", "0" * 40)
+    (line,) = preflight._label_studio(c)
+    assert line.startswith(f"Label Studio at {server.url} refused the token in $ALPEFT_TEST_LS_TOKEN")
+    monkeypatch.setenv("ALPEFT_TEST_LS_TOKEN", server.token)
+    assert preflight._label_studio(c) == []

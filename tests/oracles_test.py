@@ -161,3 +161,42 @@ def test_annotation_rules(tmp_path, rule):
         o._decide(100, [task(_ann(1, "dog", t1), _ann(4, "eel", t2))])
     with pytest.raises(oracles.LabelFileError, match=r"chose 2 classes \['dog', 'cat'\]; keep one"):
         o._decide(100, [task(_ann(5, ["dog", "cat"], t1))])
+
+
+def test_file_oracle_skip_and_question_mark_exclude_an_example(tmp_path):
+    o = oracles.FileOracle(_pool(), str(tmp_path))
+    with pytest.raises(oracles.PendingLabels, match="skip or \\? where you can't tell"):
+        o.request(0, np.array([0, 1, 2, 3]))
+    (tmp_path / "round_0" / "labels.csv").write_text("id,label\n100,cat\n101, Skip \n102,?\n103,1\n")
+    assert o.request(0, np.array([0, 1, 2, 3])).tolist() == [0, -1, -1, 1]
+    (tmp_path / "round_1").mkdir()
+    (tmp_path / "round_1" / "labels.csv").write_text("id,label\n100,\n")
+    with pytest.raises(oracles.LabelFileError, match="empty label; .* or skip if you can't tell"):
+        o.request(1, np.array([0]))
+    # A class called "skip" is that class, not a skip.
+    own = oracles.FileOracle(_pool(names=["cat", "skip", "bird"]), str(tmp_path / "own"))
+    (tmp_path / "own" / "round_0").mkdir(parents=True)
+    (tmp_path / "own" / "round_0" / "labels.csv").write_text("id,label\n100,skip\n101,?\n")
+    assert own.request(0, np.array([0, 1])).tolist() == [1, -1]
+
+
+def test_label_studio_ctrl_c_while_waiting_stops_like_a_pending_round(tmp_path, monkeypatch):
+    o = oracles.LabelStudioOracle(_pool(), str(tmp_path), url="http://h:1", token="t", wait_seconds=-1)
+    monkeypatch.setattr(o, "project", lambda: {"id": 7})
+    polls = []
+
+    def poll(round_index, rows, ids, predictions, record):
+        polls.append(round_index)
+        labels = np.full(len(ids), -1, np.int64)
+        labels[0] = 2  # one of two annotated so far
+        return labels, [], []
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(o, "_poll", poll)
+    monkeypatch.setattr(label_studio.oracle.time, "sleep", interrupted)
+    with pytest.raises(oracles.PendingLabels, match=r"round 3: stopped while waiting .*\(1 of 2 .*rerun the same"):
+        o.request(3, np.array([0, 1]))
+    assert polls == [3]
+    assert not os.path.exists(tmp_path / "round_3" / "label_studio.json")  # no labels recorded for the round

@@ -137,7 +137,7 @@ def test_unknown_config_file_argument(tmp_path):
         [
             "error: configs/demo.py: unknown argument 'runlocl' (did you mean 'runlocal'?); "
             "accepted: strategy=entropy|badge|bald|coreset|featdist|learning_loss|least_confidence|"
-            "margin|probcover|random|typiclust, random, pcb, calib, mode=linear|lora, seed=INT, "
+            "margin|probcover|random|tcm|typiclust, random, pcb, calib, mode=linear|lora, seed=INT, "
             "runlocal"
         ],
     )
@@ -236,6 +236,28 @@ def test_data_problems(tmp_path):
         f"data (data.train_split='train', data.test_split='test'): image folder "
         f"{folder} does not exist; expected {folder}/<class>/<image files>"
     ]
+    # the datasets no package downloads: the message says where they come from
+    aptos = load_config_file(os.path.join(ROOT, "configs", "peal.py"))
+    aptos.update_from_flattened_dict({"backbone": "efficientnet-lite0", "adapt.mode": "linear"})
+    aptos.data.name, aptos.data.dir = "folder", str(tmp_path / "aptos")
+    (msg,) = preflight.check(aptos, wd)
+    assert msg.startswith(
+        f"data (data.train_split='train[:80%]', data.test_split='train[80%:]'): image folder {tmp_path}"
+    )
+    assert msg.endswith(
+        "; APTOS 2019 comes from Kaggle: kaggle competitions download -c aptos2019-blindness-detection "
+        "(https://www.kaggle.com/competitions/aptos2019-blindness-detection/data), then link "
+        "train_images/<id_code>.png into DIR/<diagnosis>/ by train.csv (README, PEAL data)"
+    )
+    aircraft = load_config_file(os.path.join(ROOT, "configs", "lora.py") + ":dataset=fgvc_aircraft")
+    aircraft.update_from_flattened_dict({"backbone": "efficientnet-lite0", "adapt.mode": "linear"})
+    aircraft.adapt.head, aircraft.data.dir = "linear", str(tmp_path)
+    (msg,) = preflight.check(aircraft, wd)
+    assert msg.endswith(
+        f"{tmp_path}/fgvc_aircraft/variants.txt does not exist; download https://www.robots.ox.ac.uk/~vgg/data/"
+        "fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz (CoOp DATASETS.md, FGVCAircraft) and move the archive's "
+        f"data/ folder to {tmp_path}/fgvc_aircraft"
+    )
     from PIL import Image
 
     for split, classes in (("train", "ab"), ("test", "abc")):
@@ -304,7 +326,7 @@ def test_values_all_at_once(tmp_path):
         "al.rounds=0 must be at least 1",
         "al.options='k': al.options entry 'k' is not key=value.",
         "al.strategy='entrpy' is not one of badge, bald, coreset, entropy, featdist, learning_loss, "
-        "least_confidence, margin, probcover, random, typiclust",
+        "least_confidence, margin, probcover, random, tcm, typiclust",
     ]
     c = _tiny()
     c.dtype = "float16"  # fp16 with dynamic loss scaling (train.loss_scale) is accepted
@@ -360,3 +382,50 @@ def test_efficientnet_linear_without_lora_targets_runs(tmp_path):
     c.adapt.mode, c.adapt.lora.targets = "linear", ""
     results = loop.run(c, str(tmp_path / "wd"))
     assert [r["n_labeled"] for r in results] == [10]
+
+
+# -- Label Studio and cloud workdirs -------------------------------------------------------------------------
+
+
+def test_label_studio_token_and_server_are_checked_before_the_workdir_is_made(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wd = tmp_path / "wd"
+    args = [f"--config={TINY}", f"--workdir={wd}", "--config.oracle=label_studio"]
+    url = f"--config.label_studio.url=http://127.0.0.1:{port}"
+    env_token = "ALPEFT_TEST_NO_SUCH_TOKEN"
+    monkeypatch.delenv(env_token, raising=False)
+    rc, err, _ = _cli(*args, url, f"--config.label_studio.token_env={env_token}")
+    assert rc == 2 and err == [
+        f"error: label_studio: ${env_token} is not set; export {env_token}=<a personal access token or legacy "
+        "token from Label Studio > Account & Settings>"
+    ]
+    assert not wd.exists()  # nothing written
+    monkeypatch.setenv(env_token, "0" * 40)
+    c = _tiny()
+    c.oracle, c.label_studio.url, c.label_studio.token_env = "label_studio", f"http://127.0.0.1:{port}", env_token
+    (line,) = preflight.check(c, str(wd))
+    assert line.startswith(f"cannot reach Label Studio at http://127.0.0.1:{port} while checking the token")
+    assert "label_studio.url" in line and not wd.exists()
+
+
+def test_a_cloud_workdir_without_its_file_system_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
+    assert preflight.check(_tiny(), "gs://my-bucket/runs/a") == [
+        "workdir gs://my-bucket/runs/a: gs:// needs the gcsfs package, which is not installed; "
+        'pip install -e ".[cloud]"'
+    ]
+    c = _tiny()
+    c.scoring.cache_dir = "gs://my-bucket/cache"
+    assert preflight.check(c, str(tmp_path / "wd")) == [
+        "scoring.cache_dir gs://my-bucket/cache: gs:// needs the gcsfs package, which is not installed; "
+        'pip install -e ".[cloud]"'
+    ]
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert preflight.check(_tiny(), "memory://runs/a") == []  # fsspec's own file systems need nothing more

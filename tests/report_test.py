@@ -120,6 +120,53 @@ def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
     half = runs[1][0]
     _write_run(half, "x", 1, [0.1] * 3)
     assert study.finished(done) and not study.finished(half)
+    # the runs as cells of alpeft_jax.sweep's runner: a log beside each run, a part's runs sharing its cache
+    cells = study.cells(["linear", "lora"], [1], root=str(tmp_path))
+    assert [c.argv for c in cells] == [tuple(cmd) for _, cmd in study.plan(["linear", "lora"], [1], str(tmp_path))]
+    assert {c.warm_key for c in cells} == {"linear", "lora"} and cells[0].log == os.path.join(runs[0][0], "run.log")
+    # TCM's comparison: its groups on the probe, LoRA and the 20-round probe; extra config arguments reach each run
+    tcm = study.plan(["linear", "lora", "linear20"], [1], root=str(tmp_path), groups="tcm", extra="runlocal")
+    assert [w.split(os.sep)[-3:-1] for w, _ in tcm] == [
+        [p, g] for p in ("linear", "lora", "linear20") for g in study.TCM
+    ]
+    for _, cmd in tcm:
+        c = cfg.get_config(cmd[3].split(":", 1)[1])
+        assert cmd[3].endswith(",runlocal,seed=1") and c.al.rounds == 2  # runlocal: a seconds-long run
+    assert cfg.get_config(tcm[-1][1][3].split(":", 1)[1].replace(",runlocal", "")).al.rounds == 20
+    finished20 = _write_run(tmp_path / "r20", "x", 1, [0.1] * 10)
+    with open(os.path.join(finished20, "config.json"), "w") as f:
+        json.dump({"name": "x", "seed": 1, "al": {"strategy": "tcm", "rounds": 20}}, f)
+    assert not study.finished(finished20)  # its own al.rounds, not the study's 10
+
+
+def test_tcm_and_stop_tables_of_the_template(tmp_path):
+    study = _study()
+    curves = {"random": [0.5, 0.6, 0.62, 0.63], "margin+pcb": [0.5, 0.62, 0.66, 0.7], "tcm+pcb": [0.5, 0.65, 0.7, 0.71]}
+    for group, acc in curves.items():
+        for seed in (1, 2):
+            d = _write_run(
+                tmp_path / "linear20" / group / f"s{seed}", f"linear:{group}", seed, [a + seed / 100 for a in acc]
+            )
+            with open(os.path.join(d, "config.json"), "w") as f:  # runs of 4 rounds
+                json.dump({"name": f"linear:{group}", "seed": seed, "al": {"strategy": "x", "rounds": 4}}, f)
+            with open(os.path.join(d, "results.jsonl")) as f:
+                rows = [json.loads(line) for line in f]
+            for r in rows:  # kappa fires at round 2 for seed 1 only; gain never
+                r["stop_rules"] = ["kappa"] if (seed == 1 and r["round"] >= 2) else []
+            with open(os.path.join(d, "results.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    text = study.fill_template("{{tcm_linear20}}\n\n{{stop_linear20}}", [1, 2], root=str(tmp_path))
+    # tcm - margin paired by seed: AUC over 10..40 labels of the curves (the seeds' offsets cancel)
+    auc = lambda y: (y[0] / 2 + y[1] + y[2] + y[3] / 2) / 3  # noqa: E731
+    d = 100 * (auc(curves["tcm+pcb"]) - auc(curves["margin+pcb"]))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| tcm+pcb |"))
+    assert f"{d:+.2f} ± 0.00" in line
+    # kappa: seed 1 stops at round 2 (10 labels saved, 0.01 / 0.04 / 0.01 accuracy given up), seed 2 never
+    given_up = [100 * (curves["tcm+pcb"][3] - curves["tcm+pcb"][2]), 0.0]
+    se = statistics.stdev(given_up) / math.sqrt(2)
+    want = f"| tcm+pcb | kappa | 2 | 1 of 2 | 2.5 ± 0.5 | 5.0 ± 5.0 | {statistics.mean(given_up):+.2f} ± {se:.2f} |"
+    assert want in text
+    assert "| tcm+pcb | gain | 2 | 0 of 2 | 3.0 ± 0.0 | 0.0 ± 0.0 | +0.00 ± 0.00 |" in text
 
 
 def test_results_template_numbers_come_from_the_runs(tmp_path):

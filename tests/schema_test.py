@@ -93,9 +93,15 @@ def test_choices_are_the_literals():
         "train.calibration": ("none", "cpeal", "avuc"),
         "train.calibration_weighting": ("balanced", "none", "effective_number"),
         "train.loss_scale": ("dynamic", "none"),
+        "al.tcm.first": ("typiclust", "probcover"),
+        "al.tcm.then": ("margin", "entropy", "least_confidence", "badge", "coreset"),
+        "al.tcm.switch": ("labels", "coverage"),
+        "al.stop": ("none", "kappa", "gain"),
         "oracle": ("simulated", "file", "label_studio"),
         "label_studio.images": ("inline", "local", "url"),
         "label_studio.multiple": ("latest", "majority"),
+        "label_studio.skipped": ("exclude", "ask"),
+        "label_studio.mode": ("queries", "pool"),
     }
     assert schema.DTYPES == ("float32", "bfloat16", "float16") and preflight.DTYPES is schema.DTYPES
     for name, allowed in choices.items():
@@ -122,6 +128,10 @@ def test_choices_are_the_literals():
         ("al.gamma", 0.0, "al.gamma=0.0 must lie in (0, 1]: the candidate pool is int(al.gamma x pool)"),
         ("al.gamma", 1.5, "al.gamma=1.5 must lie in (0, 1]: the candidate pool is int(al.gamma x pool)"),
         ("adapt.lora.dropout", 1.0, "adapt.lora.dropout=1.0 must lie in [0, 1)"),
+        ("al.tcm.coverage", 0.0, "al.tcm.coverage=0.0 must lie in (0, 1]"),
+        ("al.tcm.switch_per_class", -1, "al.tcm.switch_per_class=-1 must not be negative"),
+        ("al.stop_window", 0, "al.stop_window=0 must be at least 1"),
+        ("al.stop_kappa", 1.5, "al.stop_kappa=1.5 must lie in [-1, 1]"),
     ],
 )
 def test_ranges(name, value, message):
@@ -134,6 +144,16 @@ def test_ranges(name, value, message):
     assert schema.validate(c) == [message]
     ok = schema.settings_fields()[name].range
     assert ok is not None and ok.contains(schema.default(name))
+
+
+def test_a_kappa_stop_needs_a_stop_set():
+    c = config.base()
+    c.al.stop, c.al.stop_set_size = "kappa", 0
+    assert schema.validate(c) == [
+        "al.stop=kappa compares predictions on a stop set: set al.stop_set_size > 0 (e.g. 1000)"
+    ]
+    c.al.stop = "gain"  # the gain rule reads the learning curve only
+    assert schema.validate(c) == []
 
 
 def test_constructors_say_what_preflight_says():

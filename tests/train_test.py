@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _tiny_backbones import make_clip_backbone, make_dinov2_backbone
 
-from alpeft_jax import backbones, config, evaluate, loop, optim, train
+from alpeft_jax import backbones, config, evaluate, loop, metrics, optim, train
 from alpeft_jax.convert.common import flatten
 from alpeft_jax.models import lora, prompts
 from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
@@ -236,10 +236,16 @@ def test_nan_loss_raises(dino):
 
 
 # ----------------------------------------------------------------------------------------------- masks
-def test_padding_rows_do_not_change_the_update(dino):
+@pytest.mark.parametrize("calibration,loss_prediction", [("cpeal", False), ("none", True)])
+def test_padding_rows_do_not_change_the_update(dino, calibration, loss_prediction):
     model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
     tc = train.TrainConfig(
-        epochs=3, calibration="cpeal", calibration_anneal=False, loss_prediction=True, lr=0.3, loss_scale="none"
+        epochs=3,
+        calibration=calibration,
+        calibration_anneal=False,
+        loss_prediction=loss_prediction,
+        lr=0.3,
+        loss_scale="none",
     )
     trainer = train.Trainer(model, tc, kind="features")
     images, labels = colour_images(6, seed=5)
@@ -257,7 +263,51 @@ def test_padding_rows_do_not_change_the_update(dino):
     assert n_a == n_b == 6 and loss_a == pytest.approx(loss_b, rel=1e-5)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    assert any(not np.allclose(a[k], _numpy_tree(state["trainable"])[k]) for k in a if k.startswith("loss_pred"))
+    if loss_prediction:
+        assert any(not np.allclose(a[k], _numpy_tree(state["trainable"])[k]) for k in a if k.startswith("loss_pred"))
+
+
+def _numpy_ranking_loss(pred: np.ndarray, target: np.ndarray, margin: float = 1.0) -> float:
+    """The reference's LossPredLoss (Yoo & Kweon): row i against row n-1-i over the first half, hinge on the sign."""
+    m = len(pred) // 2 * 2
+    pred, target = pred[:m], target[:m]
+    d_pred = (pred - pred[::-1])[: m // 2]
+    sign = np.where(target - target[::-1] > 0, 1.0, -1.0)[: m // 2]
+    return float(np.maximum(margin - sign * d_pred, 0.0).sum() / (m // 2))
+
+
+def test_learning_loss_branch_has_no_calibration_term_as_the_reference(dino):
+    # The reference's LL branch (alvlm.py forward_backward): mean CE + 0.01 x LossPredLoss, never the calibration
+    # loss, even with its calibration flag on.
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    tc = train.TrainConfig(
+        epochs=2,
+        batch_size=8,
+        calibration="cpeal",
+        calibration_anneal=False,
+        calibration_weighting="none",
+        loss_prediction=True,
+        loss_scale="none",
+    )
+    trainer = train.Trainer(model, tc, kind="features")
+    images, labels = colour_images(8, seed=9)
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    state = trainer.init(jax.random.key(1))
+    batch = next(padded_batches(feats, labels, 8))
+    total, aux = trainer._loss(state["trainable"], batch, jax.random.key(2), jnp.float32(1.0))
+    head = {k: np.asarray(v, np.float64) for k, v in state["trainable"]["head"].items()}
+    logits = feats.astype(np.float64) @ head["kernel"] + head["bias"]
+    z = logits - logits.max(-1, keepdims=True)
+    ce = -(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(8), labels]
+    pred = np.asarray(LossPredictionHead().apply({"params": state["trainable"]["loss_pred"]}, logits), np.float64)
+    want = ce.mean() + 0.01 * _numpy_ranking_loss(pred, ce)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    t = np.tanh(-(p * np.log(p + 1e-6)).sum(-1))
+    miss = logits.argmax(-1) != labels
+    assert miss.any() and -np.log(t[miss] + 1e-6).mean() > 0.1  # an unweighted calibration term would not be 0
+    assert float(total) == pytest.approx(want, rel=1e-5) and float(aux["calibration"]) == 0.0
+    _, history = trainer.fit(state, lambda e: padded_batches(feats, labels, 8, seed=e))
+    assert [h["calibration_weight"] for h in history] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("n", [2, 5, 8, 31, 32])
@@ -459,6 +509,7 @@ def test_float16_loss_scale_overflow_skips_halves_and_grows_on_cpu(dino):
     assert [s for s, _, _ in seen] == [2.0**126, 2.0**126, 2.0**127, 2.0**126, 2.0**126, 2.0**127]
     assert [g for _, g, _ in seen] == [0, 1, 0, 0, 1, 0]
     assert history[0]["steps"] == 6 and history[0]["skipped_steps"] == 2
+    assert metrics.skipped_steps(history) == {"skipped_steps": 2} and metrics.skipped_steps([]) == {}
 
     # The applied steps are exactly those of a float32 run without loss scaling on the 4 good steps; the skipped
     # ones leave the trainables (and the optimiser state) untouched.
@@ -536,3 +587,35 @@ def test_cosine_head_reads_normalised_features_times_scale(dino):
     np.testing.assert_allclose(np.asarray(raw), feats @ k + b, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"adapt.head_scale=-1.0 must not be negative"):
         AdaptConfig(mode="linear", head_scale=-1.0)
+
+
+def test_the_reference_bare_calibration_flag_is_weight_001_constant_unweighted(dino):
+    # The reference's `--secondary_calib_loss` alone: SECONDARY_CALIB_LOSSW=0.01, no annealing, no inter-weighting:
+    # loss = CE + 0.01 x (L_inc + L_cor) in every epoch. Documented as these four settings (configs/coop.py).
+    model = AdaptedModel(dino, NAMES, AdaptConfig(mode="linear"))
+    tc = train.TrainConfig(
+        epochs=4,
+        batch_size=8,
+        calibration="cpeal",
+        calibration_weight=0.01,
+        calibration_anneal=False,
+        calibration_weighting="none",
+        loss_scale="none",
+    )
+    trainer = train.Trainer(model, tc, kind="features")
+    assert [trainer.calibration_weight(e) for e in range(4)] == [0.01] * 4
+    images, labels = colour_images(8, seed=4)
+    feats = np.asarray(jax.jit(model.prefix)(images))
+    state = trainer.init(jax.random.key(5))
+    state["trainable"]["head"]["kernel"] = jnp.asarray(np.random.default_rng(0).normal(size=(model.feature_dim, 4)))
+    batch = next(padded_batches(feats, labels, 8))
+    total, _ = trainer._loss(state["trainable"], batch, jax.random.key(2), jnp.float32(trainer.calibration_weight(2)))
+    head = {k: np.asarray(v, np.float64) for k, v in state["trainable"]["head"].items()}
+    logits = feats.astype(np.float64) @ head["kernel"] + head["bias"]
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    t = np.tanh(-(np.exp(logp) * np.log(np.exp(logp) + 1e-6)).sum(-1))
+    hit = logits.argmax(-1) == labels
+    assert hit.any() and (~hit).any()
+    cal = min(5.0, -np.log(t[~hit] + 1e-6).mean() + -np.log(1 - t[hit] + 1e-6).mean())
+    assert float(total) == pytest.approx(-logp[np.arange(8), labels].mean() + 0.01 * cal, rel=1e-5)

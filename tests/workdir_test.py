@@ -102,3 +102,30 @@ def test_config_change_is_refused_once_started(tmp_path):
 )
 def test_input_kinds(model_kind, cache, augment, expected):
     assert choose_kinds(model_kind, cache, augment) == expected
+
+
+def test_excluded_rows_are_kept_and_old_records_load_without_them(tmp_path):
+    old = wd.RunRecord.from_json(FINISHED)  # a file written before "can't tell" existed
+    assert old.excluded == [] and "excluded" not in old.to_json()
+    rec = wd.RunRecord.from_json({**FINISHED, "excluded": [3, 5]})
+    assert rec.to_json()["excluded"] == [3, 5]
+    np.testing.assert_array_equal(rec.known(6), [-1, 0, -1, -1, 2, -1])  # excluded rows have no label
+    np.testing.assert_array_equal(rec.unavailable(6), [False, True, False, True, True, True])
+    w = wd.Workdir.open(tmp_path)
+    w.write_record(rec)
+    assert w.read_record() == rec
+
+
+def test_the_finished_line_names_rounds_labels_the_final_model_and_the_commands(tmp_path):
+    rec = wd.RunRecord.from_json(FINISHED)
+    use = (
+        f"; use it: python -m alpeft_jax.predict --workdir={tmp_path} IMAGES... | "
+        f"python -m alpeft_jax.export --workdir={tmp_path} --format=native|hf|peft --out=DIR"
+    )
+    assert wd.finished_line(tmp_path, rec) == f"run finished: 1 rounds, 2 labels; final model {tmp_path}/ckpt/0{use}"
+    rec.excluded = [3]
+    line = wd.finished_line("gs://b/run/", rec)
+    assert line.startswith(
+        "run finished: 1 rounds, 2 labels (1 excluded as can't tell); final model gs://b/run/ckpt/0; use it: "
+    )
+    assert "predict --workdir=gs://b/run IMAGES" in line and "export --workdir=gs://b/run --format" in line

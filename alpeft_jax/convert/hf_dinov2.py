@@ -35,7 +35,8 @@ __all__ = ["HOOKS", "RULES", "load", "model_from_config", "preprocessing"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_SIZE = 224  # transformers' DINOv2 image processor resizes to 256 and crops 224
+DEFAULT_IMAGE_SIZE = 224  # transformers' DINOv2 image processor: shorter side 256, centre crop 224
+DEFAULT_RESIZE = 256
 
 _P = r"(?:dinov2(?:_with_registers)?\.)?"  # prefix of the *ForImageClassification checkpoints
 _L = _P + r"encoder\.layer\.(\d+)\."
@@ -146,27 +147,32 @@ def model_from_config(config: dict[str, Any], dtype: Any = jnp.float32, path: st
     )
 
 
-def preprocessing(path: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """(image_size, mean, std) from `preprocessor_config.json` when present, else 224 and ImageNet statistics."""
+def preprocessing(path: str) -> tuple[int, tuple[float, ...], tuple[float, ...], float]:
+    """(image_size, mean, std, evaluation resize ratio) from `preprocessor_config.json` when present, else the
+    Hugging Face DINOv2 processor's: shorter side 256, centre crop 224, ImageNet statistics."""
     pre_path = os.path.join(path, "preprocessor_config.json")
     if not os.path.exists(pre_path):
-        return DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+        return DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, DEFAULT_RESIZE / DEFAULT_IMAGE_SIZE
     try:
         with open(pre_path) as f:
             pre = json.load(f)
     except ValueError as e:
         raise CheckpointError(f"Bad preprocessor_config.json in {path}: {e}") from None
+    size = pre.get("size", DEFAULT_RESIZE)
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else size
     crop: Any = pre.get("crop_size", DEFAULT_IMAGE_SIZE) if pre.get("do_center_crop", True) else None
     if crop is None:
-        size = pre.get("size", DEFAULT_IMAGE_SIZE)
-        crop = size.get("shortest_edge", size.get("height", DEFAULT_IMAGE_SIZE)) if isinstance(size, dict) else size
+        crop = shortest or (size.get("height", DEFAULT_IMAGE_SIZE) if isinstance(size, dict) else DEFAULT_IMAGE_SIZE)
     if isinstance(crop, dict):
         crop = crop.get("height", crop.get("width", DEFAULT_IMAGE_SIZE))
     mean = tuple(float(v) for v in pre.get("image_mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in pre.get("image_std", IMAGENET_STD))
     if len(mean) != 3 or len(std) != 3:
         raise CheckpointError(f"{pre_path}: image_mean/image_std must have 3 entries, got {mean} / {std}.")
-    return int(crop), mean, std
+    resize = int(shortest) if shortest and pre.get("do_resize", True) else int(crop)
+    if resize < int(crop):
+        raise CheckpointError(f"{pre_path}: size.shortest_edge {resize} is below crop_size {crop}; fix the file.")
+    return int(crop), mean, std, resize / int(crop)
 
 
 def load(path: str, dtype: Any = jnp.float32) -> Backbone:
@@ -181,7 +187,7 @@ def load(path: str, dtype: Any = jnp.float32) -> Backbone:
     dummy = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), dummy)["params"]
     params = convert(state, expected, RULES, HOOKS, source=path)
-    image_size, mean, std = preprocessing(path)
+    image_size, mean, std, eval_resize = preprocessing(path)
     return Backbone(
         family="dinov2",
         model=model,
@@ -193,4 +199,6 @@ def load(path: str, dtype: Any = jnp.float32) -> Backbone:
         config=config,
         tokenizer=None,
         source=path,
+        eval_resize=eval_resize,
+        crop_offset="floor",
     )

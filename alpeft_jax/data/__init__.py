@@ -35,6 +35,7 @@ _WHERE = {
     "csv_manifest": "sources",
     "digits": "sources",
     "fashion_mnist": "sources",
+    "fingerprint_of": "sources",
     "get_source": "sources",
     "image_folder": "sources",
     "inspect_source": "sources",

@@ -3,7 +3,8 @@
 Each asset file describes one dataset: its aliases, the TFDS name, where the CoOp layout keeps images and the
 ``split_zhou_*.json`` file, the class names as CoOp-style prompts use them (in TFDS label order), a ``rename``
 table from source-side names (TFDS names, folder names, names stored in CoOp split files) to those prompt names,
-and the prompt templates. Datasets without an asset file use ``default.json`` ("a photo of a {}.").
+the prompt templates and, for datasets no package downloads, where they come from (``download``). Datasets
+without an asset file use ``default.json`` ("a photo of a {}.").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["dataset_info", "known_datasets", "class_names", "coop_names", "templates", "prompts"]
+__all__ = ["dataset_info", "known_datasets", "class_names", "coop_names", "templates", "prompts", "download_hint"]
 
 
 @functools.cache
@@ -66,6 +67,11 @@ def coop_names(name: str, names: list[str]) -> list[str]:
     """Map source-side class names (TFDS, folder or CoOp split-file names) to the prompt names CoOp uses."""
     rename = dataset_info(name).get("rename", {})
     return [rename.get(n, n) for n in names]
+
+
+def download_hint(name: str) -> str:
+    """Where a known dataset that no package fetches comes from and how to lay it out ('' if not recorded)."""
+    return str(dataset_info(name).get("download", ""))
 
 
 def templates(name: str) -> list[str]:

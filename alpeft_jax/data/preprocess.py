@@ -1,6 +1,8 @@
 """Host-side image preprocessing per backbone (NumPy + PIL), float32 NHWC output.
 
-- Evaluation / pool scoring: resize the shorter side to ``S`` (bicubic, PIL), centre crop ``S x S``.
+- Evaluation / pool scoring: resize the shorter side to ``R`` (bicubic, PIL; ``R = round(S x resize ratio)``: ``S``
+  for CLIP and EfficientNet, ``S x 256/224`` for DINOv2 as the Hugging Face DINOv2 processor), centre crop ``S x S``
+  (offset rounded as torchvision for CLIP, floored as the Hugging Face processor for DINOv2).
 - Training: random resized crop (area scale 0.08-1, aspect ratio 3/4-4/3, up to 10 attempts, then a centre crop
   clipped to the ratio range) resized to ``S x S`` (bicubic), then a horizontal flip with probability 0.5.
 - Normalisation: ``(pixels / 255 - mean) / std`` with the backbone's mean and std.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -36,20 +38,46 @@ __all__ = [
 BICUBIC = Image.Resampling.BICUBIC
 
 
+CropOffset = Literal["round", "floor"]
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """Input size and normalisation of a backbone: images = (pixels / 255 - mean) / std at size x size."""
+    """Input size and normalisation of a backbone: images = (pixels / 255 - mean) / std at size x size.
+
+    The evaluation view resizes the shorter side to ``resize`` (0: ``image_size``) before the centre crop, whose
+    offset ``(side - size) / 2`` is rounded ("round", torchvision) or floored ("floor", Hugging Face processors).
+    """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize: int = 0
+    crop: CropOffset = "round"
+
+    @property
+    def resize_to(self) -> int:
+        """The shorter side before the evaluation crop."""
+        return self.resize or self.image_size
 
 
-def resolve_spec(image_size: Any, mean: Any = None, std: Any = None) -> PreprocessSpec:
-    """Build a spec from (size, mean, std) or from an object with ``image_size``, ``mean``, ``std`` attributes."""
+def resolve_spec(
+    image_size: Any, mean: Any = None, std: Any = None, *, resize_ratio: float | None = None, crop: str | None = None
+) -> PreprocessSpec:
+    """Build a spec from (size, mean, std) or from an object with ``image_size``, ``mean``, ``std`` attributes
+    (and optionally ``eval_resize`` and ``crop_offset``, as a `Backbone`); the evaluation resize is
+    ``round(size x resize_ratio)``."""
     if all(hasattr(image_size, a) for a in ("image_size", "mean", "std")):
         obj = image_size
+        resize_ratio = getattr(obj, "eval_resize", 1.0) if resize_ratio is None else resize_ratio
+        crop = getattr(obj, "crop_offset", "round") if crop is None else crop
         image_size, mean, std = obj.image_size, obj.mean if mean is None else mean, obj.std if std is None else std
+    resize_ratio = 1.0 if resize_ratio is None else float(resize_ratio)
+    crop = crop or "round"
+    if crop not in ("round", "floor"):
+        raise ValueError(f"crop offset must be 'round' or 'floor', got {crop!r}")
+    if not resize_ratio >= 1.0:
+        raise ValueError(f"the evaluation resize ratio must be >= 1 (resize, then crop inside), got {resize_ratio}")
     if mean is None or std is None:
         raise ValueError(
             "preprocessing needs the backbone's mean and std: pass mean=..., std=... or a Backbone "
@@ -62,7 +90,8 @@ def resolve_spec(image_size: Any, mean: Any = None, std: Any = None) -> Preproce
     s = tuple(float(x) for x in np.broadcast_to(np.asarray(std, np.float64), (3,)))
     if min(s) <= 0:
         raise ValueError(f"std must be positive, got {s}")
-    return PreprocessSpec(size, m, s)  # type: ignore[arg-type]
+    resize = int(round(size * resize_ratio))
+    return PreprocessSpec(size, m, s, 0 if resize == size else resize, crop)  # type: ignore[arg-type]
 
 
 def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -99,25 +128,28 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return img.resize((new_w, new_h), BICUBIC)
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """The central ``size x size`` window (the image must be at least that large)."""
+def center_crop(img: Image.Image, size: int, offset: str = "round") -> Image.Image:
+    """The central ``size x size`` window (the image must be at least that large); ``offset`` rounds or floors
+    ``(side - size) / 2``."""
     w, h = img.size
     if w < size or h < size:
         raise ValueError(f"centre crop {size} larger than image {w}x{h}; resize first")
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    if offset == "floor":
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
 def eval_image(image: np.ndarray | Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Evaluation view: resize shorter side, centre crop, normalise -> float32[S, S, 3]."""
-    img = center_crop(resize_shorter(to_pil(image), spec.image_size), spec.image_size)
+    img = center_crop(resize_shorter(to_pil(image), spec.resize_to), spec.image_size, spec.crop)
     return normalize(np.asarray(img), spec.mean, spec.std)
 
 
-def eval_pixels(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
-    """Evaluation view without normalisation -> uint8[S, S, 3]."""
-    return np.asarray(center_crop(resize_shorter(to_pil(image), size), size))
+def eval_pixels(image: np.ndarray | Image.Image, size: int, resize: int = 0, offset: str = "round") -> np.ndarray:
+    """Evaluation view without normalisation -> uint8[S, S, 3] (shorter side to ``resize`` or S, then the crop)."""
+    return np.asarray(center_crop(resize_shorter(to_pil(image), resize or size), size, offset))
 
 
 def random_resized_crop_params(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SplitPart", "parse", "base_names", "positions", "builder_split_names", "check_split_names"]
+__all__ = ["SplitPart", "parse", "base_names", "positions", "subset", "builder_split_names", "check_split_names"]
 
 _PART = re.compile(r"^(?P<name>[\w-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
 
@@ -81,6 +81,13 @@ def positions(part: SplitPart, n: int) -> np.ndarray:
     start = min(max(_bound(part.start, n, 0), 0), n)
     stop = min(max(_bound(part.stop, n, n), 0), n)
     return np.arange(start, max(start, stop), dtype=np.int64)
+
+
+def subset(n: int, k: int, seed: int) -> np.ndarray:
+    """k of n positions drawn by `seed`, ascending (all n when k is 0 or at least n): data.max_pool / max_test."""
+    if not k or k >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, k, replace=False)).astype(np.int64)
 
 
 class _NoDownloads:

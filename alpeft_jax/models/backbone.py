@@ -27,6 +27,8 @@ class Backbone:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     tokenizer: Any = None  # alpeft_jax.tokenizer.Tokenizer for CLIP
     source: str = ""
+    eval_resize: float = 1.0  # evaluation view: shorter side = round(image_size x eval_resize), then the centre crop
+    crop_offset: str = "round"  # the crop's offset (side - size) / 2: "round" (torchvision) or "floor" (HF processors)
 
     @property
     def dtype(self) -> Any:

@@ -1,7 +1,7 @@
 """Where labels come from: one interface for the driver, whichever oracle it talks to.
 
     oracle = oracles.make(config, pool, workdir, labels_file=..., run_name=...)
-    labels = oracle.request(round, rows, predictions)   # int64 labels, or raises PendingLabels
+    labels = oracle.request(round, rows, predictions)   # int64 labels (-1: can't tell), or raises PendingLabels
     facts = oracle.info(round)                           # JSON-able facts for results.jsonl
 
 - `simulated`: the dataset's own labels (the papers' protocol).

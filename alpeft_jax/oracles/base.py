@@ -58,7 +58,8 @@ class Oracle(Protocol):
     """Gives labels for selected pool rows."""
 
     def request(self, round_index: int, rows: np.ndarray, predictions: np.ndarray | None = None) -> np.ndarray:
-        """Labels int64[len(rows)] of pool rows; raises PendingLabels while a human has yet to answer.
+        """Labels int64[len(rows)] of pool rows, -1 for an example the annotator could not tell (it is excluded
+        from the run); raises PendingLabels while a human has yet to answer.
 
         `predictions`: float32[len(rows), K] class probabilities of the current model (None in round 0).
         """

@@ -5,8 +5,10 @@
                                  confidence: the current model's top class and its probability, empty in round 0)
     DIR/round_<r>/labels.csv     id,label           (what the annotator returns; `--labels=FILE` overrides it)
 
-A labels file must give exactly the requested ids, each once, each with a known class name or index; otherwise
-the run stops with one line naming the problem and nothing is recorded. DIR may be a cloud path.
+A labels file must give exactly the requested ids, each once, each with a known class name or index, or `skip`
+(or `?`) where the annotator cannot tell: that example is excluded (label -1 to the run: never asked again, never
+trained on; a class of that name wins over the word). Otherwise the run stops with one line naming the problem and
+nothing is recorded. DIR may be a cloud path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from PIL import Image
 
 from alpeft_jax.checkpoint import atomic_write
 from alpeft_jax.oracles.base import LabelFileError, PendingLabels, PoolView
+
+SKIP_WORDS = ("skip", "?")  # a label cell that says "can't tell": the example is excluded
 
 
 class FileOracle:
@@ -52,7 +56,8 @@ class FileOracle:
         todo = self.write_request(round_index, rows, predictions)
         raise PendingLabels(
             f"round {round_index}: {len(rows)} examples to label in {todo}; fill the 'label' column with class "
-            f"names or indices, save it as {own} (or pass --labels=FILE) and rerun the same command."
+            f"names or indices (skip or ? where you can't tell), save it as {own} (or pass --labels=FILE) and "
+            "rerun the same command."
         )
 
     def info(self, round_index: int) -> dict[str, Any]:
@@ -87,8 +92,17 @@ class FileOracle:
         atomic_write(classes, "\n".join(f"{i}\t{n}" for i, n in enumerate(self.pool.class_names)) + "\n")
         return str(target)
 
+    def parse(self, value: str, where: str) -> int:
+        """A class index from a label cell, or -1 for `skip` / `?` (can't tell); raises LabelFileError."""
+        text = value.strip().lower()
+        if text in SKIP_WORDS and text not in (n.lower() for n in self.pool.class_names):
+            return -1
+        if not text:
+            raise LabelFileError(f"{where}: empty label; fill in a class name or index, or skip if you can't tell.")
+        return self.pool.parse_label(value, where)
+
     def read(self, path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
-        """Parse and validate a labels file for `rows`; raises LabelFileError naming the first problem."""
+        """Parse and validate a labels file for `rows` (-1: skipped); raises LabelFileError naming the first problem."""
         want = {int(i): k for k, i in enumerate(self.pool.ids(rows))}
         try:
             reader = csv.DictReader(io.StringIO(epath.Path(path).read_text(), newline=""))
@@ -109,7 +123,7 @@ class FileOracle:
             if ident in seen:
                 raise LabelFileError(f"{path} line {line}: id {ident} appears twice; keep one row per id.")
             seen.add(ident)
-            labels[want[ident]] = self.pool.parse_label(rec["label"], f"{path} line {line} (id {ident})")
+            labels[want[ident]] = self.parse(rec["label"], f"{path} line {line} (id {ident})")
         missing = sorted(set(want) - seen)
         if missing:
             raise LabelFileError(

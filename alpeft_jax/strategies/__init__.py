@@ -20,6 +20,7 @@ from alpeft_jax.strategies import (  # noqa: F401  (imports register the strateg
     learning_loss,
     probcover,
     random_sampling,
+    tcm,
     typiclust,
     uncertainty,
 )

@@ -112,13 +112,18 @@ def select_featdist(
     budget: int,
     feature_key: str = "logits",
     sharded: bool | None = None,
+    excluded: np.ndarray | None = None,
     **_: object,
 ) -> np.ndarray:
     """Unlabelled examples sorted by featdist distance, descending; unknown-class ones fill any shortfall.
 
     The authors use the K-dim (scaled) logits as the feature; `feature_key="features"` uses the embeddings.
+    `excluded` (bool[N]): rows never picked that have no label either (they count in no class mean).
     """
-    labeled, _n = check_inputs(pool, labeled, budget, {"logits", "labels", feature_key})
+    labeled = np.asarray(labeled)
+    taken = labeled if excluded is None else labeled | np.asarray(excluded, bool)
+    check_inputs(pool, taken, budget, {"logits", "labels", feature_key})
+    labeled, _n = check_inputs(pool, labeled, 0, {"logits", "labels", feature_key})
     if budget == 0:
         return np.zeros((0,), np.int64)
     arrays, mesh = spmd.placed(pool, {"logits", "labels", feature_key}, sharded, ON_MESH)
@@ -126,10 +131,10 @@ def select_featdist(
     args: tuple[Any, ...]
     if mesh is None:
         check_labels(arrays["labels"], labeled, np.shape(arrays["logits"])[-1], "featdist")
-        args = (np.asarray(arrays["labels"], np.int32), jnp.asarray(labeled), lab_ids, n_lab)
+        args = (np.asarray(arrays["labels"], np.int32), jnp.asarray(taken), lab_ids, n_lab)
     else:
-        lab = spmd.put(labeled, mesh)
-        check_labels(arrays["labels"], lab, np.shape(arrays["logits"])[-1], "featdist")
+        check_labels(arrays["labels"], spmd.put(labeled, mesh), np.shape(arrays["logits"])[-1], "featdist")
+        lab = spmd.put(taken, mesh)
         args = (arrays["labels"], lab, spmd.put(lab_ids, mesh, spmd.P()), spmd.put(n_lab, mesh, spmd.P()))
     out = _select(arrays[feature_key], arrays["logits"], *args, int(budget), mesh)
     return np.asarray(out, np.int64)

@@ -108,6 +108,7 @@ def select_with_pcb(
     *,
     use_pcb: bool = True,
     authors_quirk: bool = False,
+    excluded: np.ndarray | None = None,
     **options: object,
 ) -> np.ndarray:
     """One AL round's query (METHOD 3.3): `strategy` proposes candidates, PCB (or a cut) keeps `budget`.
@@ -119,17 +120,26 @@ def select_with_pcb(
     idx[-budget:], right for its ascending entropy list but the least informative of the candidates for
     margin/least-confidence/learning-loss and the last-chosen centres for BADGE/Coreset;
     `authors_quirk=True` reproduces that (for entropy: the top `budget` in ascending order).
+
+    `excluded`: bool[N], rows the annotator could not label ("can't tell"): never picked. A strategy sees them as
+    taken, like the labelled rows (a coverage strategy counts them as queried); one that reads pool['labels']
+    (featdist) gets them apart (`excluded=`), and PCB's class counts are the labelled rows' only.
     """
     if strategy not in REGISTRY:
         raise KeyError(f"unknown strategy {strategy!r}; choose one of {sorted(REGISTRY)}")
-    labeled, _n = check_inputs(pool, labeled, budget, REGISTRY[strategy].requires)
+    labeled = np.asarray(labeled)
+    taken = labeled if excluded is None else labeled | np.asarray(excluded, bool)
+    taken, _n = check_inputs(pool, taken, budget, REGISTRY[strategy].requires)
     k_sel, k_pcb = jax.random.split(as_key(rng))
     select = REGISTRY[strategy].select
     if not REGISTRY[strategy].needs_model:  # pure random: no pseudo-labels for PCB
-        return select(k_sel, pool, labeled, budget, **options)
-    n_unl = int((~labeled).sum())
+        return select(k_sel, pool, taken, budget, **options)
+    n_unl = int((~taken).sum())
     n_cand = min(max(int(gamma_count), budget), n_unl) if REGISTRY[strategy].candidates else budget
-    cand = np.asarray(select(k_sel, pool, labeled, n_cand, **options), np.int64)
+    if excluded is not None and "labels" in REGISTRY[strategy].requires:
+        cand = np.asarray(select(k_sel, pool, labeled, n_cand, excluded=taken & ~labeled, **options), np.int64)
+    else:
+        cand = np.asarray(select(k_sel, pool, taken, n_cand, **options), np.int64)
     if use_pcb:
         if "logits" not in pool or "labels" not in pool:
             raise KeyError("PCB needs pool['logits'] (pseudo-labels) and pool['labels'] (labelled counts)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -230,3 +231,17 @@ def select_bald(
 
 
 __all__ = ["entropy_scores", "margin_scores", "least_confidence_scores", "bald_scores"]
+
+
+def row_scores(name: str, pool: Mapping[str, np.ndarray | jax.Array], eps: float = 1e-6) -> np.ndarray | None:
+    """Per-example scores of a score-ranked strategy (higher is asked first), None for any other strategy."""
+    kinds: dict[str, Callable[[Any], jax.Array]] = {
+        "entropy": lambda a: entropy_scores(a, eps),
+        "margin": margin_scores,
+        "least_confidence": least_confidence_scores,
+        "bald": bald_scores,
+    }
+    key = "mc_logits" if name == "bald" else "logits"
+    if name not in kinds or key not in pool:
+        return None
+    return np.asarray(kinds[name](np.asarray(pool[key])), np.float32)

@@ -312,7 +312,7 @@ def test_a_new_kind_is_one_registered_class(monkeypatch):
         sources.get_source("mem:x", "test")
     with pytest.raises(ValueError, match=r"joining splits with '\+' works for TFDS datasets only"):
         sources.get_source("mem:x", "train[:2]+train[4:]")
-    with pytest.raises(ValueError, match="a class list applies to CSV manifests and image folders only"):
+    with pytest.raises(ValueError, match=r"a class list \(data.classes\) applies to CSV manifests and image folders"):
         sources.get_source("mem:x", "train", classes="a,b")
     with pytest.raises(ValueError, match=r"unknown options \['image_key'\] for source 'mem:x'; it takes none"):
         sources.get_source("mem:x", "train", image_key="x")

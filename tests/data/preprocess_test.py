@@ -133,3 +133,18 @@ def test_crop_sizes_follow_the_scale_bounds_statistically():
         for c in (pp.random_resized_crop_params(1000, 1000, np.random.default_rng(s)) for s in range(2000))
     ]
     assert abs(np.mean(lr)) < 0.02  # log-uniform ratio is symmetric around 1
+
+
+def test_eval_resize_ratio_and_crop_offset():
+    spec = pp.resolve_spec(224, 0.5, 0.5, resize_ratio=256 / 224, crop="floor")
+    assert (spec.resize_to, spec.crop) == (256, "floor")
+    assert pp.resolve_spec(224, 0.5, 0.5).resize_to == 224  # CLIP and EfficientNet: resize to the crop
+    img = np.random.default_rng(0).integers(0, 256, (301, 451, 3), dtype=np.uint8)  # resized to 256 x 383
+    floor_view = pp.eval_pixels(img, 224, 256, "floor")  # left offset (383 - 224) // 2 = 79
+    round_view = pp.eval_pixels(img, 224, 256, "round")  # round(79.5) = 80
+    assert floor_view.shape == round_view.shape == (224, 224, 3)
+    np.testing.assert_array_equal(floor_view[:, 1:], round_view[:, :-1])
+    with pytest.raises(ValueError, match="resize ratio must be >= 1"):
+        pp.resolve_spec(224, 0.5, 0.5, resize_ratio=0.9)
+    with pytest.raises(ValueError, match="'round' or 'floor'"):
+        pp.resolve_spec(224, 0.5, 0.5, crop="ceil")

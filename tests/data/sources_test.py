@@ -57,8 +57,19 @@ def test_tfds_coop_names_eurosat():
     with tfds.testing.mock_data(num_examples=2):
         src = get_source("tfds:eurosat/rgb", "test", coop_names=True)
     names = src.class_names
-    assert names[4] == "industrial buildings or commercial buildings"  # TFDS label 4 = "Industrial"
-    assert names[0] == "annual crop land" and names[9] == "lake or sea"
+    # TFDS names become the names of CoOp's split_zhou_EuroSAT.json (what C-PEAL's prompts read), e.g. label 4
+    assert names == [
+        "Annual Crop Land",
+        "Forest",
+        "Herbaceous Vegetation Land",
+        "Highway or Road",
+        "Industrial Buildings",
+        "Pasture Land",
+        "Permanent Crop Land",
+        "Residential Buildings",
+        "River",
+        "Sea or Lake",
+    ]
 
 
 def test_tfds_missing_gives_instructions(tmp_path):
@@ -187,8 +198,9 @@ def test_coop_split_eurosat_layout(tmp_path):
     (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(entries))
     src = get_source("coop:eurosat", "train", data_dir=str(tmp_path))
     assert len(src) == 2 and src.labels.tolist() == [4, 1]
-    assert src.class_names[4] == "industrial buildings or commercial buildings"
-    assert src.class_names[9] == "lake or sea" and src.class_names[0] == "annual crop land"
+    # the split file's names pass through unchanged (the reference never calls its update_classname)
+    assert src.class_names[4] == "Industrial Buildings"
+    assert src.class_names[9] == "Sea or Lake" and src.class_names[0] == "Annual Crop Land"
     assert src[0]["image"].shape == (64, 64, 3)
     same = get_source("eurosat/rgb", "train", data_dir=str(tmp_path), coop=True)
     assert same.paths == src.paths
@@ -427,7 +439,27 @@ def test_coop_split_file_matches_by_file_name_and_class_folder(tmp_path, name, k
         np.testing.assert_array_equal(src[i]["image"], t.image(seed))
     np.testing.assert_array_equal(src.labels, [e[1] for e in coop])
     if name == "eurosat/rgb":
-        assert src.class_names[9] == "lake or sea" and src.class_names[1] == "forest"  # CoOp prompt names
+        assert src.class_names[9] == "Sea or Lake" and src.class_names[1] == "Forest"  # the split file's names
+        prompts = classnames.prompts(src.class_names, classnames.templates(name)[0])
+        assert prompts[9] == "a centered satellite photo of Sea or Lake."
+
+
+def test_split_file_entry_of_another_class_is_refused(tmp_path):
+    t = _tiny_tfds()
+    # one record per file name: the match is unique, and the record's class is not the entry's
+    t.write(
+        str(tmp_path),
+        "eurosat/rgb",
+        {"train": [{"image": t.png(t.image(1)), "label": "Forest", "filename": "SeaLake_7.jpg"}]},
+    )
+    sf = _coop_json(tmp_path / "split.json", {"train": [["SeaLake/SeaLake_7.jpg", 9, "Sea or Lake"]]})
+    with pytest.raises(
+        ValueError, match=r"SeaLake/SeaLake_7\.jpg is 'Sea or Lake' in the split file, 'Forest' in TFDS"
+    ):
+        get_source("eurosat/rgb", "train", data_dir=str(tmp_path), split_file=sf)
+    # the same class under its split-file name is accepted
+    sf = _coop_json(tmp_path / "split.json", {"train": [["Forest/SeaLake_7.jpg", 1, "Forest"]]})
+    assert get_source("eurosat/rgb", "train", data_dir=str(tmp_path), split_file=sf).labels.tolist() == [1]
 
 
 def test_tfds_inspect_reads_metadata_only(dtd_dir, monkeypatch):

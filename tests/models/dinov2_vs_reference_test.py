@@ -263,6 +263,70 @@ def test_backbone_metadata(cases, tmp_path):
         json.dump(pre, f)
     bb2 = backbones.load(path)
     assert bb2.image_size == 196 and bb2.mean == (0.5, 0.5, 0.5) and bb2.std == (0.25, 0.25, 0.25)
+    assert bb.eval_resize == 256 / 224 and bb2.eval_resize == 224 / 196 and bb2.crop_offset == "floor"
+
+
+# facebook/dinov2-{small,base,large,giant}'s preprocessor_config.json
+DINOV2_PROCESSOR = {
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "BitImageProcessor",
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": 256},
+}
+
+
+def _pixels(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth uint8 image with noise (so that resampling differences would show)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 127 + 100 * np.sin(xx[..., None] / (3 + 2 * np.arange(3)) + yy[..., None] / 7.0)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("image_size", [None, 112])
+def test_eval_view_equals_the_transformers_dinov2_processor(cases, tmp_path, image_size):
+    """A loaded DINOv2 checkpoint's evaluation view is what transformers' processor (built offline from the
+    checkpoint's preprocessor_config.json) gives: shorter side 256 (bicubic), centre crop 224, floored offsets.
+    With data.image_size=112 the view scales (shorter side 128, crop 112), as a processor of that size does."""
+    from transformers import AutoImageProcessor
+
+    from alpeft_jax.data import preprocess as pp
+
+    model, _ = cases["plain"]
+    path = str(tmp_path / "dinov2")
+    model.save_pretrained(path)
+    pre = dict(DINOV2_PROCESSOR)
+    if image_size:
+        pre.update(size={"shortest_edge": 128}, crop_size={"height": image_size, "width": image_size})
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump(DINOV2_PROCESSOR, f)  # the checkpoint keeps the 224 processor; the run asks for image_size
+    bb = backbones.load(path)
+    spec = pp.resolve_spec(image_size or bb.image_size, bb.mean, bb.std, resize_ratio=bb.eval_resize, crop="floor")
+    assert (spec.image_size, spec.resize_to) == ((112, 128) if image_size else (224, 256))
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump(pre, f)
+    processor = AutoImageProcessor.from_pretrained(path)
+    # EuroSAT's 64x64 (upsampled), odd margins on both sides (floor vs round differ), portrait and landscape
+    for k, (h, w) in enumerate([(64, 64), (301, 451), (517, 389), (256, 256), (99, 300)]):
+        img = _pixels(h, w, k)
+        want = np.asarray(processor(images=img, return_tensors="np")["pixel_values"][0]).transpose(1, 2, 0)
+        got = pp.eval_image(img, spec)
+        assert got.shape == want.shape, (h, w)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{h}x{w}")
+    # the crop offset matters: rounding it (torchvision's rule) would not match the processor
+    rounded = pp.resolve_spec(bb.image_size, bb.mean, bb.std, resize_ratio=bb.eval_resize, crop="round")
+    if not image_size:
+        img = _pixels(301, 451, 1)
+        want = np.asarray(processor(images=img, return_tensors="np")["pixel_values"][0]).transpose(1, 2, 0)
+        assert np.abs(pp.eval_image(img, rounded) - want).max() > 0.1
 
 
 def test_architecture_from_config(cases):

@@ -23,7 +23,12 @@ from conftest import al_rounds, make_pool  # noqa: E402
 from alpeft_jax import strategies  # noqa: E402
 from alpeft_jax.strategies import spmd  # noqa: E402
 
-OPTIONS = {"typiclust": {"k_nn": 5, "block": 64}, "probcover": {"block": 64}}
+OPTIONS = {
+    "typiclust": {"k_nn": 5, "block": 64},
+    "probcover": {"block": 64},
+    # the coverage rule's pass on the mesh's pool, before the hand-off (TypiClust) in every round here
+    "tcm": {"switch": "coverage", "coverage": 1.0, "radius": 0.5, "k_nn": 5, "block": 64},
+}
 BUDGET = 24  # PCB keeps half
 
 

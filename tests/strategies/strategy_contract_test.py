@@ -16,6 +16,7 @@ EXPECTED = {
     "typiclust",
     "probcover",
     "bald",
+    "tcm",
 }
 
 

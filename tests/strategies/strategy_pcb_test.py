@@ -142,3 +142,43 @@ def test_select_with_pcb_quirks(make_pool):
     # fewer remaining than n_cand: all of them are candidates
     out = select_with_pcb("entropy", 0, pool, labeled, k, 10**6)
     assert len(out) == k and not labeled[out].any()
+
+
+@pytest.mark.parametrize("strategy, use_pcb", [("entropy", True), ("margin", False), ("featdist", True)])
+def test_excluded_rows_are_as_if_not_in_the_pool(strategy, use_pcb):
+    """Rows excluded as "can't tell" (no label, never picked): the pick equals the one over the pool without them
+    (PCB's class counts and featdist's class means see the labelled rows only)."""
+    g = np.random.default_rng(3)
+    n, k = 300, 4
+    logits = g.normal(size=(n, k)).astype(np.float32) * 2
+    truth = g.integers(0, k, n)
+    labeled = np.zeros(n, bool)
+    labeled[g.choice(n, 25, replace=False)] = True
+    excluded = np.zeros(n, bool)
+    excluded[g.choice(np.flatnonzero(~labeled), 40, replace=False)] = True
+    labels = np.where(labeled, truth, -1)
+    got = select_with_pcb(
+        strategy, 7, {"logits": logits, "labels": labels}, labeled, 12, 60, use_pcb=use_pcb, excluded=excluded
+    )
+    keep = np.flatnonzero(~excluded)
+    reduced = {"logits": logits[keep], "labels": labels[keep]}
+    expected = keep[select_with_pcb(strategy, 7, reduced, labeled[keep], 12, 60, use_pcb=use_pcb)]
+    np.testing.assert_array_equal(got, expected)
+    assert not excluded[got].any() and not labeled[got].any()
+
+
+def test_excluded_rows_are_never_picked_by_coverage_strategies():
+    g = np.random.default_rng(4)
+    n = 200
+    feats = g.normal(size=(n, 8)).astype(np.float32)
+    logits = g.normal(size=(n, 3)).astype(np.float32)
+    labeled = np.zeros(n, bool)
+    labeled[:5] = True
+    excluded = np.zeros(n, bool)
+    excluded[5:185] = True  # 15 rows left to pick from: a budget of 15 takes exactly them
+    pool = {"features": feats, "logits": logits, "labels": np.where(labeled, 0, -1)}
+    for strategy in ("coreset", "badge", "random"):
+        got = select_with_pcb(strategy, 1, pool, labeled, 15, 100, excluded=excluded)
+        assert sorted(got.tolist()) == list(range(185, 200)), strategy
+    with pytest.raises(ValueError, match="exceeds the 15"):
+        select_with_pcb("entropy", 1, pool, labeled, 16, 100, excluded=excluded)

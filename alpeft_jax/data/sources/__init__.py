@@ -15,9 +15,15 @@ kind (``registry``; one module of this package per kind of data, so a new kind i
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or from ``data_dir``; splits ``train`` /
   ``test``.
 - ``"digits"`` (``arrays``) - scikit-learn's 8x8 digits, split deterministically (every fifth image is ``test``).
-- ``"folder"`` (``files``) - an image folder ``data_dir/<class>/<image>`` (or ``data_dir/<split>/<class>/<image>``).
+- ``"folder"`` (``files``) - an image folder ``data_dir/<class>/<image>`` (or ``data_dir/<split>/<class>/<image>``);
+  with ``classes=`` (the class list, in label order) and no class sub-folders, every image at any depth is an
+  unlabelled row.
 - ``"csv"`` (``files``) - a manifest ``path,label`` (header required; paths relative to the CSV's directory;
-  empty label = unlabelled). ``data_dir`` is the CSV file or a directory holding ``<split>.csv``.
+  empty label = unlabelled). ``data_dir`` is the CSV file or a directory holding ``<split>.csv``. ``classes=``
+  fixes the class list and its order (a label outside it is an error); without it, the sorted labels.
+
+``listing(...)`` gives the files and labels a folder or CSV split reads (no image decoded) and ``split_location``
+the folder or file they are listed from, so a run can tell a test split of its own from the pool's images.
 - ``"coop:<dataset>"`` (or ``coop=True``; ``coop``) - the CoOp folder layout under the DATA root ``data_dir``:
   CoOp's ``split_zhou_*.json`` (e.g. ``dtd/images`` + ``dtd/split_zhou_DescribableTextures.json``; ``split_file``
   overrides it) or, for FGVC-Aircraft, ``fgvc_aircraft/images_variant_<split>.txt``; CoOp class names.
@@ -40,6 +46,10 @@ drop its row from the CSV); nothing is skipped silently, so a labelled image is 
 Files listed in a CSV manifest or a CoOp split file that do not exist are reported when the source is
 built (``MissingDataError``). Classes with no images are allowed: they keep their index and name.
 Missing datasets raise ``MissingDataError`` with the command that gets them.
+
+``source.fingerprint()`` is a cheap hash of what a source reads (file paths with sizes and modification times, a
+TFDS build's version and files, or the pixel array); the feature caches are keyed on it (``fingerprint_of`` also
+serves sources without one).
 """
 
 from __future__ import annotations
@@ -49,19 +59,29 @@ import pkgutil
 
 from alpeft_jax.data.sources.arrays import FASHION_MNIST_DIR, ArraySource, digits, fashion_mnist, read_idx
 from alpeft_jax.data.sources.coop import TfdsSplitFileSource, coop_aircraft, coop_split, missing_split_file
-from alpeft_jax.data.sources.core import CorruptImageError, MissingDataError, Source, SourceInfo, SubsetSource
+from alpeft_jax.data.sources.core import (
+    CorruptImageError,
+    MissingDataError,
+    Source,
+    SourceInfo,
+    SubsetSource,
+    fingerprint_of,
+)
 from alpeft_jax.data.sources.files import IMAGE_EXTENSIONS, FileListSource, csv_manifest, image_folder, load_image
 from alpeft_jax.data.sources.registry import (
     Counts,
     Kind,
+    Listing,
     Request,
     get_kind,
     get_source,
     inspect_source,
     known_kinds,
+    listing,
     register,
     source_kind,
     split_file_path,
+    split_location,
 )
 from alpeft_jax.data.sources.tfds import TfdsSource, tfds_data_dir, tfds_problem
 
@@ -74,6 +94,7 @@ __all__ = [
     "CorruptImageError",
     "SourceInfo",
     "SubsetSource",
+    "fingerprint_of",
     "get_source",
     "inspect_source",
     "source_kind",
@@ -81,6 +102,9 @@ __all__ = [
     "Kind",
     "Request",
     "Counts",
+    "Listing",
+    "listing",
+    "split_location",
     "register",
     "get_kind",
     "known_kinds",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from alpeft_jax.data import classnames
-from alpeft_jax.data.sources.core import ListedSource, MissingDataError, check_index, rgb
+from alpeft_jax.data.sources.core import ListedSource, MissingDataError, array_fingerprint, check_index, rgb
 from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
 
 __all__ = ["ArraySource", "read_idx", "fashion_mnist", "digits", "FASHION_MNIST_DIR"]
@@ -43,6 +43,7 @@ class ArraySource(ListedSource):
         self.labels_ = (np.full(n, -1) if labels is None else np.asarray(labels)).astype(np.int64)
         self.ids_ = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         self.class_names_ = list(class_names)
+        self._fingerprint: str | None = None
         if self.labels_.shape != (n,) or self.ids_.shape != (n,):
             raise ValueError(f"labels and ids must have shape ({n},), got {self.labels_.shape}, {self.ids_.shape}")
         if len(np.unique(self.ids_)) != n:
@@ -53,6 +54,12 @@ class ArraySource(ListedSource):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def fingerprint(self) -> str:
+        """A hash of the pixel array (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = array_fingerprint(self.images)
+        return self._fingerprint
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = check_index(i, len(self))

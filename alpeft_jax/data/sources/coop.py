@@ -16,7 +16,7 @@ import numpy as np
 
 from alpeft_jax.data import classnames
 from alpeft_jax.data.sources import tfds as tfds_kind
-from alpeft_jax.data.sources.core import ListedSource, MissingDataError, check_index, rgb
+from alpeft_jax.data.sources.core import ListedSource, MissingDataError, check_index, digest, rgb
 from alpeft_jax.data.sources.files import FileList, FileListSource, require_files
 from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
 
@@ -89,10 +89,8 @@ def _list_aircraft(root: str, split: str) -> FileList:
     lists = [os.path.join(root, "variants.txt"), os.path.join(root, f"images_variant_{_AIRCRAFT_SPLITS[split]}.txt")]
     for path in lists:
         if not os.path.isfile(path):
-            raise MissingDataError(
-                f"{path} does not exist; unpack fgvc-aircraft-2013b.tar.gz and move its data/ "
-                f"folder to {root} (CoOp DATASETS.md, FGVCAircraft)"
-            )
+            where = classnames.download_hint("fgvc_aircraft").replace("DATA/fgvc_aircraft", root)
+            raise MissingDataError(f"{path} does not exist; {where}")
     with open(lists[0], encoding="utf-8") as f:
         variants = [line.strip() for line in f if line.strip()]
     with open(lists[1], encoding="utf-8") as f:
@@ -172,7 +170,7 @@ class Coop(Kind[FileList]):
 
 @functools.lru_cache(maxsize=8)
 def _file_index(name: str, data_dir: str | None) -> dict[str, list[tuple[str, int, str, str]]]:
-    """basename -> [(split, position, file name, lower-case class name)] over every split of a TFDS dataset."""
+    """basename -> [(split, position, file name, TFDS class name)] over every split of a TFDS dataset."""
     builder = tfds_kind.get_builder(name, data_dir)
     features = builder.info.features
     path_key = next((k for k in tfds_kind.PATH_KEYS if k in features), None)
@@ -181,7 +179,7 @@ def _file_index(name: str, data_dir: str | None) -> dict[str, list[tuple[str, in
             f"TFDS dataset {name!r} stores no file names ({list(features)}); a CoOp split file cannot "
             "be matched to its records: use the CoOp folder layout (data.name='coop:<dataset>')"
         )
-    names = [n.lower() for n in features["label"].names]
+    names = list(features["label"].names)
     index: dict[str, list[tuple[str, int, str, str]]] = {}
     for split in builder.info.splits:
         for k, r in enumerate(tfds_kind.read_fields(name, split, data_dir, [path_key, "label"])):
@@ -198,7 +196,37 @@ def _match(path: str, cands: list[tuple[str, int, str, str]]) -> list[tuple[str,
     if exact:
         return exact
     folder = path.replace("\\", "/").split("/")[0].lower() if "/" in path else ""
-    return [c for c in cands if folder and c[3] == folder]
+    return [c for c in cands if folder and c[3].lower() == folder]
+
+
+def _same_class(name: str, listed: str, record: str) -> bool:
+    """Whether a split-file class name and a TFDS class name are one class (both through the CoOp renames)."""
+
+    def norm(n: str) -> str:
+        return " ".join(classnames.coop_names(name, [n])[0].replace("_", " ").lower().split())
+
+    return norm(listed) == norm(record)
+
+
+def _class_mismatch(name: str, entries: list[list[Any]], classes: list[str]) -> str:
+    """Why the records matched to entries are not of the entries' classes ('' when they are).
+
+    For a dataset with an asset file the names must agree (through its renames); for any dataset each split-file
+    label must go with one TFDS class.
+    """
+    known = bool(classnames.dataset_info(name).get("class_names"))
+    wrong = [(p, c, r) for (p, _, c), r in zip(entries, classes) if known and not _same_class(name, c, r)]
+    if wrong:
+        p, c, r = wrong[0]
+        return (
+            f"{len(wrong)} of {len(entries)} entries name a record of another class (first: {p} is {c!r} in the "
+            f"split file, {r!r} in TFDS)"
+        )
+    seen: dict[int, str] = {}
+    for (p, lab, c), r in zip(entries, classes):
+        if seen.setdefault(int(lab), r) != r:
+            return f"label {int(lab)} ({c!r}) names records of TFDS classes {seen[int(lab)]!r} and {r!r} (at {p})"
+    return ""
 
 
 SplitList = tuple[list[list[Any]], list[str]]  # a split's entries and the split file's class names
@@ -218,8 +246,9 @@ class TfdsSplitFileSource(ListedSource):
 
     Every split of the TFDS dataset is indexed by its records' file names (images left encoded), and each
     split-file path names one record: by its file name, or where several records share it (Caltech-101's
-    ``image_0001.jpg``) by file name and class folder. Labels and class names are the split file's (CoOp's
-    order, CoOp's prompt names); ids are positions in the split-file list. ``listed`` is the split's entries
+    ``image_0001.jpg``) by file name and class folder; each matched record must be of the entry's class.
+    Labels and class names are the split file's (CoOp's order, CoOp's prompt names); ids are positions in the
+    split-file list. ``listed`` is the split's entries
     and class names when they were already located.
     """
 
@@ -236,12 +265,14 @@ class TfdsSplitFileSource(ListedSource):
         entries, raw = listed or _locate_over_tfds(name, split_file, split, data_dir)
         index = _file_index(name, data_dir)
         records: list[tuple[str, int]] = []
+        classes: list[str] = []
         missing: list[str] = []
         ambiguous: list[str] = []
         for p, _, _ in entries:
             found = _match(p, index.get(os.path.basename(p), []))
             if len(found) == 1:
                 records.append(found[0][:2])
+                classes.append(found[0][3])
             else:
                 (missing if not found else ambiguous).append(p)
         if missing or ambiguous:
@@ -251,6 +282,12 @@ class TfdsSplitFileSource(ListedSource):
                 f"{len(missing) + len(ambiguous)} of {len(entries)} entries of {split_file} "
                 f"[{split}] do not name one record of TFDS {name!r}: {'; '.join(what)}; the "
                 "split file belongs to another dataset or the TFDS build is incomplete"
+            )
+        mismatch = _class_mismatch(name, entries, classes)
+        if mismatch:
+            raise ValueError(
+                f"{split_file} [{split}] does not fit TFDS {name!r}: {mismatch}; use the split file made for this "
+                "dataset (CoOp DATASETS.md) or data.name='coop:<dataset>' over CoOp's own image folders"
             )
         self.name = f"{name}:{os.path.basename(split_file)}:{split}"
         self.image_key = image_key
@@ -264,6 +301,11 @@ class TfdsSplitFileSource(ListedSource):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def fingerprint(self) -> str:
+        """The TFDS dataset's version and prepared files, and the records this split reads."""
+        version, files = tfds_kind.prepared_files(self._tfds_name, self._data_dir)
+        return digest(self.name, self.image_key, version, files, digest(*self._records))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = check_index(i, len(self))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -16,6 +19,10 @@ __all__ = [
     "SubsetSource",
     "rgb",
     "check_index",
+    "digest",
+    "files_fingerprint",
+    "array_fingerprint",
+    "fingerprint_of",
 ]
 
 
@@ -52,13 +59,64 @@ class Source(Protocol):
 
     def __getitem__(self, i: int) -> dict[str, Any]: ...
 
+    def fingerprint(self) -> str:
+        """A cheap hash of the images this source reads (file list with sizes and modification times, dataset
+        name, version and split, or the pixel array): it changes when the images do. Caches are keyed on it."""
+        ...
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of the parts' text."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def files_fingerprint(paths: Sequence[str]) -> str:
+    """A hash of image files' paths, sizes and modification times (a missing file counts as such)."""
+    h = hashlib.sha1()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def array_fingerprint(*arrays: np.ndarray) -> str:
+    """A hash of arrays' shapes, dtypes and bytes."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes() if a.dtype.hasobject else a.view(np.uint8).reshape(-1).data)
+    return h.hexdigest()[:16]
+
+
+def fingerprint_of(source: Any) -> str:
+    """`source.fingerprint()`; for a source without one, a hash of its name, size and ids and the pixels of a few
+    examples (a cache over it is still told apart from one over other data)."""
+    fn = getattr(source, "fingerprint", None)
+    if callable(fn):
+        return str(fn())
+    n = len(source)
+    picks: Iterable[int] = sorted({0, n // 2, n - 1}) if n else []
+    pixels = [np.asarray(source[i]["image"]) for i in picks]
+    return digest(
+        type(source).__name__, getattr(source, "name", ""), n, array_fingerprint(np.asarray(source.ids), *pixels)
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
-    """What a split spec holds, read from metadata: example count and class count."""
+    """What a split spec holds, read from metadata: example count, class count and (where read) class names."""
 
     size: int
     num_classes: int
+    class_names: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 def rgb(arr: np.ndarray) -> np.ndarray:
@@ -136,3 +194,7 @@ class SubsetSource:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.source[int(self.positions[check_index(i, len(self))])]
+
+    def fingerprint(self) -> str:
+        """The underlying source's fingerprint and the rows taken."""
+        return digest(fingerprint_of(self.source), array_fingerprint(self.positions))

@@ -1,5 +1,9 @@
 """Images stored as files: image folders (``<class>/<image>``) and CSV manifests (``path,label``).
 
+With a class list (``classes=``, ``--config.data.classes``) the labels follow its order, a folder without class
+sub-folders is an unlabelled pool (every image at any depth, label -1), and a CSV's empty labels are unlabelled
+rows; a label or class folder not in the list is an error naming it.
+
 Files are listed when the source is built and decoded lazily, when an example is read; the listing is what
 both opening and inspecting read, so a split's size and classes come without decoding an image.
 """
@@ -16,8 +20,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from alpeft_jax.data.sources.core import CorruptImageError, ListedSource, MissingDataError, check_index
-from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
+from alpeft_jax.data.sources.core import (
+    CorruptImageError,
+    ListedSource,
+    MissingDataError,
+    check_index,
+    files_fingerprint,
+)
+from alpeft_jax.data.sources.registry import Counts, Kind, Listing, Request, register
 
 __all__ = [
     "FileListSource",
@@ -51,9 +61,16 @@ class FileListSource(ListedSource):
         self.name = name
         self.exclude_hint = exclude_hint
         self.ids_ = np.arange(len(self.paths), dtype=np.int64)
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """The listed files' paths, sizes and modification times (an image rewritten in place changes it)."""
+        if self._fingerprint is None:
+            self._fingerprint = files_fingerprint(self.paths)
+        return self._fingerprint
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = check_index(i, len(self))
@@ -91,6 +108,10 @@ class FileList:
         """The files as a source (decoded when read)."""
         return FileListSource(self.paths, self.labels, self.class_names, self.name, self.exclude_hint)
 
+    def listing(self) -> Listing:
+        """The files and labels, in row order."""
+        return Listing(list(self.paths), self.labels.copy(), list(self.class_names))
+
     def counts(self, split: str) -> Counts:
         """The listing's size and classes, as inspecting reports them."""
         return Counts({split: len(self.paths)}, list(self.class_names))
@@ -113,34 +134,62 @@ def _is_image(name: str) -> bool:
 # Image folders
 
 
+_CLASSES_HINT = "--config.data.classes=FILE (one class name per line) or --config.data.classes=a,b,c"
+
+
+def _images_under(folder: str) -> list[str]:
+    """Image files at any depth under `folder` (hidden files and folders skipped), as sorted relative paths."""
+    found = []
+    for d, dirs, files in os.walk(folder):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        found += [os.path.relpath(os.path.join(d, f), folder) for f in files if _is_image(f)]
+    return sorted(found)
+
+
 def _list_folder(root: str, class_names: Sequence[str] | None, name: str | None) -> FileList:
-    """Images under ``root/<class>/`` (sorted); class names = sorted sub-folders or the given list."""
+    """Images under ``root/<class>/`` (sorted); class names = sorted sub-folders or the given list.
+
+    With a class list and no sub-folder named after a class, every image at any depth under `root` is an unlabelled
+    pool row (label -1); with a class list and class folders, images lying directly in `root` are unlabelled rows.
+    """
     if not os.path.isdir(root):
         raise MissingDataError(f"image folder {root} does not exist; expected {root}/<class>/<image files>")
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    given = class_names is not None
     if class_names is None:
+        if not folders:
+            raise MissingDataError(
+                f"no class folders under {root}; for unlabelled images pass {_CLASSES_HINT}, "
+                f"or sort them into {root}/<class>/<image files>"
+            )
         class_names = folders
     else:
         class_names = list(class_names)
-        unknown = sorted(set(folders) - set(class_names))
-        if unknown:
-            raise ValueError(f"folders {unknown} under {root} are not in the class list; add them to the classes")
-    if not class_names:
-        raise MissingDataError(f"no class folders under {root}; expected {root}/<class>/<image files>")
+        if set(folders) & set(class_names):
+            unknown = sorted(set(folders) - set(class_names))
+            if unknown:
+                raise ValueError(
+                    f"folders {unknown} under {root} are not in the class list; add them to --config.data.classes "
+                    "or move them out of the folder"
+                )
     paths: list[str] = []
     labels: list[int] = []
-    for label, cls in enumerate(class_names):
-        folder = os.path.join(root, cls)
-        if not os.path.isdir(folder):
-            continue  # an empty class: it keeps its index and name
-        found = sorted(
-            os.path.relpath(os.path.join(d, f), folder)
-            for d, _, files in os.walk(folder)
-            for f in files
-            if _is_image(f)
-        )
-        paths.extend(os.path.join(folder, f) for f in found)
-        labels.extend([label] * len(found))
+    if given and not set(folders) & set(class_names):  # no class folders: an unlabelled pool, at any depth
+        found = _images_under(root)
+        paths = [os.path.join(root, f) for f in found]
+        labels = [-1] * len(found)
+    else:
+        for label, cls in enumerate(class_names):
+            folder = os.path.join(root, cls)
+            if not os.path.isdir(folder):
+                continue  # an empty class: it keeps its index and name
+            found = _images_under(folder)
+            paths.extend(os.path.join(folder, f) for f in found)
+            labels.extend([label] * len(found))
+        if given:  # images beside the class folders are not sorted yet: unlabelled rows
+            loose = sorted(f for f in os.listdir(root) if _is_image(f) and os.path.isfile(os.path.join(root, f)))
+            paths.extend(os.path.join(root, f) for f in loose)
+            labels.extend([-1] * len(loose))
     return FileList(
         root,
         paths,
@@ -152,12 +201,14 @@ def _list_folder(root: str, class_names: Sequence[str] | None, name: str | None)
 
 
 def _open_folder(files: FileList) -> FileListSource:
-    counts = np.bincount(files.labels, minlength=len(files.class_names))
+    known = files.labels[files.labels >= 0]
+    counts = np.bincount(known, minlength=len(files.class_names))
     empty = [c for c, k in zip(files.class_names, counts, strict=True) if k == 0]
     log.info(
-        "image folder %s: %d images in %d classes (%d empty: %s)",
+        "image folder %s: %d images (%d unlabelled) in %d classes (%d without images: %s)",
         files.where,
         len(files.paths),
+        len(files.paths) - len(known),
         len(files.class_names),
         len(empty),
         empty[:10],
@@ -180,17 +231,27 @@ class Folder(Kind[FileList]):
     takes_classes = True
     shuffle_slices = True
 
-    def locate(self, request: Request) -> FileList:
+    def location(self, request: Request) -> str | None:
+        """``data_dir/<split>`` where that folder exists, else ``data_dir``."""
         if not request.data_dir:
-            raise ValueError("an image-folder source needs data_dir (--config.data.dir) = the folder root")
+            return None
         root = os.path.join(request.data_dir, request.base)
-        return _list_folder(root if os.path.isdir(root) else request.data_dir, request.classes, None)
+        return root if os.path.isdir(root) else request.data_dir
+
+    def locate(self, request: Request) -> FileList:
+        root = self.location(request)
+        if root is None:
+            raise ValueError("an image-folder source needs data_dir (--config.data.dir) = the folder root")
+        return _list_folder(root, request.classes, None)
 
     def open(self, request: Request, found: FileList) -> FileListSource:
         return _open_folder(found)
 
     def inspect(self, request: Request, found: FileList) -> Counts:
         return found.counts(request.base)
+
+    def listing(self, request: Request, found: FileList) -> Listing:
+        return found.listing()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -232,8 +293,8 @@ def _list_csv(csv_path: str, class_names: Sequence[str] | None, name: str | None
         )
     if unknown:
         raise ValueError(
-            f"{len(unknown)} label(s) in {csv_path} are not in the class list ({'; '.join(unknown[:5])})"
-            "; add them to the classes or fix the rows"
+            f"{len(unknown)} label(s) in {csv_path} are not in the class list ({'; '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''}); add them to --config.data.classes or fix the rows"
         )
     return FileList(
         csv_path,
@@ -260,17 +321,27 @@ class Csv(Kind[FileList]):
     takes_classes = True
     shuffle_slices = True
 
+    def location(self, request: Request) -> str | None:
+        """``data_dir/<split>.csv`` when data_dir is a folder, else data_dir (the CSV file)."""
+        d = request.data_dir
+        if not d:
+            return None
+        return os.path.join(d, f"{request.base}.csv") if os.path.isdir(d) else d
+
     def locate(self, request: Request) -> FileList:
         """The manifest's rows, with every listed file present and every label known."""
-        if not request.data_dir:
+        path = self.location(request)
+        if path is None:
             raise ValueError(
                 "a CSV source needs data_dir (--config.data.dir): the CSV file or a folder with <split>.csv"
             )
-        d = request.data_dir
-        return _list_csv(os.path.join(d, f"{request.base}.csv") if os.path.isdir(d) else d, request.classes, None)
+        return _list_csv(path, request.classes, None)
 
     def open(self, request: Request, found: FileList) -> FileListSource:
         return found.source()
 
     def inspect(self, request: Request, found: FileList) -> Counts:
         return found.counts(request.base)
+
+    def listing(self, request: Request, found: FileList) -> Listing:
+        return found.listing()

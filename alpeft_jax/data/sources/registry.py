@@ -37,6 +37,9 @@ __all__ = [
     "get_source",
     "inspect_source",
     "split_file_path",
+    "Listing",
+    "listing",
+    "split_location",
 ]
 
 Found = TypeVar("Found")
@@ -70,6 +73,15 @@ class Counts:
     class_names: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """The files and labels (-1: unlabelled) of a split spec of a kind that lists image files, in row order."""
+
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+
+
 class Kind(abc.ABC, Generic[Found]):
     """One kind of data: the names it answers to, what it accepts, and locate / open / inspect."""
 
@@ -95,6 +107,14 @@ class Kind(abc.ABC, Generic[Found]):
     @abc.abstractmethod
     def inspect(self, request: Request, found: Found) -> Counts:
         """Examples per split and class names of what `locate` found, without decoding an image."""
+
+    def location(self, request: Request) -> str | None:
+        """The folder or file a split's listing is read from (kinds that list files); None for the others."""
+        return None
+
+    def listing(self, request: Request, found: Found) -> Listing | None:
+        """The files and labels of one whole split of what `locate` found; None for kinds that list no files."""
+        return None
 
     def split_file_path(self, dataset: str, data_dir: str | None, split_file: str | None) -> str:
         """Where this kind reads a CoOp split file; '' when it reads none."""
@@ -171,7 +191,7 @@ def _request(
         kind = get_kind("coop")
     if classes is not None and not kind.takes_classes:
         raise ValueError(
-            f"a class list applies to {_titles([k for k in _KINDS.values() if k.takes_classes])} "
+            f"a class list (data.classes) applies to {_titles([k for k in _KINDS.values() if k.takes_classes])} "
             f"only; {name!r} brings its own"
         )
     unknown = sorted(set(options) - set(kind.options))
@@ -207,16 +227,47 @@ def get_source(
 
 
 def inspect_source(
-    name: str, split: str = "train", data_dir: str | None = None, split_file: str | None = None
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    split_file: str | None = None,
+    classes: Sequence[str] | str | None = None,
 ) -> SourceInfo:
     """Size and class count of a split spec without decoding any image (file listings, headers, TFDS metadata).
 
     Raises what `get_source` would: MissingDataError (with how to get the data) or ValueError.
     """
-    kind, request = _request(name, split, data_dir, split_file, {})
+    kind, request = _request(name, split, data_dir, split_file, {} if classes is None else {"classes": classes})
     counts = kind.inspect(request, kind.locate(request))
     size = sum(len(splits_lib.positions(p, counts.sizes[p.name])) for p in request.parts)
-    return SourceInfo(size, len(counts.class_names))
+    return SourceInfo(size, len(counts.class_names), tuple(counts.class_names))
+
+
+def split_location(name: str, split: str, data_dir: str | None = None, split_file: str | None = None) -> str | None:
+    """The folder or file a split spec's files are listed from (image folders, CSV manifests); None for other kinds.
+
+    Two specs with the same location read one listing: the same images, unless they are disjoint slices of it.
+    """
+    kind, request = _request(name, split, data_dir, split_file, {})
+    return kind.location(request)
+
+
+def listing(
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    split_file: str | None = None,
+    classes: Sequence[str] | str | None = None,
+) -> Listing | None:
+    """The files and labels a split spec reads, in the row order `get_source` gives them (slices cut as it cuts
+    them); None for kinds that read no listed files (TFDS, IDX arrays). Nothing is decoded."""
+    kind, request = _request(name, split, data_dir, split_file, {} if classes is None else {"classes": classes})
+    found = kind.listing(request, kind.locate(request))
+    part = request.parts[0]
+    if found is None or kind.joins_splits or not part.sliced:
+        return found
+    cut = _slice_positions(part, len(found.paths), kind.shuffle_slices)
+    return Listing([found.paths[i] for i in cut], found.labels[cut], found.class_names)
 
 
 def split_file_path(name: str, data_dir: str | None, split_file: str | None) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from alpeft_jax.data import classnames
 from alpeft_jax.data import splits as splits_lib
-from alpeft_jax.data.sources.core import MissingDataError, check_index, rgb
+from alpeft_jax.data.sources.core import MissingDataError, check_index, digest, files_fingerprint, rgb
 from alpeft_jax.data.sources.registry import Counts, Kind, Request, register
 
 __all__ = [
@@ -128,6 +128,14 @@ def read_fields(name: str, split: str, data_dir: str | None, keys: Sequence[str]
     return out
 
 
+def prepared_files(name: str, data_dir: str | None) -> tuple[str, str]:
+    """(version, a hash of its prepared files' names, sizes and times) of a prepared TFDS dataset."""
+    builder = get_builder(name, data_dir)
+    folder = str(builder.data_dir)
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else [folder]
+    return str(builder.info.version), files_fingerprint(files)
+
+
 def text(value: Any) -> str:
     """A TFDS text feature as str (bytes decoded as UTF-8)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -185,6 +193,10 @@ class TfdsSource:
             self._names = classnames.coop_names(name, self._names)
         self._path_key = next((k for k in PATH_KEYS if k in features), None)
         self._labels: np.ndarray | None = None
+
+    def fingerprint(self) -> str:
+        """The dataset's name, version, split spec and image feature, and its prepared files (sizes, times)."""
+        return digest(self.name, self.image_key, *prepared_files(self._tfds_name, self._data_dir))
 
     @property
     def class_names(self) -> list[str]:

@@ -17,7 +17,8 @@ Talks to the server through `label-studio-sdk` (`pip install 'alpeft_jax[label]'
   storage); "url" points at `image_url_prefix` + the file path on your own file server (images without a file
   go inline).
 - wait_seconds: 0 stops the run at once (rerun the same command when the tasks are labelled); > 0 polls every
-  `poll_seconds` for up to that long before stopping the same way; < 0 waits without limit.
+  `poll_seconds` for up to that long before stopping the same way; < 0 waits without limit. Ctrl-C while waiting stops
+  the same way: one line, nothing lost, the same command continues.
 
 Nothing lost, nothing twice. Every task carries our example id (`alpeft_id`), the round and a key of this run
 (`alpeft_run`, kept in DIR/label_studio.json); before importing, the project is searched for this run's tasks, so a
@@ -26,8 +27,10 @@ DIR/round_<r>/label_studio.json after each bulk import, and the labels with the 
 times, accepted pre-annotations) the moment they are read: a round already read is never asked for again.
 
 Rules for what annotators do:
-- a skipped task (every annotation cancelled or empty) counts as not labelled; the stop message lists it, to be
-  labelled in Label Studio (the round needs a label for every selected example);
+- a skipped task (every annotation cancelled or empty): with `skipped="exclude"` (the default) the annotator could
+  not tell, and the example is excluded from the run (never asked again, never trained on, counted as
+  `n_excluded`); with `skipped="ask"` it counts as not labelled and the stop message lists it, to be labelled in
+  Label Studio;
 - several annotations of one task (or several tasks of one example): `multiple="latest"` takes the most recently
   updated annotation, `"majority"` the most frequent class, ties going to the class annotated last;
 - a class not among the dataset's classes, or several classes in one annotation: an error naming the task, and

@@ -91,6 +91,11 @@ class Server:
             )
         return self._client
 
+    def check(self) -> None:
+        """One authenticated request: raises LabelFileError when the token is unset or refused, or the server down."""
+        ls = self.client()
+        self.call("checking the token", ls.users.whoami)
+
     # -- projects --------------------------------------------------------------------------------------
     def project(self, pid: int, missing_ok: bool) -> Any:
         """Project `pid` (None if missing_ok and it is not there)."""
@@ -191,3 +196,93 @@ class Server:
             except LabelFileError:
                 self._users[uid] = str(uid)
         return self._users[uid]
+
+
+# -- pool mode: pages, predictions, task fields and views ---------------------------------------------------------
+POOL_PAGE = 500  # pool tasks per import page, prediction page and field page
+FIELD_WORKERS = 4  # task field updates in flight at once (Label Studio has no bulk update of task data)
+RETRIES = 3  # attempts per page before the error stops the run
+
+
+def data_filter(items: list[tuple[str, str, str, Any]]) -> dict[str, Any]:
+    """A Data Manager filter over task fields: (field, operator, type, value) items, all of which must hold."""
+    return {
+        "conjunction": "and",
+        "items": [
+            {"filter": f"filter:tasks:{field}", "operator": op, "type": kind, "value": value}
+            for field, op, kind, value in items
+        ],
+    }
+
+
+class PoolServer(Server):
+    """The calls pool mode adds: one-page imports, bulk predictions, per-task fields, saved views."""
+
+    def import_page(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]:
+        """Bulk-import one page of tasks; their new task ids, in order."""
+        resp = self.call(
+            f"importing {len(tasks)} tasks into project {pid}",
+            self.client().projects.import_tasks,
+            id=pid,
+            request=tasks,
+            return_task_ids=True,
+        )
+        return [int(i) for i in getattr(resp, "task_ids", None) or []]
+
+    def task_data(self, pid: int, filters: dict[str, Any], page_size: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """{'id', 'data'} of the tasks matching `filters` (annotations and predictions left out), paged."""
+        import json
+
+        ls = self.client()
+        query = json.dumps({"filters": filters})
+
+        def fetch() -> list[dict[str, Any]]:
+            pages = ls.tasks.list(project=pid, page_size=page_size, fields="task_only", query=query, resolve_uri=False)
+            return [{"id": int(t.id), "data": dict(t.data or {})} for t in pages]
+
+        return list(self.call(f"listing tasks of project {pid}", fetch))
+
+    def annotated(self, pid: int, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every task matching `filters` with its annotations (all fields), paged."""
+        import json
+
+        return self.tasks(pid, json.dumps({"filters": filters}))
+
+    def import_predictions(self, pid: int, predictions: list[dict[str, Any]]) -> None:
+        """Bulk-create predictions ({'task', 'model_version', 'score', 'result'}) in one request."""
+        self.call(
+            f"importing {len(predictions)} predictions into project {pid}",
+            self.client().projects.import_predictions,
+            id=pid,
+            request=predictions,
+        )
+
+    def has_prediction(self, task_id: int, model_version: str) -> bool:
+        """Whether task `task_id` holds a prediction of `model_version`."""
+        ls = self.client()
+        found = self.call(f"listing the predictions of task {task_id}", lambda: list(ls.predictions.list(task=task_id)))
+        return any(plain(p).get("model_version") == model_version for p in found)
+
+    def set_task_data(self, task_id: int, data: dict[str, Any]) -> bool:
+        """Replace a task's data; False if the task is gone."""
+        done = self.call(
+            f"updating task {task_id}", self.client().tasks.update, id=str(task_id), data=data, allow_404=True
+        )
+        return done is not None
+
+    def views(self, pid: int) -> list[dict[str, Any]]:
+        """The project's saved Data Manager views (tabs): {'id', 'data': {'title', ...}}."""
+        ls = self.client()
+        found = self.call(f"listing the views of project {pid}", lambda: list(ls.views.list(project=pid)))
+        return [plain(v) for v in found]
+
+    def save_view(self, pid: int, title: str, filters: dict[str, Any], ordering: list[str]) -> int:
+        """Create (or update, when one has this title) a saved Data Manager view; its id."""
+        data = {"title": title, "filters": filters, "ordering": ordering}
+        for v in self.views(pid):
+            if (v.get("data") or {}).get("title") == title:
+                update = self.client().views.update
+                self.call(f"updating view {title!r}", update, id=str(v["id"]), data=data, project=pid)
+                return int(v["id"])
+        view = self.call(f"saving view {title!r}", self.client().views.create, data=data, project=pid)
+        return int(plain(view)["id"])

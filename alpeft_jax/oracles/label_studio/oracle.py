@@ -14,6 +14,7 @@ from etils import epath
 from alpeft_jax.checkpoint import read_json, write_json
 from alpeft_jax.oracles.base import LabelFileError, PendingLabels, PoolView
 from alpeft_jax.oracles.label_studio import api, images, rules
+from alpeft_jax.oracles.label_studio.pool import Pool
 from alpeft_jax.oracles.label_studio.settings import resolve
 
 RUN_FILE = "label_studio.json"
@@ -39,11 +40,17 @@ class LabelStudioOracle:
         self.url = self.settings.url
         self.project_setting = self.settings.project
         self.multiple = self.settings.multiple
-        self.server = api.Server(self.url, self.settings.token_env, token, self.settings.request_timeout, client)
+        self.server = api.PoolServer(self.url, self.settings.token_env, token, self.settings.request_timeout, client)
+        self.pool_mode = Pool(self, self.server) if self.settings.mode == "pool" else None
         self._project: dict[str, Any] | None = None
+        self._found: dict[int, list[dict[str, Any]]] = {}
         self._key = ""
 
     # -- records ---------------------------------------------------------------------------------------
+    def model_version(self, round_index: int) -> str:
+        """The predictions' model version of a round: the run name and the round."""
+        return f"{self.run_name or 'alpeft_jax'}-round{round_index}"
+
     def _round_file(self, round_index: int) -> epath.Path:
         return self.workdir / f"round_{round_index}" / RUN_FILE
 
@@ -125,7 +132,7 @@ class LabelStudioOracle:
     ) -> None:
         """Bulk-import tasks for `ids` (with pre-annotations), recording their task ids batch by batch."""
         proj = self.project()
-        model_version = f"{self.run_name or 'alpeft_jax'}-round{round_index}"
+        model_version = self.model_version(round_index)
         tasks = []
         for k, (row, ident) in enumerate(zip(rows, ids)):
             image = images.task_image(self.pool.example(row), ident, self.settings, self.run_key)
@@ -190,21 +197,34 @@ class LabelStudioOracle:
                     round_index,
                 )
             record = {"ids": ids, "tasks": {}, "predicted": {}}
+        if self.pool_mode is not None and predictions is not None:  # the pool's tasks got them when published
+            top = np.argmax(predictions, -1)
+            record["predicted"] = {str(i): [int(t), round(float(p[t]), 6)] for i, t, p in zip(ids, top, predictions)}
+        if self.pool_mode is not None and "view" not in (read_json(self._pool_round_file(round_index)) or {}):
+            taken = self.pool_mode.taken_before(round_index)  # the driver did not publish the round: mark its picks
+            labeled = np.isin(self.pool_mode.ids, np.asarray(sorted(taken), np.int64))
+            self.pool_mode.publish(round_index, rows, None, None, labeled)
         wait = self.settings.wait_seconds
         poll = self.settings.poll_seconds
         deadline = None if wait < 0 else time.time() + wait
-        bar, last_note, last_done = None, 0.0, -1
+        bar, last_note, last_done, done = None, 0.0, -1, 0
         try:
             while True:
                 labels, counted, skipped = self._poll(round_index, rows, ids, predictions, record)
                 done = int((labels >= 0).sum())
-                if done == len(ids):
+                final = rules.round_labels(labels, [i in skipped for i in ids], self.settings.skipped)
+                if final is not None:
+                    labels = np.asarray(final, np.int64)
                     record["labels"] = labels.tolist()
+                    if self.pool_mode is not None:
+                        record["extra"] = self._extras(round_index, ids)
                     record["info"] = {
                         "project": self.project()["id"],
                         "url": self.url,
                         "tasks": len(ids),
+                        "excluded": int((labels < 0).sum()),
                         **rules.facts(ids, labels, counted, record.get("predicted", {}), self.server.user),
+                        **({"extra_labels": len(record["extra"])} if "extra" in record else {}),
                     }
                     write_json(self._round_file(round_index), record)
                     return labels
@@ -212,12 +232,15 @@ class LabelStudioOracle:
                 where = f"{self.url}/projects/{pid}/data"
                 waiting = deadline is None or time.time() + poll <= deadline
                 if not waiting or (skipped and len(skipped) + done == len(ids)):
-                    note = (
-                        f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class, "
-                        "every selected example needs a label"
-                        if skipped
-                        else ""
-                    )
+                    if not skipped:
+                        note = ""
+                    elif self.settings.skipped == "exclude":
+                        note = f"; {len(skipped)} skipped (example ids {skipped[:10]}) are excluded as can't tell"
+                    else:
+                        note = (
+                            f"; {len(skipped)} skipped (example ids {skipped[:10]}): open them and choose a class "
+                            "(label_studio.skipped=ask), or set label_studio.skipped=exclude"
+                        )
                     raise PendingLabels(
                         f"round {round_index}: {done} of {len(ids)} Label Studio tasks annotated in project {pid} "
                         f"({where}){note}; label the rest and rerun the same command."
@@ -247,6 +270,11 @@ class LabelStudioOracle:
                     )
                     last_note, last_done = time.time(), done
                 time.sleep(poll)
+        except KeyboardInterrupt:  # Ctrl-C while waiting: a clean stop like wait_seconds=0; the same command resumes
+            raise PendingLabels(
+                f"round {round_index}: stopped while waiting for Label Studio ({done} of "
+                f"{len(ids)} tasks annotated); nothing is lost: rerun the same command to continue."
+            ) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -256,6 +284,9 @@ class LabelStudioOracle:
     ) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
         """One look at the round's tasks (importing those not there): labels (-1: none yet), the annotations
         that decided them, and the example ids of skipped tasks."""
+        if self.pool_mode is not None:
+            self._found = found = self.pool_mode.annotated()
+            return self._decide_all(ids, found)
         found = self._run_tasks(round_index)
         todo = [k for k, i in enumerate(ids) if i not in found]
         if todo:
@@ -278,6 +309,12 @@ class LabelStudioOracle:
         if tasks != record["tasks"]:
             record["tasks"] = tasks
             write_json(self._round_file(round_index), record)
+        return self._decide_all(ids, found)
+
+    def _decide_all(
+        self, ids: list[int], found: dict[int, list[dict[str, Any]]]
+    ) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+        """Labels of `ids` from their tasks (-1: none yet), the annotations that decided them, the skipped ids."""
         labels = np.full(len(ids), -1, np.int64)
         counted: list[dict[str, Any]] = []
         skipped = []
@@ -289,6 +326,53 @@ class LabelStudioOracle:
             elif was_skipped:
                 skipped.append(ident)
         return labels, counted, skipped
+
+    # -- pool mode ---------------------------------------------------------------------------------------
+    def _pool_round_file(self, round_index: int) -> epath.Path:
+        from alpeft_jax.oracles.label_studio.pool import POOL_FILE
+
+        return self.workdir / f"round_{round_index}" / POOL_FILE
+
+    def publish(
+        self,
+        round_index: int,
+        rows: np.ndarray,
+        scores: np.ndarray | None,
+        probs: np.ndarray | None,
+        labeled: np.ndarray,
+    ) -> None:
+        """Pool mode: every pool task gets round r's prediction and fields, and the round's picks a saved view.
+
+        `rows`: the round's picks in pick order; `scores`: float[N] the strategy's score of every pool row (higher
+        is asked first; None when it has none); `probs`: float[N, K] the model's probabilities (None in round 0);
+        `labeled`: bool[N] rows labelled so far. Queries mode: nothing to do.
+        """
+        if self.pool_mode is None:
+            return
+        n = len(self.pool.positions)
+        if probs is not None and np.shape(probs) != (n, len(self.pool.class_names)):
+            raise ValueError(f"probs must be [{n}, {len(self.pool.class_names)}], got {np.shape(probs)}.")
+        if scores is not None and np.shape(scores) != (n,):
+            raise ValueError(f"scores must be [{n}], got {np.shape(scores)}.")
+        self.pool_mode.publish(round_index, np.asarray(rows, np.int64), scores, probs, np.asarray(labeled, bool))
+
+    def _extras(self, round_index: int, ids: list[int]) -> list[list[int]]:
+        """[example id, label] of pool tasks labelled without being asked, not taken before (pool mode)."""
+        assert self.pool_mode is not None
+        skip = self.pool_mode.taken_before(round_index) | set(ids)
+        out = []
+        for ident in sorted(set(self._found) - skip):
+            label, _, _ = self._decide(ident, self._found[ident])
+            if label is not None:
+                out.append([int(ident), int(label)])
+        return out
+
+    def extra(self, round_index: int) -> list[tuple[int, int]]:
+        """(pool row, label) of the labels given unasked that arrived with round r's read (pool mode; [] else)."""
+        record = read_json(self._round_file(round_index)) or {}
+        if self.pool_mode is None or record.get("labels") is None:
+            return []
+        return [(self.pool_mode.row_of(int(i)), int(lab)) for i, lab in record.get("extra") or []]
 
     def info(self, round_index: int) -> dict[str, Any]:
         """The round's labelling facts: project, annotators, lead times, accepted pre-annotations ({} if unread)."""

@@ -6,6 +6,8 @@ Nothing here talks to a server. A task is `{"id", "data": {..., "alpeft_id", "al
 
 - An annotation counts when it is not cancelled and chose exactly one class of its `<Choices>`; a cancelled one,
   or one submitted with no class, marks the task skipped (unless another annotation of it counts).
+- A skipped example (`round_labels`): with `skipped="exclude"` it is a "can't tell", label -1 (the run excludes
+  it); with `"ask"` it stays unlabelled and the round waits for a class.
 - Several counted annotations of one example (one task or several): "latest" takes the most recently updated,
   "majority" the most frequent class, a tie going to the tied class annotated last.
 - A class name not among the dataset's, or several classes in one annotation: an error naming the task.
@@ -116,21 +118,13 @@ def new_task(
     task: Task = {"data": {names["key"]: image, "alpeft_id": ident, "alpeft_round": round_index, "alpeft_run": run_key}}
     if guess is not None:
         name, score, version = guess
-        task["predictions"] = [
-            {
-                "model_version": version,
-                "score": float(score),
-                "result": [
-                    {
-                        "from_name": names["choices"],
-                        "to_name": names["image"],
-                        "type": "choices",
-                        "value": {"choices": [name]},
-                    }
-                ],
-            }
-        ]
+        task["predictions"] = [{"model_version": version, "score": float(score), "result": choice_result(names, name)}]
     return task
+
+
+def choice_result(names: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The result of an annotation or prediction choosing class `name` in the project's `<Choices>`."""
+    return [{"from_name": names["choices"], "to_name": names["image"], "type": "choices", "value": {"choices": [name]}}]
 
 
 def chosen(ann: Annotation, choices_name: str) -> list[str]:
@@ -186,6 +180,20 @@ def decide(
     best = max(counts.values())
     winner = next(v[2] for v in reversed(votes) if counts[v[2]] == best)  # ties: the class annotated last
     return winner, [v[3] for v in votes], False
+
+
+def round_labels(labels: Iterable[int], skipped_at: Iterable[bool], skipped: str) -> list[int] | None:
+    """The round's labels once every example is decided, else None: labels (-1: none yet) and which examples were
+    skipped; `skipped="exclude"` makes a skipped example's label -1 (can't tell), `"ask"` waits for a class."""
+    out = []
+    for label, was_skipped in zip(labels, skipped_at):
+        if label >= 0:
+            out.append(int(label))
+        elif was_skipped and skipped == "exclude":
+            out.append(-1)
+        else:
+            return None
+    return out
 
 
 def facts(

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any, cast, get_args
 
 from alpeft_jax.schema import LabelStudioImages as Images  # the choices, declared once with the setting
+from alpeft_jax.schema import LabelStudioMode as Mode
 from alpeft_jax.schema import LabelStudioMultiple as Multiple
+from alpeft_jax.schema import LabelStudioSkipped as Skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,9 @@ class Settings:
     wait_seconds: float
     poll_seconds: float  # at least 0.05
     multiple: Multiple
+    skipped: Skipped  # "exclude": a skipped task is a "can't tell" (label -1); "ask": it must be labelled
     request_timeout: float
+    mode: Mode = "queries"  # pool: the whole pool imported once, every task's predictions and fields each round
 
 
 def defaults() -> dict[str, Any]:
@@ -66,6 +70,12 @@ def resolve(options: Mapping[str, Any]) -> Settings:
     multiple = str(s["multiple"])
     if multiple not in get_args(Multiple):
         raise ValueError(f"label_studio.multiple must be latest or majority, got {multiple!r}.")
+    skipped = str(s["skipped"])
+    if skipped not in get_args(Skipped):
+        raise ValueError(f"label_studio.skipped must be exclude or ask, got {skipped!r}.")
+    mode = str(s["mode"])
+    if mode not in get_args(Mode):
+        raise ValueError(f"label_studio.mode must be queries or pool, got {mode!r}.")
     return Settings(
         url=url,
         project=project,
@@ -77,5 +87,7 @@ def resolve(options: Mapping[str, Any]) -> Settings:
         wait_seconds=float(s["wait_seconds"]),
         poll_seconds=max(0.05, float(s["poll_seconds"])),
         multiple=cast(Multiple, multiple),
+        skipped=cast(Skipped, skipped),
         request_timeout=float(s["request_timeout"]),
+        mode=cast(Mode, mode),
     )
