@@ -57,13 +57,15 @@ class TreeStore:
         self.manager.save(step, args=args, force=True)
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-        """Restore step `step` into the structure (and dtypes/shardings) of `like`."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_savable(like))
+    def restore(self, step: int, like: Any = None) -> tuple[Any, dict[str, Any]]:
+        """Restore step `step` into the structure (and dtypes/shardings) of `like`; as saved when `like` is None
+        (PRNG keys then come back as their uint32 data)."""
+        abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_savable(like))
         out = self.manager.restore(
             step, args=ocp.args.Composite(tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
-        return _from_savable(out["tree"], like), dict(out["meta"] or {})
+        tree = out["tree"] if like is None else _from_savable(out["tree"], like)
+        return tree, dict(out["meta"] or {})
 
     def clear(self) -> None:
         """Delete every saved step."""

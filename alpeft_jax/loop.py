@@ -34,13 +34,13 @@ from absl import logging
 from etils import epath
 
 from alpeft_jax import backbones, crossval, data, oracles, schema, strategies
+from alpeft_jax.assemble import assemble
 from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import strategy_options
 from alpeft_jax.data import runsets
 from alpeft_jax.inputs import RunInputs, SplitInputs, epoch_rows, subset
 from alpeft_jax.metrics import Metrics, bar, calibration_activity, skipped_steps, write_reports
 from alpeft_jax.models import lora as lora_lib
-from alpeft_jax.models.adapted import AdaptConfig, AdaptedModel
 from alpeft_jax.parallel import Sharder, barrier, broadcast_json, is_leader
 from alpeft_jax.scoring import PoolScorer
 from alpeft_jax.stopping import StopMonitor
@@ -102,11 +102,10 @@ class Run:
         self._record_classes(names, allow_config_change)
         # -- mesh, model, inputs ---------------------------------------------------------------------------
         self.sharder = Sharder()
-        self.backbone = backbones.load(c.backbone, dtype=jax.numpy.dtype(c.dtype))
+        parts = assemble(c, names)  # the backbone, the model and the preprocessing that predict / export reload
+        self.backbone, self.model, self.image_size = parts.backbone, parts.model, parts.image_size
         weights = backbones.weights_fingerprint(self.backbone.params)  # the prefix caches are keyed on it
         self.backbone.params = self.sharder.replicate(self.backbone.params)  # frozen weights on every device
-        self.model = AdaptedModel(self.backbone, names, AdaptConfig.from_config(c.adapt, self.backbone.family))
-        self.image_size = c.data.image_size or self.backbone.image_size
 
         def split(source: Any, positions: np.ndarray) -> SplitInputs:
             return SplitInputs(

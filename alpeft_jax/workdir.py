@@ -310,5 +310,10 @@ def finished_line(root: str | os.PathLike, record: RunRecord) -> str:
     """The one line a finished run ends with: rounds, labels, and where its final model is."""
     last = record.round - 1
     excluded = f" ({len(record.excluded)} excluded as can't tell)" if record.excluded else ""
-    model = f"{str(root).rstrip('/')}/{ROUNDS_DIR}/{last}"
-    return f"run finished: {record.round} rounds, {len(record.labeled_rows)} labels{excluded}; final model {model}"
+    where = str(root).rstrip("/")
+    model = f"{where}/{ROUNDS_DIR}/{last}"
+    return (
+        f"run finished: {record.round} rounds, {len(record.labeled_rows)} labels{excluded}; final model {model}; "
+        f"use it: python -m alpeft_jax.predict --workdir={where} IMAGES... | "
+        f"python -m alpeft_jax.export --workdir={where} --format=native|hf|peft --out=DIR"
+    )

@@ -90,6 +90,9 @@ def test_quickstart_runs_offline_top_to_bottom(tmp_path, monkeypatch):
     nb = _execute("quickstart.ipynb", tmp_path, monkeypatch)
     _check_common(nb, str(tmp_path))
     assert "https://colab.research.google.com/assets/colab-badge.svg" in nb.cells[0].source
+    # it ends with predictions of the first run's model on a few test images, in the run's classes
+    shown = [line for line in _text(_cell(nb, "load_model(")).splitlines() if line.startswith("test image")]
+    assert len(shown) == 8 and all(re.fullmatch(r"test image \d+: predicted \d \(\d+%\), true \d", s) for s in shown)
 
 
 def test_clip_notebook_prepares_its_runs(tmp_path, monkeypatch):

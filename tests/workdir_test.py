@@ -116,10 +116,16 @@ def test_excluded_rows_are_kept_and_old_records_load_without_them(tmp_path):
     assert w.read_record() == rec
 
 
-def test_the_finished_line_names_rounds_labels_and_the_final_model(tmp_path):
+def test_the_finished_line_names_rounds_labels_the_final_model_and_the_commands(tmp_path):
     rec = wd.RunRecord.from_json(FINISHED)
-    assert wd.finished_line(tmp_path, rec) == f"run finished: 1 rounds, 2 labels; final model {tmp_path}/ckpt/0"
-    rec.excluded = [3]
-    assert wd.finished_line("gs://b/run/", rec) == (
-        "run finished: 1 rounds, 2 labels (1 excluded as can't tell); final model gs://b/run/ckpt/0"
+    use = (
+        f"; use it: python -m alpeft_jax.predict --workdir={tmp_path} IMAGES... | "
+        f"python -m alpeft_jax.export --workdir={tmp_path} --format=native|hf|peft --out=DIR"
     )
+    assert wd.finished_line(tmp_path, rec) == f"run finished: 1 rounds, 2 labels; final model {tmp_path}/ckpt/0{use}"
+    rec.excluded = [3]
+    line = wd.finished_line("gs://b/run/", rec)
+    assert line.startswith(
+        "run finished: 1 rounds, 2 labels (1 excluded as can't tell); final model gs://b/run/ckpt/0; use it: "
+    )
+    assert "predict --workdir=gs://b/run IMAGES" in line and "export --workdir=gs://b/run --format" in line

