@@ -204,9 +204,10 @@ def main(argv: list[str]) -> None:
         sys.exit(130)
     if results and is_leader():
         last = results[-1]
+        what = f"{last['cv_folds']}-fold cv" if last.get("evaluation") == "cv" else "test"  # never cv as a test figure
         print(
-            f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
-            f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
+            f"round {last['round']}: {last['n_labeled']} labels, {what} accuracy {100 * last['accuracy']:.2f}%, "
+            f"{what} ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
         )
     if run.finished and is_leader():
         print(run.finished)  # the run's last line
