@@ -51,7 +51,8 @@ def _command(block):
 def _stated(prefix):
     """The section's inline `...` fragments starting with prefix, as regexes: `...` any text, a number any number."""
     out = []
-    for fragment in re.findall(r"`([^`]+)`", " ".join(_section().split())):
+    prose = re.sub(r"```.*?```", " ", _section(), flags=re.S)
+    for fragment in re.findall(r"`([^`]+)`", " ".join(prose.split())):
         if fragment.startswith(prefix):
             pattern = re.escape(fragment).replace(r"\.\.\.", ".*")
             out.append(re.sub(r"\d+", r"\\d+", pattern))
@@ -120,7 +121,7 @@ def _run(argv, cwd):
         [sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )  # argv[0] is the README's `python`: this interpreter
     assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout + r.stderr
+    return r.stderr + r.stdout  # the log, then what the command prints
 
 
 @pytest.mark.slow  # four starts of the CLI (three stops for labels): about a minute and a half on 2 loaded cores
