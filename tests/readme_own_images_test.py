@@ -1,8 +1,9 @@
 """README "Your own images", followed literally: its code blocks are the commands run here, unchanged, in a folder
 holding a synthetic `my_images/` (scikit-learn digits 0-2 as PNGs at several depths, no class folders), and the
 outcomes the section states are asserted: the round-by-round stops, the user's class order, the cv lines with no
-test figure, the annotator's `?` and 0-based indices, and the finished line. A test appends only what shrinks the
-run (`--config.data.image_size=32`, fewer epochs and rounds) after the README's own arguments."""
+test figure, the annotator's `?` and 0-based indices, and the finished line; then the Label Studio command against a
+real server (tests/_label_studio_server.py), a task skipped in the editor excluded. A test appends only what
+shrinks the run (`--config.data.image_size=32`, fewer epochs and rounds) after the README's own arguments."""
 
 import csv
 import json
@@ -184,3 +185,71 @@ def test_readme_walk_through_with_the_file_oracle(tmp_path):
     assert acc and all("cv accuracy" in line and "test" not in line for line in acc)
     for pattern in _stated("round 1: 20 labels, 5-fold cv accuracy"):
         assert any(re.fullmatch(pattern, re.sub(r" \(train .*\)$", "", line)) for line in lines)
+
+
+@pytest.fixture
+def label_studio(tmp_path_factory):
+    pytest.importorskip("label_studio_sdk", reason="the Label Studio oracle needs the 'label' extra")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import _label_studio_server as ls_server
+    finally:
+        sys.path.pop(0)
+    server = ls_server.start(tmp_path_factory.mktemp("label_studio"))
+    yield server
+    server.stop()
+
+
+def _api(server, method, path, body=None):
+    raw = server.request(method, path, None if body is None else json.dumps(body).encode())
+    return json.loads(raw) if raw else None
+
+
+@pytest.mark.slow  # a Label Studio server and three starts of the CLI
+def test_readme_walk_through_with_label_studio(tmp_path, label_studio):
+    """The section's Label Studio command as written, against a real server (its URL and a personal access token
+    in place of the README's placeholders); the annotator skips one task ("can't tell": excluded by default)."""
+    truth, names = _setup(tmp_path)
+    block = _blocks()[2]
+    assert "export LABEL_STUDIO_API_KEY=" in block
+    argv = [a.replace("http://127.0.0.1:8080", label_studio.url) for a in _command(block)]
+    argv += SHRINK[:-1] + ["--config.al.rounds=2"]
+    os.environ["LABEL_STUDIO_API_KEY"] = label_studio.personal_access_token()
+    try:
+        wd = tmp_path / "runs" / "mine_ls"
+        paths = sorted(truth)  # a folder's pool ids: its images' sorted relative paths
+        out = _run(argv, tmp_path)
+        assert "round 0: 0 of 10 Label Studio tasks annotated" in out and "rerun the same command" in out
+        assert read_classes(wd / "classes.txt") == names
+        with open(wd / "label_studio.json") as f:
+            pid = json.load(f)["project"]
+        config = _api(label_studio, "GET", f"/api/projects/{pid}/")["label_config"]
+        assert re.findall(r'<Choice value="([^"]+)"', config) == names  # the choices in the user's order
+        given = []  # (example id, class index or -1) as the annotator answered
+        for r in range(2):
+            tasks = _api(label_studio, "GET", f"/api/tasks/?project={pid}&fields=all&page_size=1000")
+            tasks = [t for t in (tasks["tasks"] if isinstance(tasks, dict) else tasks) if not t["annotations"]]
+            assert len(tasks) == 10 and [bool(t["predictions"]) for t in tasks] == [r > 0] * 10
+            for k, t in enumerate(sorted(tasks, key=lambda t: t["id"])):
+                ident = int(t["data"]["alpeft_id"])
+                skip = r == 0 and k == 0  # "Skip" in the editor: a cancelled, empty annotation
+                choice = [] if skip else [{"from_name": "label", "to_name": "image", "type": "choices",
+                                           "value": {"choices": [names[truth[paths[ident]]]]}}]  # fmt: skip
+                body = {"result": choice, "was_cancelled": skip, "lead_time": 1.0}
+                _api(label_studio, "POST", f"/api/tasks/{t['id']}/annotations/", body)
+                given.append((ident, -1 if skip else truth[paths[ident]]))
+            out = _run(argv, tmp_path)
+        assert out.rstrip().splitlines()[-1] == (
+            f"run finished: 2 rounds, 19 labels (1 excluded as can't tell); final model {wd}/ckpt/1"
+        )
+    finally:
+        del os.environ["LABEL_STUDIO_API_KEY"]
+    with open(wd / "al_state.json") as f:
+        state = json.load(f)
+    with open(wd / "results.jsonl") as f:
+        results = [json.loads(line) for line in f]
+    # the recorded labels are the annotator's (a whole folder's pool rows are its ids), the skipped one excluded
+    assert dict(zip(state["labeled_rows"], state["labels"])) == {i: lab for i, lab in given if lab >= 0}
+    assert state["excluded"] == [i for i, lab in given if lab < 0]
+    assert [x["n_excluded"] for x in results] == [1, 1] and [x["n_labeled"] for x in results] == [9, 19]
+    assert all(x["evaluation"] == "cv" for x in results)
