@@ -187,7 +187,7 @@ def main(argv: list[str]) -> None:
     )
     if problems:
         _fail(problems)
-    from alpeft_jax import loop, workdir
+    from alpeft_jax import loop
     from alpeft_jax.convert.common import CheckpointError
     from alpeft_jax.oracles import LabelFileError
     from alpeft_jax.parallel import is_leader
@@ -203,13 +203,20 @@ def main(argv: list[str]) -> None:
         print("interrupted; the run's state is saved, and the same command resumes it", file=sys.stderr)
         sys.exit(130)
     if results and is_leader():
-        last = results[-1]
-        print(
-            f"round {last['round']}: {last['n_labeled']} labels, accuracy {100 * last['accuracy']:.2f}%, "
-            f"ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
-        )
+        print(result_line(results[-1], run_dir))
     if run.finished and is_leader():
         print(run.finished)  # the run's last line
+
+
+def result_line(last: dict[str, Any], run_dir: str) -> str:
+    """The line the command prints after its last round: labels, and the test or cv accuracy and ECE it measured."""
+    from alpeft_jax import workdir
+
+    what = f"{last['cv_folds']}-fold cv" if last.get("evaluation") == "cv" else "test"  # never cv as a test figure
+    return (
+        f"round {last['round']}: {last['n_labeled']} labels, {what} accuracy {100 * last['accuracy']:.2f}%, "
+        f"{what} ECE {100 * last['ece']:.2f}% — results in {run_dir}/{workdir.RESULTS_FILE}"
+    )
 
 
 def settings_help() -> str:

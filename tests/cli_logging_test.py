@@ -25,3 +25,14 @@ def test_verbosity_flag_is_honoured(tmp_path):
     finally:
         flags.FLAGS.unparse_flags()
         absl_logging.set_verbosity(before)
+
+
+def test_the_last_printed_line_says_test_or_cv_accuracy():
+    row = {"round": 2, "n_labeled": 30, "accuracy": 0.8125, "ece": 0.0412}
+    assert main.result_line(dict(row, evaluation="test"), "runs/a") == (
+        "round 2: 30 labels, test accuracy 81.25%, test ECE 4.12% — results in runs/a/results.jsonl"
+    )
+    assert main.result_line(dict(row, evaluation="cv", cv_folds=5), "runs/a") == (
+        "round 2: 30 labels, 5-fold cv accuracy 81.25%, 5-fold cv ECE 4.12% — results in runs/a/results.jsonl"
+    )
+    assert main.result_line(row, "runs/a").startswith("round 2: 30 labels, test accuracy")  # rows before cv existed

@@ -22,6 +22,7 @@ CASES = {
         "dataset=stanford_cars,runlocal",
         "nopcb",
     ],
+    "own_images.py": ["", "runlocal", "strategy=entropy,pcb=false", "mode=lora,seed=2", "mode=lora,runlocal"],
     "coop.py": ["", "ours", "backbone=vit_b16,runlocal", "backbone=rn101,dataset=oxford_pets", "nopcb,ours"],
     "peal.py": [
         "",

@@ -73,7 +73,8 @@ def _check_common(nb, runs):
     assert "CpuDevice" in _text(_cell(nb, "print(jax.devices())"))
 
     log = _text(_cell(nb, "loop.run("))
-    assert "round 0: 10 labels, accuracy" in log and "round 1: 15 labels, accuracy" in log  # INFO lines arrive
+    # INFO lines arrive
+    assert "round 0: 10 labels, test accuracy" in log and "round 1: 15 labels, test accuracy" in log
     assert "Finished saving checkpoint" not in log  # the libraries' INFO chatter stays out
     shown = _text(_cell(nb, "report.group_runs("))
     for prefix in ("entropy_s", "random_s"):

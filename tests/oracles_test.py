@@ -35,8 +35,16 @@ def test_simulated_reveals_dataset_labels_and_refuses_unlabelled():
 def test_file_oracle_writes_request_with_thumbnails_and_predictions_and_reads_names_or_indices(tmp_path):
     o = oracles.FileOracle(_pool(), str(tmp_path))
     probs = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], np.float32)
-    with pytest.raises(oracles.PendingLabels, match="to_label.csv"):
+    with pytest.raises(oracles.PendingLabels, match="to_label.csv") as pending:
         o.request(3, np.array([4, 1]), probs)
+    # the names and indices a label may be: DIR/classes.txt, the one class list of the run (no per-round copy)
+    assert f"class names or indices from {tmp_path / 'classes.txt'} (0: its first line;" in str(pending.value)
+    assert (tmp_path / "classes.txt").read_text() == "cat\ndog\nbird\n"
+    assert sorted(os.listdir(tmp_path / "round_3")) == ["images", "to_label.csv"]
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n\n")  # the run's own file is never rewritten
+    with pytest.raises(oracles.PendingLabels):
+        o.request(5, np.array([4]))
+    assert (tmp_path / "classes.txt").read_text() == "cat\ndog\nbird\n\n"
     with open(tmp_path / "round_3" / "to_label.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["id"], r["label"], r["predicted"], r["confidence"]) for r in rows] == [

@@ -4,6 +4,8 @@
                                  (label empty; path is the image file or a written thumbnail; predicted and
                                  confidence: the current model's top class and its probability, empty in round 0)
     DIR/round_<r>/labels.csv     id,label           (what the annotator returns; `--labels=FILE` overrides it)
+    DIR/classes.txt              the class names a label may be, one per line; an index is a 0-based line number
+                                 (the run's own file; written here only if the oracle runs without it)
 
 A labels file must give exactly the requested ids, each once, each with a known class name or index, or `skip`
 (or `?`) where the annotator cannot tell: that example is excluded (label -1 to the run: never asked again, never
@@ -24,6 +26,7 @@ from PIL import Image
 
 from alpeft_jax.checkpoint import atomic_write
 from alpeft_jax.oracles.base import LabelFileError, PendingLabels, PoolView
+from alpeft_jax.workdir import CLASSES_FILE, read_classes, write_classes
 
 SKIP_WORDS = ("skip", "?")  # a label cell that says "can't tell": the example is excluded
 
@@ -35,6 +38,11 @@ class FileOracle:
         self.pool = pool
         self.workdir = epath.Path(workdir)
         self.labels_file = labels_file or None
+
+    @property
+    def classes_file(self) -> epath.Path:
+        """DIR/classes.txt: the class names, one per line in label order (index 0 first), as the run wrote them."""
+        return self.workdir / CLASSES_FILE
 
     def round_dir(self, round_index: int) -> epath.Path:
         """Folder of one round's labelling files."""
@@ -56,8 +64,8 @@ class FileOracle:
         todo = self.write_request(round_index, rows, predictions)
         raise PendingLabels(
             f"round {round_index}: {len(rows)} examples to label in {todo}; fill the 'label' column with class "
-            f"names or indices (skip or ? where you can't tell), save it as {own} (or pass --labels=FILE) and "
-            "rerun the same command."
+            f"names or indices from {self.classes_file} (0: its first line; skip or ? where you can't tell), save "
+            f"it as {own} (or pass --labels=FILE) and rerun the same command."
         )
 
     def info(self, round_index: int) -> dict[str, Any]:
@@ -88,8 +96,8 @@ class FileOracle:
             w.writerow([int(ident), path, "", guess, confidence])
         target = out_dir / "to_label.csv"
         atomic_write(target, buf.getvalue())
-        classes = out_dir / "classes.txt"
-        atomic_write(classes, "\n".join(f"{i}\t{n}" for i, n in enumerate(self.pool.class_names)) + "\n")
+        if read_classes(self.classes_file) is None:  # the run writes it first; an oracle used alone writes it here
+            write_classes(self.classes_file, list(self.pool.class_names))
         return str(target)
 
     def parse(self, value: str, where: str) -> int:
