@@ -72,9 +72,12 @@ def test_pool_mode_is_a_setting():
 def test_prediction_scores_and_guesses():
     probs = np.array([[0.2, 0.7, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
     labeled = np.array([False, True, False, False])
-    scores = np.array([0.9, 0.4, -np.inf, 0.2])
-    # the strategy's score; none on labelled rows or where it is not finite
-    assert pool_mode.prediction_scores(probs, scores, labeled) == [0.9, None, None, 0.2]
+    scores = np.array([2.3, 0.4, -np.inf, -0.5])  # an entropy and a negated distance: any real number
+    # the place in the strategy's order among the unlabelled rows with a score (Label Studio keeps [0, 1])
+    assert pool_mode.prediction_scores(probs, scores, labeled) == [1.0, None, None, 0.5]
+    many = np.random.default_rng(0).normal(0, 5, 1000)
+    value = np.array(pool_mode.prediction_scores(np.full((1000, 3), 1 / 3), many, np.zeros(1000, bool)))
+    assert value.min() > 0 and value.max() == 1 and (np.argsort(-value) == np.argsort(-many)).all()
     # a strategy without scores: the probability of the guess
     assert pool_mode.prediction_scores(probs, None, labeled) == [0.7, None, 0.8, 0.4]
     project = {"choices": "label", "image": "image"}
@@ -146,7 +149,7 @@ def test_rounds_fields_views_and_unasked_labels(server, tmp_path, monkeypatch):
     # the view of the whole pool by score.
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), N).astype(np.float32)
-    scores = rng.random(N).astype(np.float32)
+    scores = (rng.random(N) * 3).astype(np.float32)  # beyond [0, 1], as an entropy can be
     labeled = np.isin(np.arange(N), [3, 0, 7, 5, 6])
     picks1 = np.array([9, 1, 4])
     o.publish(1, picks1, scores, probs, labeled)
@@ -157,7 +160,8 @@ def test_rounds_fields_views_and_unasked_labels(server, tmp_path, monkeypatch):
         (p,) = [p for p in t["predictions"] if p["model_version"] == "p-round1"]
         assert p["result"][0]["value"]["choices"] == [NAMES[int(np.argmax(probs[row]))]]
         assert p["result"][0]["score"] == pytest.approx(float(probs[row].max()), abs=1e-5)
-        assert p["score"] == (None if labeled[row] else pytest.approx(float(scores[row]), abs=1e-5))
+        place = 1 - (scores[~labeled] > scores[row]).sum() / (~labeled).sum()  # 1 = the highest unlabelled score
+        assert p["score"] == (None if labeled[row] else pytest.approx(float(place), abs=1e-5))
         assert d["alpeft_selected"] == {3: 0, 0: 0, 7: 0, 9: 1, 1: 1, 4: 1}.get(row, -1)
         assert d["alpeft_rank"] == {3: 1, 0: 2, 7: 3, 9: 1, 1: 2, 4: 3}.get(row)  # the rank in its own round
     assert api(server, "GET", f"/api/projects/{pid}/")["model_version"] == "p-round1"

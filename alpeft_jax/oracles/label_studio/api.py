@@ -299,9 +299,13 @@ class PoolServer(Server):
         found = self.call(f"listing the views of project {pid}", lambda: list(ls.views.list(project=pid)))
         return [plain(v) for v in found]
 
-    def save_view(self, pid: int, title: str, filters: dict[str, Any], ordering: list[str]) -> int:
-        """Create (or update, when one has this title) a saved Data Manager view; its id."""
-        data = {"title": title, "filters": filters, "ordering": ordering}
+    def save_view(
+        self, pid: int, title: str, filters: dict[str, Any], ordering: list[str], hidden: tuple[str, ...] = ()
+    ) -> int:
+        """Create (or update, when one has this title) a saved Data Manager view, `hidden` columns hidden; its id."""
+        data: dict[str, Any] = {"title": title, "filters": filters, "ordering": ordering}
+        if hidden:
+            data["hiddenColumns"] = {"explore": list(hidden), "labeling": list(hidden)}
         for v in self.views(pid):
             if (v.get("data") or {}).get("title") == title:
                 update = self.client().views.update

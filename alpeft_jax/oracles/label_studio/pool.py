@@ -12,8 +12,9 @@ answers, so only the first page not recorded can be in the project unrecorded (a
 Label Studio has no bulk update of task data (one request per task, a few per second), so what changes for the
 whole pool each round rides on the prediction, which goes in bulk (one request per PREDICTIONS_PER_REQUEST tasks):
 its `score` (the Data Manager's "Prediction score" column, shown for the project's current model version) is the
-strategy's score (higher is asked first; for strategies without a per-task score, the model's probability of its
-guess; none on labelled tasks), its result is the model's guess with the guess's probability as the result's
+task's place in the strategy's order, 1 - (k - 1) / U for the k-th most informative of U unlabelled tasks (Label
+Studio keeps scores in [0, 1]; for strategies without a per-task score, the model's probability of its guess; none
+on labelled tasks), its result is the model's guess with the guess's probability as the result's
 `score`, and its `model_version` names the run and the round. Task data changes only for the round's picks:
 `alpeft_selected` (the round that asked for the task; -1, set at import, if none yet) and `alpeft_rank` (1 = asked
 first, in pick order). A saved view "round r: to label" lists the round's picks by rank, and one saved view of the
@@ -40,6 +41,14 @@ if TYPE_CHECKING:
 POOL_FILE = "label_studio_pool.json"
 FIELDS = ("alpeft_selected", "alpeft_rank")  # task data written on the round's picks (set to -1 / null at import)
 POOL_VIEW = "pool: by the model's score"
+HIDDEN = tuple(  # the views show the image, the example id, the annotation count, the prediction and the pick fields
+    "tasks:" + c
+    for c in (
+        "inner_id completed_at cancelled_annotations total_predictions annotators annotations_results "
+        "annotations_ids predictions_model_versions file_upload storage_filename created_at updated_at updated_by "
+        "avg_lead_time draft_exists data.alpeft_run data.alpeft_page"
+    ).split()
+)
 T = TypeVar("T")
 
 
@@ -49,11 +58,19 @@ def view_title(round_index: int) -> str:
 
 
 def prediction_scores(probs: np.ndarray, scores: np.ndarray | None, labeled: np.ndarray) -> list[float | None]:
-    """The prediction `score` of each row: the strategy's score (the model's probability of its guess when the
-    strategy has none); None on labelled rows and where the score is not finite."""
-    value = np.max(probs, -1) if scores is None else np.asarray(scores, np.float64)
-    keep = np.isfinite(value) & ~np.asarray(labeled, bool)
-    return [round(float(v), 6) if k else None for v, k in zip(value.tolist(), keep.tolist())]
+    """The prediction `score` of each row, in [0, 1] as Label Studio requires: the row's place in the strategy's
+    order, 1 - (k - 1) / U for the k-th highest of the U unlabelled rows with a finite score (the model's
+    probability of its guess when the strategy has no score); None on labelled rows."""
+    unlabeled = ~np.asarray(labeled, bool)
+    if scores is None:
+        value = np.where(unlabeled, np.max(probs, -1), np.nan)
+    else:
+        scores = np.asarray(scores, np.float64)
+        rest = np.flatnonzero(unlabeled & np.isfinite(scores))
+        order = rest[np.argsort(-scores[rest], kind="stable")]
+        value = np.full(len(scores), np.nan)
+        value[order] = 1.0 - np.arange(len(order)) / max(1, len(order))
+    return [round(float(v), 6) if np.isfinite(v) else None for v in value.tolist()]
 
 
 def predictions(
@@ -224,11 +241,12 @@ class Pool:
                 view_title(round_index),
                 api.data_filter([*run, ("data.alpeft_selected", "equal", "Number", round_index)]),
                 ["tasks:data.alpeft_rank"],
+                HIDDEN,
             )
         }
         if probs is not None:
             done["views"][POOL_VIEW] = self.server.save_view(
-                pid, POOL_VIEW, api.data_filter(run), ["-tasks:predictions_score"]
+                pid, POOL_VIEW, api.data_filter(run), ["-tasks:predictions_score"], HIDDEN
             )
         write_json(path, done)
         logging.info(
