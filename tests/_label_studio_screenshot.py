@@ -1,5 +1,5 @@
-"""The README's picture of a pool-mode project: the Data Manager's "round 1: to label" view, taken by a headless
-browser against the tests' server.
+"""The README's picture of a pool-mode project: the Data Manager's view of the whole pool sorted by the model's
+score (round 1's picks on top, with their round and rank), taken by a headless browser against the tests' server.
 
     python tests/_label_studio_screenshot.py docs/label_studio_pool.png [--chromium /usr/bin/chromium]
 
@@ -26,6 +26,7 @@ import _label_studio_server as ls_server  # noqa: E402
 
 from alpeft_jax import oracles, strategies  # noqa: E402
 from alpeft_jax.data import ArraySource  # noqa: E402
+from alpeft_jax.oracles.label_studio import pool as pool_mode  # noqa: E402
 
 
 def main() -> int:
@@ -66,7 +67,7 @@ def main() -> int:
         import json
 
         tabs = json.loads(server.request("GET", f"/api/dm/views/?project={pid}"))
-        tab = next(v["id"] for v in tabs if v["data"]["title"] == "round 1: to label")
+        tab = next(v["id"] for v in tabs if v["data"]["title"] == pool_mode.POOL_VIEW)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium or None, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1500, "height": 820})

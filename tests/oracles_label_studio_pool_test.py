@@ -69,12 +69,23 @@ def test_pool_mode_is_a_setting():
         label_studio.settings.resolve({"url": "http://x", "mode": "all"})
 
 
-def test_ranks_picks_first_then_unlabelled_by_score():
-    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 0.8])
-    labeled = np.array([False, False, False, False, True, False])
-    # picks in pick order (not by score), then the unlabelled rest by score; labelled rows have no rank
-    assert pool_mode.ranks(6, np.array([2, 1]), scores, labeled).tolist() == [5, 2, 1, 4, 0, 3]
-    assert pool_mode.ranks(6, np.array([2, 1]), None, labeled).tolist() == [0, 2, 1, 0, 0, 0]
+def test_prediction_scores_and_guesses():
+    probs = np.array([[0.2, 0.7, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    labeled = np.array([False, True, False, False])
+    scores = np.array([2.3, 0.4, -np.inf, -0.5])  # an entropy and a negated distance: any real number
+    # the place in the strategy's order among the unlabelled rows with a score (Label Studio keeps [0, 1])
+    assert pool_mode.prediction_scores(probs, scores, labeled) == [1.0, None, None, 0.5]
+    many = np.random.default_rng(0).normal(0, 5, 1000)
+    value = np.array(pool_mode.prediction_scores(np.full((1000, 3), 1 / 3), many, np.zeros(1000, bool)))
+    assert value.min() > 0 and value.max() == 1 and (np.argsort(-value) == np.argsort(-many)).all()
+    # a strategy without scores: the probability of the guess
+    assert pool_mode.prediction_scores(probs, None, labeled) == [0.7, None, 0.8, 0.4]
+    project = {"choices": "label", "image": "image"}
+    preds = pool_mode.predictions(project, NAMES, "v", np.array([11, 12, 13, 14]), probs, [0.9, None, None, 0.2])
+    assert [p["task"] for p in preds] == [11, 12, 13, 14] and {p["model_version"] for p in preds} == {"v"}
+    assert [p["result"][0]["value"]["choices"] for p in preds] == [["dog"], ["cat"], ["bird"], ["bird"]]
+    assert [p["result"][0]["score"] for p in preds] == [0.7, 0.5, 0.8, 0.4]
+    assert [p["score"] for p in preds] == [0.9, None, None, 0.2]
 
 
 @pytest.mark.slow
@@ -123,7 +134,7 @@ def test_rounds_fields_views_and_unasked_labels(server, tmp_path, monkeypatch):
         row = ident - 200
         assert t["data"]["alpeft_selected"] == (0 if row in picks0 else -1)
         assert t["data"]["alpeft_rank"] == (list(picks0).index(row) + 1 if row in picks0 else None)
-        assert not t["predictions"] and t["data"]["alpeft_class"] is None
+        assert not t["predictions"]
     with pytest.raises(oracles.PendingLabels, match="0 of 3"):
         o.request(0, picks0)
     for row in picks0:
@@ -134,31 +145,35 @@ def test_rounds_fields_views_and_unasked_labels(server, tmp_path, monkeypatch):
     assert o.request(0, picks0).tolist() == LABELS[picks0].tolist()
     assert sorted(o.extra(0)) == [(5, 2), (6, 1)]
     assert o.info(0)["extra_labels"] == 2
-    # Round 1: the model's guess and the strategy's score on every task, the view of the picks by rank.
+    # Round 1: every task's prediction (the model's guess, the strategy's score), the view of the picks by rank,
+    # the view of the whole pool by score.
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), N).astype(np.float32)
-    scores = rng.random(N).astype(np.float32)
+    scores = (rng.random(N) * 3).astype(np.float32)  # beyond [0, 1], as an entropy can be
     labeled = np.isin(np.arange(N), [3, 0, 7, 5, 6])
     picks1 = np.array([9, 1, 4])
     o.publish(1, picks1, scores, probs, labeled)
-    rank = pool_mode.ranks(N, picks1, scores, labeled)
     tasks = _by_id(tasks_of(server, pid))
     assert len(tasks) == N  # nothing imported twice
     for ident, t in tasks.items():
         row, d = ident - 200, t["data"]
         (p,) = [p for p in t["predictions"] if p["model_version"] == "p-round1"]
         assert p["result"][0]["value"]["choices"] == [NAMES[int(np.argmax(probs[row]))]]
-        assert p["score"] == pytest.approx(float(probs[row].max()), abs=1e-5)
-        assert d["alpeft_class"] == NAMES[int(np.argmax(probs[row]))]
-        assert d["alpeft_prob"] == pytest.approx(float(probs[row].max()), abs=1e-5)
-        assert d["alpeft_score"] == pytest.approx(float(scores[row]), abs=1e-5)
-        assert d["alpeft_rank"] == (int(rank[row]) or None)
+        assert p["result"][0]["score"] == pytest.approx(float(probs[row].max()), abs=1e-5)
+        place = 1 - (scores[~labeled] > scores[row]).sum() / (~labeled).sum()  # 1 = the highest unlabelled score
+        assert p["score"] == (None if labeled[row] else pytest.approx(float(place), abs=1e-5))
         assert d["alpeft_selected"] == {3: 0, 0: 0, 7: 0, 9: 1, 1: 1, 4: 1}.get(row, -1)
+        assert d["alpeft_rank"] == {3: 1, 0: 2, 7: 3, 9: 1, 1: 2, 4: 3}.get(row)  # the rank in its own round
     assert api(server, "GET", f"/api/projects/{pid}/")["model_version"] == "p-round1"
     views = api(server, "GET", f"/api/dm/views/?project={pid}")
     (view,) = [v for v in views if v["data"]["title"] == "round 1: to label"]
     listed = api(server, "GET", f"/api/tasks/?project={pid}&view={view['id']}&fields=all&page_size=100")["tasks"]
     assert [t["data"]["alpeft_id"] - 200 for t in listed] == picks1.tolist()  # the picks, in rank order
+    (whole,) = [v for v in views if v["data"]["title"] == pool_mode.POOL_VIEW]
+    listed = api(server, "GET", f"/api/tasks/?project={pid}&view={whole['id']}&fields=all&page_size=100")["tasks"]
+    unlabeled = np.flatnonzero(~labeled)
+    by_score = unlabeled[np.argsort(-scores[unlabeled])].tolist()  # most informative first, labelled ones last
+    assert [t["data"]["alpeft_id"] - 200 for t in listed][: len(by_score)] == by_score and len(listed) == N
     o.publish(1, picks1, scores, probs, labeled)  # published again (a rerun): nothing pushed twice
     assert all(t["total_predictions"] == 1 for t in tasks_of(server, pid))
     assert len([v for v in api(server, "GET", f"/api/dm/views/?project={pid}") if "round 1" in v["data"]["title"]]) == 1
@@ -171,3 +186,22 @@ def test_rounds_fields_views_and_unasked_labels(server, tmp_path, monkeypatch):
     assert o.extra(1) == [(2, 2)] and sorted(o.extra(0)) == [(5, 2), (6, 1)]
     info = o.info(1)
     assert info["extra_labels"] == 1 and info["predictions_sent"] == 3
+    # Round 2 after a pool task was deleted in Label Studio: the bulk push fails on it, the task is imported again
+    # (once) and the push goes through; a deleted pick is found again under its new id.
+    api(server, "DELETE", f"/api/tasks/{tasks[208]['id']}/")
+    probs2 = rng.dirichlet(np.ones(3), N).astype(np.float32)
+    labeled = np.isin(np.arange(N), [3, 0, 7, 5, 6, 9, 1, 4, 2])
+    picks2 = np.array([10, 8])
+    o.publish(2, picks2, None, probs2, labeled)
+    tasks = _by_id(tasks_of(server, pid))
+    assert len(tasks) == N and tasks[208]["id"] > max(t["id"] for i, t in tasks.items() if i != 208)
+    for ident, t in tasks.items():
+        row = ident - 200
+        (p,) = [p for p in t["predictions"] if p["model_version"] == "p-round2"]
+        assert p["score"] == (None if labeled[row] else pytest.approx(float(probs2[row].max()), abs=1e-5))
+    assert tasks[208]["data"]["alpeft_selected"] == 2 and tasks[208]["data"]["alpeft_rank"] == 2
+    (view,) = [
+        v for v in api(server, "GET", f"/api/dm/views/?project={pid}") if v["data"]["title"] == "round 2: to label"
+    ]
+    listed = api(server, "GET", f"/api/tasks/?project={pid}&view={view['id']}&fields=all&page_size=100")["tasks"]
+    assert [t["data"]["alpeft_id"] - 200 for t in listed] == picks2.tolist()

@@ -199,9 +199,15 @@ class Server:
 
 
 # -- pool mode: pages, predictions, task fields and views ---------------------------------------------------------
-POOL_PAGE = 500  # pool tasks per import page, prediction page and field page
-FIELD_WORKERS = 4  # task field updates in flight at once (Label Studio has no bulk update of task data)
-RETRIES = 3  # attempts per page before the error stops the run
+POOL_PAGE = 500  # pool tasks per import request
+PREDICTIONS_PER_REQUEST = 20_000  # predictions per bulk request (Label Studio recounts the project after each)
+PICK_WORKERS = 4  # updates of the round's picks in flight at once (Label Studio has no bulk update of task data)
+RETRIES = 3  # attempts per request before the error stops the run
+
+
+def predictions_timeout(n: int, request_timeout: float) -> float:
+    """Seconds to wait for a bulk request of `n` predictions (the server recounts every task of the project)."""
+    return max(request_timeout, 60.0 + n / 50.0)
 
 
 def data_filter(items: list[tuple[str, str, str, Any]]) -> dict[str, Any]:
@@ -216,7 +222,7 @@ def data_filter(items: list[tuple[str, str, str, Any]]) -> dict[str, Any]:
 
 
 class PoolServer(Server):
-    """The calls pool mode adds: one-page imports, bulk predictions, per-task fields, saved views."""
+    """The calls pool mode adds: one-page imports, bulk predictions, task data updates, saved views."""
 
     def import_page(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]:
         """Bulk-import one page of tasks; their new task ids, in order."""
@@ -248,14 +254,31 @@ class PoolServer(Server):
 
         return self.tasks(pid, json.dumps({"filters": filters}))
 
-    def import_predictions(self, pid: int, predictions: list[dict[str, Any]]) -> None:
-        """Bulk-create predictions ({'task', 'model_version', 'score', 'result'}) in one request."""
-        self.call(
+    def import_predictions(self, pid: int, predictions: list[dict[str, Any]], timeout: float) -> int:
+        """Bulk-create predictions ({'task', 'model_version', 'score', 'result'}) in one request; how many were made."""
+        resp = self.call(
             f"importing {len(predictions)} predictions into project {pid}",
             self.client().projects.import_predictions,
             id=pid,
             request=predictions,
+            request_options={"timeout_in_seconds": int(timeout + 0.999)},
         )
+        return int(getattr(resp, "created", 0) or 0)
+
+    def task_ids(self, pid: int, filters: dict[str, Any]) -> list[int]:
+        """The ids of the tasks matching `filters` (nothing else is sent back)."""
+        import json
+
+        ls = self.client()
+        query = json.dumps({"filters": filters})
+
+        def fetch() -> list[int]:
+            pages = ls.tasks.list(
+                project=pid, page_size=10 * PAGE_SIZE, fields="task_only", include="id", query=query, resolve_uri=False
+            )
+            return [int(t.id) for t in pages]
+
+        return list(self.call(f"listing the task ids of project {pid}", fetch))
 
     def has_prediction(self, task_id: int, model_version: str) -> bool:
         """Whether task `task_id` holds a prediction of `model_version`."""
@@ -276,9 +299,13 @@ class PoolServer(Server):
         found = self.call(f"listing the views of project {pid}", lambda: list(ls.views.list(project=pid)))
         return [plain(v) for v in found]
 
-    def save_view(self, pid: int, title: str, filters: dict[str, Any], ordering: list[str]) -> int:
-        """Create (or update, when one has this title) a saved Data Manager view; its id."""
-        data = {"title": title, "filters": filters, "ordering": ordering}
+    def save_view(
+        self, pid: int, title: str, filters: dict[str, Any], ordering: list[str], hidden: tuple[str, ...] = ()
+    ) -> int:
+        """Create (or update, when one has this title) a saved Data Manager view, `hidden` columns hidden; its id."""
+        data: dict[str, Any] = {"title": title, "filters": filters, "ordering": ordering}
+        if hidden:
+            data["hiddenColumns"] = {"explore": list(hidden), "labeling": list(hidden)}
         for v in self.views(pid):
             if (v.get("data") or {}).get("title") == title:
                 update = self.client().views.update

@@ -1,16 +1,24 @@
-"""Pool mode: the whole pool in the project once, every task's predictions and fields each round, and every
-annotation taken as a label.
+"""Pool mode: the whole pool in the project once, every task's prediction each round, the round's picks marked,
+and every annotation taken as a label.
 
     DIR/label_studio_pool.json         {"pages": {page: [task ids]}, "again": {example id: task id}, "page_size"}
-    DIR/round_<r>/label_studio_pool.json  the round's pushes: {"ids", "predictions": [pages], "fields": [pages],
-                                          "view"}; the labels go to DIR/round_<r>/label_studio.json as in queries mode
+    DIR/round_<r>/label_studio_pool.json  the round's pushes: {"ids", "predictions": [chunks done], "picks",
+                                          "views"}; the labels go to DIR/round_<r>/label_studio.json as in queries mode
 
-Pool row k sits on page k // page_size. A page's tasks carry `alpeft_page`, so a page whose import answered but
-was not recorded (a crash, a timeout) is found again by that field and never imported twice. Each round writes on
-every task, for the Data Manager to sort and filter on: `alpeft_score` (the strategy's score, higher is asked
-first), `alpeft_rank` (1 = asked first: the round's picks in pick order, then the rest of the unlabelled pool by
-score), `alpeft_class` and `alpeft_prob` (the model's guess) and `alpeft_selected` (the round that asked for the
-task, -1 if none yet); a saved view "round r: to label" lists the round's picks by rank.
+Pool row k sits on page k // page_size. Pages go in order and each page's task ids are recorded as soon as it
+answers, so only the first page not recorded can be in the project unrecorded (a crash, a timeout): its tasks carry
+`alpeft_page`, and that page alone is looked up (by the field) before it is imported, so nothing goes in twice.
+
+Label Studio has no bulk update of task data (one request per task, a few per second), so what changes for the
+whole pool each round rides on the prediction, which goes in bulk (one request per PREDICTIONS_PER_REQUEST tasks):
+its `score` (the Data Manager's "Prediction score" column, shown for the project's current model version) is the
+task's place in the strategy's order, 1 - (k - 1) / U for the k-th most informative of U unlabelled tasks (Label
+Studio keeps scores in [0, 1]; for strategies without a per-task score, the model's probability of its guess; none
+on labelled tasks), its result is the model's guess with the guess's probability as the result's
+`score`, and its `model_version` names the run and the round. Task data changes only for the round's picks:
+`alpeft_selected` (the round that asked for the task; -1, set at import, if none yet) and `alpeft_rank` (1 = asked
+first, in pick order). A saved view "round r: to label" lists the round's picks by rank, and one saved view of the
+whole pool sorts it by the current prediction score.
 """
 
 from __future__ import annotations
@@ -31,7 +39,16 @@ if TYPE_CHECKING:
     from alpeft_jax.oracles.label_studio.oracle import LabelStudioOracle
 
 POOL_FILE = "label_studio_pool.json"
-FIELDS = ("alpeft_score", "alpeft_rank", "alpeft_class", "alpeft_prob", "alpeft_selected")
+FIELDS = ("alpeft_selected", "alpeft_rank")  # task data written on the round's picks (set to -1 / null at import)
+POOL_VIEW = "pool: by the model's score"
+HIDDEN = tuple(  # the views show the image, the example id, the annotation count, the prediction and the pick fields
+    "tasks:" + c
+    for c in (
+        "inner_id completed_at cancelled_annotations total_predictions annotators annotations_results "
+        "annotations_ids predictions_model_versions file_upload storage_filename created_at updated_at updated_by "
+        "avg_lead_time draft_exists data.alpeft_run data.alpeft_page"
+    ).split()
+)
 T = TypeVar("T")
 
 
@@ -40,27 +57,38 @@ def view_title(round_index: int) -> str:
     return f"round {round_index}: to label"
 
 
-def ranks(n: int, selected: np.ndarray, scores: np.ndarray | None, labeled: np.ndarray) -> np.ndarray:
-    """Rank of each pool row (1 = asked first; 0 = none): the picks in pick order, then unlabelled rows by score."""
-    out = np.zeros(n, np.int64)
-    selected = np.asarray(selected, np.int64)
-    out[selected] = np.arange(1, len(selected) + 1)
-    if scores is not None:
-        rest = np.flatnonzero((out == 0) & ~np.asarray(labeled, bool))
-        order = rest[np.argsort(-np.asarray(scores, np.float64)[rest], kind="stable")]
-        out[order] = np.arange(len(selected) + 1, len(selected) + 1 + len(order))
+def prediction_scores(probs: np.ndarray, scores: np.ndarray | None, labeled: np.ndarray) -> list[float | None]:
+    """The prediction `score` of each row, in [0, 1] as Label Studio requires: the row's place in the strategy's
+    order, 1 - (k - 1) / U for the k-th highest of the U unlabelled rows with a finite score (the model's
+    probability of its guess when the strategy has no score); None on labelled rows."""
+    unlabeled = ~np.asarray(labeled, bool)
+    if scores is None:
+        value = np.where(unlabeled, np.max(probs, -1), np.nan)
+    else:
+        scores = np.asarray(scores, np.float64)
+        rest = np.flatnonzero(unlabeled & np.isfinite(scores))
+        order = rest[np.argsort(-scores[rest], kind="stable")]
+        value = np.full(len(scores), np.nan)
+        value[order] = 1.0 - np.arange(len(order)) / max(1, len(order))
+    return [round(float(v), 6) if np.isfinite(v) else None for v in value.tolist()]
+
+
+def predictions(
+    project: dict[str, Any],
+    names: list[str],
+    version: str,
+    task_ids: np.ndarray,
+    probs: np.ndarray,
+    scores: list[float | None],
+) -> list[dict[str, Any]]:
+    """Predictions of `task_ids`: the model's guess (probability as the result's score), `scores` as their score."""
+    top = np.argmax(probs, -1)
+    out = []
+    for t, k, p, s in zip(task_ids.tolist(), top.tolist(), probs[np.arange(len(top)), top].tolist(), scores):
+        result = rules.choice_result(project, names[k])
+        result[0]["score"] = round(float(p), 6)
+        out.append({"task": int(t), "model_version": version, "score": s, "result": result})
     return out
-
-
-def fields(rank: int, score: float | None, guess: tuple[str, float] | None, selected_round: int) -> dict[str, Any]:
-    """A task's Data Manager fields for one round."""
-    return {
-        "alpeft_score": None if score is None or not np.isfinite(score) else round(float(score), 6),
-        "alpeft_rank": int(rank) if rank > 0 else None,
-        "alpeft_class": None if guess is None else guess[0],
-        "alpeft_prob": None if guess is None else round(float(guess[1]), 6),
-        "alpeft_selected": int(selected_round),
-    }
 
 
 def retried(what: str, fn: Callable[[], T], applied: Callable[[], T | None]) -> T:
@@ -120,11 +148,11 @@ class Pool:
             out[self.row_of(int(ident))] = tid
         return out
 
-    def _task(self, row: int, page: int) -> dict[str, Any]:
+    def _task(self, row: int, page: int, selected: int = -1, rank: int | None = None) -> dict[str, Any]:
         ident = int(self.ids[row])
         image = images.task_image(self.o.pool.example(row), ident, self.o.settings, self.o.run_key)
         data = {self.o.project()["key"]: image, "alpeft_id": ident, "alpeft_run": self.o.run_key, "alpeft_page": page}
-        return {"data": data}
+        return {"data": {**data, "alpeft_selected": selected, "alpeft_rank": rank}}
 
     def _run_filter(self, *items: tuple[str, str, str, Any]) -> dict[str, Any]:
         return api.data_filter([("data.alpeft_run", "equal", "String", self.o.run_key), *items])
@@ -149,7 +177,7 @@ class Pool:
         with tqdm(total=n, initial=done, desc="pool import into Label Studio", unit="task", dynamic_ncols=True) as bar:
             for page in pages:
                 rows = range(page * size, min(n, (page + 1) * size))
-                rec["pages"][str(page)] = self._import_page(pid, page, list(rows))
+                rec["pages"][str(page)] = self._import_page(pid, page, list(rows), look=page == pages[0])
                 write_json(self.o.workdir / POOL_FILE, rec)
                 bar.update(len(rows))
         logging.info("pool of %d tasks in Label Studio project %d (%s/projects/%d)", n, pid, self.o.url, pid)
@@ -163,8 +191,9 @@ class Pool:
             found[ident] = min(found.get(ident, t["id"]), t["id"])
         return found
 
-    def _import_page(self, pid: int, page: int, rows: list[int]) -> list[int]:
-        found = self._found(pid, page, rows)
+    def _import_page(self, pid: int, page: int, rows: list[int], look: bool) -> list[int]:
+        """Import one page (its tasks already in the project looked up first if `look`); its task ids."""
+        found = self._found(pid, page, rows) if look else {}
         todo = [r for r in rows if int(self.ids[r]) not in found]
         if todo:
             tasks = [self._task(r, page) for r in todo]
@@ -181,7 +210,7 @@ class Pool:
             found.update({int(self.ids[r]): t for r, t in zip(todo, new)})
         return [int(found[int(self.ids[r])]) for r in rows]
 
-    # -- each round: predictions, fields, the view -----------------------------------------------------------
+    # -- each round: predictions, the picks, the views ------------------------------------------------------
     def publish(
         self,
         round_index: int,
@@ -190,124 +219,169 @@ class Pool:
         probs: np.ndarray | None,
         labeled: np.ndarray,
     ) -> None:
-        """Push round r's predictions and fields onto every pool task and save the round's view (resumable)."""
+        """Push round r's prediction onto every pool task, mark the round's picks and save the views (resumable)."""
         rec = self.import_pool()
         pid = self.o.project()["id"]
-        n, size = len(self.ids), rec["page_size"]
         selected = np.asarray(selected, np.int64)
         sel_ids = [int(i) for i in self.ids[selected]]
         path = self.o.workdir / f"round_{round_index}" / POOL_FILE
         done = read_json(path) or {}
         if done.get("ids") != sel_ids:
-            done = {"ids": sel_ids, "predictions": [], "fields": []}
-        names = self.o.pool.class_names
-        version = self.o.model_version(round_index)
-        rank = ranks(n, selected, scores, labeled)
-        chosen_in = self._selected_rounds(round_index, selected)
-        top = None if probs is None else np.argmax(probs, -1)
-        from tqdm.auto import tqdm
-
-        n_pages = (n + size - 1) // size
-        steps = ["predictions", "fields"] if probs is not None else ["fields"]
-        for step in steps:
-            todo = [p for p in range(n_pages) if p not in done[step]]
-            if not todo:
-                continue
-            with tqdm(total=n, initial=n - sum(min(size, n - p * size) for p in todo), unit="task",
-                      desc=f"round {round_index}: {step} to Label Studio", dynamic_ncols=True) as bar:  # fmt: skip
-                for page in todo:
-                    rows = np.arange(page * size, min(n, (page + 1) * size))
-                    tids = self.task_ids(rec)[rows]
-                    if step == "predictions":
-                        assert probs is not None and top is not None
-                        preds = [
-                            {
-                                "task": int(t),
-                                "model_version": version,
-                                "score": round(float(probs[r, top[r]]), 6),
-                                "result": rules.choice_result(self.o.project(), names[top[r]]),
-                            }
-                            for r, t in zip(rows, tids)
-                        ]
-                        self._push(pid, page, preds, int(tids[-1]), version)
-                    else:
-                        rec = self._fields_page(pid, rec, page, rows, tids, rank, scores, probs, top, chosen_in)
-                    done[step].append(page)
-                    write_json(path, done)
-                    bar.update(len(rows))
+            done = {"ids": sel_ids, "predictions": [], "picks": False}
         if probs is not None:
-            self.server.set_model_version(pid, version)
-        view = self.server.save_view(
-            pid,
-            view_title(round_index),
-            self._run_filter(("data.alpeft_selected", "equal", "Number", round_index)),
-            ["tasks:data.alpeft_rank"],
-        )
-        done["view"] = view
+            rec = self._push_predictions(pid, rec, done, path, round_index, probs, scores, labeled)
+        if not done["picks"]:
+            rec = self._mark_picks(pid, rec, round_index, selected)
+            done["picks"] = True
+            write_json(path, done)
+        run = [("data.alpeft_run", "equal", "String", self.o.run_key)]
+        done["views"] = {
+            view_title(round_index): self.server.save_view(
+                pid,
+                view_title(round_index),
+                api.data_filter([*run, ("data.alpeft_selected", "equal", "Number", round_index)]),
+                ["tasks:data.alpeft_rank"],
+                HIDDEN,
+            )
+        }
+        if probs is not None:
+            done["views"][POOL_VIEW] = self.server.save_view(
+                pid, POOL_VIEW, api.data_filter(run), ["-tasks:predictions_score"], HIDDEN
+            )
         write_json(path, done)
         logging.info(
-            "round %d: predictions and fields on %d pool tasks; view %r lists the %d to label (%s/projects/%d/data)",
+            "round %d: %s %d pool tasks; view %r lists the %d to label (%s/projects/%d/data)",
             round_index,
-            n,
+            "predictions on" if probs is not None else "no model yet for the",
+            len(self.ids),
             view_title(round_index),
             len(sel_ids),
             self.o.url,
             pid,
         )
 
-    def _push(self, pid: int, page: int, preds: list[dict[str, Any]], last_task: int, version: str) -> None:
-        """One page of predictions; a retry first checks whether the failed try was applied after all."""
-        retried(
-            f"pushing predictions of pool page {page}",
-            lambda: self.server.import_predictions(pid, preds),
-            lambda: True if self.server.has_prediction(last_task, version) else None,
-        )
-
-    def _selected_rounds(self, round_index: int, selected: np.ndarray) -> np.ndarray:
-        """The round in which each pool row was asked for (-1: never), this round's picks included."""
-        out = np.full(len(self.ids), -1, np.int64)
-        for q in range(round_index):
-            past = read_json(self.o.workdir / f"round_{q}" / POOL_FILE) or {}
-            for ident in past.get("ids") or []:
-                out[self.row_of(int(ident))] = q
-        out[np.asarray(selected, np.int64)] = round_index
-        return out
-
-    def _fields_page(
+    def _push_predictions(
         self,
         pid: int,
         rec: dict[str, Any],
-        page: int,
-        rows: np.ndarray,
-        tids: np.ndarray,
-        rank: np.ndarray,
+        done: dict[str, Any],
+        path: Any,
+        round_index: int,
+        probs: np.ndarray,
         scores: np.ndarray | None,
-        probs: np.ndarray | None,
-        top: np.ndarray | None,
-        chosen_in: np.ndarray,
+        labeled: np.ndarray,
     ) -> dict[str, Any]:
-        """Write one page's fields, task by task (several at once); tasks deleted in Label Studio are imported again."""
+        """Every pool task's prediction of round r, in bulk requests of up to PREDICTIONS_PER_REQUEST tasks; each
+        request is recorded when it answers, and a failed one is sent again only if it did not take effect."""
+        n = len(self.ids)
+        version = self.o.model_version(round_index)
+        chunks = np.array_split(np.arange(n), max(1, -(-n // api.PREDICTIONS_PER_REQUEST)))
+        todo = [c for c in range(len(chunks)) if c not in done["predictions"]]
+        if todo:
+            from tqdm.auto import tqdm
+
+            value = prediction_scores(probs, scores, labeled)
+            left = sum(len(chunks[c]) for c in todo)
+            with tqdm(total=n, initial=n - left, unit="task", desc=f"round {round_index}: predictions to Label Studio",
+                      dynamic_ncols=True) as bar:  # fmt: skip
+                for c in todo:
+                    rec = self._push(pid, rec, chunks[c], version, probs, value)
+                    done["predictions"].append(c)
+                    write_json(path, done)
+                    bar.update(len(chunks[c]))
+        self.server.set_model_version(pid, version)
+        return rec
+
+    def _push(
+        self,
+        pid: int,
+        rec: dict[str, Any],
+        rows: np.ndarray,
+        version: str,
+        probs: np.ndarray,
+        value: list[float | None],
+    ) -> dict[str, Any]:
+        """One bulk request of predictions for `rows`. Before a retry: if the failed try took effect (the request is
+        one transaction: its first and last tasks hold the version), it stands; else tasks deleted in Label Studio
+        (which fail the whole request) are imported again."""
         names = self.o.pool.class_names
+        timeout = api.predictions_timeout(len(rows), self.o.settings.request_timeout)
+        for attempt in range(api.RETRIES):
+            tids = self.task_ids(rec)[rows]
+            preds = predictions(self.o.project(), names, version, tids, probs[rows], [value[r] for r in rows])
+            try:
+                made = self.server.import_predictions(pid, preds, timeout)
+            except LabelFileError as e:
+                if attempt + 1 == api.RETRIES:
+                    raise
+                logging.warning("pushing %d predictions failed (%s); checking and trying again", len(rows), e)
+                time.sleep(0.5 * (attempt + 1))
+                if all(self.server.has_prediction(int(t), version) for t in (tids[0], tids[-1])):
+                    return rec
+                rec = self._revive(pid, rec)
+                continue
+            if made != len(preds):
+                raise LabelFileError(
+                    f"Label Studio at {self.o.url} made {made} of {len(preds)} predictions (model version {version}) "
+                    f"in project {pid}; its log names the ones it refused (a labelling config that lost a class?)."
+                )
+            return rec
+        raise AssertionError("unreachable")
 
-        def data(r: int) -> dict[str, Any]:
-            guess = None if probs is None or top is None else (names[top[r]], float(probs[r, top[r]]))
-            score = None if scores is None else float(scores[r])
-            return {**self._task(int(r), page)["data"], **fields(int(rank[r]), score, guess, int(chosen_in[r]))}
-
-        def one(item: tuple[int, int]) -> bool:
-            r, t = item
-            return retried(f"updating task {t}", lambda: self.server.set_task_data(int(t), data(r)), lambda: None)
-
-        with ThreadPoolExecutor(api.FIELD_WORKERS) as pool:
-            ok = list(pool.map(one, zip(rows.tolist(), tids.tolist())))
-        gone = [int(r) for r, alive in zip(rows, ok) if not alive]
+    def _revive(self, pid: int, rec: dict[str, Any]) -> dict[str, Any]:
+        """Import again the pool tasks deleted in Label Studio (one listing of the run's task ids)."""
+        live = set(self.server.task_ids(pid, self._run_filter()))
+        tids = self.task_ids(rec)
+        gone = [int(r) for r in np.flatnonzero(~np.isin(tids, np.fromiter(live, np.int64, len(live))))]
         if gone:
             logging.warning(
                 "the pool tasks of example ids %s were deleted in Label Studio; importing them again",
                 [int(self.ids[r]) for r in gone[:10]],
             )
-            new = self.server.import_page(pid, [{"data": data(r)} for r in gone])
+            picked = self._picked()
+            size = rec["page_size"]
+            tasks = [self._task(r, r // size, *picked.get(int(self.ids[r]), (-1, None))) for r in gone]
+            new = self.server.import_page(pid, tasks)
+            if len(new) != len(gone):
+                raise LabelFileError(f"Label Studio at {self.o.url} did not import {len(gone)} deleted tasks again.")
             rec["again"].update({str(int(self.ids[r])): int(t) for r, t in zip(gone, new)})
+            write_json(self.o.workdir / POOL_FILE, rec)
+        return rec
+
+    def _picked(self) -> dict[int, tuple[int, int]]:
+        """Example id -> (round, rank) of the picks of the rounds recorded so far (the latest round wins)."""
+        out: dict[int, tuple[int, int]] = {}
+        q = 0
+        while (self.o.workdir / f"round_{q}").exists():
+            past = read_json(self.o.workdir / f"round_{q}" / POOL_FILE) or {}
+            for k, ident in enumerate(past.get("ids") or []):
+                out[int(ident)] = (q, k + 1)
+            q += 1
+        return out
+
+    def _mark_picks(self, pid: int, rec: dict[str, Any], round_index: int, selected: np.ndarray) -> dict[str, Any]:
+        """Write the round and rank on each pick (PICK_WORKERS requests at once); deleted picks are imported again."""
+        size = rec["page_size"]
+        tids = self.task_ids(rec)[selected]
+
+        def data(k: int) -> dict[str, Any]:
+            row = int(selected[k])
+            return self._task(row, row // size, round_index, k + 1)["data"]
+
+        def one(k: int) -> bool:
+            t = int(tids[k])
+            return retried(f"updating task {t}", lambda: self.server.set_task_data(t, data(k)), lambda: None)
+
+        with ThreadPoolExecutor(api.PICK_WORKERS) as pool:
+            alive = list(pool.map(one, range(len(selected))))
+        gone = [k for k, ok in enumerate(alive) if not ok]
+        if gone:
+            logging.warning(
+                "the pool tasks of example ids %s were deleted in Label Studio; importing them again",
+                [int(self.ids[selected[k]]) for k in gone[:10]],
+            )
+            new = self.server.import_page(pid, [{"data": data(k)} for k in gone])
+            rec["again"].update({str(int(self.ids[selected[k]])): int(t) for k, t in zip(gone, new)})
             write_json(self.o.workdir / POOL_FILE, rec)
         return rec
 
