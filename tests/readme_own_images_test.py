@@ -160,8 +160,10 @@ def test_readme_walk_through_with_the_file_oracle(tmp_path):
     lines = [line.split("] ", 1)[-1].replace(str(tmp_path), "TMP") for o in outputs for line in o.splitlines()]
 
     # The finished line, as stated, and the model it names.
-    finished = f"run finished: 3 rounds, 29 labels (1 excluded as can't tell); final model {wd}/ckpt/2"
-    assert out.rstrip().splitlines()[-1] == finished and os.path.isdir(wd / "ckpt" / "2")
+    finished = out.rstrip().splitlines()[-1]
+    model = f"run finished: 3 rounds, 29 labels (1 excluded as can't tell); final model {wd}/ckpt/2; use it: "
+    assert finished.startswith(model) and os.path.isdir(wd / "ckpt" / "2")
+    assert f"python -m alpeft_jax.predict --workdir={wd} " in finished and "python -m alpeft_jax.export" in finished
     for pattern in _stated("run finished:"):
         assert re.fullmatch(pattern, finished.replace(" (1 excluded as can't tell)", ""))
     for pattern in _stated("round 0: 10 examples to label in"):  # each stop says so, the last start does not
@@ -239,8 +241,12 @@ def test_readme_walk_through_with_label_studio(tmp_path, label_studio):
                 _api(label_studio, "POST", f"/api/tasks/{t['id']}/annotations/", body)
                 given.append((ident, -1 if skip else truth[paths[ident]]))
             out = _run(argv, tmp_path)
-        assert out.rstrip().splitlines()[-1] == (
-            f"run finished: 2 rounds, 19 labels (1 excluded as can't tell); final model {wd}/ckpt/1"
+        assert (
+            out.rstrip()
+            .splitlines()[-1]
+            .startswith(
+                f"run finished: 2 rounds, 19 labels (1 excluded as can't tell); final model {wd}/ckpt/1; use it: "
+            )
         )
     finally:
         del os.environ["LABEL_STUDIO_API_KEY"]
