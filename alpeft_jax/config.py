@@ -178,9 +178,8 @@ def _parse_value(default: Any, value: str | None) -> Any:
     return value
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """The config of 'path/to/file.py[:arg]' as `--config` builds it, before any `--config.x=y` override."""
-    path, sep, arg = spec.partition(":")
+def config_module(path: str) -> Any:
+    """The module of a Python config file (its get_config and ARGS); FileNotFoundError / ValueError if it is none."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist; the experiments are in configs/*.py")
     mod_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_config", path)
@@ -188,6 +187,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise ValueError(f"{path} is not a Python config file")
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
+    return mod
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config of 'path/to/file.py[:arg]' as `--config` builds it, before any `--config.x=y` override."""
+    path, sep, arg = spec.partition(":")
+    mod = config_module(path)
     return mod.get_config(arg) if sep else mod.get_config()
 
 

@@ -284,15 +284,14 @@ def device_slots(devices: str, devices_per_cell: int | None, jobs: int | None) -
 # -- the sweep's cells from its command line -------------------------------------------------------------------
 def _config_spec_args(path: str) -> dict[str, Any]:
     """The arguments a config file declares (its ARGS; {} for a file without any)."""
-    import importlib.util
+    from alpeft_jax.config import config_module
 
-    if not os.path.isfile(path):
-        raise SweepError(f"--config={path}: no such file; the experiments are in configs/*.py")
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_sweep_args", path)
-    if spec is None or spec.loader is None:
-        raise SweepError(f"--config={path} is not a Python config file")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    try:
+        mod = config_module(path)
+    except FileNotFoundError:
+        raise SweepError(f"--config={path}: no such file; the experiments are in configs/*.py") from None
+    except ValueError:
+        raise SweepError(f"--config={path} is not a Python config file") from None
     return dict(getattr(mod, "ARGS", {}) or {})
 
 
