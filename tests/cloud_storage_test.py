@@ -10,10 +10,10 @@ sees it (the workdir's files must all be in the bucket, none under the current d
 import contextlib
 import json
 import os
-import sys
 from unittest import mock
 
 import pytest
+from _tiny_config import tiny_config
 from etils import epath
 from etils.epath import testing as epath_testing
 
@@ -22,13 +22,7 @@ from alpeft_jax import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny(arg=""):
-    sys.path.insert(0, os.path.join(ROOT, "tests", "configs"))
-    try:
-        import tiny
-    finally:
-        sys.path.pop(0)
-    return tiny.get_config(arg)
+_tiny = tiny_config
 
 
 @contextlib.contextmanager

@@ -3,10 +3,10 @@ weights or another preprocessing give a new cache, and a run over changed images
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+from _tiny_config import tiny_config
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -17,13 +17,7 @@ TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def _tiny(arg=""):
-    sys.path.insert(0, os.path.dirname(TINY))
-    try:
-        import tiny
-    finally:
-        sys.path.pop(0)
-    return tiny.get_config(arg)
+_tiny = tiny_config
 
 
 def _write_digits(root, order, n_train=60, n_test=30):

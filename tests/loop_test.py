@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from _tiny_config import tiny_config
 from sklearn.datasets import load_digits
 
 from alpeft_jax import checkpoint, loop, report
@@ -22,13 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
 
-def _tiny(arg=""):
-    sys.path.insert(0, os.path.dirname(TINY))
-    try:
-        import tiny
-    finally:
-        sys.path.pop(0)
-    return tiny.get_config(arg)
+_tiny = tiny_config
 
 
 def _cli(workdir, arg="", *extra, **popen):

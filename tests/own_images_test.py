@@ -6,11 +6,11 @@ import csv
 import json
 import logging
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
+from _tiny_config import tiny_config
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -24,13 +24,7 @@ TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]  # not alphabetical
 
 
-def _tiny(arg=""):
-    sys.path.insert(0, os.path.dirname(TINY))
-    try:
-        import tiny
-    finally:
-        sys.path.pop(0)
-    return tiny.get_config(arg)
+_tiny = tiny_config
 
 
 def _digit_pngs(root, rows, nested=True):

@@ -6,10 +6,10 @@ import csv
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+from _tiny_config import tiny_config
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -18,13 +18,7 @@ from alpeft_jax import export, load_model, loop, predict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny(arg=""):
-    sys.path.insert(0, os.path.join(ROOT, "tests", "configs"))
-    try:
-        import tiny
-    finally:
-        sys.path.pop(0)
-    return tiny.get_config(arg)
+_tiny = tiny_config
 
 
 @pytest.fixture(scope="module")
