@@ -34,7 +34,7 @@ from absl import logging
 from etils import epath
 
 from alpeft_jax import backbones, crossval, data, oracles, schema, strategies
-from alpeft_jax.assemble import assemble
+from alpeft_jax.assemble import assemble, config_class_names
 from alpeft_jax.checkpoint import TreeStore
 from alpeft_jax.config import strategy_options
 from alpeft_jax.data import runsets
@@ -85,18 +85,13 @@ class Run:
         classes = runsets.parse_classes(c.data.classes)
         given = {} if classes is None else {"classes": classes}
         pool_src = data.get_source(c.data.name, c.data.train_split, data_dir, split_file=split_file, **given)
-        names = list(pool_src.class_names)
-        test_set, self.test_note = runsets.test_set(c, classes, names)
+        test_set, self.test_note = runsets.test_set(c, classes, list(pool_src.class_names))
         test_src = None
         if test_set is not None:
             test_src = data.get_source(
                 test_set.name, test_set.split, test_set.data_dir, split_file=test_set.split_file, **test_set.options()
             )
-        if c.data.coop_names and classes is None:
-            try:
-                names = data.coop_names(c.data.name, names)
-            except (KeyError, ValueError):
-                pass
+        names = config_class_names(c, pool_src)  # the user's list, else the data's (CoOp's names where asked)
         self.class_names = names
         self.num_classes = len(names)
         self._record_classes(names, allow_config_change)
@@ -292,15 +287,11 @@ class Run:
             **self.options,
         )
         chosen = np.asarray(chosen, np.int64)
+        logits = np.asarray(pool["logits"], np.float64) if "logits" in pool else None
         if self.oracle is not None and hasattr(self.oracle, "publish"):  # pool mode: every task's guess and rank
-            every = None if "logits" not in pool else _softmax(np.asarray(pool["logits"], np.float64))
             scores = strategies.uncertainty.row_scores(strategy, pool)
-            self.oracle.publish(r, chosen, scores, every, labeled)
-        probs = None
-        if "logits" in pool:
-            logits = np.asarray(pool["logits"], np.float64)[chosen]
-            z = np.exp(logits - logits.max(-1, keepdims=True))
-            probs = (z / z.sum(-1, keepdims=True)).astype(np.float32)
+            self.oracle.publish(r, chosen, scores, None if logits is None else _softmax(logits), labeled)
+        probs = None if logits is None else _softmax(logits[chosen])
         return chosen, t_score, time.time() - t0, probs
 
     def _model_of_round(self, r: int) -> Any:

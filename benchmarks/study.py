@@ -174,17 +174,7 @@ def load_part(part: str, seeds: Sequence[int], root: str = WORKDIR) -> dict[str,
     return out
 
 
-COST = (
-    "final ECE",
-    "AUC ECE",
-    "final NLL",
-    "classes labelled",
-    "rarest class",
-    "scoring s/round",
-    "selection s/round",
-    "calibration active",
-    "train misclassified",
-)
+COST = ("final ECE", "AUC ECE", "final NLL", *report.COST_COLUMNS[1:])  # report --summary's, with the finals
 PROBE = ("final accuracy", "AUC accuracy", "final ECE", "AUC ECE", "final NLL")
 
 
