@@ -141,7 +141,13 @@ def test_study_plan_is_seed_major_and_skips_finished_runs(tmp_path):
 
 def test_tcm_and_stop_tables_of_the_template(tmp_path):
     study = _study()
-    curves = {"random": [0.5, 0.6, 0.62, 0.63], "margin+pcb": [0.5, 0.62, 0.66, 0.7], "tcm+pcb": [0.5, 0.65, 0.7, 0.71]}
+    curves = {
+        "random": [0.5, 0.6, 0.62, 0.63],
+        "margin+pcb": [0.5, 0.62, 0.66, 0.7],
+        "typiclust+pcb": [0.5, 0.64, 0.66, 0.67],
+        "probcover+pcb": [0.5, 0.63, 0.65, 0.68],
+        "tcm+pcb": [0.5, 0.65, 0.7, 0.71],
+    }
     for group, acc in curves.items():
         for seed in (1, 2):
             d = _write_run(
@@ -155,7 +161,7 @@ def test_tcm_and_stop_tables_of_the_template(tmp_path):
                 r["stop_rules"] = ["kappa"] if (seed == 1 and r["round"] >= 2) else []
             with open(os.path.join(d, "results.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-    text = study.fill_template("{{tcm_linear20}}\n\n{{stop_linear20}}", [1, 2], root=str(tmp_path))
+    text, _ = study.fill_template("{{tcm_linear20}}\n\n{{stop_linear20}}", [1, 2], root=str(tmp_path))
     # tcm - margin paired by seed: AUC over 10..40 labels of the curves (the seeds' offsets cancel)
     auc = lambda y: (y[0] / 2 + y[1] + y[2] + y[3] / 2) / 3  # noqa: E731
     d = 100 * (auc(curves["tcm+pcb"]) - auc(curves["margin+pcb"]))
@@ -183,7 +189,7 @@ def test_results_template_numbers_come_from_the_runs(tmp_path):
             active=0.25,
             labels=labels[seed],
         )
-    text = study.fill_template(
+    text, _ = study.fill_template(
         "Δ {{d|linear|entropy+pcb|random|final}}; active {{active|linear|random}}; "
         "sel {{sel|linear|random}}; score {{score|linear|random}}; "
         "classes {{classes|linear|random}}; rarest {{rarest|linear|random}}; {{linear_acc}}",
@@ -192,6 +198,40 @@ def test_results_template_numbers_come_from_the_runs(tmp_path):
     )
     diffs = [0.75 - 0.70, 0.74 - 0.72]
     assert f"Δ {100 * statistics.mean(diffs):+.1f} ± {100 * statistics.stdev(diffs) / math.sqrt(2):.1f};" in text
-    assert "active 25.0 %;" in text and "| entropy+pcb | 2 |" in text and "{{" not in text
+    # the part's table needs every group of the part: two of them are not a table of the study
+    assert "active 25.0 %;" in text and text.endswith("(not run)") and "{{" not in text
     assert "sel 2.0; score 2.0;" in text  # seeds 1 and 2 select in 1.5 and 2.5 s per round
     assert "classes 9.5; rarest 0.5;" in text
+
+
+def test_recorded_runs_fill_the_template_and_sections_without_runs_keep_their_text(tmp_path):
+    study = _study()
+    root, records = tmp_path / "runs", str(tmp_path / "records")
+    for group in ("random", "entropy+pcb"):
+        for seed in (1, 2):
+            final = 0.6 + seed / 100 + (0.05 if group == "entropy+pcb" else 0.0)
+            _write_run(root / "linear" / group / f"s{seed}", f"linear:{group}", seed, [0.5] * 9 + [final])
+    _write_run(root / "linear" / "margin+pcb" / "s1", "linear:margin+pcb", 1, [0.5] * 5)  # unfinished: not recorded
+    assert study.save(["linear"], [1, 2], str(root), records) == 4
+    by_seed = study.load_part("linear", [1, 2], str(root), records)
+    import shutil
+
+    shutil.rmtree(root)  # the run directories are scratch: the records alone give the same runs
+    assert study.load_part("linear", [1, 2], str(root), records) == by_seed
+    assert sorted(by_seed) == ["entropy+pcb", "random"] and sorted(by_seed["random"]) == [1, 2]
+    assert study.load_part("linear", [1, 2], str(root)) == {}  # without the records: nothing
+
+    template = (
+        "# Title\n\nintro\n\n## A\n\nΔ {{d|linear|entropy+pcb|random|final}}\n\n"
+        "## B\n\n{{d|linear|margin+pcb|random|AUC}} and {{d|linear|entropy+pcb|random|AUC}}\n\n## C\n\nnew text\n"
+    )
+    old = "# Title\n\nold intro\n\n## A\n\nold A\n\n## B\n\nold B, measured before\n\n## Gone\n\nold\n"
+    text, kept = study.fill_template(template, [1, 2], str(root), records, old)
+    assert kept == ["## B"]  # margin has no finished run: B keeps what it said; A, C and the intro are rewritten
+    assert "## A\n\nΔ +5.0 ± 0.0\n\n## B\n\nold B, measured before\n\n## C\n\nnew text\n" in text
+    assert text.startswith("# Title\n\nintro\n") and "## Gone" not in text
+    # with no old text for B, B's values that have runs are filled and the others say so
+    text, kept = study.fill_template(template, [1, 2], str(root), records)
+    assert (
+        kept == [] and "## B\n\n(not run) and +0.3 ± 0.0\n"
+    )  # AUC: 5 points at the last of 10 rounds = 5 / 18 in text
