@@ -217,6 +217,33 @@ def summary_table(
     return "\n".join(lines)
 
 
+def paired_curve_table(
+    groups: dict[str, dict[int, Rows]], of: str, against: Sequence[str], metric: str = "accuracy", scale: float = 100.0
+) -> str:
+    """Rows = rounds (labels so far), columns = `of` - each group of `against` in `metric`, paired by seed at that
+    round: mean ± standard error over the seeds both ran, in bold where it is at least twice its standard error."""
+    runs = {k: complete_runs(v) for k, v in groups.items()}
+    missing = [g for g in (of, *against) if g not in runs]
+    if missing:
+        raise ValueError(f"no runs of {', '.join(missing)}; the groups are: {', '.join(groups)}")
+    n = min(len(r) for g in (of, *against) for r in runs[g].values())
+    first = next(iter(runs[of].values()))
+    lines = [
+        "| labels | " + " | ".join(f"Δ vs {g}" for g in against) + " |",
+        "|---|" + "---|" * len(against),
+    ]
+    for i in range(n):
+        cells = []
+        for g in against:
+            mean, se, k = paired_difference(runs[of], runs[g], lambda rows, i=i: float(rows[i][metric]))
+            sure = k > 1 and abs(mean) >= 2 * se and mean != 0
+            cells.append(
+                "–" if k == 0 else f"{'**' if sure else ''}{scale * mean:+.2f} ± {scale * se:.2f}{'**' if sure else ''}"
+            )
+        lines.append(f"| {first[i]['n_labeled']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 COST_COLUMNS = (
     "AUC ECE",
     "classes labelled",

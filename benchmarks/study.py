@@ -366,7 +366,10 @@ def tables(
     for part, by_seed in parts.items():
         done = _complete(by_seed, [g for g in TCM if g in PARTS[part]])
         sections.append(
-            (f"## TCM against single strategies: {titles[part]}", _lines("", tcm_table(by_seed), "") if done else None)
+            (
+                f"## TCM against single strategies: {titles[part]}",
+                _lines("", tcm_table(by_seed), "", TCM_CURVE_NOTE, "", tcm_curve_table(by_seed), "") if done else None,
+            )
         )
         stops = stop_rows(by_seed)
         sections.append(
@@ -400,6 +403,10 @@ def _lines(*lines: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+TCM_CURVE_NOTE = (
+    "Along the curve: tcm minus each single strategy at every round, paired by seed (accuracy points, mean ± "
+    "standard error; bold: at least twice its standard error)."
+)
 STOP_NOTE = (
     "Per rule, over the seeds (runs with stop signals; al.stop=none, so every run labels to its last round): how "
     "many it stops before the last round, the round it stops at (never: the last round), the labels that saves and "
@@ -412,6 +419,12 @@ def tcm_table(by_seed: dict[str, dict[int, list[dict]]]) -> str:
     groups = {g: by_seed[g] for g in TCM if g in by_seed}
     against = [g for g in groups if g != "tcm+pcb"]
     return report.summary_table(groups, columns=("final accuracy", "AUC accuracy"), against=against)
+
+
+def tcm_curve_table(by_seed: dict[str, dict[int, list[dict]]]) -> str:
+    """TCM minus each single strategy at every round (labels so far), paired by seed."""
+    groups = {g: by_seed[g] for g in TCM if g in by_seed}
+    return report.paired_curve_table(groups, "tcm+pcb", [g for g in groups if g != "tcm+pcb"])
 
 
 def stop_rows(by_seed: dict[str, dict[int, list[dict]]]) -> dict[str, dict[int, list[dict]]]:
@@ -436,8 +449,8 @@ def fill_template(
     {{active|part|group}}, {{miss|part|group}}: calibration-active and misclassified shares; {{sel|part|group}},
     {{score|part|group}}: selection and scoring seconds per round; {{classes|part|group}}: classes labelled at the
     end; {{rarest|part|group}}: labels of the least-labelled class at the end; {{probe}}, {{linear_acc}},
-    {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}, {{tcm_<part>}}, {{stop_<part>}} (part linear, lora
-    or linear20): the tables of `tables`, each only with all its groups there.
+    {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}, {{tcm_<part>}}, {{tcm_curve_<part>}},
+    {{stop_<part>}} (part linear, lora or linear20): the tables of `tables`, each only with all its groups there.
     """
     import re
 
@@ -455,6 +468,9 @@ def fill_template(
     def tcm_of(p: str) -> str:
         return tcm_table(need(parts[p], tcm_groups(p)))
 
+    def tcm_curve_of(p: str) -> str:
+        return tcm_curve_table(need(parts[p], tcm_groups(p)))
+
     def stop_of(p: str) -> str:
         return report.stop_table(need(stop_rows(parts[p]), tcm_groups(p)))
 
@@ -467,6 +483,7 @@ def fill_template(
         "lora_cost": lambda: report.summary_table(need(parts["lora"], PARTS["lora"]), columns=COST),
         "both_acc": lambda: _acc_table(need(both, both_groups), ["linear:random", "linear:entropy+pcb"]),
         **{f"tcm_{p}": partial(tcm_of, p) for p in ("linear", "lora", "linear20")},
+        **{f"tcm_curve_{p}": partial(tcm_curve_of, p) for p in ("linear", "lora", "linear20")},
         **{f"stop_{p}": partial(stop_of, p) for p in ("linear", "lora", "linear20")},
     }
 

@@ -235,3 +235,26 @@ def test_recorded_runs_fill_the_template_and_sections_without_runs_keep_their_te
     assert (
         kept == [] and "## B\n\n(not run) and +0.3 ± 0.0\n"
     )  # AUC: 5 points at the last of 10 rounds = 5 / 18 in text
+
+
+def test_paired_curve_table_is_the_per_round_paired_difference():
+    rng = np.random.default_rng(3)
+    acc = {g: {s: rng.uniform(0.4, 0.8, 4) for s in (1, 2, 3)} for g in ("tcm", "a", "b")}
+    acc["b"][4] = rng.uniform(0.4, 0.8, 4)  # a seed tcm did not run: not paired
+    acc["a"] = {s: v - 0.1 - 0.001 * s for s, v in acc["tcm"].items()}  # tcm is 10 points ahead, tiny spread: bold
+
+    def runs(g: str) -> dict:
+        return {s: [{"n_labeled": 10 * (i + 1), "accuracy": float(v[i])} for i in range(4)] for s, v in acc[g].items()}
+
+    text = report.paired_curve_table({g: runs(g) for g in acc}, "tcm", ["a", "b"])
+    lines = text.splitlines()
+    assert lines[0] == "| labels | Δ vs a | Δ vs b |" and len(lines) == 6
+    for i, line in enumerate(lines[2:]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == str(10 * (i + 1))
+        for g, cell in zip(("a", "b"), cells[1:]):
+            d = [100 * (acc["tcm"][s][i] - acc[g][s][i]) for s in (1, 2, 3)]
+            want = f"{statistics.mean(d):+.2f} ± {statistics.stdev(d) / math.sqrt(3):.2f}"
+            bold = abs(statistics.mean(d)) >= 2 * statistics.stdev(d) / math.sqrt(3)
+            assert cell == (f"**{want}**" if bold else want)
+        assert cells[1].startswith("**+10.")
