@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -260,6 +260,22 @@ def summary_text(groups: dict[str, dict[int, Rows]], against: Sequence[str] = ()
     return summary_table(groups, against=against) + "\n\n" + summary_table(groups, columns=COST_COLUMNS)
 
 
+def stop_outcome(rows: Rows, rule: str, threshold: float | None = None) -> tuple[int, int, float, bool]:
+    """Where `rule` (at `threshold`; None: as recorded) stops one run: its round, the labels saved against the last
+    round, the accuracy given up there (points), and whether it stops before the last round."""
+    from alpeft_jax.stopping import first_stop
+
+    i = first_stop(rows, rule, threshold)
+    early = i is not None and i < len(rows) - 1
+    i = len(rows) - 1 if i is None else i
+    saved = int(rows[-1]["n_labeled"] - rows[i]["n_labeled"])
+    return int(rows[i]["round"]), saved, 100.0 * (float(rows[-1]["accuracy"]) - float(rows[i]["accuracy"])), early
+
+
+def _se(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
 def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kappa", "gain")) -> str:
     """Where each stopping rule would have stopped each group's runs (the rows' stop signals, `stopping.py`).
 
@@ -267,8 +283,6 @@ def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kapp
     (mean ± std; a run the rule never stops counts at its last round), the labels that saves against labelling to
     the last round, and the accuracy given up there (final - at the stop, points, mean ± standard error).
     """
-    from alpeft_jax.stopping import first_stop
-
     head = ["method", "rule", "seeds", "stops early", "stop round", "labels saved", "accuracy given up"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, runs in groups.items():
@@ -276,23 +290,43 @@ def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kapp
         if not runs:
             continue
         for rule in rules:
-            at, saved, lost, early = [], [], [], 0
-            for rows in runs.values():
-                i = first_stop(rows, rule)
-                early += i is not None and i < len(rows) - 1
-                i = len(rows) - 1 if i is None else i
-                at.append(rows[i]["round"])
-                saved.append(rows[-1]["n_labeled"] - rows[i]["n_labeled"])
-                lost.append(100.0 * (float(rows[-1]["accuracy"]) - float(rows[i]["accuracy"])))
-            se = float(np.std(lost, ddof=1) / np.sqrt(len(lost))) if len(lost) > 1 else float("nan")
+            at, saved, lost, early = zip(*(stop_outcome(rows, rule) for rows in runs.values()))
             cells = [
                 label,
                 rule,
                 str(len(runs)),
-                f"{early} of {len(runs)}",
+                f"{sum(early)} of {len(runs)}",
                 f"{np.mean(at):.1f} ± {np.std(at):.1f}",
                 f"{np.mean(saved):.1f} ± {np.std(saved):.1f}",
-                f"{np.mean(lost):+.2f} ± {se:.2f}",
+                f"{np.mean(lost):+.2f} ± {_se(lost):.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+STOP_THRESHOLDS = {"kappa": (0.9, 0.93, 0.95, 0.97, 0.99), "gain": (0.01, 0.005, 0.0025, 0.001)}
+
+
+def stop_sweep_table(
+    groups: dict[str, dict[int, Rows]], thresholds: Mapping[str, Sequence[float]] = STOP_THRESHOLDS
+) -> str:
+    """Each rule at each threshold over all the groups' runs together (read off their recorded signals): how many
+    runs it stops early, the labels saved (mean), and the accuracy given up (mean ± standard error, and the worst)."""
+    runs = [r for g in groups.values() for r in g.values() if r and "stop_rules" in r[-1]]
+    head = ["rule", "threshold", "runs", "stops early", "labels saved", "accuracy given up", "worst given up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rule, values in thresholds.items():
+        for t in values:
+            _, saved, lost, early = zip(*(stop_outcome(rows, rule, t) for rows in runs))
+            shown = f"mean kappa >= {t:g}" if rule == "kappa" else f"gain < {100 * t:g} points"
+            cells = [
+                rule,
+                shown,
+                str(len(runs)),
+                f"{sum(early)} of {len(runs)}",
+                f"{np.mean(saved):.1f}",
+                f"{np.mean(lost):+.2f} ± {_se(lost):.2f}",
+                f"{max(lost):+.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -338,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metric", default="accuracy", help="accuracy | ece | nll | brier")
     p.add_argument("--summary", action="store_true", help="one row per group: final/AUC accuracy, ECE, NLL, cost")
     p.add_argument("--against", default="", help="with --summary: comma-separated groups to difference against")
+    p.add_argument("--stop-sweep", action="store_true", help="each stopping rule at several thresholds, all runs")
     args = p.parse_args(argv)
     try:
         if args.summary:
@@ -353,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stops.count("\n") > 1:
         print("\nWhere each stopping rule would have stopped (stop signals of the rows; al.stop, stopping.py):\n")
         print(stops)
+        if args.stop_sweep:
+            print("\nEach rule at other thresholds (read off the same signals; all runs together):\n")
+            print(stop_sweep_table({label: dict(enumerate(runs)) for label, runs in groups.items()}))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.workdirs[0])), CURVES_FILE)
     print(f"\nplot: {plot_curves(groups, out)}")
     return 0

@@ -89,11 +89,18 @@ def round_signals(
     return {"stop_kappa": kappa, "stop_kappa_mean": mean, "stop_gain": gain, "stop_rules": fires}
 
 
-def first_stop(rows: Sequence[Row], rule: str) -> int | None:
-    """Index of the first row at which `rule` would have stopped the run (None: never, or rows without signals)."""
+def first_stop(rows: Sequence[Row], rule: str, threshold: float | None = None) -> int | None:
+    """Index of the first row at which `rule` would have stopped the run (None: never, or rows without signals);
+    with a threshold, the rule's condition is read off the recorded signals at that threshold instead."""
     if rule not in RULES:
         raise ValueError(f"unknown stopping rule {rule!r}; choose one of {', '.join(RULES)}")
-    return next((i for i, r in enumerate(rows) if rule in (r.get("stop_rules") or [])), None)
+    if threshold is None:
+        fires = lambda r: rule in (r.get("stop_rules") or [])  # noqa: E731
+    elif rule == "kappa":
+        fires = lambda r: r.get("stop_kappa_mean") is not None and r["stop_kappa_mean"] >= threshold  # noqa: E731
+    else:
+        fires = lambda r: r.get("stop_gain") is not None and r["stop_gain"] < threshold  # noqa: E731
+    return next((i for i, r in enumerate(rows) if fires(r)), None)
 
 
 def _reason(rule: str, row: Row, c: Any) -> str:

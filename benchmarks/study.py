@@ -375,7 +375,9 @@ def tables(
         sections.append(
             (
                 f"## Where each stopping rule would have stopped: {titles[part]}",
-                _lines("", STOP_NOTE, "", report.stop_table(stops), "") if stops else None,
+                _lines("", STOP_NOTE, "", report.stop_table(stops), "", report.stop_sweep_table(stops), "")
+                if stops
+                else None,
             )
         )
     lora = CORE["lora"]
@@ -450,7 +452,8 @@ def fill_template(
     {{score|part|group}}: selection and scoring seconds per round; {{classes|part|group}}: classes labelled at the
     end; {{rarest|part|group}}: labels of the least-labelled class at the end; {{probe}}, {{linear_acc}},
     {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}, {{tcm_<part>}}, {{tcm_curve_<part>}},
-    {{stop_<part>}} (part linear, lora or linear20): the tables of `tables`, each only with all its groups there.
+    {{stop_<part>}}, {{stop_sweep_<part>}} (part linear, lora or linear20): the tables of `tables`, each only with
+    all its groups there.
     """
     import re
 
@@ -474,6 +477,9 @@ def fill_template(
     def stop_of(p: str) -> str:
         return report.stop_table(need(stop_rows(parts[p]), tcm_groups(p)))
 
+    def stop_sweep_of(p: str) -> str:
+        return report.stop_sweep_table(need(stop_rows(parts[p]), tcm_groups(p)))
+
     both_groups = [f"{p}:{g}" for p in ("linear", "lora") for g in CORE["lora"]]
     tables_: dict[str, Callable[[], str]] = {
         "probe": lambda: report.summary_table(need(parts["probe"], PARTS["probe"]), columns=PROBE),
@@ -485,6 +491,7 @@ def fill_template(
         **{f"tcm_{p}": partial(tcm_of, p) for p in ("linear", "lora", "linear20")},
         **{f"tcm_curve_{p}": partial(tcm_curve_of, p) for p in ("linear", "lora", "linear20")},
         **{f"stop_{p}": partial(stop_of, p) for p in ("linear", "lora", "linear20")},
+        **{f"stop_sweep_{p}": partial(stop_sweep_of, p) for p in ("linear", "lora", "linear20")},
     }
 
     def one(m: re.Match) -> str:

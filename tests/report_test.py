@@ -258,3 +258,28 @@ def test_paired_curve_table_is_the_per_round_paired_difference():
             bold = abs(statistics.mean(d)) >= 2 * statistics.stdev(d) / math.sqrt(3)
             assert cell == (f"**{want}**" if bold else want)
         assert cells[1].startswith("**+10.")
+
+
+def test_stop_sweep_table_reads_each_threshold_off_the_signals():
+    def run(kappa_means: list, gains: list, acc: list) -> list[dict]:
+        return [
+            {"round": i, "n_labeled": 10 * (i + 1), "accuracy": a, "stop_kappa_mean": k, "stop_gain": g,
+             "stop_rules": []}
+            for i, (k, g, a) in enumerate(zip(kappa_means, gains, acc))
+        ]  # fmt: skip
+
+    a = run([None, None, 0.91, 0.96, 0.98], [None, 0.02, 0.008, 0.004, 0.001], [0.5, 0.6, 0.65, 0.7, 0.72])
+    b = run([None, None, 0.85, 0.92, 0.95], [None, 0.03, 0.02, 0.012, 0.006], [0.4, 0.5, 0.6, 0.62, 0.7])
+    text = report.stop_sweep_table({"x": {1: a}, "y": {1: b}}, {"kappa": (0.9, 0.97), "gain": (0.005,)})
+    rows = {tuple(c.strip() for c in ln.strip("|").split("|"))[:2]: ln for ln in text.splitlines()[2:]}
+    # kappa >= 0.9: a stops at round 2 (20 labels saved, 7 points given up), b at round 3 (10 saved, 8 points)
+    lost = [100 * (0.72 - 0.65), 100 * (0.7 - 0.62)]
+    se = statistics.stdev(lost) / math.sqrt(2)
+    want = f"| kappa | mean kappa >= 0.9 | 2 | 2 of 2 | 15.0 | {statistics.mean(lost):+.2f} ± {se:.2f} | +8.00 |"
+    assert rows[("kappa", "mean kappa >= 0.9")] == want
+    # kappa >= 0.97: a at its last round (nothing saved), b never: nothing given up by either
+    assert rows[("kappa", "mean kappa >= 0.97")].startswith("| kappa | mean kappa >= 0.97 | 2 | 0 of 2 | 0.0 | +0.00")
+    # gain < 0.5 points: a at round 3 (10 saved, 2 points), b never
+    assert rows[("gain", "gain < 0.5 points")].startswith(
+        "| gain | gain < 0.5 points | 2 | 1 of 2 | 5.0 | +1.00 ± 1.00"
+    )

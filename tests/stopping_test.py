@@ -54,6 +54,10 @@ def test_signals_and_where_each_rule_fires():
     gains = [r["stop_gain"] for r in rows]
     assert gains[:2] == [None, None] and gains[2] > 0.01 and gains[4] < 0.01
     assert stopping.first_stop(rows, "gain") == next(i for i, g in enumerate(gains) if g is not None and g < 0.01)
+    # at other thresholds, read off the recorded signals (means 0.725, 0.96, 0.98, 0.995 from row 2 on)
+    assert [stopping.first_stop(rows, "kappa", t) for t in (0.7, 0.96, 0.99, 0.999)] == [2, 3, 5, None]
+    want = next(i for i, g in enumerate(gains) if g is not None and g < 0.05)
+    assert stopping.first_stop(rows, "gain", 0.05) == want and stopping.first_stop(rows, "gain", -1.0) is None
     with pytest.raises(ValueError, match="unknown stopping rule"):
         stopping.first_stop(rows, "nope")
 
