@@ -452,10 +452,13 @@ def fill_template(
     {{score|part|group}}: selection and scoring seconds per round; {{classes|part|group}}: classes labelled at the
     end; {{rarest|part|group}}: labels of the least-labelled class at the end; {{probe}}, {{linear_acc}},
     {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}, {{tcm_<part>}}, {{tcm_curve_<part>}},
-    {{stop_<part>}}, {{stop_sweep_<part>}} (part linear, lora or linear20): the tables of `tables`, each only with
+    {{stop_<part>}}, {{stop_sweep_<part>}} (part linear, lora or linear20); {{sweep|part|rule|threshold}}: one row of
+    the last in words: the tables of `tables`, each only with
     all its groups there.
     """
     import re
+
+    import numpy as np
 
     parts, both = load_all(seeds, root, records)
 
@@ -498,6 +501,14 @@ def fill_template(
         f = m.group(1).split("|")
         if len(f) == 1:
             return tables_[f[0]]()
+        if f[0] == "sweep":  # {{sweep|part|rule|threshold}}: one stopping rule's outcome over the part's tcm runs
+            runs = [r for g in need(stop_rows(parts[f[1]]), tcm_groups(f[1])).values() for r in g.values()]
+            _, saved, lost, early = zip(*(report.stop_outcome(rows, f[2], float(f[3])) for rows in runs))
+            se = float(np.std(lost, ddof=1) / np.sqrt(len(lost)))
+            return (
+                f"{sum(early)} of {len(runs)} runs stop early, {np.mean(saved):.0f} labels saved on average, "
+                f"{np.mean(lost):+.1f} ± {se:.1f} points given up (worst {max(lost):+.1f})"
+            )
         named = [(f[2], f[3]), (f[4], f[5])] if f[1] == "both" else [(f[1], g) for g in f[2 : 4 if f[0] == "d" else 3]]
         for p, g in named:
             need(parts[p], [g])

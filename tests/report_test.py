@@ -159,9 +159,13 @@ def test_tcm_and_stop_tables_of_the_template(tmp_path):
                 rows = [json.loads(line) for line in f]
             for r in rows:  # kappa fires at round 2 for seed 1 only; gain never
                 r["stop_rules"] = ["kappa"] if (seed == 1 and r["round"] >= 2) else []
+                r["stop_gain"] = 0.001 if (group == "tcm+pcb" and r["round"] >= 2) else 0.5
             with open(os.path.join(d, "results.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
     text, _ = study.fill_template("{{tcm_linear20}}\n\n{{stop_linear20}}", [1, 2], root=str(tmp_path))
+    # gain below 1 %: only tcm's two runs, at round 2 of 4 (10 labels saved; 1 point given up by each)
+    words, _ = study.fill_template("{{sweep|linear20|gain|0.01}}", [1, 2], root=str(tmp_path))
+    assert words == "2 of 10 runs stop early, 2 labels saved on average, +0.2 ± 0.1 points given up (worst +1.0)"
     # tcm - margin paired by seed: AUC over 10..40 labels of the curves (the seeds' offsets cancel)
     auc = lambda y: (y[0] / 2 + y[1] + y[2] + y[3] / 2) / 3  # noqa: E731
     d = 100 * (auc(curves["tcm+pcb"]) - auc(curves["margin+pcb"]))
