@@ -158,14 +158,18 @@ SUMMARY_STATS = {  # name -> (statistic of one run's rows, display scale: 100 fo
 }
 
 
+def _se(values: Any) -> float:
+    """Standard error of the mean (NaN for fewer than two values)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
 def paired_difference(a: dict[int, Rows], b: dict[int, Rows], stat: Any) -> tuple[float, float, int]:
     """Mean and standard error of stat(a) - stat(b) over the seeds both groups ran, and their number."""
     seeds = sorted(set(a) & set(b))
     d = np.asarray([stat(a[s]) - stat(b[s]) for s in seeds], np.float64)
     if len(d) == 0:
         return float("nan"), float("nan"), 0
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return float(d.mean()), se, len(d)
+    return float(d.mean()), _se(d), len(d)
 
 
 def group_stat(runs: dict[int, Rows], column: str) -> tuple[float, float]:
@@ -272,10 +276,6 @@ def stop_outcome(rows: Rows, rule: str, threshold: float | None = None) -> tuple
     return int(rows[i]["round"]), saved, 100.0 * (float(rows[-1]["accuracy"]) - float(rows[i]["accuracy"])), early
 
 
-def _se(values: Sequence[float]) -> float:
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-
-
 def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kappa", "gain")) -> str:
     """Where each stopping rule would have stopped each group's runs (the rows' stop signals, `stopping.py`).
 
@@ -307,6 +307,19 @@ def stop_table(groups: dict[str, dict[int, Rows]], rules: Sequence[str] = ("kapp
 STOP_THRESHOLDS = {"kappa": (0.9, 0.93, 0.95, 0.97, 0.99), "gain": (0.01, 0.005, 0.0025, 0.001)}
 
 
+def stop_sweep_stats(runs: Sequence[Rows], rule: str, threshold: float) -> dict[str, float]:
+    """One rule at one threshold over runs: runs stopped early, mean labels saved, accuracy given up (mean, s.e.,
+    worst; points)."""
+    _, saved, lost, early = zip(*(stop_outcome(rows, rule, threshold) for rows in runs))
+    return {
+        "early": float(sum(early)),
+        "saved": float(np.mean(saved)),
+        "lost": float(np.mean(lost)),
+        "lost_se": _se(lost),
+        "worst": float(max(lost)),
+    }
+
+
 def stop_sweep_table(
     groups: dict[str, dict[int, Rows]], thresholds: Mapping[str, Sequence[float]] = STOP_THRESHOLDS
 ) -> str:
@@ -317,16 +330,16 @@ def stop_sweep_table(
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rule, values in thresholds.items():
         for t in values:
-            _, saved, lost, early = zip(*(stop_outcome(rows, rule, t) for rows in runs))
+            st = stop_sweep_stats(runs, rule, t)
             shown = f"mean kappa >= {t:g}" if rule == "kappa" else f"gain < {100 * t:g} points"
             cells = [
                 rule,
                 shown,
                 str(len(runs)),
-                f"{sum(early)} of {len(runs)}",
-                f"{np.mean(saved):.1f}",
-                f"{np.mean(lost):+.2f} ± {_se(lost):.2f}",
-                f"{max(lost):+.2f}",
+                f"{st['early']:.0f} of {len(runs)}",
+                f"{st['saved']:.1f}",
+                f"{st['lost']:+.2f} ± {st['lost_se']:.2f}",
+                f"{st['worst']:+.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

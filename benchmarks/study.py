@@ -214,9 +214,9 @@ def save(parts: Sequence[str], seeds: Sequence[int], root: str = WORKDIR, record
         for group in PARTS[part]:
             for seed in seeds:
                 d = os.path.join(root, part, group, f"s{seed}")
-                if finished(d, PART_ROUNDS.get(part, ROUNDS)):
+                rounds = sweep.rounds_of(d) or PART_ROUNDS.get(part, ROUNDS)
+                if sweep.finished(d, rounds):
                     name, rows = report.load_run(d)
-                    rounds = sweep.rounds_of(d) or PART_ROUNDS.get(part, ROUNDS)
                     recs.setdefault(group, {})[seed] = {
                         "group": group,
                         "seed": seed,
@@ -364,7 +364,7 @@ def tables(
                 os.path.join(out_dir, "study_linear_heads.png"),
             )
     for part, by_seed in parts.items():
-        done = _complete(by_seed, [g for g in TCM if g in PARTS[part]])
+        done = _complete(by_seed, tcm_groups(part))
         sections.append(
             (
                 f"## TCM against single strategies: {titles[part]}",
@@ -423,6 +423,11 @@ def tcm_table(by_seed: dict[str, dict[int, list[dict]]]) -> str:
     return report.summary_table(groups, columns=("final accuracy", "AUC accuracy"), against=against)
 
 
+def tcm_groups(part: str) -> list[str]:
+    """The groups of TCM's comparison that a part runs."""
+    return [g for g in TCM if g in PARTS[part]]
+
+
 def tcm_curve_table(by_seed: dict[str, dict[int, list[dict]]]) -> str:
     """TCM minus each single strategy at every round (labels so far), paired by seed."""
     groups = {g: by_seed[g] for g in TCM if g in by_seed}
@@ -452,13 +457,10 @@ def fill_template(
     {{score|part|group}}: selection and scoring seconds per round; {{classes|part|group}}: classes labelled at the
     end; {{rarest|part|group}}: labels of the least-labelled class at the end; {{probe}}, {{linear_acc}},
     {{linear_cost}}, {{lora_acc}}, {{lora_cost}}, {{both_acc}}, {{tcm_<part>}}, {{tcm_curve_<part>}},
-    {{stop_<part>}}, {{stop_sweep_<part>}} (part linear, lora or linear20); {{sweep|part|rule|threshold}}: one row of
-    the last in words: the tables of `tables`, each only with
-    all its groups there.
+    {{stop_<part>}}, {{stop_sweep_<part>}} (part linear, lora or linear20): the tables of `tables`, each only with
+    all its groups there; {{sweep|part|rule|threshold}}: one row of the stop sweep, in words.
     """
     import re
-
-    import numpy as np
 
     parts, both = load_all(seeds, root, records)
 
@@ -467,9 +469,6 @@ def fill_template(
         if not _complete(by_seed, groups):
             raise Missing(", ".join(g for g in groups if g not in by_seed))
         return by_seed
-
-    def tcm_groups(p: str) -> list[str]:
-        return [g for g in TCM if g in PARTS[p]]
 
     def tcm_of(p: str) -> str:
         return tcm_table(need(parts[p], tcm_groups(p)))
@@ -503,11 +502,10 @@ def fill_template(
             return tables_[f[0]]()
         if f[0] == "sweep":  # {{sweep|part|rule|threshold}}: one stopping rule's outcome over the part's tcm runs
             runs = [r for g in need(stop_rows(parts[f[1]]), tcm_groups(f[1])).values() for r in g.values()]
-            _, saved, lost, early = zip(*(report.stop_outcome(rows, f[2], float(f[3])) for rows in runs))
-            se = float(np.std(lost, ddof=1) / np.sqrt(len(lost)))
+            st = report.stop_sweep_stats(runs, f[2], float(f[3]))
             return (
-                f"{sum(early)} of {len(runs)} runs stop early, {np.mean(saved):.0f} labels saved on average, "
-                f"{np.mean(lost):+.1f} ± {se:.1f} points given up (worst {max(lost):+.1f})"
+                f"{st['early']:.0f} of {len(runs)} runs stop early, {st['saved']:.0f} labels saved on average, "
+                f"{st['lost']:+.1f} ± {st['lost_se']:.1f} points given up (worst {st['worst']:+.1f})"
             )
         named = [(f[2], f[3]), (f[4], f[5])] if f[1] == "both" else [(f[1], g) for g in f[2 : 4 if f[0] == "d" else 3]]
         for p, g in named:

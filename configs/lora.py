@@ -17,7 +17,7 @@ ViT-B); frozen "X"*16 + class-name prompts. The authors ran LoRA with ViT-B/16 a
 `rn101` put LoRA on the text tower and the attention pool (beyond the paper).
 `train.calibration=cpeal` alone is the `ours` recipe; the reference's bare flag is weight 0.01, not annealed,
 weighting none (configs/coop.py gives the three settings). The reference has no learning-loss baseline with LoRA
-(it raises NotImplementedError); ours trains it without a calibration term. `nopcb`: the papers' ablation without
+(it refuses that combination); ours trains it without a calibration term. `nopcb`: the papers' ablation without
 PCB, picking the last K candidates as the reference does (see configs/coop.py).
 Precision: the authors ran LoRA with float32 weights under fp16 autocast and no loss scaler; on a GPU
 `--config.dtype=float16` reproduces those numerics (float16 compute, float32 weights, a dynamic loss scale carried
